@@ -1,0 +1,81 @@
+"""Design matrices and row masks for registered blocks.
+
+A design is built from a list of column names (an intercept first unless ``intercept=False``) or a Wilkinson
+formula (``"~ x1 + C(site) + x1:x2"``, parsed by formulaic, which handles categorical coding and interactions
+exactly as R/patsy users expect). A mask restricts a block to a subset of rows; values outside the mask may be
+NaN (a target sample has no outcome): they are replaced by 0 *before* anything is traced, because
+``mask * NaN`` is NaN and ``where(mask, f(NaN), 0)`` has a NaN gradient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mestim.data import check_finite, require_numeric
+from mestim.errors import DataError
+
+
+def row_mask(cols, mask, n: int | None = None) -> np.ndarray:
+    """Boolean mask of rows a block uses: None (all), a column name (non-zero = used), an array, or a callable."""
+    n = n if n is not None else next(iter(cols.values())).shape[0]
+    if mask is None:
+        return np.ones(n, bool)
+    if callable(mask):
+        mask = mask(cols)
+    elif isinstance(mask, str):
+        col = require_numeric(cols, mask, what="mask column")
+        check_finite(col, mask)
+        mask = col != 0
+    mask = np.asarray(mask)
+    if mask.shape != (n,):
+        raise DataError(f"row mask has shape {mask.shape}; expected ({n},)")
+    return mask.astype(bool)
+
+
+def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = True):
+    """(matrix (n, k), column labels) from column names or a formula's right-hand side."""
+    if formula is not None:
+        return _formula_matrix(cols, formula)
+    names = [] if X is None else ([X] if isinstance(X, str) else list(X))
+    parts, labels = [], []
+    n = next(iter(cols.values())).shape[0]
+    if intercept:
+        parts.append(np.ones((n, 1)))
+        labels.append("(Intercept)")
+    for name in names:
+        col = require_numeric(cols, name, what="covariate")
+        parts.append(col.reshape(n, -1))
+        labels += [name] if col.ndim == 1 else [f"{name}[{j}]" for j in range(col.shape[1])]
+    if not parts:
+        raise DataError("the design has no columns: give covariates or keep the intercept")
+    return np.concatenate(parts, axis=1), labels
+
+
+def _formula_matrix(cols, formula: str):
+    import pandas as pd
+    from formulaic import model_matrix
+
+    rhs = formula.split("~", 1)[1] if "~" in formula else formula
+    frame = pd.DataFrame({k: v for k, v in cols.items() if v.ndim == 1})
+    try:
+        mm = model_matrix(rhs, frame, na_action="ignore")
+    except Exception as e:  # formulaic reports unknown names and syntax errors with its own types
+        raise DataError(f"formula '{formula}' could not be built on this data: {e}") from None
+    return np.asarray(mm, dtype=float), list(mm.columns)
+
+
+def clean_in_mask(values: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
+    """``values`` with rows outside ``mask`` set to 0, after checking rows inside are finite."""
+    check_finite(values, name, where=mask)
+    out = np.where(mask.reshape((-1,) + (1,) * (values.ndim - 1)), values, 0.0)
+    return out.astype(float)
+
+
+def binary_outcome(cols, y: str, mask: np.ndarray, block: str) -> np.ndarray:
+    """The 0/1 outcome ``y`` on the masked rows, or a DataError naming the values that are not 0/1."""
+    vals = clean_in_mask(require_numeric(cols, y, what="outcome"), mask, y)
+    bad = np.setdiff1d(np.unique(vals[mask]), [0.0, 1.0])
+    if bad.size:
+        raise DataError(f"block '{block}' is a logistic model but '{y}' takes values {bad[:5].tolist()} besides 0/1 "
+                        "on the rows it uses; recode it as 0/1 or use a linear/multinomial model")
+    return vals

@@ -1,0 +1,123 @@
+"""From a user's table to the column arrays the engine sums over.
+
+Accepted tables: a dict of equal-length arrays, a pandas DataFrame, a polars DataFrame, or anything with
+``.to_dict()``/``.columns``. Columns are float64 NumPy arrays of shape (n,) or (n, k); the engine only ever sees
+the columns an estimator actually reads (found by tracing ψ once, see :mod:`mestim.fit`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .errors import DataError
+
+Columns = dict[str, np.ndarray]
+
+
+def as_columns(data) -> Columns:
+    """Return ``{name: array}`` with equal leading lengths; raise :class:`DataError` naming what is wrong."""
+    if data is None:
+        raise DataError("no data given: pass a dict of arrays or a pandas/polars DataFrame")
+    if hasattr(data, "columns") and not isinstance(data, Mapping):
+        names = [str(c) for c in data.columns]
+        dup = sorted({c for c in names if names.count(c) > 1})
+        if dup:
+            raise DataError(f"duplicated column name(s) {dup}: rename them so each column is unique")
+        cols = {str(c): _column_values(data[c], str(c)) for c in data.columns}
+    elif isinstance(data, Mapping):
+        cols = {str(k): _column_values(v, str(k)) for k, v in data.items()}
+    else:
+        raise DataError(f"data of type {type(data).__name__} is not a table: pass a dict of arrays or a DataFrame")
+    lengths = {k: v.shape[0] for k, v in cols.items()}
+    if len(set(lengths.values())) > 1:
+        raise DataError(f"columns have different numbers of rows: {lengths}")
+    if cols and next(iter(lengths.values())) == 0:
+        raise DataError("the data has no rows")
+    return cols
+
+
+def _column_values(values, name: str) -> np.ndarray:
+    if hasattr(values, "to_numpy"):
+        values = values.to_numpy()
+    arr = np.asarray(values)
+    if arr.ndim == 0:
+        raise DataError(f"column '{name}' is a scalar, not a column of values")
+    if arr.dtype.kind in "biuf":
+        return arr.astype(np.float64)
+    if arr.dtype == object:  # pandas nullable / mixed columns: numeric if every entry converts
+        try:
+            return arr.astype(np.float64)
+        except (TypeError, ValueError):
+            pass
+    return arr  # kept as is: text columns may serve as labels (study, cluster); used numerically they fail below
+
+
+def n_rows(cols: Columns) -> int:
+    return next(iter(cols.values())).shape[0]
+
+
+def require_numeric(cols: Columns, name: str, *, what: str = "column") -> np.ndarray:
+    """The float64 column ``name``, or a :class:`DataError` saying it is missing or not numeric."""
+    if name not in cols:
+        raise DataError(f"{what} '{name}' is not in the data; available columns: {sorted(cols)}")
+    arr = cols[name]
+    if arr.dtype.kind != "f":
+        bad = next((v for v in arr.ravel() if not _is_number(v)), None)
+        raise DataError(f"{what} '{name}' is not numeric (found value {bad!r}); convert or recode it")
+    return arr
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def check_finite(arr: np.ndarray, name: str, where: np.ndarray | None = None) -> None:
+    """Raise if ``arr`` has NaN/inf in the rows that are used (``where``: boolean mask of used rows)."""
+    bad = ~np.isfinite(arr)
+    if bad.ndim > 1:
+        bad = bad.reshape(bad.shape[0], -1).any(axis=1)
+    if where is not None:
+        bad &= where
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        kind = "NaN" if np.isnan(arr.reshape(arr.shape[0], -1)[rows[0]]).any() else "inf"
+        raise DataError(
+            f"column '{name}' has {rows.size} non-finite value(s) ({kind} first at row {rows[0]}) in rows "
+            "the estimator uses; drop or impute those rows, or restrict the block with a mask"
+        )
+
+
+def row_weights(cols: Columns, weights, n: int) -> np.ndarray:
+    """Row weights as float64 (n,): a column name, an array, or None (all ones); must be finite and ≥ 0."""
+    if weights is None:
+        return np.ones(n)
+    name = weights if isinstance(weights, str) else "weights"
+    w = require_numeric(cols, weights, what="weight column") if isinstance(weights, str) else np.asarray(weights, float)
+    if w.shape != (n,):
+        raise DataError(f"{name} has shape {w.shape}; expected one weight per row ({n},)")
+    check_finite(w, name)
+    if (w < 0).any():
+        raise DataError(f"{name} has {int((w < 0).sum())} negative value(s); weights must be ≥ 0")
+    if not (w > 0).any():
+        raise DataError(f"{name} are all zero: no row carries information")
+    return w
+
+
+def cluster_codes(cols: Columns, cluster, n: int) -> tuple[np.ndarray, int]:
+    """Cluster labels recoded to 0..G-1, and G. Accepts a column name or an array of labels."""
+    labels = cols[cluster] if isinstance(cluster, str) and cluster in cols else cluster
+    if isinstance(cluster, str) and cluster not in cols:
+        raise DataError(f"cluster column '{cluster}' is not in the data; available columns: {sorted(cols)}")
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise DataError(f"cluster labels have shape {labels.shape}; expected ({n},)")
+    if labels.dtype.kind == "f" and np.isnan(labels).any():
+        raise DataError(f"cluster column has {int(np.isnan(labels).sum())} NaN label(s)")
+    _, codes = np.unique(labels, return_inverse=True)
+    return codes.astype(np.int32), int(codes.max()) + 1

@@ -1,0 +1,33 @@
+"""Exceptions that say what went wrong and what to do about it.
+
+Every error the engine raises on bad input or failed numerics is a subclass of :class:`MestimError`
+(itself a ``ValueError``), so a caller can catch one type; the command line prints its message alone.
+"""
+
+
+class MestimError(ValueError):
+    """Base class of every error raised on bad input or a failed fit."""
+
+
+class DataError(MestimError):
+    """The data cannot be used as given: missing or duplicated column, NaN/inf, wrong type, empty subset."""
+
+
+class SpecificationError(MestimError):
+    """The estimator is ill-specified: ψ of the wrong length, init of the wrong shape, unknown block."""
+
+
+class ConvergenceError(MestimError):
+    """The root finder did not reach Σψ = 0 (the message gives status, iterations and residual norm)."""
+
+
+class SingularBreadError(MestimError):
+    """The bread -Σ∂ψ/∂θ is singular or numerically so (the message names the parameters involved)."""
+
+
+class SeparationError(MestimError):
+    """A logistic/multinomial block is perfectly separated: its maximum likelihood estimate does not exist."""
+
+
+class MestimWarning(UserWarning):
+    """A fit that ran but deserves a second look (ill-conditioned bread, extreme weights, …)."""

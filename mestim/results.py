@@ -1,0 +1,184 @@
+"""What a fit returns: estimates with their joint covariance, inference on them, and how the fit went.
+
+:class:`Estimates` is any vector of estimates with a joint covariance (a fit, or a delta-method transform of
+one): SEs, Wald CIs, z and p values, further delta-method transforms, Wald χ² tests. :class:`Result` adds the
+fit's diagnostics (solver status, iterations, residual norm, bread condition number, warnings) and per-row
+influence functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .errors import SpecificationError
+
+
+class WaldTest(NamedTuple):
+    """Wald χ² test of H₀: g(θ) = c (``statistic`` ~ χ²_df under H₀)."""
+
+    statistic: float
+    df: int
+    p_value: float
+
+    def __str__(self):
+        return f"Wald χ² = {self.statistic:.4g} on {self.df} df, p = {self.p_value:.4g}"
+
+
+@dataclasses.dataclass
+class Estimates:
+    """Estimates θ̂ with joint covariance V; every inference below is read off V."""
+
+    theta: np.ndarray
+    vcov: np.ndarray
+    labels: tuple[str, ...]
+
+    @property
+    def se(self) -> np.ndarray:
+        return np.sqrt(np.diag(self.vcov))
+
+    def ci(self, level: float = 0.95) -> np.ndarray:
+        """Wald CIs θ̂ ± z_{1-α/2}·SE, shape (p, 2)."""
+        z = stats.norm.ppf(0.5 + level / 2)
+        return np.column_stack([self.theta - z * self.se, self.theta + z * self.se])
+
+    @property
+    def z(self) -> np.ndarray:
+        return self.theta / self.se
+
+    @property
+    def p_values(self) -> np.ndarray:
+        return 2 * stats.norm.sf(np.abs(self.z))
+
+    def index(self, key) -> np.ndarray:
+        """Positions of parameters by label, block name (all its parameters), position, or a list of these."""
+        if isinstance(key, (list, tuple, np.ndarray)):
+            return np.concatenate([self.index(k) for k in key]) if len(key) else np.array([], int)
+        if isinstance(key, (int, np.integer)):
+            return np.array([int(key)])
+        hits = [i for i, lab in enumerate(self.labels) if lab == key or lab.split(":")[0] == key]
+        if not hits:
+            raise SpecificationError(f"no parameter or block named {key!r}; labels are {list(self.labels)}")
+        return np.array(hits)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.theta[self.index(key)]
+
+    def _g_input(self, theta):
+        return theta
+
+    def delta(self, g: Callable, labels: Sequence[str] | None = None) -> "Estimates":
+        """Delta method: estimates g(θ̂) with covariance ∇g V ∇gᵀ, ∇g by autodiff.
+
+        ``g`` takes θ in the form the fit was specified in (a flat array for one ψ, a dict of block arrays
+        for a stack) and returns a scalar or vector.
+        """
+        flat = lambda t: jnp.atleast_1d(g(self._g_input(t)))  # noqa: E731
+        theta = jnp.asarray(self.theta)
+        value = np.asarray(flat(theta))
+        grad = np.asarray(jax.jacrev(flat)(theta))
+        labels = tuple(labels) if labels is not None else tuple(f"g[{i}]" for i in range(value.size))
+        if len(labels) != value.size:
+            raise SpecificationError(f"{len(labels)} labels given for {value.size} transformed estimates")
+        return Estimates(value, grad @ self.vcov @ grad.T, labels)
+
+    def wald_test(self, hypothesis, rhs=None) -> WaldTest:
+        """Wald χ² test of H₀: Lθ = c (``hypothesis`` a (q, p) matrix) or g(θ) = c (a function, via delta).
+
+        ``rhs`` is c (zeros by default). Statistic (Lθ̂ − c)ᵀ (L V Lᵀ)⁻¹ (Lθ̂ − c) on q = rank df.
+        """
+        if callable(hypothesis):
+            est = self.delta(hypothesis)
+            value, cov = est.theta, est.vcov
+        else:
+            lmat = np.atleast_2d(np.asarray(hypothesis, float))
+            if lmat.shape[1] != self.theta.size:
+                raise SpecificationError(f"hypothesis matrix has {lmat.shape[1]} columns; θ has {self.theta.size}")
+            value, cov = lmat @ self.theta, lmat @ self.vcov @ lmat.T
+        diff = value - (np.zeros_like(value) if rhs is None else np.asarray(rhs, float))
+        rank = np.linalg.matrix_rank(cov)
+        stat = float(diff @ np.linalg.pinv(cov, hermitian=True) @ diff)  # pinv: redundant rows of L are fine
+        return WaldTest(stat, int(rank), float(stats.chi2.sf(stat, rank)))
+
+    def test_equal(self, keys) -> WaldTest:
+        """Wald χ² test that the selected parameters are all equal (m − 1 df)."""
+        idx = self.index(keys)
+        if idx.size < 2:
+            raise SpecificationError("test_equal needs at least two parameters")
+        lmat = np.zeros((idx.size - 1, self.theta.size))
+        lmat[np.arange(idx.size - 1), idx[:-1]] = 1.0
+        lmat[np.arange(idx.size - 1), idx[1:]] = -1.0
+        return self.wald_test(lmat)
+
+    def table(self, level: float = 0.95) -> pd.DataFrame:
+        """Tidy table: one row per parameter with estimate, SE, CI, z and p."""
+        ci = self.ci(level)
+        return pd.DataFrame({"param": list(self.labels), "estimate": self.theta, "se": self.se,
+                             "ci_low": ci[:, 0], "ci_high": ci[:, 1], "z": self.z, "p": self.p_values})
+
+    def summary(self, level: float = 0.95) -> str:
+        with pd.option_context("display.width", 200, "display.max_rows", 500, "display.float_format", "{:.6g}".format):
+            return self.table(level).to_string(index=False)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(p={self.theta.size})\n{self.summary()}"
+
+
+@dataclasses.dataclass(repr=False)
+class Result(Estimates):
+    """A fitted M-estimator: joint estimates, sandwich covariance and fit diagnostics."""
+
+    blocks: dict[str, slice] = dataclasses.field(default_factory=dict)
+    n: float = 0.0  # Σw (frequency weights) or rows
+    n_rows: int = 0
+    n_clusters: int | None = None
+    correction: str | None = None
+    converged: bool = True
+    status: str = "converged"
+    iterations: int = 0
+    residual_norm: float = 0.0  # ‖Σ w ψ(θ̂)‖∞ over the whole stack
+    bread_cond: float = 1.0
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    bread: np.ndarray | None = None  # A = -Σ w ∂ψ/∂θ (unnormalised)
+    meat: np.ndarray | None = None  # Σ w ψψᵀ (unnormalised; corrected if asked)
+    flat_theta: bool = True  # g in delta() receives a flat θ (one ψ) or a dict of blocks (a stack)
+    _influence: Callable[[], np.ndarray] | None = None
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return {name: self.theta[sl] for name, sl in self.blocks.items()}
+
+    def _g_input(self, theta):
+        return theta if self.flat_theta else {name: theta[sl] for name, sl in self.blocks.items()}
+
+    def influence(self) -> np.ndarray:
+        """Per-row influence functions φ_i = B⁻¹ψ_i, B = −(1/n)Σ w ∂ψ/∂θ: θ̂ − θ ≈ (1/n) Σ w_i φ_i, shape (rows, p)."""
+        if self._influence is None:
+            raise SpecificationError("influence functions are not available for this result")
+        return self._influence()
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {"converged": self.converged, "status": self.status, "iterations": self.iterations,
+                "residual_norm": self.residual_norm, "bread_cond": self.bread_cond, "n": self.n,
+                "n_rows": self.n_rows, "n_clusters": self.n_clusters, "correction": self.correction,
+                "warnings": list(self.warnings)}
+
+    def summary(self, level: float = 0.95) -> str:
+        d = self.diagnostics()
+        lines = [super().summary(level), "",
+                 f"n = {d['n']:g} (rows {d['n_rows']}"
+                 + (f", clusters {d['n_clusters']}" if d["n_clusters"] else "") + ")"
+                 + f"; sandwich correction: {d['correction'] or 'none'}",
+                 f"solver: {d['status']} in {d['iterations']} iteration(s); ‖Σψ(θ̂)‖∞ = {d['residual_norm']:.3g}; "
+                 f"bread condition number {d['bread_cond']:.3g}"]
+        lines += [f"note: {n}" for n in self.notes]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)

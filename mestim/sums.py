@@ -1,0 +1,106 @@
+"""Sums over rows: the one place in mestim that touches every row.
+
+Everything the engine needs from the data is a weighted sum over rows, evaluated chunk by chunk so that peak
+memory is O(chunk · p · width of ψ's intermediates), never O(n · p²):
+
+    Σ_i w_i ψ_i(θ)                 (estimating equations)
+    Σ_i w_i ∂ψ_i/∂θᵀ               (minus the bread; reverse mode over the chunk sum: one forward pass and one
+                                    vmapped backward pass, no (n, p, p) tangent)
+    Σ_i w_i ψ_i ψ_iᵀ               (meat with frequency weights; w_i² with sampling weights)
+    U_g = Σ_{i∈g} w_i ψ_i          (cluster totals, for the clustered meat Σ_g U_g U_gᵀ)
+
+:func:`chunk_moments` is the kernel on one chunk of rows; :func:`moments` scans it over in-memory data inside
+one compiled function. Streaming from host memory or files and sharding over devices (:mod:`mestim.scale`)
+reuse the same kernel, so all three give the same sums.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+DEFAULT_CHUNK = 8192  # rows per chunk: big enough to keep the BLAS busy, small enough for O(chunk·p²) memory
+
+
+class Moments(NamedTuple):
+    psi: jax.Array  # (k,)    Σ w ψ
+    jac: jax.Array | None  # (k, p)  Σ w ∂ψ/∂θ
+    meat: jax.Array | None  # (k, k)  Σ w ψψᵀ (or Σ w² ψψᵀ for sampling weights)
+    cluster: jax.Array | None  # (G, k)  cluster totals of w ψ
+
+
+def chunk_moments(f: Callable, theta, rows, w, *, jac=True, meat=True, sampling=False, cluster=None,
+                  n_clusters=0) -> Moments:
+    """Weighted sums of ψ, its Jacobian and outer products over one chunk of rows.
+
+    Args:
+        f: ``f(theta, row) -> (k,)``, the stacked estimating function of one row.
+        theta: (p,) parameters the Jacobian is taken with respect to.
+        rows: pytree of arrays with a leading row axis (one chunk).
+        w: (c,) row weights (0 for padding rows).
+        sampling: meat uses w² (sampling weights) instead of w (frequency weights).
+        cluster: (c,) int cluster codes, or None; then ``n_clusters`` totals are returned instead of the meat.
+    """
+    per_row = lambda t: jax.vmap(f, in_axes=(None, 0))(t, rows)  # noqa: E731
+    if jac:
+        values, pullback = jax.vjp(per_row, theta)
+        k = values.shape[1]
+        # Row j of Σ w ∂ψ/∂θ is the pullback of the cotangent w ⊗ e_j: k backward passes, batched by vmap.
+        jacobian = jax.vmap(lambda e: pullback(w[:, None] * e[None, :])[0])(jnp.eye(k, dtype=values.dtype))
+    else:
+        values, jacobian = per_row(theta), None
+    weighted = values * w[:, None]
+    outer = None
+    totals = None
+    if cluster is not None:
+        totals = jnp.zeros((n_clusters, values.shape[1]), values.dtype).at[cluster].add(weighted)
+    elif meat:
+        outer = weighted.T @ (weighted if sampling else values)
+    return Moments(weighted.sum(0), jacobian, outer, totals)
+
+
+def moments(f: Callable, theta, data, w, *, chunk_size: int = DEFAULT_CHUNK, jac=True, meat=True,
+            sampling=False, cluster=None, n_clusters=0) -> Moments:
+    """:func:`chunk_moments` summed over all rows of in-memory ``data`` (traceable, jit-able)."""
+    kw = dict(jac=jac, meat=meat, sampling=sampling, n_clusters=n_clusters)
+    return sum_chunks(lambda c: chunk_moments(f, theta, c["rows"], c["w"], cluster=c["cluster"], **kw),
+                      {"rows": data, "w": w, "cluster": cluster}, chunk_size)
+
+
+def sum_chunks(g: Callable, data, chunk_size: int = DEFAULT_CHUNK):
+    """Σ over chunks of ``g(chunk)`` for a pytree ``data`` with a leading row axis.
+
+    Full chunks are visited with ``lax.fori_loop`` over dynamic slices (no padded copy of the data, the body
+    compiled once); the last, shorter chunk is one more static-shape call.
+    """
+    n = jax.tree.leaves(data)[0].shape[0]
+    chunk = min(chunk_size, n)
+    n_full, rest = divmod(n, chunk)
+    at = lambda start, size: g(jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size), data))  # noqa: E731
+    total = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda s: at(s, chunk), 0))
+    if n_full:
+        total = lax.fori_loop(0, n_full, lambda i, acc: _add(acc, at(i * chunk, chunk)), total)
+    if rest:
+        total = _add(total, at(n_full * chunk, rest))
+    return total
+
+
+def _add(a, b):
+    return jax.tree.map(jnp.add, a, b)
+
+
+def row_map(g: Callable, data, *, chunk_size: int = DEFAULT_CHUNK):
+    """``g(rows) -> (c, …)`` applied chunk by chunk and concatenated: per-row outputs (influence functions)."""
+    n = jax.tree.leaves(data)[0].shape[0]
+    chunk = min(chunk_size, n)
+    n_full, rest = divmod(n, chunk)
+    cut = lambda start, size: jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size), data)  # noqa: E731
+    parts = []
+    if n_full:
+        parts.append(lax.map(lambda i: g(cut(i * chunk, chunk)), jnp.arange(n_full)).reshape(n_full * chunk, -1))
+    if rest:
+        parts.append(g(cut(n_full * chunk, rest)).reshape(rest, -1))
+    return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
