@@ -44,11 +44,14 @@ class Problem:
     cluster: jax.Array | None
     n_clusters: int
     notes: list[str]
+    mesh: object = None  # jax.sharding.Mesh the rows are sharded over (None: one device)
+    n_rows: int | None = None  # rows before padding to a multiple of the device count
 
 
 def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weights=None,
         weight_type: str = "frequency", cluster=None, correction: str | None = None, solve: str = "blockwise",
-        chunk_size: int = DEFAULT_CHUNK, max_iter: int = 100, xtol: float = 1e-10, gtol: float = 1e-12) -> Result:
+        chunk_size: int = DEFAULT_CHUNK, max_iter: int = 100, xtol: float = 1e-10, gtol: float = 1e-12,
+        devices=None, data_dtype=None) -> Result:
     """Solve Σ_i w_i ψ(θ; row_i) = 0 and return θ̂ with its sandwich covariance.
 
     Args:
@@ -64,16 +67,21 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
         solve: ``"blockwise"`` (groups in dependency order) or ``"joint"`` (one Newton on the whole stack).
         chunk_size: rows per chunk in every sum over rows (memory is O(chunk · p²)).
         max_iter, xtol, gtol: solver limits (see :mod:`mestim.solve`).
+        devices: shard the rows over devices (:mod:`mestim.scale`): an int (the first k devices), a list of
+            devices, a :class:`jax.sharding.Mesh`, or ``"all"``; every sum becomes a cross-device reduction.
+        data_dtype: ``"float32"`` stores the columns ψ reads in float32 on the device (half the memory and
+            bandwidth); ψ, θ and every sum stay float64. Default float64.
     """
     if solve not in ("blockwise", "joint"):
         raise SpecificationError(f"solve={solve!r}: use 'blockwise' or 'joint'")
-    problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster)
+    problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster, devices=devices,
+                      data_dtype=data_dtype)
     opts = SolverOptions(max_iter=max_iter, xtol=xtol, gtol=gtol)
     groups = solve_groups(problem.spec.blocks) if solve == "blockwise" else [tuple(b.name for b in problem.spec.blocks)]
     theta = jnp.asarray(problem.init)
     iterations = 0
     for group in groups:
-        out = _solve_group(problem.spec, group, problem.data, problem.w, theta, opts, chunk_size)
+        out = _solve_group(problem.spec, group, problem.data, problem.w, theta, opts, chunk_size, problem.mesh)
         status, it = int(out.status), int(out.iterations)
         iterations += it
         if status != CONVERGED:
@@ -116,7 +124,8 @@ def as_blocks(estimator, init=None, names=None) -> list[Block]:
     return blocks
 
 
-def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=None) -> Problem:
+def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=None, devices=None,
+            data_dtype=None) -> Problem:
     """Blocks prepared, ψ traced and checked, used columns validated and moved to the device."""
     single = callable(estimator) and not isinstance(estimator, Block)
     blocks = as_blocks(estimator, init if single else None, names)
@@ -153,9 +162,15 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
         datamod.check_finite(all_cols[name], name)
     w = datamod.row_weights(all_cols, weights, n)
     codes, n_clusters = (None, 0) if cluster is None else datamod.cluster_codes(all_cols, cluster, n)
-    device = {name: jnp.asarray(all_cols[name]) for name in sorted(used)}
-    return Problem(spec, blocks, tuple(labels), np.concatenate(inits), all_cols, device, jnp.asarray(w),
-                   None if codes is None else jnp.asarray(codes), n_clusters, notes)
+    host = {name: all_cols[name].astype(data_dtype or np.float64, copy=False) for name in sorted(used)}
+    if devices is not None:
+        from .scale import shard_rows
+
+        mesh, (host, w, codes) = shard_rows(devices, (host, w, codes))
+        return Problem(spec, blocks, tuple(labels), np.concatenate(inits), all_cols, host, w, codes, n_clusters,
+                       notes, mesh, n)
+    return Problem(spec, blocks, tuple(labels), np.concatenate(inits), all_cols, jax.tree.map(jnp.asarray, host),
+                   jnp.asarray(w), None if codes is None else jnp.asarray(codes), n_clusters, notes)
 
 
 class _RecordingRow(Mapping):
@@ -209,32 +224,32 @@ def _group_index(spec: StackSpec, group) -> np.ndarray:
     return np.concatenate([np.arange(offs[g].start, offs[g].stop) for g in group])
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "group", "opts", "chunk_size"))
-def _solve_group(spec, group, data, w, theta, opts, chunk_size):
+@functools.partial(jax.jit, static_argnames=("spec", "group", "opts", "chunk_size", "mesh"))
+def _solve_group(spec, group, data, w, theta, opts, chunk_size, mesh=None):
     idx = _group_index(spec, group)
     f = lambda tg, row: spec.psi(theta.at[idx].set(tg), row, group)  # noqa: E731
 
     def residual_and_jacobian(tg):
-        m = moments(f, tg, data, w, chunk_size=chunk_size, meat=False)
+        m = moments(f, tg, data, w, chunk_size=chunk_size, meat=False, mesh=mesh)
         return m.psi, m.jac
 
     def residual(tg):
-        return moments(f, tg, data, w, chunk_size=chunk_size, jac=False, meat=False).psi
+        return moments(f, tg, data, w, chunk_size=chunk_size, jac=False, meat=False, mesh=mesh).psi
 
     return newton(residual_and_jacobian, residual, theta[idx], w.sum(), opts)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "group", "chunk_size"))
-def _group_jacobian(spec, group, data, w, theta, chunk_size):
+@functools.partial(jax.jit, static_argnames=("spec", "group", "chunk_size", "mesh"))
+def _group_jacobian(spec, group, data, w, theta, chunk_size, mesh=None):
     idx = _group_index(spec, group)
     f = lambda tg, row: spec.psi(theta.at[idx].set(tg), row, group)  # noqa: E731
-    return moments(f, theta[idx], data, w, chunk_size=chunk_size, meat=False).jac
+    return moments(f, theta[idx], data, w, chunk_size=chunk_size, meat=False, mesh=mesh).jac
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "sampling", "n_clusters", "chunk_size"))
-def _bread_meat(spec, data, w, theta, cluster, sampling, n_clusters, chunk_size):
+@functools.partial(jax.jit, static_argnames=("spec", "sampling", "n_clusters", "chunk_size", "mesh"))
+def _bread_meat(spec, data, w, theta, cluster, sampling, n_clusters, chunk_size, mesh=None):
     m = moments(spec.psi, theta, data, w, chunk_size=chunk_size, sampling=sampling, cluster=cluster,
-                n_clusters=n_clusters)
+                n_clusters=n_clusters, mesh=mesh)
     meat = m.meat if cluster is None else m.cluster.T @ m.cluster
     return m.psi, m.jac, meat
 
@@ -258,7 +273,8 @@ def _raise_failure(problem: Problem, group, out, status, iterations, chunk_size)
     idx = _group_index(problem.spec, group)
     labels = [problem.labels[i] for i in idx]
     if status == SINGULAR:
-        jac = np.asarray(_group_jacobian(problem.spec, group, problem.data, problem.w, out.theta, chunk_size))
+        jac = np.asarray(_group_jacobian(problem.spec, group, problem.data, problem.w, out.theta, chunk_size,
+                                         problem.mesh))
         cond, involved = bread_condition(-jac, labels)
         raise SingularBreadError(
             f"block(s) {names}: the Jacobian of Σψ became singular (condition number {cond:.3g}) after "
@@ -276,23 +292,39 @@ def _sandwich_result(problem: Problem, theta, weight_type, correction, chunk_siz
         raise SpecificationError(f"weight_type={weight_type!r}: use 'frequency' or 'sampling'")
     if correction not in CORRECTIONS:
         raise SpecificationError(f"correction={correction!r}: use one of {CORRECTIONS}")
+    psi_sum, jac, meat = _bread_meat(problem.spec, problem.data, problem.w, theta, problem.cluster,
+                                     weight_type == "sampling", problem.n_clusters, chunk_size, problem.mesh)
+    n_rows = problem.n_rows if problem.n_rows is not None else int(problem.w.shape[0])
+    fay = (lambda jac: np.asarray(_fay_meat(problem.spec, problem.data, problem.w, theta, jnp.asarray(jac),  # noqa: E731
+                                            problem.cluster, problem.n_clusters, chunk_size)))
+    influence = lambda bread_inv: np.asarray(  # noqa: E731
+        _influence(problem.spec, problem.data, theta, jnp.asarray(bread_inv), chunk_size))[:n_rows]
+    sizes = None if problem.cluster is None else np.bincount(np.asarray(problem.cluster)[:n_rows],
+                                                            minlength=problem.n_clusters)
+    return _finish(problem, theta, psi_sum, jac, meat, weight_type=weight_type, correction=correction,
+                   iterations=iterations, n=float(problem.w.sum()), n_rows=n_rows, cluster_sizes=sizes, fay=fay,
+                   influence=influence)
+
+
+def _finish(problem: Problem, theta, psi_sum, jac, meat, *, weight_type, correction, iterations, n, n_rows,
+            cluster_sizes, fay, influence, run_checks=True, stacklevel=4) -> Result:
+    """The Result from the three row sums at θ̂ (shared by in-memory, sharded and streamed fits).
+
+    ``n`` is Σw; ``fay(jac)`` returns Fay's meat, ``influence(bread_inv)`` the (n_rows, p) influence functions.
+    """
     spec, labels = problem.spec, problem.labels
-    psi_sum, jac, meat = _bread_meat(spec, problem.data, problem.w, theta, problem.cluster,
-                                     weight_type == "sampling", problem.n_clusters, chunk_size)
     psi_sum, jac, meat = np.asarray(psi_sum), np.asarray(jac), np.asarray(meat)
     if not np.all(np.isfinite(psi_sum)):
         bad = [labels[i] for i in np.flatnonzero(~np.isfinite(psi_sum))]
         raise DataError(f"ψ is not finite at θ̂ for parameter(s) {bad}: check the data and ψ for log(0), 1/0, …")
     bread = -jac
-    n_rows = int(problem.w.shape[0])
-    n = float(problem.w.sum()) if weight_type == "frequency" else float(n_rows)
+    n = n if weight_type == "frequency" else float(n_rows)
     n_units = problem.n_clusters if problem.cluster is not None else n
     p = theta.size
     if problem.cluster is not None and problem.n_clusters < 2:
         raise DataError("the cluster column has a single cluster: the clustered meat needs at least two")
     if correction == "fay":
-        meat = np.asarray(_fay_meat(spec, problem.data, problem.w, theta, jnp.asarray(jac), problem.cluster,
-                                    problem.n_clusters, chunk_size))
+        meat = fay(jac)
     vcov = covariance(bread, meat, labels)
     if correction == "df":
         if n_units <= p:
@@ -303,25 +335,23 @@ def _sandwich_result(problem: Problem, theta, weight_type, correction, chunk_siz
     if cond > WARN_COND:
         warnings.append(f"the bread is ill-conditioned (condition number {cond:.3g}); parameters {involved} are "
                         "nearly collinear or weakly identified, so their SEs are unreliable")
-    if problem.cluster is not None:
-        sizes = np.bincount(np.asarray(problem.cluster), minlength=problem.n_clusters)
-        if (sizes == 1).all():
+    if cluster_sizes is not None:
+        if (cluster_sizes == 1).all():
             warnings.append("every cluster has one row: the clustered sandwich equals the unclustered one")
     theta_np = np.asarray(theta)
     offs = spec.offsets()
-    for b in problem.blocks:
+    for b in problem.blocks if run_checks else ():
         if b.check is not None:
             warnings += list(b.check(theta_np[offs[b.name]], problem.columns) or [])
     bread_inv = np.linalg.inv(bread / n)
-    influence = lambda: np.asarray(_influence(spec, problem.data, theta, jnp.asarray(bread_inv), chunk_size))  # noqa: E731
     for w_ in warnings:
         import warnings as _w
 
         from .errors import MestimWarning
-        _w.warn(w_, MestimWarning, stacklevel=3)
+        _w.warn(w_, MestimWarning, stacklevel=stacklevel)
     return Result(theta_np, vcov, labels, blocks=offs, n=n, n_rows=n_rows,
                   n_clusters=problem.n_clusters if problem.cluster is not None else None, correction=correction,
                   converged=True, status="converged", iterations=iterations,
                   residual_norm=float(np.max(np.abs(psi_sum))), bread_cond=cond, warnings=warnings,
                   notes=problem.notes, bread=bread, meat=meat, flat_theta=len(problem.blocks) == 1,
-                  _influence=influence)
+                  _influence=lambda: influence(bread_inv))

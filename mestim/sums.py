@@ -63,11 +63,27 @@ def chunk_moments(f: Callable, theta, rows, w, *, jac=True, meat=True, sampling=
 
 
 def moments(f: Callable, theta, data, w, *, chunk_size: int = DEFAULT_CHUNK, jac=True, meat=True,
-            sampling=False, cluster=None, n_clusters=0) -> Moments:
-    """:func:`chunk_moments` summed over all rows of in-memory ``data`` (traceable, jit-able)."""
+            sampling=False, cluster=None, n_clusters=0, mesh=None) -> Moments:
+    """:func:`chunk_moments` summed over all rows of in-memory ``data`` (traceable, jit-able).
+
+    With a ``mesh`` (a :class:`jax.sharding.Mesh`), the rows are split over all its devices: each device sums
+    its own rows chunk by chunk and the per-device sums are added with ``psum`` (the row count must be a
+    multiple of the number of devices; :mod:`mestim.scale` pads with zero-weight rows).
+    """
     kw = dict(jac=jac, meat=meat, sampling=sampling, n_clusters=n_clusters)
-    return sum_chunks(lambda c: chunk_moments(f, theta, c["rows"], c["w"], cluster=c["cluster"], **kw),
-                      {"rows": data, "w": w, "cluster": cluster}, chunk_size)
+
+    def local(theta, data, w, cluster):
+        return sum_chunks(lambda c: chunk_moments(f, theta, c["rows"], c["w"], cluster=c["cluster"], **kw),
+                          {"rows": data, "w": w, "cluster": cluster}, chunk_size)
+
+    if mesh is None:
+        return local(theta, data, w, cluster)
+    from jax.sharding import PartitionSpec
+
+    rows = PartitionSpec(mesh.axis_names)
+    per_device = lambda *a: lax.psum(local(*a), mesh.axis_names)  # noqa: E731
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(), rows, rows, rows),
+                         out_specs=PartitionSpec(), check_vma=False)(theta, data, w, cluster)
 
 
 def sum_chunks(g: Callable, data, chunk_size: int = DEFAULT_CHUNK):

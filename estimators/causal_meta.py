@@ -1,0 +1,282 @@
+"""Causal meta-analysis from 2×2 tables (Berenfeld et al. 2026; spec §3) as a stack of estimating equations.
+
+Data: for study k = 1..K, arm a ∈ {1 (treated), 0 (control)} and outcome y ∈ {1, 0}, the count n_ay(k);
+n_a(k) = n_a1(k) + n_a0(k), n_k = n_1(k) + n_0(k), n = Σ n_k. In metafor's notation ai = n_11, bi = n_10,
+ci = n_01, di = n_00.
+
+Target population: a convex combination P* = Σ_k ω_k P_k of the trial populations; by default the union of the
+trials, ω_k = n_k/n (the paper's choice), otherwise any user-chosen weights (``target_weights``).
+
+    ψ̂_a(k) = n_a1(k)/n_a(k),   ψ̂_a = Σ_k ω_k ψ̂_a(k),   θ̂ = Φ(ψ̂₁, ψ̂₀)
+
+with Φ one of (CIs are built on the scale of θ, i.e. log scale for the ratios)
+
+    RD = ψ₁ − ψ₀,  log RR = log ψ₁ − log ψ₀,  log OR = logit ψ₁ − logit ψ₀,
+    log SR = log(1−ψ₁) − log(1−ψ₀)   (survival ratio: the risk ratio of the non-event).
+
+**As an M-estimator** on the table rows (one row per study × arm × outcome cell, the count n_ay(k) as a
+frequency weight — the same answer as the table expanded to one row per participant, never built at run time).
+Row i carries the study indicator vector h_i = (I(H_i = k))_k, the arm a_i and the outcome y_i. Blocks:
+
+    shares   p ∈ R^K:    ψ = h − p                                     (P(H = k); p̂_k = n_k/n)
+    risks    r ∈ R^{2K}: ψ = (h·a·(y − r₁(k)), h·(1−a)·(y − r₀(k)))_k    (ψ_a(k) = E[Y | H = k, A = a])
+    target   ψ ∈ R²:     ψ = (Σ_k p_k r₁(k) − ψ₁, Σ_k p_k r₀(k) − ψ₀)
+    contrast θ ∈ R:      ψ = Φ(ψ₁, ψ₀) − θ
+
+The engine's sandwich of this stack treats the study membership H as random (P(H = k) estimated), as in the
+paper's derivation. Its variance of ψ̂_a equals the paper's printed σ̂_a²/n exactly; unlike the printed formula
+it also carries the covariance of ψ̂₁ and ψ̂₀ that the shared study shares induce:
+
+    n·Var(ψ̂_a)     = Σ_k p_k (n_k/n_a(k)) ψ_a(k)(1 − ψ_a(k)) + Σ_k p_k ψ_a(k)² − ψ_a²       (= paper σ̂_a²)
+    n·Cov(ψ̂₁, ψ̂₀) = Σ_k p_k ψ₁(k) ψ₀(k) − ψ₁ ψ₀                                               (paper: 0)
+    Var(θ̂) = ∇Φᵀ V ∇Φ
+
+Three variances are offered (see docs/causal_meta.md for the BCG worked example):
+
+- ``"sandwich"`` (default): the stacked M-estimation sandwich above (H random);
+- ``"paper"``: the paper's printed formula σ̂² = σ̂₁²(∂Φ/∂ψ₁)² + σ̂₀²(∂Φ/∂ψ₀)², i.e. the sandwich without the
+  covariance term;
+- ``"design"``: design-based, study sizes (and so the weights) held fixed: the stack without the ``shares``
+  block, weights as constants: Var(ψ̂_a) = Σ_k ω_k² ψ_a(k)(1−ψ_a(k))/n_a(k), Cov(ψ̂₁, ψ̂₀) = 0.
+
+With user-chosen target weights the weights are known constants: the sandwich is the design-based variance, and
+the paper's formula (which assumes ω_k = n_k/n) is not defined (NaN).
+
+Reference: Berenfeld, Boughdiri, Colnet, van Amsterdam, Bellet, Khellaf, Scornet & Josse (2026),
+"Causal meta-analysis: rethinking the foundations of evidence-based medicine", §3 and Appendix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from mestim import Block, fit
+from mestim.errors import DataError
+
+CAUSAL_MEASURES = ("RD", "RR", "OR", "SR")
+VARIANCES = ("sandwich", "paper", "design")
+
+
+def contrast(measure: str, psi1, psi0):
+    """Φ(ψ₁, ψ₀) on the analysis scale: RD, log RR, log OR or log SR (traceable)."""
+    if measure == "RD":
+        return psi1 - psi0
+    if measure == "RR":
+        return jnp.log(psi1) - jnp.log(psi0)
+    if measure == "OR":
+        return jnp.log(psi1) - jnp.log1p(-psi1) - jnp.log(psi0) + jnp.log1p(-psi0)
+    if measure == "SR":
+        return jnp.log1p(-psi1) - jnp.log1p(-psi0)
+    raise DataError(f"measure={measure!r}: use one of {CAUSAL_MEASURES}")
+
+
+def contrast_gradient(measure: str, psi1, psi0):
+    """(∂Φ/∂ψ₁, ∂Φ/∂ψ₀) for :func:`contrast`."""
+    if measure == "RD":
+        return jnp.ones_like(psi1), -jnp.ones_like(psi0)
+    if measure == "RR":
+        return 1 / psi1, -1 / psi0
+    if measure == "OR":
+        return 1 / (psi1 * (1 - psi1)), -1 / (psi0 * (1 - psi0))
+    if measure == "SR":
+        return -1 / (1 - psi1), 1 / (1 - psi0)
+    raise DataError(f"measure={measure!r}: use one of {CAUSAL_MEASURES}")
+
+
+# ------------------------------------------------------------------------------------------ closed forms
+def causal_closed_form(ai, bi, ci, di, mask=None, measure: str = "RD", target_weights=None):
+    """Causal estimate and its three standard errors in closed form (traceable; vmaps over padded tables).
+
+    Returns a dict: ``psi1``, ``psi0``, ``estimate`` (analysis scale), ``se_sandwich``, ``se_paper``,
+    ``se_design``, ``cov10_sandwich`` (Cov(ψ̂₁, ψ̂₀)), ``n``, ``k``. Formulas: module docstring. Studies must have
+    both arms non-empty where mask = 1 (padding: mask = 0). ``target_weights`` (K,) non-negative, normalised
+    here over the masked studies; None means ω_k = n_k/n.
+    """
+    ai, bi, ci, di = (jnp.asarray(x, float) for x in (ai, bi, ci, di))
+    m = jnp.ones_like(ai) if mask is None else jnp.asarray(mask, float)
+    ai, bi, ci, di = (jnp.where(m > 0, x, 0.0) for x in (ai, bi, ci, di))
+    n1, n0 = ai + bi, ci + di
+    nk = n1 + n0
+    n = nk.sum()
+    n1s, n0s = jnp.where(m > 0, n1, 1.0), jnp.where(m > 0, n0, 1.0)
+    r1, r0 = ai / n1s, ci / n0s
+    sample = target_weights is None
+    w = nk / n if sample else jnp.asarray(target_weights, float) * m / (jnp.asarray(target_weights, float) * m).sum()
+    psi1, psi0 = (w * r1).sum(), (w * r0).sum()
+    g1, g0 = contrast_gradient(measure, psi1, psi0)
+    # design-based: weights fixed
+    vd1 = (w ** 2 * r1 * (1 - r1) / n1s).sum()
+    vd0 = (w ** 2 * r0 * (1 - r0) / n0s).sum()
+    se_design = jnp.sqrt(g1 ** 2 * vd1 + g0 ** 2 * vd0)
+    if sample:
+        s1 = (w * nk / n1s * r1 * (1 - r1)).sum() + (w * r1 ** 2).sum() - psi1 ** 2  # paper σ̂₁²
+        s0 = (w * nk / n0s * r0 * (1 - r0)).sum() + (w * r0 ** 2).sum() - psi0 ** 2
+        c10 = (w * r1 * r0).sum() - psi1 * psi0
+        se_paper = jnp.sqrt((g1 ** 2 * s1 + g0 ** 2 * s0) / n)
+        se_sandwich = jnp.sqrt((g1 ** 2 * s1 + g0 ** 2 * s0 + 2 * g1 * g0 * c10) / n)
+        cov10 = c10 / n
+    else:
+        se_paper = jnp.full_like(se_design, jnp.nan)
+        se_sandwich, cov10 = se_design, jnp.zeros_like(se_design)
+    return {"psi1": psi1, "psi0": psi0, "estimate": contrast(measure, psi1, psi0), "se_sandwich": se_sandwich,
+            "se_paper": se_paper, "se_design": se_design, "cov10_sandwich": cov10, "n": n, "k": m.sum()}
+
+
+def paper_variance_psi(ai, bi, ci, di):
+    """The paper's printed σ̂_a² for a = 1, 0 (so Var(ψ̂_a) ≈ σ̂_a²/n), ω_k = n_k/n:
+    σ̂_a² = Σ_k n_k²/(n·n_a(k)) ψ̂_a(k)(1−ψ̂_a(k)) + Σ_k (n_k/n) ψ̂_a(k)² − ψ̂_a²."""
+    ai, bi, ci, di = (np.asarray(x, float) for x in (ai, bi, ci, di))
+    n1, n0 = ai + bi, ci + di
+    nk = n1 + n0
+    n = nk.sum()
+    out = []
+    for ev, na in ((ai, n1), (ci, n0)):
+        r = ev / na
+        psi = (nk / n * r).sum()
+        out.append((nk ** 2 / (n * na) * r * (1 - r)).sum() + (nk / n * r ** 2).sum() - psi ** 2)
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------ the stack
+@dataclasses.dataclass(frozen=True)
+class StudyShares:
+    """ψ = h − p: the study shares P(H = k) (h the study indicator vector of the row)."""
+
+    def __call__(self, p, row):
+        return row["cm_study"] - p
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmRisks:
+    """ψ = (h·a·(y − r₁), h·(1−a)·(y − r₀)): the risk in each study × arm, r = (r₁(1..K), r₀(1..K))."""
+
+    def __call__(self, r, row):
+        k = r.shape[0] // 2
+        h, a, y = row["cm_study"], row["cm_arm"], row["cm_event"]
+        return jnp.concatenate([h * a * (y - r[:k]), h * (1 - a) * (y - r[k:])])
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetRisks:
+    """ψ = (Σ_k ω_k r₁(k) − ψ₁, Σ_k ω_k r₀(k) − ψ₀); ω = the ``shares`` block, or fixed ``weights``."""
+
+    weights: tuple | None = None
+
+    def __call__(self, psi, row, risks, shares=None):
+        k = risks.shape[0] // 2
+        w = shares if self.weights is None else jnp.asarray(self.weights)
+        return jnp.stack([w @ risks[:k] - psi[0], w @ risks[k:] - psi[1]])
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalContrast:
+    """ψ = Φ(ψ₁, ψ₀) − θ for the chosen measure (analysis scale)."""
+
+    measure: str
+
+    def __call__(self, theta, row, target):
+        return jnp.atleast_1d(contrast(self.measure, target[0], target[1]) - theta[0])
+
+
+def causal_meta_rows(ai, bi, ci, di) -> dict:
+    """The table as rows for the engine: one row per study × arm × outcome cell (4K rows), with columns
+    ``cm_study`` (K-vector study indicator), ``cm_arm``, ``cm_event`` and ``cm_count`` (the frequency weight)."""
+    ai, bi, ci, di = (np.asarray(x, float) for x in (ai, bi, ci, di))
+    k = ai.size
+    eye = np.eye(k)
+    study = np.concatenate([eye, eye, eye, eye])
+    arm = np.repeat([1.0, 1.0, 0.0, 0.0], k)
+    event = np.repeat([1.0, 0.0, 1.0, 0.0], k)
+    count = np.concatenate([ai, bi, ci, di])
+    return {"cm_study": study, "cm_arm": arm, "cm_event": event, "cm_count": count}
+
+
+def causal_meta_blocks(ai, bi, ci, di, measure: str = "RD", variance: str = "sandwich",
+                       target_weights=None) -> list[Block]:
+    """The stack (shares, risks, target, contrast) with starting values at the closed-form solution.
+
+    ``variance="sandwich"`` with ω_k = n_k/n estimates the shares (H random); ``"design"`` or user
+    ``target_weights`` drop the shares block and hold the weights fixed (the design-based variant)."""
+    if measure not in CAUSAL_MEASURES:
+        raise DataError(f"measure={measure!r}: use one of {CAUSAL_MEASURES}")
+    if variance not in ("sandwich", "design"):
+        raise DataError(f"variance={variance!r}: the stack computes 'sandwich' or 'design' (the paper's formula "
+                        "is a closed form: causal_closed_form)")
+    ai, bi, ci, di = (np.asarray(x, float) for x in (ai, bi, ci, di))
+    n1, n0 = ai + bi, ci + di
+    nk = n1 + n0
+    if target_weights is None:
+        w = nk / nk.sum()
+    else:
+        w = np.asarray(target_weights, float)
+        w = w / w.sum()
+    r = np.concatenate([ai / n1, ci / n0])
+    k = ai.size
+    psi = np.array([w @ r[:k], w @ r[k:]])
+    theta = np.atleast_1d(np.asarray(contrast(measure, psi[0], psi[1])))
+    blocks = []
+    estimated = variance == "sandwich" and target_weights is None
+    if estimated:
+        blocks.append(Block("shares", StudyShares(), init=w, labels=tuple(f"P(H={j + 1})" for j in range(k))))
+    blocks.append(Block("risks", ArmRisks(), init=r,
+                        labels=tuple(f"psi1({j + 1})" for j in range(k)) + tuple(f"psi0({j + 1})" for j in range(k))))
+    blocks.append(Block("target", TargetRisks(None if estimated else tuple(float(x) for x in w)), init=psi,
+                        reads=("risks", "shares") if estimated else ("risks",), labels=("psi1", "psi0")))
+    blocks.append(Block("contrast", CausalContrast(measure), init=theta, reads=("target",),
+                        labels=({"RD": "RD"}.get(measure, f"log{measure}"),)))
+    return blocks
+
+
+def _check_tables(ai, bi, ci, di):
+    arrs = [np.atleast_1d(np.asarray(x, float)) for x in (ai, bi, ci, di)]
+    if len({a.shape for a in arrs}) != 1 or arrs[0].ndim != 1:
+        raise DataError("ai, bi, ci, di must be 1-D arrays of the same length (one entry per study)")
+    if not all(np.isfinite(a).all() and (a >= 0).all() for a in arrs):
+        raise DataError("counts must be finite and non-negative")
+    n1, n0 = arrs[0] + arrs[1], arrs[2] + arrs[3]
+    empty = np.flatnonzero((n1 == 0) | (n0 == 0))
+    if empty.size:
+        raise DataError(f"studies at positions {empty.tolist()} have an empty arm (n = 0): their arm risk is not "
+                        "identified; remove them (estimators.meta_batch.standardise_tables excludes and reports them)")
+    return arrs
+
+
+def fit_causal_meta(ai, bi, ci, di, measure: str = "RD", variance: str = "sandwich", target_weights=None):
+    """Fit the causal stack with the engine: ``mestim.fit`` on the 4K table rows with counts as frequency
+    weights. Returns the :class:`mestim.Result` (parameters shares, risks, target (ψ₁, ψ₀), contrast θ)."""
+    ai, bi, ci, di = _check_tables(ai, bi, ci, di)
+    blocks = causal_meta_blocks(ai, bi, ci, di, measure, variance, target_weights)
+    return fit(blocks, causal_meta_rows(ai, bi, ci, di), weights="cm_count")
+
+
+def causal_meta(ai, bi, ci, di, measure: str = "RR", target_weights=None, level: float = 0.95,
+                use_engine: bool = True) -> dict:
+    """Causal meta-analysis of one set of 2×2 tables: estimate on the analysis scale (log for RR/OR/SR) with the
+    sandwich SE (from the engine's stack when ``use_engine``, else the identical closed form), the paper's SE and
+    the design-based SE, Wald CIs for each, ψ̂₁, ψ̂₀ and Cov(ψ̂₁, ψ̂₀).
+
+    Reference: Berenfeld et al. (2026), §3; formulas in this module's docstring.
+    """
+    from scipy import stats
+
+    ai, bi, ci, di = _check_tables(ai, bi, ci, di)
+    if measure not in CAUSAL_MEASURES:
+        raise DataError(f"measure={measure!r}: use one of {CAUSAL_MEASURES}")
+    cf = {k: float(v) for k, v in causal_closed_form(ai, bi, ci, di, None, measure, target_weights).items()}
+    if not np.isfinite(cf["estimate"]):
+        raise DataError(f"the causal {measure} is not defined: pooled risks ψ̂₁ = {cf['psi1']:.4g}, "
+                        f"ψ̂₀ = {cf['psi0']:.4g} (a ratio needs both in (0, 1) for OR, > 0 for RR, < 1 for SR)")
+    out = {"method": "causal", "measure": measure, "estimate": cf["estimate"], "psi1": cf["psi1"],
+           "psi0": cf["psi0"], "cov_psi10": cf["cov10_sandwich"], "n": cf["n"], "k": int(cf["k"]),
+           "se": cf["se_sandwich"], "se_paper": cf["se_paper"], "se_design": cf["se_design"],
+           "target": "union of trials (n_k/n)" if target_weights is None else "user weights"}
+    if use_engine:
+        res = fit_causal_meta(ai, bi, ci, di, measure, "sandwich", target_weights)
+        out["estimate"] = float(res["contrast"][0])
+        out["se"] = float(res.se[res.index("contrast")][0])
+    z = stats.norm.ppf(0.5 + level / 2)
+    out["ci_low"], out["ci_high"] = out["estimate"] - z * out["se"], out["estimate"] + z * out["se"]
+    return out

@@ -1,0 +1,82 @@
+"""Bad input and failed numerics raise errors that name the problem."""
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import estimators as est
+import mestim
+from mestim.errors import (ConvergenceError, DataError, SeparationError, SingularBreadError,
+                           SpecificationError)
+
+
+def _mean(theta, row):
+    return jnp.atleast_1d(row["y"] - theta[0])
+
+
+def test_nan_in_used_column_is_named_and_unused_nan_is_fine():
+    d = {"y": np.array([1.0, np.nan, 3.0]), "z": np.array([np.nan] * 3)}
+    with pytest.raises(DataError, match=r"column 'y' has 1 non-finite value\(s\) \(NaN first at row 1\)"):
+        mestim.fit(_mean, d, init=[0.0])
+    d["y"][1] = 2.0
+    assert mestim.fit(_mean, d, init=[0.0]).theta[0] == pytest.approx(2.0)
+
+
+def test_wrong_column_name_suggests_the_right_one():
+    with pytest.raises(DataError, match=r"reads column 'yy', which is not in the data; did you mean \['y'\]"):
+        mestim.fit(lambda t, r: jnp.atleast_1d(r["yy"] - t[0]), {"y": np.ones(3)}, init=[0.0])
+    with pytest.raises(DataError, match="covariate 'x9' is not in the data"):
+        mestim.fit([est.logistic("lg", "y", ["x9"])], {"y": np.array([0.0, 1.0])})
+
+
+def test_psi_length_and_init_shape_mismatch():
+    with pytest.raises(SpecificationError, match=r"returns shape \(2,\) but the block has 3 parameter"):
+        mestim.fit(lambda t, r: jnp.array([r["y"] - t[0], t[1]]), {"y": np.ones(4)}, init=np.zeros(3))
+    with pytest.raises(SpecificationError, match=r"init of block 'theta' has shape \(2, 2\)"):
+        mestim.fit(_mean, {"y": np.ones(4)}, init=np.zeros((2, 2)))
+    with pytest.raises(SpecificationError, match="init= is required"):
+        mestim.fit(_mean, {"y": np.ones(4)})
+
+
+def test_non_convergence_reports_status_iterations_and_residual(logit_df):
+    with pytest.raises(ConvergenceError, match=r"reached the iteration limit after 1 iteration\(s\); final residual"):
+        mestim.fit([est.logistic("lg", "y", ["x1", "x2"])], logit_df, max_iter=1)
+
+
+def test_singular_bread_names_the_collinear_parameters(logit_df):
+    df = logit_df.assign(x3=2 * logit_df.x1)
+    with pytest.raises(SingularBreadError, match=r"x1.*x3|x3.*x1"):
+        mestim.fit([est.linear("ols", "yc", ["x1", "x2", "x3"])], df)
+
+
+def test_perfect_separation_is_reported():
+    x = np.linspace(-1, 1, 40)
+    d = {"x": x, "y": (x > 0).astype(float)}
+    with pytest.raises(SeparationError, match="perfectly separated"):
+        mestim.fit([est.logistic("lg", "y", ["x"])], d)
+
+
+def test_table_level_errors():
+    with pytest.raises(DataError, match="duplicated column"):
+        mestim.fit(_mean, pd.DataFrame(np.ones((3, 2)), columns=["y", "y"]), init=[0.0])
+    with pytest.raises(DataError, match="different numbers of rows"):
+        mestim.fit(_mean, {"y": np.ones(3), "x": np.ones(4)}, init=[0.0])
+    with pytest.raises(DataError, match="not numeric"):
+        mestim.fit(_mean, {"y": np.array(["a", "b"])}, init=[0.0])
+    with pytest.raises(DataError, match="negative"):
+        mestim.fit(_mean, {"y": np.ones(3)}, init=[0.0], weights=np.array([1.0, -1.0, 1.0]))
+    with pytest.raises(DataError, match="logistic model but 'y' takes values"):
+        mestim.fit([est.logistic("lg", "y")], {"y": np.array([0.0, 1.0, 2.0])})
+    with pytest.raises(DataError, match="mask selects none"):
+        mestim.fit([est.mean("m", "y", mask="s")], {"y": np.ones(3), "s": np.zeros(3)})
+
+
+def test_stack_specification_errors():
+    blk = mestim.Block("a", _mean, init=[0.0], reads=("nope",))
+    with pytest.raises(SpecificationError, match=r"reads \['nope'\]"):
+        mestim.fit([blk], {"y": np.ones(3)})
+    with pytest.raises(SpecificationError, match="unique"):
+        mestim.fit([mestim.Block("a", _mean, init=[0.0])] * 2, {"y": np.ones(3)})
+    with pytest.raises(SpecificationError, match="identifier"):
+        mestim.Block("not a name", _mean)
