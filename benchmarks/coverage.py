@@ -1,0 +1,146 @@
+"""Coverage of nominal 95% Wald CIs by simulation: 2000 replicates per estimator, vmapped on one compiled fit.
+
+    python benchmarks/coverage.py [--replicates 2000] [--only NAME ...] [--out benchmarks/results/coverage]
+
+Each case simulates `replicates` data sets of one shape on the host (seeded), prepares their columns, and fits
+them all with one `jax.vmap` of the pure fit (:func:`mestim.pure.fit_function`). Coverage is the share of CIs
+θ̂ ± 1.96·SE that contain the true value; its Monte Carlo SE at 2000 replicates is 0.49 points, so [94%, 96%]
+is about ±2 MCSE. A small-sample case shows where the sandwich under-covers and what the finite-sample
+corrections (`"df"`, `"fay"`) do there. Results: `<out>.json` and `<out>.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+import estimators as est
+import mestim
+from mestim.pure import coverage, fit_function, prepare_columns, stack_columns
+
+CASES = {}
+
+
+def case(name):
+    def register(fn):
+        CASES[name] = fn
+        return fn
+    return register
+
+
+def _ratio_psi(theta, row):
+    mu_y, mu_x, r = theta
+    return jnp.array([row["y"] - mu_y, row["x"] - mu_x, mu_y - r * mu_x])
+
+
+@case("ratio (n=500)")
+def ratio_case():
+    def simulate(rng):
+        x = rng.gamma(4.0, 0.5, 500)
+        return {"x": x, "y": 3.0 * x + rng.normal(0, 1 + x, 500)}
+    return _ratio_psi, np.zeros(3), simulate, {2: 3.0}
+
+
+@case("linear, heteroscedastic (n=500)")
+def linear_case():
+    def simulate(rng):
+        x = rng.normal(size=(500, 2))
+        return {"x1": x[:, 0], "x2": x[:, 1], "y": 1 + 2 * x[:, 0] - x[:, 1] + rng.normal(size=500) * (1 + np.abs(x[:, 0]))}
+    return [est.linear("ols", "y", ["x1", "x2"])], None, simulate, {0: 1.0, 1: 2.0, 2: -1.0}
+
+
+@case("logistic (n=500)")
+def logistic_case():
+    def simulate(rng):
+        x = rng.normal(size=(500, 2))
+        p = 1 / (1 + np.exp(-(0.3 + x[:, 0] - 0.5 * x[:, 1])))
+        return {"x1": x[:, 0], "x2": x[:, 1], "y": (rng.random(500) < p).astype(float)}
+    return [est.logistic("lg", "y", ["x1", "x2"])], None, simulate, {0: 0.3, 1: 1.0, 2: -0.5}
+
+
+@case("poisson (n=500)")
+def poisson_case():
+    def simulate(rng):
+        x = rng.normal(size=500)
+        return {"x": x, "y": rng.poisson(np.exp(0.5 + 0.4 * x)).astype(float)}
+    return [est.poisson("po", "y", ["x"])], None, simulate, {0: 0.5, 1: 0.4}
+
+
+def run_case(name, replicates, seed=2026, batch=250):
+    estimator, init, simulate, truth = CASES[name]()
+    rng = np.random.default_rng(seed)
+    frames = [simulate(rng) for _ in range(replicates)]
+    _, f, problem = fit_function(estimator, frames[0], init)
+    columns = [prepare_columns(problem, d) for d in frames]
+    n = len(next(iter(frames[0].values())))
+    solve = jax.jit(jax.vmap(lambda c: f(c, jnp.ones(n))))
+    start = time.perf_counter()
+    parts = [solve(stack_columns(columns[i:i + batch])) for i in range(0, replicates, batch)]
+    theta = np.concatenate([np.asarray(p.theta) for p in parts])
+    vcov = np.concatenate([np.asarray(p.vcov) for p in parts])
+    ok = np.concatenate([np.asarray(p.converged) for p in parts])
+    seconds = time.perf_counter() - start
+    idx = np.array(sorted(truth))
+    cov = coverage(theta[ok][:, idx], vcov[ok][:, idx][:, :, idx], np.array([truth[i] for i in idx]))
+    return [{"case": name, "param": problem.labels[i], "truth": truth[i], "coverage": float(c),
+             "replicates": int(ok.sum()), "failed": int((~ok).sum()), "seconds": round(seconds, 2)}
+            for i, c in zip(idx, cov)]
+
+
+def small_sample_corrections(replicates, n=20, seed=7):
+    """Heteroscedastic linear model at n = 20: the slope's CI with no correction (HC0), n/(n−p) (HC1), and Fay's."""
+    rng = np.random.default_rng(seed)
+    hits = {None: [], "df": [], "fay": []}
+    block = [est.linear("ols", "y", ["x"])]
+    for _ in range(replicates):  # a loop over data sets (not rows): three corrections per data set
+        x = rng.normal(size=n)
+        d = {"x": x, "y": 1 + 0.5 * x + rng.normal(size=n) * (0.5 + np.abs(x))}
+        for corr in hits:
+            lo, hi = mestim.fit(block, d, correction=corr).ci()[1]
+            hits[corr].append(lo <= 0.5 <= hi)
+    return [{"case": f"linear heteroscedastic small sample (n={n})", "param": "x", "truth": 0.5,
+             "correction": str(c), "coverage": float(np.mean(h)), "replicates": len(h), "failed": 0}
+            for c, h in hits.items()]
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in table.itertuples(index=False)]
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells]) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicates", type=int, default=2000)
+    parser.add_argument("--only", nargs="*", help="case names (substring match)")
+    parser.add_argument("--out", default="benchmarks/results/coverage")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in CASES:
+        if args.only and not any(o in name for o in args.only):
+            continue
+        rows += run_case(name, args.replicates)
+        print(pd.DataFrame(rows[-len(CASES[name]()[3]):]).to_string(index=False), flush=True)
+    if not args.only or any("small" in o for o in args.only):
+        rows += small_sample_corrections(min(args.replicates, 1000))
+    table = pd.DataFrame(rows)
+    meta = {"replicates": args.replicates, "machine": platform.processor() or platform.machine(),
+            "cpus": jax.device_count(), "jax": jax.__version__, "level": 0.95,
+            "mc_se_at_2000": 0.0049}
+    with open(args.out + ".json", "w") as fh:
+        json.dump({"meta": meta, "results": rows}, fh, indent=1)
+    with open(args.out + ".md", "w") as fh:
+        fh.write(f"# Coverage of nominal 95% CIs ({args.replicates} replicates)\n\n")
+        fh.write(markdown_table(table))
+    print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
