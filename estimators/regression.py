@@ -174,14 +174,24 @@ def _start(x, y, offset, family):
 
 
 def _separation_check(name):
+    """Complete or quasi-complete separation shows at the 'solution' as rows fitted with probability 0 or 1:
+    with separation the likelihood keeps rising as ‖β‖ → ∞, so the solver stops where expit saturates. In a fit
+    whose MLE exists no row has |xᵀβ| near 20 (fitted probability within 2e-9 of its outcome)."""
+
     def check(beta, cols):
         x, y, m = cols[f"{name}.X"], cols[f"{name}.y"], cols[f"{name}.mask"] > 0
-        eta = x[m] @ beta
-        if np.all(np.where(y[m] == 1, eta, -eta) > 15):  # every row fitted with probability > 1 − 3e-7
+        margin = np.where(y[m] == 1, 1.0, -1.0) * (x[m] @ beta)
+        if np.all(margin > 15):
             raise SeparationError(
                 f"block '{name}': the outcome is perfectly separated by the covariates (every row is fitted "
                 "with probability ≈ 0 or 1), so the logistic MLE does not exist; remove the separating covariate "
                 "or use a penalised model")
+        saturated = int(np.sum(margin > 20))
+        if saturated:
+            raise SeparationError(
+                f"block '{name}': quasi-complete separation: {saturated} of {int(m.sum())} rows are fitted with "
+                "probability 0 or 1 (a covariate or category predicts their outcome exactly), so the logistic MLE "
+                "does not exist; merge sparse categories, drop the separating covariate, or use a penalised model")
         return []
 
     return check

@@ -57,6 +57,15 @@ def test_perfect_separation_is_reported():
         mestim.fit([est.logistic("lg", "y", ["x"])], d)
 
 
+def test_quasi_complete_separation_is_reported():
+    rng = np.random.default_rng(0)
+    x, g = rng.normal(size=200), (rng.random(200) < 0.1).astype(float)
+    y = (rng.random(200) < 1 / (1 + np.exp(-x))).astype(float)
+    y[g == 1] = 1.0  # the indicator g predicts y = 1 exactly
+    with pytest.raises(SeparationError, match=r"quasi-complete separation: \d+ of 200 rows"):
+        mestim.fit([est.logistic("lg", "y", ["x", "g"])], {"x": x, "g": g, "y": y})
+
+
 def test_table_level_errors():
     with pytest.raises(DataError, match="duplicated column"):
         mestim.fit(_mean, pd.DataFrame(np.ones((3, 2)), columns=["y", "y"]), init=[0.0])
