@@ -264,9 +264,11 @@ def _core_all(ai, bi, ci, di, mask):
 def classical_core(ai, bi, ci, di, mask=None):
     """The classical summaries for all measures of one meta-analysis: {measure: {key: float}} (see
     :func:`pool_inverse_variance`, plus ``MH_est``, ``MH_se``). Log scale for RR and OR."""
-    ai = np.asarray(ai, float)
-    mask = np.ones_like(ai) if mask is None else np.asarray(mask, float)
-    res = _core_all(jnp.asarray(ai), *(jnp.asarray(np.asarray(x, float)) for x in (bi, ci, di)), jnp.asarray(mask))
+    arrs = [np.atleast_1d(np.asarray(x, float)) for x in (ai, bi, ci, di)]
+    mask = np.ones_like(arrs[0]) if mask is None else np.asarray(mask, float)
+    size = 1 << max(0, int(np.ceil(np.log2(arrs[0].size))))  # padded (mask 0) so nearby k share compiled code
+    pad = lambda x: jnp.asarray(np.pad(x, (0, size - x.size)))  # noqa: E731
+    res = _core_all(*(pad(x) for x in arrs), pad(mask))
     return {meas: {k: float(v) for k, v in d.items()} for meas, d in res.items()}
 
 
@@ -279,10 +281,14 @@ def summary_rows(core: dict, measure: str, level: float = 0.95) -> list[dict]:
 
 def summary_rows_arrays(core: dict, measure: str, level: float = 0.95) -> list[list[dict]]:
     """Vectorised :func:`summary_rows` over M meta-analyses (each core value an array of shape (M,))."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return _summary_rows_arrays(core, measure, level)
+
+
+def _summary_rows_arrays(core, measure, level):
     z = stats.norm.ppf(0.5 + level / 2)
     k = np.asarray(core["k"], float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t = np.where(k > 1, stats.t.ppf(0.5 + level / 2, np.maximum(k - 1, 1)), np.nan)
+    t = np.where(k > 1, stats.t.ppf(0.5 + level / 2, np.maximum(k - 1, 1)), np.nan)
     cols = {}
     for meth in ("FE",) + RE_METHODS:
         est, se, tau2 = (np.asarray(core[f"{meth}_{x}"], float) for x in ("est", "se", "tau2"))

@@ -1,14 +1,15 @@
 """Root finding for Σψ(θ) = 0: damped Newton with a backtracking line search, compiled as one loop.
 
 Step: δ = -J⁻¹ r with r = Σ w ψ(θ) and J = Σ w ∂ψ/∂θ. Line search halves α until the residual norm drops
-enough, ‖r(θ + αδ)‖ ≤ (1 - 10⁻⁴ α)‖r(θ)‖ (Armijo on ½‖r‖²), which makes Newton globally robust on the
-smooth, monotone problems M-estimators give (logistic, GLM) while keeping its quadratic local rate.
+enough, ‖r(θ + αδ)‖ ≤ (1 - 10⁻⁴ α)‖r(θ)‖, which makes Newton globally robust on the smooth, monotone problems
+M-estimators give (logistic, GLM) while keeping its quadratic local rate. Where J is singular (a poor start,
+e.g. the ratio estimator at θ = 0) a Levenberg–Marquardt step δ = -(JᵀJ + λI)⁻¹Jᵀr replaces the Newton step:
+a regularised step is fine for moving θ, never for the bread.
 
-Where J is singular (a poor start) the minimum-norm least-squares step replaces the Newton step.
 Converged when the full Newton step is tiny relative to θ (‖δ‖∞ ≤ xtol·(1 + ‖θ‖∞)) or the scaled residual
-‖r‖∞ / Σw ≤ gtol. The whole loop runs inside ``lax.while_loop``: no host round trip, no recompilation per
-iteration. Status codes are returned, never raised inside the compiled code; :mod:`mestim.fit` turns them
-into errors that name the block.
+‖r‖∞ / Σw ≤ gtol. The loop body evaluates (r, J) once, at its start, and the line search evaluates r once per
+trial: each is traced once, which keeps compile time low. Status codes are returned, never raised inside the
+compiled code; :mod:`mestim.fit` turns them into errors that name the block.
 """
 
 from __future__ import annotations
@@ -49,26 +50,18 @@ def newton(residual_and_jacobian, residual, theta0, scale, options: SolverOption
     ``scale`` is Σw, which makes ``gtol`` a tolerance on the mean of ψ.
     """
     opts = options
-    r0, j0 = residual_and_jacobian(theta0)
-
-    def norm(r):
-        return jnp.max(jnp.abs(r))
-
-    def cond(state):
-        _, _, _, it, status, done = state
-        return (~done) & (it < opts.max_iter)
+    running = -1
 
     def body(state):
-        theta, r, jac, it, _, _ = state
-        finite = jnp.all(jnp.isfinite(r)) & jnp.all(jnp.isfinite(jac))
+        theta, it, _, _ = state
+        r, jac = residual_and_jacobian(theta)
+        f0 = _norm(r)
+        finite = jnp.isfinite(f0) & jnp.all(jnp.isfinite(jac))
         newton_step = -jnp.linalg.solve(jac, r)
-        # A singular J (e.g. the ratio estimator at θ = 0) gets the minimum-norm least-squares step instead:
-        # a pseudo-inverse is fine for moving θ, never for the bread.
         invertible = jnp.all(jnp.isfinite(newton_step))
-        delta = lax.cond(invertible, lambda: newton_step, lambda: -jnp.linalg.lstsq(jac, r)[0])
-        singular = ~jnp.all(jnp.isfinite(delta))
-        step_small = norm(delta) <= opts.xtol * (1.0 + norm(theta))
-        f0 = norm(r)
+        delta = jnp.where(invertible, newton_step, _levenberg_marquardt_step(jac, r))
+        converged = finite & ((f0 / scale <= opts.gtol)
+                              | (invertible & (_norm(delta) <= opts.xtol * (1.0 + _norm(theta)))))
 
         def ls_cond(s):
             alpha, f_new, h = s
@@ -76,28 +69,29 @@ def newton(residual_and_jacobian, residual, theta0, scale, options: SolverOption
 
         def ls_body(s):
             alpha, _, h = s
-            alpha = alpha * 0.5
-            return alpha, _safe_norm(residual(theta + alpha * delta)), h + 1
+            alpha = jnp.where(h == 0, 1.0, 0.5 * alpha)
+            return alpha, _norm(residual(theta + alpha * delta)), h + 1
 
-        alpha, f_new, h = lax.while_loop(
-            ls_cond, ls_body, (jnp.asarray(1.0, theta.dtype), _safe_norm(residual(theta + delta)), 0))
-        ls_failed = (h >= opts.max_halvings) & (f_new > f0)
-        singular = singular | (ls_failed & ~invertible)
-        ls_failed = ls_failed & invertible
-        bad = (~finite) | singular | ls_failed
-        theta_new = jnp.where(bad, theta, theta + alpha * delta)
-        r_new, jac_new = residual_and_jacobian(theta_new)
-        converged = (~bad) & (step_small | (norm(r_new) / scale <= opts.gtol))
-        status = jnp.select([~finite, singular, ls_failed, converged], [NONFINITE, SINGULAR, LINE_SEARCH, CONVERGED],
-                            MAX_ITER)
-        return theta_new, r_new, jac_new, it + 1, status, converged | bad
+        alpha, f_new, _ = lax.while_loop(ls_cond, ls_body, (jnp.asarray(1.0, theta.dtype), jnp.inf, 0))
+        stuck = (f_new > (1.0 - 1e-4 * alpha) * f0) | ~jnp.all(jnp.isfinite(delta))
+        status = jnp.select([converged, ~finite, stuck & ~invertible, stuck, it >= opts.max_iter],
+                            [CONVERGED, NONFINITE, SINGULAR, LINE_SEARCH, MAX_ITER], running)
+        # At convergence the (tiny) step is still taken: it polishes θ to the last bit.
+        move = (status == running) | (status == CONVERGED)
+        theta = jnp.where(move & ~stuck, theta + alpha * delta, theta)
+        return theta, it + (status == running), status, f0
 
-    already = norm(r0) / scale <= opts.gtol
-    init = (theta0, r0, j0, jnp.asarray(0), jnp.where(already, CONVERGED, MAX_ITER), already)
-    theta, r, _, it, status, _ = lax.while_loop(cond, body, init)
-    return SolveResult(theta, status, it, norm(r))
+    theta, it, status, norm_r = lax.while_loop(lambda s: s[2] == running, body,
+                                               (theta0, jnp.asarray(0), jnp.asarray(running), jnp.inf))
+    return SolveResult(theta, status, it, norm_r)
 
 
-def _safe_norm(r):
-    """‖r‖∞, with non-finite residuals treated as infinitely bad (so the line search backs off)."""
+def _norm(r):
+    """‖r‖∞, with non-finite residuals counted as infinitely bad (so the line search backs off)."""
     return jnp.where(jnp.all(jnp.isfinite(r)), jnp.max(jnp.abs(r)), jnp.inf)
+
+
+def _levenberg_marquardt_step(jac, r):
+    jtj = jac.T @ jac
+    lam = 1e-8 * jnp.maximum(jnp.trace(jtj) / jtj.shape[0], 1e-300)
+    return -jnp.linalg.solve(jtj + lam * jnp.eye(jtj.shape[0], dtype=jtj.dtype), jac.T @ r)

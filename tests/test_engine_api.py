@@ -52,8 +52,8 @@ def test_delta_method_and_wald_tests(ratio_data):
     z = (res.theta[2] - 3.0) / res.se[2]
     assert test.statistic == pytest.approx(z**2, rel=1e-12) and test.df == 1
     assert test.p_value == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-10)
-    nonlinear = res.wald_test(lambda t: t[0] / t[1] - t[2])  # exactly 0 at θ̂ (the third equation)
-    assert nonlinear.statistic == pytest.approx(0.0, abs=1e-12)
+    nonlinear = res.wald_test(lambda t: t[0] / t[1] - 3.0)  # g(θ) = μ_y/μ_x − 3 equals the linear test of r = 3
+    assert nonlinear.statistic == pytest.approx(test.statistic, rel=1e-8)
     both = res.test_equal([0, 1])
     d = res.delta(lambda t: t[0] - t[1])
     assert both.statistic == pytest.approx((d.theta[0] / d.se[0]) ** 2, rel=1e-10)

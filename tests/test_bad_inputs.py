@@ -1,0 +1,191 @@
+"""Table-driven bad inputs: each gets a clear error (or warning) naming the problem; the CLI never shows a traceback.
+
+Library cases call ``mestim.fit`` and check the error type and message. Command-line cases run ``mestim.cli.main``
+in-process on a small broken file and check: exit code ≠ 0, one line on stderr naming the problem, no traceback.
+"""
+
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import estimators as est
+import mestim
+from mestim.cli import main as cli
+from mestim.errors import (ConvergenceError, DataError, MestimWarning, SeparationError, SingularBreadError,
+                           SpecificationError)
+
+RNG = np.random.default_rng(11)
+X = RNG.normal(size=120)
+Y01 = (RNG.random(120) < 1 / (1 + np.exp(-X))).astype(float)
+
+
+def _mean(t, r):
+    return jnp.atleast_1d(r["y"] - t[0])
+
+
+def _logit(**cols):
+    return [est.logistic("lg", "y", list(cols.get("X", ["x"])))]
+
+
+LIBRARY = [
+    # (id, call, expected error, message pattern)
+    ("missing column", lambda: mestim.fit(lambda t, r: jnp.atleast_1d(r["z"] - t[0]), {"y": X}, init=[0.0]),
+     DataError, "reads column 'z', which is not in the data"),
+    ("NaN in used column", lambda: mestim.fit(_mean, {"y": np.r_[X[:5], np.nan]}, init=[0.0]),
+     DataError, r"column 'y' has 1 non-finite value\(s\) \(NaN"),
+    ("inf in used column", lambda: mestim.fit(_mean, {"y": np.r_[X[:5], np.inf]}, init=[0.0]),
+     DataError, r"\(inf first at row 5\)"),
+    ("duplicated column names", lambda: mestim.fit(_mean, pd.DataFrame(np.ones((3, 2)), columns=["y", "y"]),
+                                                   init=[0.0]), DataError, "duplicated column name"),
+    ("non-numeric values", lambda: mestim.fit(_mean, {"y": np.array(["1", "x"], dtype=object)}, init=[0.0]),
+     DataError, "not numeric"),
+    ("columns of different lengths", lambda: mestim.fit(_mean, {"y": X, "x": X[:3]}, init=[0.0]),
+     DataError, "different numbers of rows"),
+    ("ψ of the wrong length", lambda: mestim.fit(_mean, {"y": X}, init=[0.0, 0.0]),
+     SpecificationError, r"returns shape \(1,\) but the block has 2"),
+    ("init of the wrong shape", lambda: mestim.fit(_mean, {"y": X}, init=[[0.0]]),
+     SpecificationError, "expected a 1-D array"),
+    ("ψ returning NaN", lambda: mestim.fit(lambda t, r: jnp.atleast_1d(jnp.log(t[0] - 10.0) - r["y"]), {"y": X},
+                                           init=[0.0]), ConvergenceError, "non-finite ψ or Jacobian"),
+    ("non-convergence", lambda: mestim.fit(_logit(), {"x": X, "y": Y01}, max_iter=1),
+     ConvergenceError, r"after 1 iteration\(s\); final residual"),
+    ("collinear design", lambda: mestim.fit([est.linear("ols", "y", ["x", "x2"])], {"x": X, "x2": 3 * X, "y": X},),
+     SingularBreadError, "not identified"),
+    ("constant covariate", lambda: mestim.fit([est.linear("ols", "y", ["c"])], {"c": np.ones(120), "y": X}),
+     SingularBreadError, r"Intercept|'c'|ols:c"),
+    ("perfect separation", lambda: mestim.fit(_logit(), {"x": X, "y": (X > 0).astype(float)}),
+     SeparationError, "perfectly separated"),
+    ("quasi-complete separation", lambda: mestim.fit(_logit(X=["x", "g"]), {
+        "x": X, "g": (X > 1.2).astype(float), "y": np.where(X > 1.2, 1.0, Y01)}), SeparationError, "quasi-complete"),
+    ("non-binary outcome for a logistic block", lambda: mestim.fit(_logit(), {"x": X, "y": np.round(X)}),
+     DataError, "logistic model but 'y' takes values"),
+    ("negative weights", lambda: mestim.fit(_mean, {"y": X}, init=[0.0], weights=-np.ones(120)),
+     DataError, "negative"),
+    ("weight column missing", lambda: mestim.fit(_mean, {"y": X}, init=[0.0], weights="w"),
+     DataError, "weight column 'w' is not in the data"),
+    ("single cluster", lambda: mestim.fit(_mean, {"y": X, "g": np.ones(120)}, init=[0.0], cluster="g"),
+     DataError, "single cluster"),
+    ("empty masked block", lambda: mestim.fit([est.mean("m", "y", mask="s")], {"y": X, "s": np.zeros(120)}),
+     DataError, "mask selects none"),
+    ("NaN inside a block's mask", lambda: mestim.fit([est.mean("m", "y", mask="s")],
+                                                      {"y": np.r_[np.nan, X[1:]], "s": np.ones(120)}),
+     DataError, "column 'y' has 1 non-finite"),
+    ("unknown block read", lambda: mestim.fit([mestim.Block("a", _mean, init=[0.0], reads=("b",))], {"y": X}),
+     SpecificationError, r"reads \['b'\]"),
+]
+
+
+@pytest.mark.parametrize("case", LIBRARY, ids=[c[0] for c in LIBRARY])
+def test_library_bad_input(case):
+    _, call, error, pattern = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MestimWarning)
+        with pytest.raises(error, match=pattern):
+            call()
+
+
+def test_clusters_with_one_row_warn():
+    with pytest.warns(MestimWarning, match="every cluster has one row"):
+        mestim.fit(_mean, {"y": X, "g": np.arange(120.0)}, init=[0.0], cluster="g")
+
+
+def test_nan_outside_a_mask_is_allowed():
+    y = np.where(X > 0, X, np.nan)
+    res = mestim.fit([est.mean("m", "y", mask=lambda c: np.isfinite(c["y"]))], {"y": y})
+    assert res.theta[0] == pytest.approx(np.nanmean(y))
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def _transport_frame():
+    from estimators.transport.simulate import simulate_trials
+
+    return simulate_trials(n_target=300, n_per_trial=150, seed=3)
+
+
+def _write(tmp_path, frame, name="data.csv"):
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def _bcg():
+    return pd.read_csv(__import__("estimators.meta_batch", fromlist=["x"]).BCG_PATH)
+
+
+CLI = [
+    # (id, argv builder (tmp_path -> argv), message pattern)
+    ("missing file", lambda p: ["transport", str(p / "nope.csv")], r"nope\.csv"),
+    ("unreadable CSV", lambda p: ["meta", _raw(p, b"\x00\x01\x02garbage\n\xff\xfe")], r"parse|read|column|empty"),
+    ("empty CSV", lambda p: ["meta", _raw(p, b"")], "empty"),
+    ("wrong study column", lambda p: ["transport", _write(p, _transport_frame()), "--study", "site"], "site"),
+    ("wrong covariate", lambda p: ["transport", _write(p, _transport_frame()), "--covariates", "X1,X9"], "X9"),
+    ("target label absent", lambda p: ["transport", _write(p, _transport_frame()), "--target", "9"],
+     r"target|'9'|9"),
+    ("trial with one arm", lambda p: ["transport", _write(p, _one_arm(_transport_frame()))], r"arm|treatment"),
+    ("treatment value not present", lambda p: ["transport", _write(p, _transport_frame()), "--contrast", "1,7"],
+     "7"),
+    ("non-binary outcome for a logistic model",
+     lambda p: ["transport", _write(p, _transport_frame()), "--outcome-model", "logistic"], r"0/1|binary"),
+    ("NaN covariate in trial rows", lambda p: ["transport", _write(p, _nan_cov(_transport_frame()))],
+     r"X1|NaN|non-finite"),
+    ("non-numeric covariate", lambda p: ["transport", _write(p, _text_cov(_transport_frame()))],
+     r"X1.*numeric|numeric.*X1"),
+    ("negative counts", lambda p: ["meta", _write(p, _bcg().assign(ai=lambda d: -d.ai))], "negative"),
+    ("events exceed totals", lambda p: ["meta", _write(p, _events_gt_totals())], r"exceed|greater|more than|>"),
+    ("meta table without count columns", lambda p: ["meta", _write(p, pd.DataFrame({"a": [1], "b": [2]}))],
+     r"column"),
+    ("non-numeric counts", lambda p: ["meta", _write(p, _bcg().astype({"ai": object}).assign(ai="many"))],
+     r"numeric|ai"),
+]
+
+
+def _raw(p, content):
+    path = p / "raw.csv"
+    path.write_bytes(content)
+    return str(path)
+
+
+def _one_arm(df):
+    trial = df["S"] == 1
+    return df.assign(Z=np.where(trial, 1.0, df["Z"]))
+
+
+def _nan_cov(df):
+    first_trial_row = df.index[df["S"] == 1][0]
+    df = df.copy()
+    df.loc[first_trial_row, "X1"] = np.nan
+    return df
+
+
+def _text_cov(df):
+    return df.astype({"X1": object}).assign(X1=lambda d: ["high"] + list(d.X1[1:]))
+
+
+def _events_gt_totals():
+    df = pd.DataFrame({"event.e": [5, 3], "n.e": [4, 10], "event.c": [2, 2], "n.c": [10, 10]})
+    return df
+
+
+@pytest.mark.parametrize("case", CLI, ids=[c[0] for c in CLI])
+def test_cli_bad_input(case, tmp_path, capsys):
+    _, argv, pattern = case
+    code = cli(argv(tmp_path))
+    captured = capsys.readouterr()
+    assert code != 0, captured.out
+    assert "Traceback" not in captured.err + captured.out
+    lines = [ln for ln in captured.err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "error:" in lines[0], captured.err
+    assert pytest.importorskip("re").search(pattern, lines[0]), lines[0]
+
+
+def test_cli_zero_event_arm_is_defined(tmp_path, capsys):
+    df = _bcg()
+    df.loc[0, "ai"] = 0
+    assert cli(["meta", _write(tmp_path, df), "--json", str(tmp_path / "o.json")]) == 0
+    import json
+
+    rows = json.load(open(tmp_path / "o.json"))["results"]
+    assert all(np.isfinite(r["estimate"]) for r in rows)
