@@ -227,14 +227,14 @@ def _group_index(spec: StackSpec, group) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("spec", "group", "opts", "chunk_size", "mesh"))
 def _solve_group(spec, group, data, w, theta, opts, chunk_size, mesh=None):
     idx = _group_index(spec, group)
-    f = lambda tg, row: spec.psi(theta.at[idx].set(tg), row, group)  # noqa: E731
+    f = lambda tg, row, full: spec.psi(full.at[idx].set(tg), row, group)  # noqa: E731
 
     def residual_and_jacobian(tg):
-        m = moments(f, tg, data, w, chunk_size=chunk_size, meat=False, mesh=mesh)
+        m = moments(f, tg, data, w, chunk_size=chunk_size, meat=False, mesh=mesh, args=(theta,))
         return m.psi, m.jac
 
     def residual(tg):
-        return moments(f, tg, data, w, chunk_size=chunk_size, jac=False, meat=False, mesh=mesh).psi
+        return moments(f, tg, data, w, chunk_size=chunk_size, jac=False, meat=False, mesh=mesh, args=(theta,)).psi
 
     return newton(residual_and_jacobian, residual, theta[idx], w.sum(), opts)
 
@@ -242,8 +242,8 @@ def _solve_group(spec, group, data, w, theta, opts, chunk_size, mesh=None):
 @functools.partial(jax.jit, static_argnames=("spec", "group", "chunk_size", "mesh"))
 def _group_jacobian(spec, group, data, w, theta, chunk_size, mesh=None):
     idx = _group_index(spec, group)
-    f = lambda tg, row: spec.psi(theta.at[idx].set(tg), row, group)  # noqa: E731
-    return moments(f, theta[idx], data, w, chunk_size=chunk_size, meat=False, mesh=mesh).jac
+    f = lambda tg, row, full: spec.psi(full.at[idx].set(tg), row, group)  # noqa: E731
+    return moments(f, theta[idx], data, w, chunk_size=chunk_size, meat=False, mesh=mesh, args=(theta,)).jac
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "sampling", "n_clusters", "chunk_size", "mesh"))

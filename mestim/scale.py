@@ -176,11 +176,12 @@ def _rebatch(chunks: Iterable, size: int) -> Iterator[dict]:
 def _batch_sums(spec, group, theta, data, w, jac, meat, sampling, chunk_size, mesh):
     """Σwψ (and Σw∂ψ/∂θ, Σwψψᵀ) over one batch, for the blocks in ``group`` (None: the whole stack)."""
     if group is None:
-        f, t = spec.psi, theta
-    else:
-        idx = np.concatenate([np.arange(spec.offsets()[g].start, spec.offsets()[g].stop) for g in group])
-        f, t = (lambda tg, row: spec.psi(theta.at[idx].set(tg), row, group)), theta[idx]
-    return moments(f, t, data, w, chunk_size=chunk_size, jac=jac, meat=meat, sampling=sampling, mesh=mesh)
+        return moments(spec.psi, theta, data, w, chunk_size=chunk_size, jac=jac, meat=meat, sampling=sampling,
+                       mesh=mesh)
+    idx = np.concatenate([np.arange(spec.offsets()[g].start, spec.offsets()[g].stop) for g in group])
+    f = lambda tg, row, full: spec.psi(full.at[idx].set(tg), row, group)  # noqa: E731
+    return moments(f, theta[idx], data, w, chunk_size=chunk_size, jac=jac, meat=meat, sampling=sampling, mesh=mesh,
+                   args=(theta,))
 
 
 class _Stream:

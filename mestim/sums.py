@@ -63,27 +63,30 @@ def chunk_moments(f: Callable, theta, rows, w, *, jac=True, meat=True, sampling=
 
 
 def moments(f: Callable, theta, data, w, *, chunk_size: int = DEFAULT_CHUNK, jac=True, meat=True,
-            sampling=False, cluster=None, n_clusters=0, mesh=None) -> Moments:
+            sampling=False, cluster=None, n_clusters=0, mesh=None, args=()) -> Moments:
     """:func:`chunk_moments` summed over all rows of in-memory ``data`` (traceable, jit-able).
 
     With a ``mesh`` (a :class:`jax.sharding.Mesh`), the rows are split over all its devices: each device sums
     its own rows chunk by chunk and the per-device sums are added with ``psum`` (the row count must be a
-    multiple of the number of devices; :mod:`mestim.scale` pads with zero-weight rows).
+    multiple of the number of devices; :mod:`mestim.scale` pads with zero-weight rows). Traced values ψ needs
+    besides θ (e.g. the fixed parameters of other blocks) must come through ``args`` (``f(theta, row, *args)``),
+    not a closure: inside ``shard_map`` they are replicated inputs.
     """
     kw = dict(jac=jac, meat=meat, sampling=sampling, n_clusters=n_clusters)
 
-    def local(theta, data, w, cluster):
-        return sum_chunks(lambda c: chunk_moments(f, theta, c["rows"], c["w"], cluster=c["cluster"], **kw),
+    def local(theta, data, w, cluster, args):
+        g = lambda t, row: f(t, row, *args)  # noqa: E731
+        return sum_chunks(lambda c: chunk_moments(g, theta, c["rows"], c["w"], cluster=c["cluster"], **kw),
                           {"rows": data, "w": w, "cluster": cluster}, chunk_size)
 
     if mesh is None:
-        return local(theta, data, w, cluster)
+        return local(theta, data, w, cluster, args)
     from jax.sharding import PartitionSpec
 
     rows = PartitionSpec(mesh.axis_names)
     per_device = lambda *a: lax.psum(local(*a), mesh.axis_names)  # noqa: E731
-    return jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(), rows, rows, rows),
-                         out_specs=PartitionSpec(), check_vma=False)(theta, data, w, cluster)
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(), rows, rows, rows, PartitionSpec()),
+                         out_specs=PartitionSpec(), check_vma=False)(theta, data, w, cluster, args)
 
 
 def sum_chunks(g: Callable, data, chunk_size: int = DEFAULT_CHUNK):
