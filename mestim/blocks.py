@@ -9,6 +9,11 @@ gives ψ(θ) = (ψ_1, …, ψ_B); the joint bread is block lower-triangular when
 so the stack can be solved one group at a time in dependency order. Blocks that read each other (a cycle) are
 solved jointly as one group (Tarjan's strongly connected components).
 
+Groups that do not depend on each other (say, the outcome models of different trials) are solved together, one
+dependency level at a time (:func:`solve_levels`): their joint Jacobian is block-diagonal, so one Newton on the
+level gives each group's own solution, while one pass over the rows serves them all and one program is compiled
+per level instead of per group.
+
 ``prepare(columns) -> Prepared`` lets a registered block add its own columns (a design matrix, a cleaned outcome
 with NaN replaced where the mask excludes the row) and pick a starting value from the data.
 """
@@ -105,6 +110,13 @@ class StackSpec:
         ])
 
 
+    def block_psis(self, names: Sequence[str] | None = None) -> tuple:
+        """One function ``f(theta, row)`` per named block (all by default): ψ_b at flat θ, for
+        :func:`mestim.sums.chunk_moments`' block-by-block Jacobian."""
+        wanted = [b.name for b in self.blocks if names is None or b.name in names]
+        return tuple(lambda theta, row, name=name: self.psi(theta, row, (name,)) for name in wanted)
+
+
 def solve_groups(blocks: Sequence[BlockSpec]) -> list[tuple[str, ...]]:
     """Groups of blocks to solve together, in an order where every group reads only earlier groups.
 
@@ -143,3 +155,17 @@ def solve_groups(blocks: Sequence[BlockSpec]) -> list[tuple[str, ...]]:
         if v not in index:
             visit(v)
     return groups
+
+
+def solve_levels(blocks: Sequence[BlockSpec]) -> list[tuple[str, ...]]:
+    """The groups of :func:`solve_groups` merged by dependency level: level 0 reads no other group, level k reads
+    groups of levels < k only. Each level is one Newton solve."""
+    groups = solve_groups(blocks)
+    reads = {b.name: b.reads for b in blocks}
+    group_of = {name: i for i, g in enumerate(groups) for name in g}
+    level: dict[int, int] = {}
+    for i, g in enumerate(groups):  # dependencies come first in this order
+        deps = {group_of[r] for name in g for r in reads[name]} - {i}
+        level[i] = 1 + max((level[d] for d in deps), default=-1)
+    names = [b.name for b in blocks]
+    return [tuple(n for n in names if level[group_of[n]] == lev) for lev in sorted(set(level.values()))]

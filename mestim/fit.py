@@ -4,7 +4,8 @@ Steps: (1) turn the estimator into blocks and let each prepare its columns; (2) 
 values to learn which columns it reads and check it returns one value per parameter; (3) validate exactly those
 columns (present, numeric, finite); (4) solve Σ w ψ = 0 group by group in dependency order (jointly for blocks
 that read each other, or when ``solve="joint"``); (5) one more pass over the rows for the bread and meat of
-the whole stack, and the sandwich. The compiled functions take the stack description as a static argument, so
+the whole stack, and the sandwich. The Newton loop runs on the host (:func:`mestim.solve.newton_host`) around
+two compiled sums per group; the compiled functions take the stack description as a static argument, so
 refitting the same estimator on data of the same shapes does not recompile.
 """
 
@@ -20,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import data as datamod
-from .blocks import Block, BlockSpec, StackSpec, solve_groups
+from .blocks import Block, BlockSpec, StackSpec, solve_groups, solve_levels
 from .errors import ConvergenceError, DataError, SingularBreadError, SpecificationError
 from .results import Result
 from .sandwich import WARN_COND, bread_condition, covariance, fay_meat
-from .solve import CONVERGED, SINGULAR, STATUS_TEXT, SolverOptions, newton
+from .solve import CONVERGED, SINGULAR, STATUS_TEXT, SolverOptions, newton_host
 from .sums import DEFAULT_CHUNK, moments
 
 CORRECTIONS = (None, "df", "fay")
@@ -64,7 +65,8 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
             ``"sampling"`` (inverse-probability weights: meat Σ w² ψψᵀ, n = number of rows).
         cluster: column name or array of cluster labels: meat Σ_g U_g U_gᵀ over cluster totals U_g = Σ_{i∈g} w ψ.
         correction: None, ``"df"`` (n/(n−p)) or ``"fay"`` (Fay's bias-corrected meat, b = 0.75).
-        solve: ``"blockwise"`` (groups in dependency order) or ``"joint"`` (one Newton on the whole stack).
+        solve: ``"blockwise"`` (one Newton per dependency level, see :mod:`mestim.blocks`) or ``"joint"`` (one
+            Newton on the whole stack).
         chunk_size: rows per chunk in every sum over rows (memory is O(chunk · p²)).
         max_iter, xtol, gtol: solver limits (see :mod:`mestim.solve`).
         devices: shard the rows over devices (:mod:`mestim.scale`): an int (the first k devices), a list of
@@ -77,17 +79,39 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
     problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster, devices=devices,
                       data_dtype=data_dtype)
     opts = SolverOptions(max_iter=max_iter, xtol=xtol, gtol=gtol)
-    groups = solve_groups(problem.spec.blocks) if solve == "blockwise" else [tuple(b.name for b in problem.spec.blocks)]
+    groups = solve_levels(problem.spec.blocks) if solve == "blockwise" else [tuple(b.name for b in problem.spec.blocks)]
     theta = jnp.asarray(problem.init)
     iterations = 0
+    scale = float(problem.w.sum())
     for group in groups:
-        out = _solve_group(problem.spec, group, problem.data, problem.w, theta, opts, chunk_size, problem.mesh)
-        status, it = int(out.status), int(out.iterations)
-        iterations += it
-        if status != CONVERGED:
-            _raise_failure(problem, group, out, status, it, chunk_size)
-        theta = theta.at[_group_index(problem.spec, group)].set(out.theta)
+        idx = _group_index(problem.spec, group)
+        out = newton_host(*_group_evaluators(problem, group, theta, chunk_size), np.asarray(theta)[idx], scale, opts)
+        iterations += out.iterations
+        if out.status != CONVERGED:
+            _raise_failure(problem, group, out, theta, chunk_size)
+        theta = theta.at[idx].set(out.theta)
     return _sandwich_result(problem, theta, weight_type, correction, chunk_size, iterations=iterations)
+
+
+def _group_evaluators(problem: Problem, group, theta, chunk_size):
+    """(r, J) and r of one group's Σwψ as host arrays, other blocks held at ``theta`` (one pass each)."""
+    idx = _group_index(problem.spec, group)
+    full = np.asarray(theta, float)
+
+    def at(tg):
+        t = full.copy()
+        t[idx] = tg
+        return jnp.asarray(t)
+
+    def residual_and_jacobian(tg):
+        m = _group_sums(problem.spec, group, at(tg), problem.data, problem.w, True, False, False, chunk_size,
+                        problem.mesh)
+        return np.asarray(m.psi), np.asarray(m.jac)
+
+    def residual(tg):  # backtracking is rare: reuse the compiled (r, J) program rather than compile another
+        return residual_and_jacobian(tg)[0]
+
+    return residual_and_jacobian, residual
 
 
 def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="frequency", cluster=None,
@@ -224,31 +248,22 @@ def _group_index(spec: StackSpec, group) -> np.ndarray:
     return np.concatenate([np.arange(offs[g].start, offs[g].stop) for g in group])
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "group", "opts", "chunk_size", "mesh"))
-def _solve_group(spec, group, data, w, theta, opts, chunk_size, mesh=None):
+@functools.partial(jax.jit, static_argnames=("spec", "group", "jac", "meat", "sampling", "chunk_size", "mesh"))
+def _group_sums(spec, group, theta, data, w, jac, meat, sampling, chunk_size, mesh=None):
+    """Σwψ (and Σw∂ψ/∂θ, Σwψψᵀ) of the blocks in ``group`` (None: the whole stack), derivatives with respect to
+    the group's own parameters, the other blocks held at ``theta``. Used by in-memory and streamed fits."""
+    if group is None:
+        return moments(spec.block_psis(), theta, data, w, chunk_size=chunk_size, jac=jac, meat=meat,
+                       sampling=sampling, mesh=mesh)
     idx = _group_index(spec, group)
-    f = lambda tg, row, full: spec.psi(full.at[idx].set(tg), row, group)  # noqa: E731
-
-    def residual_and_jacobian(tg):
-        m = moments(f, tg, data, w, chunk_size=chunk_size, meat=False, mesh=mesh, args=(theta,))
-        return m.psi, m.jac
-
-    def residual(tg):
-        return moments(f, tg, data, w, chunk_size=chunk_size, jac=False, meat=False, mesh=mesh, args=(theta,)).psi
-
-    return newton(residual_and_jacobian, residual, theta[idx], w.sum(), opts)
-
-
-@functools.partial(jax.jit, static_argnames=("spec", "group", "chunk_size", "mesh"))
-def _group_jacobian(spec, group, data, w, theta, chunk_size, mesh=None):
-    idx = _group_index(spec, group)
-    f = lambda tg, row, full: spec.psi(full.at[idx].set(tg), row, group)  # noqa: E731
-    return moments(f, theta[idx], data, w, chunk_size=chunk_size, meat=False, mesh=mesh, args=(theta,)).jac
+    f = tuple(lambda tg, row, full, b=b: b(full.at[idx].set(tg), row) for b in spec.block_psis(group))
+    return moments(f, theta[idx], data, w, chunk_size=chunk_size, jac=jac, meat=meat, sampling=sampling, mesh=mesh,
+                   args=(theta,))
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "sampling", "n_clusters", "chunk_size", "mesh"))
 def _bread_meat(spec, data, w, theta, cluster, sampling, n_clusters, chunk_size, mesh=None):
-    m = moments(spec.psi, theta, data, w, chunk_size=chunk_size, sampling=sampling, cluster=cluster,
+    m = moments(spec.block_psis(), theta, data, w, chunk_size=chunk_size, sampling=sampling, cluster=cluster,
                 n_clusters=n_clusters, mesh=mesh)
     meat = m.meat if cluster is None else m.cluster.T @ m.cluster
     return m.psi, m.jac, meat
@@ -268,13 +283,13 @@ def _influence(spec, data, theta, bread_inv, chunk_size):
 
 
 # ---------------------------------------------------------------------------------------------- results
-def _raise_failure(problem: Problem, group, out, status, iterations, chunk_size):
+def _raise_failure(problem: Problem, group, out, theta, chunk_size):
+    status, iterations = out.status, out.iterations
     names = ", ".join(f"'{g}'" for g in group)
     idx = _group_index(problem.spec, group)
     labels = [problem.labels[i] for i in idx]
     if status == SINGULAR:
-        jac = np.asarray(_group_jacobian(problem.spec, group, problem.data, problem.w, out.theta, chunk_size,
-                                         problem.mesh))
+        jac = _group_evaluators(problem, group, theta, chunk_size)[0](out.theta)[1]
         cond, involved = bread_condition(-jac, labels)
         raise SingularBreadError(
             f"block(s) {names}: the Jacobian of Σψ became singular (condition number {cond:.3g}) after "

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .blocks import solve_groups
-from .fit import _bread_meat, _group_index, _solve_group, prepare
-from .solve import CONVERGED, SolverOptions
-from .sums import DEFAULT_CHUNK
+from .blocks import solve_levels
+from .fit import _bread_meat, _group_index, prepare
+from .solve import CONVERGED, SolverOptions, newton
+from .sums import DEFAULT_CHUNK, moments
 
 
 class PureFit(NamedTuple):
@@ -37,7 +39,7 @@ def fit_function(estimator, data, init=None, *, names=None, solve: str = "blockw
     """
     problem = prepare(estimator, data, init, names=names)
     spec = problem.spec
-    groups = solve_groups(spec.blocks) if solve == "blockwise" else [tuple(b.name for b in spec.blocks)]
+    groups = solve_levels(spec.blocks) if solve == "blockwise" else [tuple(b.name for b in spec.blocks)]
     opts = SolverOptions(max_iter=max_iter, xtol=xtol, gtol=gtol)
     start = jnp.asarray(problem.init)
 
@@ -69,6 +71,22 @@ def prepare_columns(problem, data) -> dict:
 def stack_columns(columns: list[dict]) -> dict:
     """Stack prepared columns of equally shaped data sets along a new leading axis (for ``jax.vmap``)."""
     return {k: jnp.stack([c[k] for c in columns]) for k in columns[0]}
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "group", "opts", "chunk_size", "mesh"))
+def _solve_group(spec, group, data, w, theta, opts, chunk_size, mesh=None):
+    """One dependency group solved by the traced Newton (vmappable), other blocks held at ``theta``."""
+    idx = _group_index(spec, group)
+    f = tuple(lambda tg, row, full, b=b: b(full.at[idx].set(tg), row) for b in spec.block_psis(group))
+
+    def residual_and_jacobian(tg):
+        m = moments(f, tg, data, w, chunk_size=chunk_size, meat=False, mesh=mesh, args=(theta,))
+        return m.psi, m.jac
+
+    def residual(tg):
+        return moments(f, tg, data, w, chunk_size=chunk_size, jac=False, meat=False, mesh=mesh, args=(theta,)).psi
+
+    return newton(residual_and_jacobian, residual, theta[idx], w.sum(), opts)
 
 
 def coverage(estimates: np.ndarray, vcovs: np.ndarray, truth: np.ndarray, level: float = 0.95) -> np.ndarray:

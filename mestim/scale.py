@@ -46,9 +46,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import data as datamod
-from .blocks import Block, solve_groups
+from .blocks import Block, solve_levels
 from .errors import ConvergenceError, DataError, SingularBreadError, SpecificationError
-from .solve import SolverOptions
+from .fit import _group_sums
+from .solve import CONVERGED, SINGULAR, STATUS_TEXT, SolverOptions, newton_host
 from .sums import DEFAULT_CHUNK, moments
 
 DEFAULT_BATCH = 1 << 18  # host rows per streamed batch (262,144: ~60 MB for a 30-column float64 design)
@@ -172,18 +173,6 @@ def _rebatch(chunks: Iterable, size: int) -> Iterator[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- streamed fit
-@functools.partial(jax.jit, static_argnames=("spec", "group", "jac", "meat", "sampling", "chunk_size", "mesh"))
-def _batch_sums(spec, group, theta, data, w, jac, meat, sampling, chunk_size, mesh):
-    """Σwψ (and Σw∂ψ/∂θ, Σwψψᵀ) over one batch, for the blocks in ``group`` (None: the whole stack)."""
-    if group is None:
-        return moments(spec.psi, theta, data, w, chunk_size=chunk_size, jac=jac, meat=meat, sampling=sampling,
-                       mesh=mesh)
-    idx = np.concatenate([np.arange(spec.offsets()[g].start, spec.offsets()[g].stop) for g in group])
-    f = lambda tg, row, full: spec.psi(full.at[idx].set(tg), row, group)  # noqa: E731
-    return moments(f, theta[idx], data, w, chunk_size=chunk_size, jac=jac, meat=meat, sampling=sampling, mesh=mesh,
-                   args=(theta,))
-
-
 class _Stream:
     """One pass over the source = prepared, padded device batches; counts rows and Σw on the first pass."""
 
@@ -237,7 +226,7 @@ class _Stream:
         start, total, n_rows, sum_w = time.perf_counter(), None, 0, 0.0
         theta = jnp.asarray(theta)
         for n, w, cols in self.device_batches():
-            m = _batch_sums(self.problem.spec, group, theta, cols, w, jac, meat, sampling, chunk_size, self.mesh)
+            m = _group_sums(self.problem.spec, group, theta, cols, w, jac, meat, sampling, chunk_size, self.mesh)
             total = m if total is None else jax.tree.map(jnp.add, total, m)
             n_rows += n
             if self.sum_w is None:
@@ -298,12 +287,12 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
     stream = _Stream(problem, source, weights, batch_rows, columns, mesh, data_dtype, progress)
     opts = SolverOptions(max_iter=max_iter, xtol=xtol, gtol=gtol)
     spec = problem.spec
-    groups = solve_groups(spec.blocks) if solve == "blockwise" else [tuple(b.name for b in spec.blocks)]
+    groups = solve_levels(spec.blocks) if solve == "blockwise" else [tuple(b.name for b in spec.blocks)]
     theta = np.array(problem.init, float)
     iterations = 0
     for group in groups:
         idx = _group_index(spec, group)
-        theta, it = _newton_stream(stream, group, theta, idx, opts, chunk_size, problem.labels)
+        theta, it = _solve_stream(stream, group, theta, idx, opts, chunk_size, problem.labels)
         iterations += it
     m = stream.sums(None, theta, meat=True, sampling=weight_type == "sampling", chunk_size=chunk_size,
                     label="bread and meat")
@@ -326,46 +315,27 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
     return result
 
 
-def _newton_stream(stream: _Stream, group, theta, idx, opts: SolverOptions, chunk_size, labels):
-    """Damped Newton of :mod:`mestim.solve` on the host, one pass over the source per evaluated point."""
+def _solve_stream(stream: _Stream, group, theta, idx, opts: SolverOptions, chunk_size, labels):
+    """One group of a streamed fit: :func:`mestim.solve.newton_host`, one pass over the source per evaluation."""
     names = ", ".join(f"'{g}'" for g in group)
+    calls = iter(range(1 << 30))
 
-    def evaluate(tg, what):
+    def at(tg):
         full = theta.copy()
         full[idx] = tg
-        m = stream.sums(group, full, chunk_size=chunk_size, label=f"{names} {what}")
+        return full
+
+    def residual_and_jacobian(tg):
+        m = stream.sums(group, at(tg), chunk_size=chunk_size, label=f"{names} evaluation {next(calls)}")
         return m.psi, m.jac
 
-    norm = lambda r: float(np.max(np.abs(r))) if np.all(np.isfinite(r)) else np.inf  # noqa: E731
-    tg = theta[idx].copy()
-    r, jac = evaluate(tg, "start")
-    it = 0
-    while norm(r) / stream.sum_w > opts.gtol:
-        if it >= opts.max_iter:
-            raise ConvergenceError(f"block(s) {names} did not converge: reached the iteration limit after {it} "
-                                   f"iteration(s); max|Σψ|/Σw = {norm(r) / stream.sum_w:.3g}")
-        if not (np.all(np.isfinite(r)) and np.all(np.isfinite(jac))):
-            raise ConvergenceError(f"block(s) {names}: non-finite ψ or Jacobian after {it} iteration(s)")
-        try:
-            delta = -np.linalg.solve(jac, r)
-        except np.linalg.LinAlgError:
-            delta = -np.linalg.lstsq(jac, r, rcond=None)[0]
-        if not np.all(np.isfinite(delta)):
-            raise SingularBreadError(f"block(s) {names}: the Jacobian of Σψ is singular after {it} iteration(s)")
-        it += 1
-        step_small = norm(delta) <= opts.xtol * (1.0 + norm(tg))
-        f0, alpha = norm(r), 1.0
-        for halving in range(opts.max_halvings + 1):
-            r_new, jac_new = evaluate(tg + alpha * delta, f"iteration {it}" + (f" step {alpha:g}" if halving else ""))
-            if norm(r_new) <= (1.0 - 1e-4 * alpha) * f0:
-                break
-            alpha *= 0.5
-        else:
-            raise ConvergenceError(f"block(s) {names}: line search failed to reduce the residual after {it} "
-                                   f"iteration(s); max|Σψ|/Σw = {f0 / stream.sum_w:.3g}")
-        tg, r, jac = tg + alpha * delta, r_new, jac_new
-        if step_small:
-            break
-    theta = theta.copy()
-    theta[idx] = tg
-    return theta, it
+    def residual(tg):
+        return stream.sums(group, at(tg), jac=False, chunk_size=chunk_size, label=f"{names} line search").psi
+
+    out = newton_host(residual_and_jacobian, residual, theta[idx], lambda: stream.sum_w, opts)
+    if out.status != CONVERGED:
+        error = SingularBreadError if out.status == SINGULAR else ConvergenceError
+        raise error(f"block(s) {names} did not converge: {STATUS_TEXT[out.status]} after {out.iterations} "
+                    f"iteration(s); max|Σψ|/Σw = {out.residual / stream.sum_w:.3g}; try better init= values, a "
+                    "larger max_iter=, or check that the model is identified")
+    return at(out.theta), out.iterations

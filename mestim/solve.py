@@ -7,9 +7,17 @@ e.g. the ratio estimator at θ = 0) a Levenberg–Marquardt step δ = -(JᵀJ + 
 a regularised step is fine for moving θ, never for the bread.
 
 Converged when the full Newton step is tiny relative to θ (‖δ‖∞ ≤ xtol·(1 + ‖θ‖∞)) or the scaled residual
-‖r‖∞ / Σw ≤ gtol. The loop body evaluates (r, J) once, at its start, and the line search evaluates r once per
-trial: each is traced once, which keeps compile time low. Status codes are returned, never raised inside the
-compiled code; :mod:`mestim.fit` turns them into errors that name the block.
+‖r‖∞ / Σw ≤ gtol. Status codes are returned, never raised; :mod:`mestim.fit` turns them into errors that name
+the block.
+
+Two drivers run this one algorithm:
+
+- :func:`newton_host` (``fit``, streamed fits): the loop runs in Python around compiled sums over the rows. The
+  trial point θ + δ is evaluated *with* its Jacobian, so an accepted full step costs one pass over the data
+  (the common case); only backtracking uses residual-only passes. Two small programs are compiled per group,
+  which keeps the first call fast for stacks of many blocks.
+- :func:`newton` (traced: :mod:`mestim.pure`, vmapped over data sets or bootstrap weights): the same steps in
+  ``lax.while_loop``, so a whole batch of fits is one compiled call.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 CONVERGED, MAX_ITER, SINGULAR, NONFINITE, LINE_SEARCH = 0, 1, 2, 3, 4
@@ -84,6 +93,57 @@ def newton(residual_and_jacobian, residual, theta0, scale, options: SolverOption
     theta, it, status, norm_r = lax.while_loop(lambda s: s[2] == running, body,
                                                (theta0, jnp.asarray(0), jnp.asarray(running), jnp.inf))
     return SolveResult(theta, status, it, norm_r)
+
+
+def newton_host(residual_and_jacobian, residual, theta0, scale, options: SolverOptions) -> SolveResult:
+    """Damped Newton driven from the host; ``residual_and_jacobian(θ) -> (r, J)`` and ``residual(θ) -> r``
+    return host arrays (each call is one pass over the rows). Same steps and statuses as :func:`newton`.
+
+    ``scale`` is Σw, or a function returning it (a streamed source learns Σw on its first pass).
+    """
+    opts = options
+    theta = np.asarray(theta0, float)
+    r, jac = residual_and_jacobian(theta)
+    scale = scale() if callable(scale) else scale
+    it = 0
+    while True:
+        f0 = _host_norm(r)
+        if not (np.isfinite(f0) and np.all(np.isfinite(jac))):
+            return SolveResult(theta, NONFINITE, it, f0)
+        if f0 / scale <= opts.gtol:
+            return SolveResult(theta, CONVERGED, it, f0)
+        if it >= opts.max_iter:
+            return SolveResult(theta, MAX_ITER, it, f0)
+        try:
+            delta, invertible = -np.linalg.solve(jac, r), True
+        except np.linalg.LinAlgError:
+            delta, invertible = None, False
+        if delta is None or not np.all(np.isfinite(delta)):
+            jtj = jac.T @ jac
+            lam = 1e-8 * max(np.trace(jtj) / jtj.shape[0], 1e-300)
+            delta, invertible = -np.linalg.solve(jtj + lam * np.eye(len(jtj)), jac.T @ r), False
+        if not np.all(np.isfinite(delta)):
+            return SolveResult(theta, SINGULAR, it, f0)
+        step_small = invertible and _host_norm(delta) <= opts.xtol * (1.0 + _host_norm(theta))
+        alpha = 1.0
+        r_new, jac_new = residual_and_jacobian(theta + delta)
+        for _ in range(opts.max_halvings):
+            if _host_norm(r_new) <= (1.0 - 1e-4 * alpha) * f0:
+                break
+            alpha *= 0.5
+            r_new, jac_new = residual(theta + alpha * delta), None
+        if _host_norm(r_new) > (1.0 - 1e-4 * alpha) * f0:
+            if step_small:  # at machine precision: no step can reduce the residual further
+                return SolveResult(theta, CONVERGED, it, f0)
+            return SolveResult(theta, LINE_SEARCH if invertible else SINGULAR, it, f0)
+        theta, it = theta + alpha * delta, it + 1
+        r, jac = (r_new, jac_new) if jac_new is not None else residual_and_jacobian(theta)
+        if step_small:
+            return SolveResult(theta, CONVERGED, it, _host_norm(r))
+
+
+def _host_norm(r) -> float:
+    return float(np.max(np.abs(r))) if np.all(np.isfinite(r)) else np.inf
 
 
 def _norm(r):

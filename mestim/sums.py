@@ -32,26 +32,34 @@ class Moments(NamedTuple):
     cluster: jax.Array | None  # (G, k)  cluster totals of w ψ
 
 
-def chunk_moments(f: Callable, theta, rows, w, *, jac=True, meat=True, sampling=False, cluster=None,
+def chunk_moments(f, theta, rows, w, *, jac=True, meat=True, sampling=False, cluster=None,
                   n_clusters=0) -> Moments:
     """Weighted sums of ψ, its Jacobian and outer products over one chunk of rows.
 
     Args:
-        f: ``f(theta, row) -> (k,)``, the stacked estimating function of one row.
+        f: ``f(theta, row) -> (k,)``, the stacked estimating function of one row, or a tuple of such functions
+            (one per block), whose outputs are concatenated. With a tuple, each block's rows of the Jacobian come
+            from that block alone: k_b backward passes through block b only, Σ_b k_b·cost_b in all, instead of
+            k·Σ_b cost_b for one pullback through the whole stack (which grows like the square of its size).
         theta: (p,) parameters the Jacobian is taken with respect to.
         rows: pytree of arrays with a leading row axis (one chunk).
         w: (c,) row weights (0 for padding rows).
         sampling: meat uses w² (sampling weights) instead of w (frequency weights).
         cluster: (c,) int cluster codes, or None; then ``n_clusters`` totals are returned instead of the meat.
     """
-    per_row = lambda t: jax.vmap(f, in_axes=(None, 0))(t, rows)  # noqa: E731
-    if jac:
-        values, pullback = jax.vjp(per_row, theta)
-        k = values.shape[1]
-        # Row j of Σ w ∂ψ/∂θ is the pullback of the cotangent w ⊗ e_j: k backward passes, batched by vmap.
-        jacobian = jax.vmap(lambda e: pullback(w[:, None] * e[None, :])[0])(jnp.eye(k, dtype=values.dtype))
-    else:
-        values, jacobian = per_row(theta), None
+    values, jacobians = [], []
+    for part in f if isinstance(f, tuple) else (f,):
+        per_row = lambda t, part=part: jax.vmap(part, in_axes=(None, 0))(t, rows)  # noqa: E731
+        if jac:
+            v, pullback = jax.vjp(per_row, theta)
+            # Row j of Σ w ∂ψ/∂θ is the pullback of the cotangent w ⊗ e_j: k backward passes, batched by vmap.
+            jacobians.append(jax.vmap(lambda e, pb=pullback: pb(w[:, None] * e[None, :])[0])(
+                jnp.eye(v.shape[1], dtype=v.dtype)))
+        else:
+            v = per_row(theta)
+        values.append(v)
+    values = values[0] if len(values) == 1 else jnp.concatenate(values, axis=1)
+    jacobian = (jacobians[0] if len(jacobians) == 1 else jnp.concatenate(jacobians)) if jac else None
     weighted = values * w[:, None]
     outer = None
     totals = None
@@ -75,7 +83,10 @@ def moments(f: Callable, theta, data, w, *, chunk_size: int = DEFAULT_CHUNK, jac
     kw = dict(jac=jac, meat=meat, sampling=sampling, n_clusters=n_clusters)
 
     def local(theta, data, w, cluster, args):
-        g = lambda t, row: f(t, row, *args)  # noqa: E731
+        if isinstance(f, tuple):
+            g = tuple(lambda t, row, part=part: part(t, row, *args) for part in f)
+        else:
+            g = lambda t, row: f(t, row, *args)  # noqa: E731
         return sum_chunks(lambda c: chunk_moments(g, theta, c["rows"], c["w"], cluster=c["cluster"], **kw),
                           {"rows": data, "w": w, "cluster": cluster}, chunk_size)
 

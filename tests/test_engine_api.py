@@ -9,7 +9,7 @@ from scipy import stats
 import estimators as est
 import mestim
 from mestim.blocks import BlockSpec, solve_groups
-from mestim.fit import _solve_group
+from mestim.fit import _group_sums
 
 
 def _ratio(theta, row):
@@ -119,10 +119,10 @@ def test_chunk_size_does_not_change_results(logit_df):
 def test_refit_of_same_shapes_does_not_recompile(logit_df):
     block = est.logistic("lg", "y", ["x1", "x2"])
     mestim.fit([block], logit_df)
-    before = _solve_group._cache_size()
+    before = _group_sums._cache_size()
     other = logit_df.assign(y=1.0 - logit_df.y)
     mestim.fit([est.logistic("lg", "y", ["x1", "x2"])], other)  # a new but equal block, new data values
-    assert _solve_group._cache_size() == before
+    assert _group_sums._cache_size() == before
 
 
 def test_same_inputs_give_bitwise_identical_results(logit_df):

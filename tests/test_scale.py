@@ -92,7 +92,11 @@ def test_stream_host_dataframe_equals_in_memory(data, reference):
                      progress=seen.append)
     _same(res, reference)
     assert res.n_rows == N and res.n == pytest.approx(data["w"].sum())
-    assert len(seen) == res.iterations + 3 + 1  # one pass per Newton iteration + a start per group + bread/meat
+    from mestim.blocks import solve_levels
+    from mestim.fit import prepare
+
+    levels = len(solve_levels(prepare(_stack(), data).spec.blocks))
+    assert len(seen) == res.iterations + levels + 1  # a pass per Newton iteration + a start per level + bread/meat
     assert all(s["rows"] == N for s in seen)
 
 
@@ -112,7 +116,7 @@ def test_stream_iterator_and_parquet_equal_in_memory(data, reference, tmp_path):
 
 
 def test_stream_does_not_recompile(data):
-    from mestim.scale import _batch_sums
+    from mestim.fit import _group_sums as _batch_sums
 
     fit_stream(_stack(), data, weights="w", batch_rows=BATCH, chunk_size=CHUNK)
     size = _batch_sums._cache_size()
@@ -125,9 +129,9 @@ def test_in_memory_refit_does_not_recompile(data, reference):
     import importlib
 
     fitmod = importlib.import_module("mestim.fit")
-    before = fitmod._solve_group._cache_size(), fitmod._bread_meat._cache_size()
+    before = fitmod._group_sums._cache_size(), fitmod._bread_meat._cache_size()
     mestim.fit(_stack(), _data(seed=3), weights="w", chunk_size=CHUNK)
-    assert (fitmod._solve_group._cache_size(), fitmod._bread_meat._cache_size()) == before
+    assert (fitmod._group_sums._cache_size(), fitmod._bread_meat._cache_size()) == before
 
 
 def test_stream_rejects_unsupported(data):

@@ -174,7 +174,8 @@ BUNDLED = dict(n_trials=4, n_per_trial=[250, 400, 300, 350], n_target=1000, seed
 def load_transport_sim() -> pd.DataFrame:
     """The bundled simulated data set: 4 trials (S=1..4) and a target sample (S=0, Z and Y missing).
 
-    Made by ``simulate_trials(**BUNDLED)``; its true target effect is :data:`BUNDLED_TRUE_EFFECT`.
+    Made by ``simulate_trials(**BUNDLED)`` (seed 20240607, 1000 target rows, trials of 250, 400, 300, 350 rows);
+    its true target effect E[Y¹ − Y⁰ | S=0] is :func:`bundled_truth` = 2.8.
     """
     return pd.read_csv(bundled_data_path())
 

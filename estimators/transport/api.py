@@ -1,0 +1,510 @@
+"""``transport(df, …)``: every estimator of Dahabreh et al. in one stack, one joint sandwich covariance.
+
+One call fits, in a single stack of estimating functions solved by :func:`mestim.fit`:
+
+- the working models (participation, treatment, outcome; every choice is an option, and the result's
+  ``settings`` name what was used),
+- for every trial s: unadjusted arm means, ψ_te (eq. 6), ψ_w (eq. 7) and the doubly robust estimator,
+- for the collection of trials: φ_te by outcome regression and by pseudo-outcome regression (eq. 8),
+  φ_w (eq. 9) and φ_dr, plus the target-only comparison when the target sample has Z and Y,
+
+so per-trial and pooled estimates share one covariance: homogeneity of transported effects across trials is a
+Wald χ² test on m − 1 df, and the per-trial CATE models can be compared (the paper's falsification check, eq. 3).
+Contrasts are differences μ_z − μ_z' for any pair of arms; for 0/1 outcomes also risk and odds ratios in the
+target population (delta method, CIs on the log scale).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+import mestim
+from mestim import Block
+from mestim.errors import DataError, SpecificationError
+
+from .data import TransportData, label, prepare_data
+from .nonadherence import Adherence, add_adherence_columns, adherence_blocks
+from .outcome import OUTCOME_MODELS, Outcome, outcome_blocks
+from .participation import PARTICIPATION_MODELS, Participation, participation_blocks
+from .per_trial import TrialDoublyRobust, TrialOutcomeModel, TrialUnadjusted, TrialWeighting
+from .pooled import PooledDoublyRobust, PooledOutcomeModel, PooledPseudoOutcome, PooledWeighting, TargetOnly
+from .sensitivity import BiasMean, bias_columns
+from .treatment import TREATMENT_MODELS, ArmWeights, Treatment, known_probabilities, treatment_blocks
+
+ESTIMATORS = ("unadjusted", "outcome", "weighting", "dr", "pseudo_outcome", "target_only")
+PER_TRIAL = ("unadjusted", "outcome", "weighting", "dr")
+POOLED = ("outcome", "weighting", "dr", "pseudo_outcome", "target_only")
+DISPLAY = {"unadjusted": "Unadjusted", "outcome": "Outcome model", "weighting": "Weighting", "dr": "Doubly robust",
+           "pseudo_outcome": "Pseudo-outcome", "target_only": "Target only"}
+WEIGHTING = ("normalized", "unnormalized")
+DEFAULT_WEIGHTING = "normalized"
+
+
+@dataclasses.dataclass
+class TransportResult:
+    """Everything one :func:`transport` call estimated.
+
+    Attributes:
+        table: tidy DataFrame, one row per (estimator, trial, contrast, scale): estimate, se, ci_low, ci_high.
+        tests: Wald tests: ``tests["homogeneity"][estimator][contrast]`` (transported effects equal across trials,
+            m − 1 df) and ``tests["cate_equality"][contrast]`` (per-trial CATE models equal, eq. 3).
+        sensitivity: tidy DataFrame of the bias-function sweep (eq. 11), or None.
+        settings: the working models, weighting and estimand used (named in every printout).
+        fit: the underlying :class:`mestim.Result` (all working-model and estimand parameters, joint covariance).
+        estimates: :class:`mestim.Estimates` of every reported contrast with their joint covariance.
+    """
+
+    table: pd.DataFrame
+    tests: dict
+    settings: dict
+    fit: mestim.Result
+    estimates: mestim.Estimates
+    data: TransportData
+    sensitivity: pd.DataFrame | None = None
+    level: float = 0.95
+
+    def estimate(self, estimator: str, trial="pooled", contrast=None, scale: str = "difference") -> pd.Series:
+        """The row of ``table`` for one estimator, trial (label or "pooled") and contrast ("1 vs 0")."""
+        t = self.table
+        sel = (t.estimator == estimator) & (t.trial == (trial if trial == "pooled" else label(trial))) & (t.scale == scale)
+        if contrast is not None:
+            sel &= t.contrast == contrast
+        if not sel.any():
+            raise SpecificationError(f"no estimate for estimator={estimator!r}, trial={trial!r}, contrast={contrast!r}, "
+                                     f"scale={scale!r}; estimators are {sorted(set(t.estimator))}")
+        return t[sel].iloc[0]
+
+    def homogeneity_test(self, estimator: str = "dr", contrast=None) -> mestim.WaldTest:
+        """Wald χ² test that the transported effects of ``estimator`` are equal across trials (m − 1 df)."""
+        tests = self.tests["homogeneity"].get(estimator)
+        if not tests:
+            raise SpecificationError(f"no homogeneity test for {estimator!r}; available: {sorted(self.tests['homogeneity'])}")
+        key = contrast or next(iter(tests))
+        d = tests[key]
+        return mestim.WaldTest(d["statistic"], d["df"], d["p_value"])
+
+    def to_dict(self) -> dict:
+        """{"estimates": [...], "tests": {...}, "settings": {...}} (the command line's --json)."""
+        rows = []
+        for r in self.table.itertuples(index=False):
+            rows.append({"estimator": r.estimator, "trial": r.trial, "contrast": r.contrast, "scale": r.scale,
+                         "estimate": _num(r.estimate), "se": _num(r.se), "ci_low": _num(r.ci_low),
+                         "ci_high": _num(r.ci_high), "n": int(r.n)})
+        out = {"estimates": rows, "tests": self.tests, "settings": self.settings}
+        if self.sensitivity is not None:
+            out["sensitivity"] = [{k: (_num(v) if isinstance(v, float) else v) for k, v in rec.items()}
+                                  for rec in self.sensitivity.to_dict("records")]
+        return out
+
+    def to_json(self, path: str | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            with open(path, "w") as fh:
+                fh.write(text + "\n")
+        return text
+
+    def summary(self) -> str:
+        from .report import format_summary
+
+        return format_summary(self)
+
+    def plot(self, path: str | None = None, contrast=None):
+        """Forest plot as the paper's Figure 1; saved to ``path`` if given; returns the matplotlib figure."""
+        from .report import forest_plot
+
+        return forest_plot(self, path, contrast)
+
+    def __repr__(self):
+        return self.summary()
+
+
+def _num(v):
+    v = float(v)
+    return v if np.isfinite(v) else None
+
+
+def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", covariates=None, *,
+              formula: str | None = None, target=0, estimators: Sequence[str] | None = None,
+              per_trial: bool = True, pooled: bool = True, contrasts=None,
+              participation: str = "logistic", treatment_model: str = "trial", treatment_probabilities=None,
+              outcome_model: str = "auto", trial_effects: bool | None = None, weighting: str = DEFAULT_WEIGHTING,
+              received: str | None = None, post_covariates=None, bias=None, bias_grid=None,
+              weights=None, cluster=None, level: float = 0.95, solve: str = "blockwise") -> TransportResult:
+    """Transport treatment effects from a collection of trials to a target population (Dahabreh et al.).
+
+    Args:
+        df: one row per person: study label, treatment, outcome, covariates. Rows with ``study == target`` are the
+            target sample (S=0 in the paper); they may have NaN treatment/outcome (ignored — masked out).
+        study, treatment, outcome: column names (S, Z, Y).
+        covariates: list of covariate columns X (or give ``formula="~ X1 + X2 + I(X1**2)"``).
+        target: label of the target sample in ``study``.
+        estimators: subset of ``("unadjusted", "outcome", "weighting", "dr", "pseudo_outcome", "target_only")``;
+            default all that apply ("target_only" when the target sample has Z and Y).
+        per_trial, pooled: fit the one-trial-at-a-time estimators (eq. 6–7) and/or the pooled ones (eq. 8–9).
+        contrasts: list of pairs (z, z') of arms; default (z, z_0) for every arm z ≠ z_0 (the smallest level).
+        participation: ``"logistic"`` (paper: P[S=0|X] pooled, P[S=0|X, S∈{0,s}] per trial) or ``"multinomial"``.
+        treatment_model: ``"trial"`` (paper's e(z; X, S), default), ``"pooled"``, ``"per_trial"`` or ``"known"``
+            (then ``treatment_probabilities={z: p}`` or ``{trial: {z: p}}``).
+        outcome_model: ``"auto"`` (logistic for a 0/1 outcome, else linear), ``"linear"`` or ``"logistic"``.
+        trial_effects: trial main effects in the pooled outcome model (default: True for linear, False for logistic).
+        weighting: ``"normalized"`` (Hájek; default) or ``"unnormalized"`` (the paper's eq. 7 and 9 as printed).
+        received, post_covariates: treatment received A and post-randomisation covariates L: estimate the
+            per-protocol effect (eAppendix C) with the weighting and pseudo-outcome estimators.
+        bias, bias_grid: sensitivity analysis (eq. 11): bias function u (number, covariate name, or ``u(X, trial)``)
+            and multipliers δ; each estimate is reported at ψ̂ + δ·mean_{S=0} u.
+        weights, cluster: row weights and cluster labels passed to :func:`mestim.fit`.
+        level: confidence level of the Wald intervals.
+        solve: how the engine solves the stack: ``"blockwise"`` (default: one Newton per dependency level —
+            working models first, then the estimands that read them) or ``"joint"`` (one Newton on the whole stack).
+
+    Returns:
+        :class:`TransportResult`.
+    """
+    if solve not in ("blockwise", "joint"):
+        raise SpecificationError(f"solve={solve!r}: use 'blockwise' or 'joint'")
+    if participation not in PARTICIPATION_MODELS:
+        raise SpecificationError(f"participation={participation!r}: use one of {PARTICIPATION_MODELS}")
+    if treatment_model not in TREATMENT_MODELS:
+        raise SpecificationError(f"treatment_model={treatment_model!r}: use one of {TREATMENT_MODELS}")
+    if outcome_model not in OUTCOME_MODELS:
+        raise SpecificationError(f"outcome_model={outcome_model!r}: use one of {OUTCOME_MODELS}")
+    if weighting not in WEIGHTING:
+        raise SpecificationError(f"weighting={weighting!r}: use one of {WEIGHTING}")
+    if not (per_trial or pooled):
+        raise SpecificationError("per_trial and pooled are both False: nothing to estimate")
+    extra = [received] if received else []
+    data = prepare_data(df, study=study, treatment=treatment, outcome=outcome, covariates=covariates, formula=formula,
+                        target=target, outcome_family=outcome_model, extra_trial_columns=extra)
+    cols = data.columns
+    family = ("logistic" if data.binary_outcome else "linear") if outcome_model == "auto" else outcome_model
+    if trial_effects is None:
+        trial_effects = family == "linear"
+    if trial_effects and family == "logistic":
+        raise SpecificationError("trial main effects in a logistic pooled outcome model make the risk difference differ "
+                                 "between trials (no common CATE); use trial_effects=False with a logistic outcome model")
+    trial_effects = bool(trial_effects and data.m > 1)
+    per_protocol = received is not None
+    if post_covariates and not per_protocol:
+        raise SpecificationError("post_covariates are used only for the per-protocol analysis: give received= too")
+
+    # ------------------------------------------------------------------ which estimators
+    if estimators is None:
+        chosen = ["unadjusted", "weighting", "pseudo_outcome"] if per_protocol else \
+            ["unadjusted", "outcome", "weighting", "dr", "pseudo_outcome"]
+        if data.target_outcome_rows > 0 and not per_protocol:
+            chosen.append("target_only")
+    else:
+        chosen = [estimators] if isinstance(estimators, str) else list(estimators)
+        unknown = [e for e in chosen if e not in ESTIMATORS]
+        if unknown:
+            raise SpecificationError(f"unknown estimator(s) {unknown}; choose from {ESTIMATORS}")
+    if per_protocol:
+        bad = [e for e in chosen if e in ("outcome", "dr", "target_only")]
+        if bad:
+            raise SpecificationError(f"estimator(s) {bad} are not available for the per-protocol effect (eAppendix C): "
+                                     "use 'unadjusted', 'weighting' and 'pseudo_outcome'")
+    if "target_only" in chosen and data.target_outcome_rows == 0:
+        raise DataError(f"estimator 'target_only' needs treatment and outcome in the target sample "
+                        f"({study}={label(data.target)}), but every target row has them missing")
+    trial_est = [e for e in chosen if e in PER_TRIAL] if per_trial else []
+    pooled_est = [e for e in chosen if e in POOLED and (pooled or e == "target_only")]
+    if not pooled:
+        pooled_est = [e for e in pooled_est if e == "target_only"]
+
+    # ------------------------------------------------------------------ contrasts
+    C = data.n_arms
+    if contrasts is None:
+        pairs = [(c, 0) for c in range(1, C)]
+    else:
+        if isinstance(contrasts, tuple) and len(contrasts) == 2 and not isinstance(contrasts[0], (tuple, list)):
+            contrasts = [contrasts]
+        pairs = []
+        for a, b in contrasts:
+            ia, ib = (_arm_index(data, a), _arm_index(data, b))
+            if ia == ib:
+                raise SpecificationError(f"contrast ({a!r}, {b!r}) compares an arm with itself")
+            pairs.append((ia, ib))
+    contrast_names = [f"{label(data.arms[a])} vs {label(data.arms[b])}" for a, b in pairs]
+
+    # ------------------------------------------------------------------ working models
+    part = Participation(participation, data.m)
+    treat = Treatment(treatment_model, C, data.m)
+    covs = list(data.covariates)
+    adher = None
+    blocks: list[Block] = []
+    if treatment_model == "known":
+        cols["tr.eknown"] = known_probabilities(data, treatment_probabilities)
+    elif treatment_probabilities is not None:
+        raise SpecificationError("treatment_probabilities are used only with treatment_model='known'")
+    if per_protocol:
+        regressors = add_adherence_columns(data, df if isinstance(df, pd.DataFrame) else pd.DataFrame(df), received,
+                                           post_covariates)
+        adher = Adherence(C)
+    armw = ArmWeights(treat, adher)
+    out = Outcome(family, C, data.m, trial_effects)
+    needs_weights = any(e in ("weighting", "dr") for e in trial_est) or any(
+        e in ("weighting", "dr", "pseudo_outcome") for e in pooled_est)
+    blocks += participation_blocks(participation, data.m, covs,
+                                   pooled=any(e in ("weighting", "dr") for e in pooled_est),
+                                   per_trial=any(e in ("weighting", "dr") for e in trial_est))
+    if needs_weights:
+        blocks += treatment_blocks(treatment_model, data, covs)
+        if per_protocol:
+            blocks += adherence_blocks(data, regressors)
+    blocks += outcome_blocks(data, family, per_trial=any(e in ("outcome", "dr") for e in trial_est),
+                             pooled=any(e in ("outcome", "dr") for e in pooled_est), trial_effects=trial_effects)
+
+    # ------------------------------------------------------------------ estimands
+    m = data.m
+    normalized = weighting == "normalized"
+    trial_labels = [label(s) for s in data.trials]
+    arm_labels = [label(a) for a in data.arms]
+    mean_labels = tuple(f"mu[{study}={s},{treatment}={z}]" for s in trial_labels for z in arm_labels)
+    arm_mean_labels = tuple(f"mu[{treatment}={z}]" for z in arm_labels)
+    ybar = float(cols["tr.Y"][cols["tr.R"] > 0].mean())
+    if per_protocol:
+        cols["tr.ZAhot"] = cols["tr.Zhot"] * cols["tr.Ahot"]
+    for e in trial_est:
+        if e == "unadjusted":
+            psi = TrialUnadjusted(m, C, per_protocol)
+            blocks.append(Block("unadjusted", psi, init=np.full(m * C, ybar), labels=mean_labels))
+        elif e == "outcome":
+            blocks.append(Block("outcome_trials", TrialOutcomeModel(out), init=np.full(m * C, ybar),
+                                reads=out.trial_blocks(), labels=mean_labels))
+        elif e == "weighting":
+            blocks.append(Block("weighting_trials", TrialWeighting(part, armw, C, normalized), init=np.full(m * C, ybar),
+                                reads=part.trial_blocks() + armw.blocks(), labels=mean_labels))
+        elif e == "dr":
+            lab = mean_labels + (tuple(f"resid[{x[3:]}" for x in mean_labels) if normalized else ())
+            blocks.append(Block("dr_trials", TrialDoublyRobust(part, armw, out, normalized),
+                                init=np.concatenate([np.full(m * C, ybar), np.zeros(m * C if normalized else 0)]),
+                                reads=part.trial_blocks() + armw.blocks() + out.trial_blocks(), labels=lab))
+    k = data.k
+    for e in pooled_est:
+        if e == "target_only":
+            blocks.append(Block("target_only", TargetOnly(C), init=np.full(C, ybar), labels=arm_mean_labels))
+        elif e == "outcome":
+            blocks.append(Block("outcome_pooled_mean", PooledOutcomeModel(out), init=np.full(C, ybar),
+                                reads=out.pooled_blocks(), labels=arm_mean_labels))
+        elif e == "weighting":
+            blocks.append(Block("weighting_pooled", PooledWeighting(part, armw, normalized), init=np.full(C, ybar),
+                                reads=part.pooled_blocks() + armw.blocks(), labels=arm_mean_labels))
+        elif e == "dr":
+            lab = arm_mean_labels + (tuple(f"resid[{x[3:]}" for x in arm_mean_labels) if normalized else ())
+            blocks.append(Block("dr_pooled", PooledDoublyRobust(part, armw, out, normalized),
+                                init=np.concatenate([np.full(C, ybar), np.zeros(C if normalized else 0)]),
+                                reads=part.pooled_blocks() + armw.blocks() + out.pooled_blocks(), labels=lab))
+        elif e == "pseudo_outcome":
+            lab = tuple(f"{cn}:{p}" for cn in contrast_names for p in ["(Intercept)", *covs, "phi"])
+            blocks.append(Block("pseudo_outcome", PooledPseudoOutcome(armw, tuple(pairs), k),
+                                init=np.zeros(len(pairs) * (k + 1)), reads=armw.blocks(), labels=lab))
+    use_bias = bias is not None or bias_grid is not None
+    if use_bias:
+        cols["tr.U"] = bias_columns(data, bias)
+        blocks.append(Block("bias_mean", BiasMean(), init=cols["tr.U"][cols["tr.S0"] > 0].mean(0),
+                            labels=tuple(trial_labels) + ("pooled",)))
+
+    fit_cols = {name: v for name, v in cols.items()}
+    if weights is not None and not isinstance(weights, str):
+        weights = np.asarray(weights, float)
+    elif isinstance(weights, str):
+        fit_cols[weights] = _column(df, weights)
+    if isinstance(cluster, str):
+        fit_cols[cluster] = np.asarray(pd.DataFrame(df)[cluster].to_numpy()) if cluster in pd.DataFrame(df).columns else None
+        if fit_cols[cluster] is None:
+            raise DataError(f"cluster column '{cluster}' is not in the data")
+    fit = mestim.fit(blocks, fit_cols, weights=weights, cluster=cluster, solve=solve)
+
+    # ------------------------------------------------------------------ contrasts by the delta method
+    # items: (estimator, trial label | "pooled", contrast index, scale, flat index of μ_z (or φ), of μ_z' (or None), n)
+    items = []
+    n_rows = {label(s): data.n_trial[s] for s in data.trials}
+    n_all_trials = int(sum(data.n_trial.values()))
+    block_of = {"unadjusted": "unadjusted", "outcome": "outcome_trials", "weighting": "weighting_trials",
+                "dr": "dr_trials"}
+    pooled_block = {"outcome": "outcome_pooled_mean", "weighting": "weighting_pooled", "dr": "dr_pooled",
+                    "target_only": "target_only"}
+    ratios = bool(data.binary_outcome)
+    start = {name: sl.start for name, sl in fit.blocks.items()}
+
+    def add(e, trial, ci, ia, ib, n):
+        items.append((e, trial, ci, "difference", ia, ib, n))
+        if ratios:
+            items.append((e, trial, ci, "risk ratio", ia, ib, n))
+            items.append((e, trial, ci, "odds ratio", ia, ib, n))
+
+    for e in trial_est:
+        for j, s in enumerate(trial_labels):
+            for ci, (a, b) in enumerate(pairs):
+                base = start[block_of[e]] + j * C
+                add(e, s, ci, base + a, base + b, n_rows[s])
+    for e in pooled_est:
+        n_e = data.target_outcome_rows if e == "target_only" else n_all_trials
+        trial = label(data.target) if e == "target_only" else "pooled"
+        for ci, (a, b) in enumerate(pairs):
+            if e == "pseudo_outcome":
+                items.append((e, trial, ci, "difference", start["pseudo_outcome"] + ci * (k + 1) + k, None, n_e))
+            else:
+                base = start[pooled_block[e]]
+                add(e, trial, ci, base + a, base + b, n_e)
+    n_items = len(items)
+    extra_idx = [start["bias_mean"] + j for j in range(m + 1)] if use_bias else []
+    labels = [f"{it[0]}|{it[1]}|{contrast_names[it[2]]}|{it[3]}" for it in items]
+    labels += [f"bias_mean|{s}" for s in trial_labels + ["pooled"]] if use_bias else []
+    allest = _delta(fit, items, extra_idx, labels)
+    est = mestim.Estimates(allest.theta[:n_items], allest.vcov[:n_items, :n_items], tuple(labels[:n_items]))
+
+    z = stats.norm.ppf(0.5 + level / 2)
+    rows = []
+    for i, (e, trial, ci, scale, _, _, n) in enumerate(items):
+        value, se = float(est.theta[i]), float(np.sqrt(est.vcov[i, i]))
+        if scale == "difference":
+            rows.append((e, trial, contrast_names[ci], scale, value, se, value - z * se, value + z * se, n))
+        else:  # log scale → ratio; SE by the delta method, CI exponentiated from the log scale
+            r = np.exp(value)
+            rows.append((e, trial, contrast_names[ci], scale, r, r * se, np.exp(value - z * se), np.exp(value + z * se), n))
+    table = pd.DataFrame(rows, columns=["estimator", "trial", "contrast", "scale", "estimate", "se", "ci_low",
+                                        "ci_high", "n"])
+
+    # ------------------------------------------------------------------ tests
+    tests = {"homogeneity": {}, "cate_equality": {}}
+    if m >= 2:
+        for e in trial_est:
+            tests["homogeneity"][e] = {}
+            for ci, cn in enumerate(contrast_names):
+                idx = [i for i, it in enumerate(items) if it[0] == e and it[1] != "pooled" and it[2] == ci
+                       and it[3] == "difference"]
+                t = est.test_equal(idx)
+                tests["homogeneity"][e][cn] = {"statistic": t.statistic, "df": t.df, "p_value": t.p_value,
+                                               "null": ("trial-specific effects equal (conventional heterogeneity "
+                                                        "test, not transported)" if e == "unadjusted" else
+                                                        "transported effects equal across trials")}
+        if "outcome_s1" in fit.blocks:
+            for ci, (a, b) in enumerate(pairs):
+                t = fit.wald_test(_cate_difference(fit, k, a, b, m))
+                scale = "log-odds" if family == "logistic" else "mean-difference"
+                tests["cate_equality"][contrast_names[ci]] = {
+                    "statistic": t.statistic, "df": t.df, "p_value": t.p_value,
+                    "null": f"per-trial CATE models equal across trials ({scale} coefficients of the arm-by-X terms, eq. 3)"}
+
+    # ------------------------------------------------------------------ sensitivity sweep
+    sens = None
+    if use_bias:
+        grid = np.asarray([1.0] if bias_grid is None else bias_grid, float)
+        ubar_idx = {s: n_items + j for j, s in enumerate(trial_labels + ["pooled"])}
+        recs = []
+        for i, (e, trial, ci, scale, _, _, n) in enumerate(items):
+            if scale != "difference" or e in ("unadjusted", "target_only"):
+                continue
+            u = ubar_idx[trial]
+            for d in grid:
+                value = allest.theta[i] + d * allest.theta[u]
+                var = allest.vcov[i, i] + 2 * d * allest.vcov[i, u] + d * d * allest.vcov[u, u]
+                se = float(np.sqrt(max(var, 0.0)))
+                recs.append({"estimator": e, "trial": trial, "contrast": contrast_names[ci], "delta": float(d),
+                             "bias_mean": float(d * allest.theta[u]), "estimate": float(value), "se": se,
+                             "ci_low": float(value - z * se), "ci_high": float(value + z * se)})
+        sens = pd.DataFrame(recs)
+
+    settings = _settings(data, family, participation, treatment_model, treatment_probabilities, trial_effects,
+                         weighting, per_protocol, received, post_covariates, chosen, trial_est, pooled_est,
+                         contrast_names, level)
+    return TransportResult(table, tests, settings, fit, est, data, sens, level)
+
+
+def _column(df, name):
+    frame = df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
+    if name not in frame.columns:
+        raise DataError(f"weight column '{name}' is not in the data")
+    return frame[name].to_numpy(dtype=float)
+
+
+def _arm_index(data, value) -> int:
+    for i, a in enumerate(data.arms):
+        if a == value or label(a) == label(value):
+            return i
+    raise DataError(f"treatment level {value!r} is not one of the arms {[label(a) for a in data.arms]}")
+
+
+def _cate_difference(fit, k, a, b, m) -> np.ndarray:
+    """L with Lθ = per-trial (arm-a minus arm-b interaction coefficients), trial j minus trial 1, j = 2..m."""
+    L = np.zeros(((m - 1) * k, fit.theta.size))
+
+    def put(row, j, c, sign):
+        if c > 0:
+            L[row + np.arange(k), fit.blocks[f"outcome_s{j}"].start + c * k + np.arange(k)] += sign
+
+    for j in range(2, m + 1):
+        row = (j - 2) * k
+        put(row, j, a, 1.0)
+        put(row, j, b, -1.0)
+        put(row, 1, a, -1.0)
+        put(row, 1, b, 1.0)
+    return L
+
+
+def _delta(fit, items, extra_idx, labels) -> mestim.Estimates:
+    """Contrasts (difference, log risk ratio, log odds ratio) with gradients in closed form: G V Gᵀ."""
+    theta = fit.theta
+    p = theta.size
+    values, grads = [], []
+    for (_, _, _, scale, ia, ib, _) in items:
+        g = np.zeros(p)
+        if ib is None:
+            values.append(theta[ia])
+            g[ia] = 1.0
+        elif scale == "difference":
+            values.append(theta[ia] - theta[ib])
+            g[ia], g[ib] = 1.0, -1.0
+        else:
+            ta, tb = theta[ia], theta[ib]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                if scale == "risk ratio":
+                    values.append(np.log(ta) - np.log(tb))
+                    g[ia], g[ib] = 1 / ta, -1 / tb
+                else:
+                    values.append(np.log(ta / (1 - ta)) - np.log(tb / (1 - tb)))
+                    g[ia], g[ib] = 1 / (ta * (1 - ta)), -1 / (tb * (1 - tb))
+        grads.append(g)
+    for i in extra_idx:
+        g = np.zeros(p)
+        g[i] = 1.0
+        values.append(theta[i])
+        grads.append(g)
+    G = np.array(grads)
+    return mestim.Estimates(np.array(values, float), G @ fit.vcov @ G.T, tuple(labels))
+
+
+def _settings(data, family, participation, treatment_model, probs, trial_effects, weighting, per_protocol, received,
+              post, chosen, trial_est, pooled_est, contrast_names, level):
+    part = {"logistic": "logistic: P[S=0|X] on all rows (pooled); P[S=0|X, S in {0,s}] on rows S in {0,s} (per trial)",
+            "multinomial": "multinomial logistic model for S on all rows (target = reference)"}[participation]
+    treat = {"trial": "e(z;X,S): multinomial/logistic on X and trial indicators, trial rows (paper's default)",
+             "pooled": "P[Z=z|X, R=1]: multinomial/logistic on X, trial rows (no trial indicators)",
+             "per_trial": "l(z,s;X): a separate multinomial/logistic model per trial",
+             "known": f"known randomisation probabilities {probs}"}[treatment_model]
+    out = (f"{family} regression per arm (X-by-arm interactions); per trial on rows S=s; pooled on all trial rows "
+           + ("with trial main effects" if trial_effects else "without trial main effects"))
+    return {
+        "study": data.study, "treatment": data.treatment, "outcome": data.outcome,
+        "covariates": list(data.covariates), "target": label(data.target),
+        "trials": [label(s) for s in data.trials], "arms": [label(a) for a in data.arms],
+        "n_target": data.n_target, "n_trials": {label(s): n for s, n in data.n_trial.items()},
+        "estimand": ("per-protocol effect E[Y^(z,a=z) - Y^(z',a'=z') | S=target] (eAppendix C; treatment received "
+                     f"'{received}', post-randomisation covariates {list(post or [])})" if per_protocol else
+                     "intention-to-treat effect E[Y^z - Y^z' | S=target]"),
+        "contrasts": contrast_names, "estimators": list(chosen), "per_trial_estimators": trial_est,
+        "pooled_estimators": pooled_est, "participation_model": part, "treatment_model": treat,
+        "outcome_model": out, "pooled_cate": "outcome regression with Z and Z-by-X terms ('outcome'); pseudo-outcome "
+        "regression of [I(Z=z)/e(z) - I(Z=z')/e(z')]Y on X ('pseudo_outcome')",
+        "weighting": (f"{weighting} ({'Hajek: each arm weighted mean of Y' if weighting == 'normalized' else 'Horvitz-Thompson: weighted sums / n0, as in eq. 7 and 9'})"
+                      f"{' [default]' if weighting == DEFAULT_WEIGHTING else ''}"),
+        "variance": "joint sandwich over all working models and estimators (one stack); Wald CIs "
+                    f"at level {level}; ratios by the delta method on the log scale",
+    }

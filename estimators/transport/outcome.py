@@ -1,0 +1,93 @@
+"""Outcome working models: E[Y | X, S, Z=z] per arm, one trial at a time or pooled across trials.
+
+Design of every outcome model (arms z_0 (reference), z_1, …, z_{C−1}; x = (1, X)):
+
+    [x, I(Z=z_1)·x, …, I(Z=z_{C−1})·x]   (+ trial main effects I(S=s_2), …, I(S=s_m) when pooled)
+
+i.e. a separate regression per arm (all X-by-arm interactions), fitted as one block; linear (identity link) for a
+continuous outcome and logistic for a 0/1 outcome (``outcome_model="auto"`` picks by the outcome's values).
+
+- One trial at a time: h(z, s; X) = E[Y | X, S=s, Z=z] on rows S=s (eq. 6).
+- Pooled: g(z; X, S) on all trial rows. The arm-specific part is common to all trials, so the conditional
+  mean difference g(z; X, S) − g(z'; X, S) = t(z, z'; X) is the common CATE model of eq. (8) (the paper's
+  τ(z, z'; X), eq. 3). With ``trial_effects=True`` (default for linear models) the trials get their own
+  intercepts: the difference is unchanged by them, the level is. Trial main effects are refused with a
+  logistic model, where they would make the risk difference trial-specific.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from estimators.regression import linear, logistic
+
+from .data import label
+
+OUTCOME_MODELS = ("auto", "linear", "logistic")
+
+
+def arm_design(x, c: int, n_arms: int):
+    """[x, I(c=1)·x, …, I(c=C−1)·x] for arm index c (the design row had the unit been assigned arm c)."""
+    parts = [x] + [x * (1.0 if c == a else 0.0) for a in range(1, n_arms)]
+    return jnp.concatenate(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """Predictions of the fitted outcome models (hashable)."""
+
+    family: str  # "linear" | "logistic"
+    n_arms: int
+    m: int
+    trial_effects: bool
+
+    def link_inverse(self, eta):
+        return jax.nn.sigmoid(eta) if self.family == "logistic" else eta
+
+    def trial_blocks(self) -> tuple[str, ...]:
+        return tuple(f"outcome_s{j}" for j in range(1, self.m + 1))
+
+    def pooled_blocks(self) -> tuple[str, ...]:
+        return ("outcome_pooled",)
+
+    def trial_mean(self, up, row, j: int, c: int):
+        """h(z_c, s_j; X): the trial-s_j model's prediction for arm c."""
+        return self.link_inverse(arm_design(row["tr.X"], c, self.n_arms) @ up[f"outcome_s{j}"])
+
+    def pooled_mean(self, up, row, c: int, own_trial: bool):
+        """g(z_c; X, S): at the row's own trial (``own_trial``) or with trial effects at zero (target rows)."""
+        beta = up["outcome_pooled"]
+        a = arm_design(row["tr.X"], c, self.n_arms)
+        eta = a @ beta[: a.shape[0]]
+        if self.trial_effects and own_trial:
+            eta = eta + row["tr.D"] @ beta[a.shape[0]:]
+        return self.link_inverse(eta)
+
+
+def interaction_columns(data) -> list[str]:
+    """Column names of [1, X, I(Z=z_1)·(1, X), …] after the intercept, as built in :mod:`.data`."""
+    names = list(data.covariates)
+    zname = data.treatment
+    for a in data.arms[1:]:
+        names.append(f"[{zname}={label(a)}]")
+        names += [f"[{zname}={label(a)}]*{c}" for c in data.covariates]
+    return names
+
+
+def outcome_blocks(data, family: str, *, per_trial: bool, pooled: bool, trial_effects: bool) -> list:
+    """Per-trial (``outcome_s{j}``) and pooled (``outcome_pooled``) outcome-model blocks."""
+    factory = logistic if family == "logistic" else linear
+    design = interaction_columns(data)
+    blocks = []
+    if per_trial:
+        for j in range(1, data.m + 1):
+            mask = (lambda c, j=j: c["tr.Shot"][:, j - 1] > 0)
+            blocks.append(factory(f"outcome_s{j}", "tr.Y", design, mask=mask))
+    if pooled:
+        dummies = [f"[{data.study}={label(s)}]" for s in data.trials[1:]] if trial_effects else []
+        mask = lambda c: c["tr.R"] > 0  # noqa: E731
+        blocks.append(factory("outcome_pooled", "tr.Y", design + dummies, mask=mask))
+    return blocks

@@ -1,0 +1,95 @@
+"""One trial at a time: estimating functions of the transported potential-outcome means, for every trial.
+
+Each block owns μ[s, z] = E[Y^z | S=0] as transported from trial s (z over all arms; effects are differences
+μ[s, z] − μ[s, z'], the paper's ψ(z, z', s)). Notation: S0 = I(S=0), I_s = I(S=s), W_z = I(Z=z)/ℓ(z; X, s) the arm
+weight (:class:`~estimators.transport.treatment.ArmWeights`), o_s(X) = p̃_s(X)/(1 − p̃_s(X)) the inverse odds of
+participation (:class:`~estimators.transport.participation.Participation`), h(z, s; X) the trial-s outcome model.
+
+- Unadjusted (trial-specific, not transported; Table 1's first column): ψ = I_s I(Z=z) (Y − μ[s, z]).
+- Outcome model ψ_te (eq. 6): ψ = S0 (h(z, s; X) − μ[s, z]).
+- Inverse odds weighting ψ_w (eq. 7):
+    unnormalised (Horvitz–Thompson, the paper's form): ψ = I_s o_s W_z Y − S0 μ[s, z]
+    normalised (Hájek, default):                       ψ = I_s o_s W_z (Y − μ[s, z])
+  (normalised weights make the weighted arm mean a weighted average of the observed Y's — bounded by their range
+  and invariant to adding a constant to Y — so it is the default; unnormalised is the paper's eq. 7 as printed.)
+- Doubly robust (augmented):
+    unnormalised: ψ = S0 (h(z, s; X) − μ[s, z]) + I_s o_s W_z (Y − h(z, s; X))
+    normalised:   ψ_μ = S0 (h(z, s; X) + r[s, z] − μ[s, z]),  ψ_r = I_s o_s W_z (Y − h(z, s; X) − r[s, z])
+  consistent if the outcome model is right, or if the participation and treatment models are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from .outcome import Outcome
+from .participation import Participation
+from .treatment import ArmWeights
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialUnadjusted:
+    """ψ = I(S=s) I(Z=z) (Y − μ[s, z]): the arm means within each trial."""
+
+    m: int
+    n_arms: int
+    per_protocol: bool = False  # naive per-protocol: adherers only, I(Z=z, A=z)
+
+    def __call__(self, mu, row):
+        mu = mu.reshape(self.m, self.n_arms)
+        arm = row["tr.ZAhot"] if self.per_protocol else row["tr.Zhot"]
+        return (row["tr.Shot"][:, None] * arm[None, :] * (row["tr.Y"] - mu)).ravel()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialOutcomeModel:
+    """ψ_te (eq. 6): ψ = I(S=0) (h(z, s; X) − μ[s, z])."""
+
+    outcome: Outcome
+
+    def __call__(self, mu, row, **up):
+        o = self.outcome
+        h = jnp.stack([jnp.stack([o.trial_mean(up, row, j, c) for c in range(o.n_arms)]) for j in range(1, o.m + 1)])
+        return (row["tr.S0"] * (h - mu.reshape(o.m, o.n_arms))).ravel()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialWeighting:
+    """ψ_w (eq. 7), normalised (Hájek) or unnormalised (Horvitz–Thompson)."""
+
+    participation: Participation
+    weights: ArmWeights
+    n_arms: int
+    normalized: bool
+
+    def __call__(self, mu, row, **up):
+        m = self.participation.m
+        mu = mu.reshape(m, self.n_arms)
+        w = row["tr.Shot"][:, None] * self.participation.trial_odds(up, row)[:, None] * self.weights(up, row)[None, :]
+        if self.normalized:
+            return (w * (row["tr.Y"] - mu)).ravel()
+        return (w * row["tr.Y"] - row["tr.S0"] * mu).ravel()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialDoublyRobust:
+    """Augmented (doubly robust) one-trial estimator; normalised adds a residual-mean parameter r[s, z]."""
+
+    participation: Participation
+    weights: ArmWeights
+    outcome: Outcome
+    normalized: bool
+
+    def __call__(self, theta, row, **up):
+        o = self.outcome
+        m, C = o.m, o.n_arms
+        h = jnp.stack([jnp.stack([o.trial_mean(up, row, j, c) for c in range(C)]) for j in range(1, m + 1)])
+        w = row["tr.Shot"][:, None] * self.participation.trial_odds(up, row)[:, None] * self.weights(up, row)[None, :]
+        resid = row["tr.Y"] - h
+        if self.normalized:
+            mu, r = theta[: m * C].reshape(m, C), theta[m * C:].reshape(m, C)
+            return jnp.concatenate([(row["tr.S0"] * (h + r - mu)).ravel(), (w * (resid - r)).ravel()])
+        mu = theta.reshape(m, C)
+        return (row["tr.S0"] * (h - mu) + w * resid).ravel()
