@@ -2,21 +2,23 @@
 
 - Working models (:mod:`estimators.regression`): ``linear``, ``logistic``, ``multinomial``, ``poisson``, ``glm``,
   ``mean``; each returns a :class:`mestim.Block` to stack with others.
-- Transport from a collection of trials to a target population (Dahabreh et al.): :func:`transport`
-  (:mod:`estimators.transport`).
+- Transport from a collection of trials to a target population (Dahabreh et al.):
+  ``from estimators.transport import transport``.
 - Meta-analysis of 2×2 tables: causal aggregation (Berenfeld et al.) and classical methods:
-  :func:`meta_analysis`, :func:`meta_analyses` (batch), :func:`causal_meta`, :func:`classical_meta`.
+  :func:`meta_analysis`, :func:`meta_analyses` (batch), :func:`fit_causal_meta`, :func:`classical_meta`;
+  ``estimators.causal_meta.causal_meta`` for the causal estimate alone.
+
+Functions named like a submodule (``transport``, ``causal_meta``) are not re-exported here: that would hide the
+submodule behind the function.
 """
 
 import mestim  # noqa: F401  (enables float64 before anything below is traced)
 
-from .causal_meta import causal_meta, fit_causal_meta
+from .causal_meta import fit_causal_meta
 from .design import design_matrix, row_mask
 from .meta_batch import meta_analyses, meta_analysis
 from .meta_classical import classical_meta
 from .regression import glm, linear, logistic, mean, multinomial, poisson
-from .transport import simulate_trials, transport
 
 __all__ = ["design_matrix", "row_mask", "glm", "linear", "logistic", "mean", "multinomial", "poisson",
-           "transport", "simulate_trials", "causal_meta", "fit_causal_meta", "classical_meta", "meta_analysis",
-           "meta_analyses"]
+           "fit_causal_meta", "classical_meta", "meta_analysis", "meta_analyses"]

@@ -340,12 +340,12 @@ def _finish(problem: Problem, theta, psi_sum, jac, meat, *, weight_type, correct
         raise DataError("the cluster column has a single cluster: the clustered meat needs at least two")
     if correction == "fay":
         meat = fay(jac)
-    vcov = covariance(bread, meat, labels)
+    cond, involved = bread_condition(bread, labels)
+    vcov = covariance(bread, meat, labels, condition=(cond, involved))
     if correction == "df":
         if n_units <= p:
             raise DataError(f"correction='df' needs more units ({n_units:g}) than parameters ({p})")
         vcov = vcov * n_units / (n_units - p)
-    cond, involved = bread_condition(bread, labels)
     warnings = []
     if cond > WARN_COND:
         warnings.append(f"the bread is ill-conditioned (condition number {cond:.3g}); parameters {involved} are "

@@ -81,9 +81,9 @@ class Estimates:
         for a stack) and returns a scalar or vector.
         """
         flat = lambda t: jnp.atleast_1d(g(self._g_input(t)))  # noqa: E731
-        theta = jnp.asarray(self.theta)
-        value = np.asarray(flat(theta))
-        grad = np.asarray(jax.jacrev(flat)(theta))
+        # One compiled call: run eagerly, jacrev would dispatch (and compile) every primitive of g separately.
+        value, grad = jax.jit(lambda t: (flat(t), jax.jacrev(flat)(t)))(jnp.asarray(self.theta))
+        value, grad = np.asarray(value), np.asarray(grad)
         labels = tuple(labels) if labels is not None else tuple(f"g[{i}]" for i in range(value.size))
         if len(labels) != value.size:
             raise SpecificationError(f"{len(labels)} labels given for {value.size} transformed estimates")

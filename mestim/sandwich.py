@@ -38,12 +38,14 @@ def bread_condition(bread: np.ndarray, labels) -> tuple[float, list[str]]:
     return cond, involved
 
 
-def covariance(bread: np.ndarray, meat: np.ndarray, labels, *, context: str = "") -> np.ndarray:
-    """A⁻¹ M A⁻ᵀ, after checking A; raises :class:`SingularBreadError` naming the parameters involved."""
+def covariance(bread: np.ndarray, meat: np.ndarray, labels, *, condition=None, context: str = "") -> np.ndarray:
+    """A⁻¹ M A⁻ᵀ, after checking A; raises :class:`SingularBreadError` naming the parameters involved.
+
+    ``condition``: :func:`bread_condition`'s result when the caller already has it (one SVD per fit)."""
     if not np.all(np.isfinite(bread)):
         bad = sorted({labels[j] for j in np.argwhere(~np.isfinite(bread))[:, 1]})
         raise SingularBreadError(f"the bread has non-finite entries for parameter(s) {bad}{context}")
-    cond, involved = bread_condition(bread, labels)
+    cond, involved = condition if condition is not None else bread_condition(bread, labels)
     if cond > SINGULAR_COND:
         raise SingularBreadError(
             f"the bread is singular (condition number {cond:.3g}){context}; the parameters {involved} are not "

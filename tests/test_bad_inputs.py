@@ -4,6 +4,7 @@ Library cases call ``mestim.fit`` and check the error type and message. Command-
 in-process on a small broken file and check: exit code ≠ 0, one line on stderr naming the problem, no traceback.
 """
 
+import re
 import warnings
 
 import jax.numpy as jnp
@@ -102,7 +103,7 @@ def test_nan_outside_a_mask_is_allowed():
 def _transport_frame():
     from estimators.transport.simulate import simulate_trials
 
-    return simulate_trials(n_target=300, n_per_trial=150, seed=3)
+    return simulate_trials(n_trials=3, n_target=300, n_per_trial=150, seed=3).data
 
 
 def _write(tmp_path, frame, name="data.csv"):
@@ -112,7 +113,9 @@ def _write(tmp_path, frame, name="data.csv"):
 
 
 def _bcg():
-    return pd.read_csv(__import__("estimators.meta_batch", fromlist=["x"]).BCG_PATH)
+    from estimators.meta_batch import load_bcg
+
+    return load_bcg()
 
 
 CLI = [
@@ -120,18 +123,18 @@ CLI = [
     ("missing file", lambda p: ["transport", str(p / "nope.csv")], r"nope\.csv"),
     ("unreadable CSV", lambda p: ["meta", _raw(p, b"\x00\x01\x02garbage\n\xff\xfe")], r"parse|read|column|empty"),
     ("empty CSV", lambda p: ["meta", _raw(p, b"")], "empty"),
-    ("wrong study column", lambda p: ["transport", _write(p, _transport_frame()), "--study", "site"], "site"),
-    ("wrong covariate", lambda p: ["transport", _write(p, _transport_frame()), "--covariates", "X1,X9"], "X9"),
-    ("target label absent", lambda p: ["transport", _write(p, _transport_frame()), "--target", "9"],
+    ("wrong study column", lambda p: _t(p, _transport_frame(), "--study", "site"), "site"),
+    ("wrong covariate", lambda p: _t(p, _transport_frame(), "--covariates", "X1,X9"), "X9"),
+    ("target label absent", lambda p: _t(p, _transport_frame(), "--target", "9"),
      r"target|'9'|9"),
-    ("trial with one arm", lambda p: ["transport", _write(p, _one_arm(_transport_frame()))], r"arm|treatment"),
-    ("treatment value not present", lambda p: ["transport", _write(p, _transport_frame()), "--contrast", "1,7"],
+    ("trial with one arm", lambda p: _t(p, _one_arm(_transport_frame())), r"arm|treatment"),
+    ("treatment value not present", lambda p: _t(p, _transport_frame(), "--contrast", "1,7"),
      "7"),
     ("non-binary outcome for a logistic model",
-     lambda p: ["transport", _write(p, _transport_frame()), "--outcome-model", "logistic"], r"0/1|binary"),
-    ("NaN covariate in trial rows", lambda p: ["transport", _write(p, _nan_cov(_transport_frame()))],
+     lambda p: _t(p, _transport_frame(), "--outcome-model", "logistic"), r"0/1|binary"),
+    ("NaN covariate in trial rows", lambda p: _t(p, _nan_cov(_transport_frame())),
      r"X1|NaN|non-finite"),
-    ("non-numeric covariate", lambda p: ["transport", _write(p, _text_cov(_transport_frame()))],
+    ("non-numeric covariate", lambda p: _t(p, _text_cov(_transport_frame())),
      r"X1.*numeric|numeric.*X1"),
     ("negative counts", lambda p: ["meta", _write(p, _bcg().assign(ai=lambda d: -d.ai))], "negative"),
     ("events exceed totals", lambda p: ["meta", _write(p, _events_gt_totals())], r"exceed|greater|more than|>"),
@@ -140,6 +143,11 @@ CLI = [
     ("non-numeric counts", lambda p: ["meta", _write(p, _bcg().astype({"ai": object}).assign(ai="many"))],
      r"numeric|ai"),
 ]
+
+
+def _t(p, frame, *extra):
+    """argv of `mestim transport` on ``frame`` written to a file, with the simulated data's covariates."""
+    return ["transport", _write(p, frame), "--covariates", "X1,X2,X3", *extra]
 
 
 def _raw(p, content):
@@ -178,7 +186,7 @@ def test_cli_bad_input(case, tmp_path, capsys):
     assert "Traceback" not in captured.err + captured.out
     lines = [ln for ln in captured.err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "error:" in lines[0], captured.err
-    assert pytest.importorskip("re").search(pattern, lines[0]), lines[0]
+    assert re.search(pattern, lines[0]), lines[0]
 
 
 def test_cli_zero_event_arm_is_defined(tmp_path, capsys):

@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pandas as pd
 
+from mestim.data import read_table
 from mestim.errors import DataError
 
 
@@ -53,12 +54,7 @@ def _read(path):
         from estimators.meta_batch import load_bcg
 
         return load_bcg(), "BCG vaccine trials (bundled)"
-    try:
-        return pd.read_csv(path), path
-    except pd.errors.ParserError as e:
-        raise DataError(f"cannot parse {path} as CSV: {e}") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path} is empty") from None
+    return read_table(path), path
 
 
 def _fmt(x, ratio):

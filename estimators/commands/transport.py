@@ -7,6 +7,8 @@ doubly robust; a pooled row), the homogeneity and CATE-equality tests, and the w
 
 from __future__ import annotations
 
+from mestim.data import read_table
+
 import sys
 
 
@@ -70,12 +72,7 @@ def run(args) -> int:
         source = f"bundled simulated data ({simulate.bundled_data_path()}; true target effect {simulate.bundled_truth():.4g})"
         covariates = _list(args.covariates) or (None if args.formula else ["X1", "X2", "X3"])
     else:
-        try:
-            df = pd.read_parquet(args.data) if args.data.endswith(".parquet") else pd.read_csv(args.data)
-        except FileNotFoundError:
-            raise DataError(f"file '{args.data}' does not exist") from None
-        except (ValueError, pd.errors.ParserError) as e:
-            raise DataError(f"could not read '{args.data}': {e}") from None
+        df = read_table(args.data)
         source = args.data
         covariates = _list(args.covariates)
         if covariates is None and args.formula is None:
