@@ -27,8 +27,10 @@ from mestim.errors import DataError, SeparationError
 
 from .design import binary_outcome, clean_in_mask, design_matrix, row_mask
 
-# Inverse canonical links μ(η) by family.
+# Inverse canonical links μ(η) by family, and μ'(η) as a function of (η, μ).
 MEAN_FUNCTIONS = {"gaussian": lambda eta: eta, "binomial": jax.nn.sigmoid, "poisson": jnp.exp}
+MEAN_DERIVATIVES = {"gaussian": lambda eta, mu: jnp.ones_like(eta), "binomial": lambda eta, mu: mu * (1 - mu),
+                    "poisson": lambda eta, mu: mu}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,15 @@ class GLMScore:
         x = row[f"{self.name}.X"]
         eta = x @ beta + row[f"{self.name}.offset"]
         return row[f"{self.name}.mask"] * (row[f"{self.name}.y"] - MEAN_FUNCTIONS[self.family](eta)) * x
+
+    def chunk_sums(self, beta, rows, w):
+        """ψ of a chunk of rows and its closed-form weighted Jacobian Σ w ∂ψ/∂β = −Xᵀ diag(w m μ'(η)) X: one
+        matrix product (what IRLS uses) instead of k backward passes of autodiff; checked against autodiff."""
+        x, m = rows[f"{self.name}.X"], rows[f"{self.name}.mask"]
+        eta = x @ beta + rows[f"{self.name}.offset"]
+        mu = MEAN_FUNCTIONS[self.family](eta)
+        values = (m * (rows[f"{self.name}.y"] - mu))[:, None] * x
+        return values, -(x * (w * m * MEAN_DERIVATIVES[self.family](eta, mu))[:, None]).T @ x
 
 
 @dataclasses.dataclass(frozen=True)

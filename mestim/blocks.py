@@ -110,11 +110,50 @@ class StackSpec:
         ])
 
 
-    def block_psis(self, names: Sequence[str] | None = None) -> tuple:
-        """One function ``f(theta, row)`` per named block (all by default): ψ_b at flat θ, for
-        :func:`mestim.sums.chunk_moments`' block-by-block Jacobian."""
+    def block_parts(self, names: Sequence[str] | None = None, positions=None) -> tuple:
+        """One :class:`BlockPart` per named block (all by default), for :func:`mestim.sums.chunk_moments`'
+        block-by-block Jacobian; ``positions``: where the differentiated vector sits in θ (None: all of θ)."""
         wanted = [b.name for b in self.blocks if names is None or b.name in names]
-        return tuple(lambda theta, row, name=name: self.psi(theta, row, (name,)) for name in wanted)
+        return tuple(BlockPart(self, name, None if positions is None else tuple(int(i) for i in positions))
+                     for name in wanted)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPart:
+    """ψ of one block as a function of the vector t its Jacobian is taken against: all of θ (``positions`` None),
+    or θ's entries at ``positions`` with the rest of θ passed as ``full``.
+
+    ``chunk_sums`` is offered when the block's ψ has a closed-form chunk Jacobian (``psi.chunk_sums(own, rows, w)
+    -> (values, Σ w ∂ψ/∂own)``, e.g. GLM scores: one matrix product instead of k backward passes) and reads no
+    other block (so its Jacobian is zero outside its own columns).
+    """
+
+    spec: StackSpec
+    name: str
+    positions: tuple[int, ...] | None = None
+
+    def _theta(self, t, full):
+        import jax.numpy as jnp
+
+        return t if self.positions is None else full.at[jnp.asarray(self.positions)].set(t)
+
+    def __call__(self, t, row, full=None):
+        return self.spec.psi(self._theta(t, full), row, (self.name,))
+
+    @property
+    def analytic(self) -> bool:
+        block = next(b for b in self.spec.blocks if b.name == self.name)
+        return not block.reads and callable(getattr(block.psi, "chunk_sums", None))
+
+    def chunk_sums(self, t, rows, w, full=None):
+        import jax.numpy as jnp
+
+        block = next(b for b in self.spec.blocks if b.name == self.name)
+        own = self.spec.offsets()[self.name]
+        values, jac_own = block.psi.chunk_sums(self._theta(t, full)[own], rows, w)
+        own_positions = np.arange(own.start, own.stop)
+        cols = own_positions if self.positions is None else np.searchsorted(np.asarray(self.positions), own_positions)
+        return values, jnp.zeros((jac_own.shape[0], t.shape[0]), jac_own.dtype).at[:, cols].set(jac_own)
 
 
 def solve_groups(blocks: Sequence[BlockSpec]) -> list[tuple[str, ...]]:

@@ -253,17 +253,17 @@ def _group_sums(spec, group, theta, data, w, jac, meat, sampling, chunk_size, me
     """Σwψ (and Σw∂ψ/∂θ, Σwψψᵀ) of the blocks in ``group`` (None: the whole stack), derivatives with respect to
     the group's own parameters, the other blocks held at ``theta``. Used by in-memory and streamed fits."""
     if group is None:
-        return moments(spec.block_psis(), theta, data, w, chunk_size=chunk_size, jac=jac, meat=meat,
+        return moments(spec.block_parts(), theta, data, w, chunk_size=chunk_size, jac=jac, meat=meat,
                        sampling=sampling, mesh=mesh)
     idx = _group_index(spec, group)
-    f = tuple(lambda tg, row, full, b=b: b(full.at[idx].set(tg), row) for b in spec.block_psis(group))
+    f = spec.block_parts(group, positions=idx)
     return moments(f, theta[idx], data, w, chunk_size=chunk_size, jac=jac, meat=meat, sampling=sampling, mesh=mesh,
                    args=(theta,))
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "sampling", "n_clusters", "chunk_size", "mesh"))
 def _bread_meat(spec, data, w, theta, cluster, sampling, n_clusters, chunk_size, mesh=None):
-    m = moments(spec.block_psis(), theta, data, w, chunk_size=chunk_size, sampling=sampling, cluster=cluster,
+    m = moments(spec.block_parts(), theta, data, w, chunk_size=chunk_size, sampling=sampling, cluster=cluster,
                 n_clusters=n_clusters, mesh=mesh)
     meat = m.meat if cluster is None else m.cluster.T @ m.cluster
     return m.psi, m.jac, meat

@@ -77,7 +77,7 @@ def stack_columns(columns: list[dict]) -> dict:
 def _solve_group(spec, group, data, w, theta, opts, chunk_size, mesh=None):
     """One dependency group solved by the traced Newton (vmappable), other blocks held at ``theta``."""
     idx = _group_index(spec, group)
-    f = tuple(lambda tg, row, full, b=b: b(full.at[idx].set(tg), row) for b in spec.block_psis(group))
+    f = spec.block_parts(group, positions=idx)
 
     def residual_and_jacobian(tg):
         m = moments(f, tg, data, w, chunk_size=chunk_size, meat=False, mesh=mesh, args=(theta,))

@@ -41,6 +41,8 @@ def chunk_moments(f, theta, rows, w, *, jac=True, meat=True, sampling=False, clu
             (one per block), whose outputs are concatenated. With a tuple, each block's rows of the Jacobian come
             from that block alone: k_b backward passes through block b only, Σ_b k_b·cost_b in all, instead of
             k·Σ_b cost_b for one pullback through the whole stack (which grows like the square of its size).
+            A part with ``analytic = True`` and ``chunk_sums(theta, rows, w) -> (values, Σ w ∂ψ/∂θ)`` supplies its
+            Jacobian in closed form instead (:class:`mestim.blocks.BlockPart` of a GLM block).
         theta: (p,) parameters the Jacobian is taken with respect to.
         rows: pytree of arrays with a leading row axis (one chunk).
         w: (c,) row weights (0 for padding rows).
@@ -50,7 +52,10 @@ def chunk_moments(f, theta, rows, w, *, jac=True, meat=True, sampling=False, clu
     values, jacobians = [], []
     for part in f if isinstance(f, tuple) else (f,):
         per_row = lambda t, part=part: jax.vmap(part, in_axes=(None, 0))(t, rows)  # noqa: E731
-        if jac:
+        if jac and getattr(part, "analytic", False):  # a closed-form Jacobian (GLM blocks)
+            v, j = part.chunk_sums(theta, rows, w)
+            jacobians.append(j)
+        elif jac:
             v, pullback = jax.vjp(per_row, theta)
             # Row j of Σ w ∂ψ/∂θ is the pullback of the cotangent w ⊗ e_j: k backward passes, batched by vmap.
             jacobians.append(jax.vmap(lambda e, pb=pullback: pb(w[:, None] * e[None, :])[0])(
@@ -83,10 +88,7 @@ def moments(f: Callable, theta, data, w, *, chunk_size: int = DEFAULT_CHUNK, jac
     kw = dict(jac=jac, meat=meat, sampling=sampling, n_clusters=n_clusters)
 
     def local(theta, data, w, cluster, args):
-        if isinstance(f, tuple):
-            g = tuple(lambda t, row, part=part: part(t, row, *args) for part in f)
-        else:
-            g = lambda t, row: f(t, row, *args)  # noqa: E731
+        g = tuple(_Bound(part, args) for part in f) if isinstance(f, tuple) else _Bound(f, args)
         return sum_chunks(lambda c: chunk_moments(g, theta, c["rows"], c["w"], cluster=c["cluster"], **kw),
                           {"rows": data, "w": w, "cluster": cluster}, chunk_size)
 
@@ -98,6 +100,20 @@ def moments(f: Callable, theta, data, w, *, chunk_size: int = DEFAULT_CHUNK, jac
     per_device = lambda *a: lax.psum(local(*a), mesh.axis_names)  # noqa: E731
     return jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(), rows, rows, rows, PartitionSpec()),
                          out_specs=PartitionSpec(), check_vma=False)(theta, data, w, cluster, args)
+
+
+class _Bound:
+    """A part with the extra traced ``args`` bound (``part(t, row, *args)``), keeping its closed-form Jacobian."""
+
+    def __init__(self, part, args):
+        self.part, self.args = part, args
+        self.analytic = getattr(part, "analytic", False)
+
+    def chunk_sums(self, t, rows, w):
+        return self.part.chunk_sums(t, rows, w, *self.args)
+
+    def __call__(self, t, row):
+        return self.part(t, row, *self.args)
 
 
 def sum_chunks(g: Callable, data, chunk_size: int = DEFAULT_CHUNK):
