@@ -220,10 +220,15 @@ class _RecordingRow(Mapping):
         return len(self._row)
 
 
-def _trace_columns(spec: StackSpec, cols, n) -> set[str]:
-    numeric = {k: v for k, v in cols.items() if v.dtype.kind == "f"}
-    unusable = set(cols) - set(numeric)
-    row = {k: jax.ShapeDtypeStruct(v.shape[1:], jnp.float64) for k, v in numeric.items()}
+def _trace_columns(spec: StackSpec, cols, n) -> frozenset[str]:
+    """The columns ψ reads, found by tracing ψ once on abstract rows; cached per (stack, column layout)."""
+    return _traced_columns(spec, tuple(sorted((k, v.shape[1:], v.dtype.kind == "f") for k, v in cols.items())))
+
+
+@functools.lru_cache(maxsize=256)
+def _traced_columns(spec: StackSpec, layout) -> frozenset[str]:
+    unusable = {k for k, _, numeric in layout if not numeric}
+    row = {k: jax.ShapeDtypeStruct(shape, jnp.float64) for k, shape, numeric in layout if numeric}
     params = {b.name: jax.ShapeDtypeStruct((b.dim,), jnp.float64) for b in spec.blocks}
     used: set[str] = set()
     for b in spec.blocks:
@@ -239,7 +244,7 @@ def _trace_columns(spec: StackSpec, cols, n) -> set[str]:
             raise SpecificationError(
                 f"ψ of block '{b.name}' returns shape {shape} but the block has {b.dim} parameter(s): "
                 "ψ must return one value per parameter (a 1-D array of the same length as init)")
-    return used
+    return frozenset(used)
 
 
 # ---------------------------------------------------------------------------------------------- compiled parts
