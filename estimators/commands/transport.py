@@ -3,6 +3,8 @@
 With no DATA file it runs on the bundled simulated data set (4 trials, target S=0 without Z/Y; true target
 effect 2.8). Prints a table like Table 1 of Dahabreh et al. (per trial: n, unadjusted, outcome model, weighting,
 doubly robust; a pooled row), the homogeneity and CATE-equality tests, and the working models used.
+Positivity diagnostics of the inverse-odds weights (effective sample size and largest weight share per trial and
+arm) are printed too; extreme weights add a "warning:" line on stderr (the run still exits 0).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from mestim.data import read_table
 
 import sys
+import warnings
 
 
 def _list(text):
@@ -65,7 +68,7 @@ def run(args) -> int:
 
     from estimators.transport import simulate
     from estimators.transport.api import transport
-    from mestim.errors import DataError
+    from mestim.errors import DataError, MestimWarning
 
     if args.data is None:
         df = simulate.load_transport_sim()
@@ -101,14 +104,16 @@ def run(args) -> int:
     grid = [float(x) for x in _list(args.bias_grid)] if args.bias_grid else None
     if args.per_trial_only and args.pooled_only:
         raise DataError("--per-trial-only and --pooled-only exclude each other")
-    res = transport(df, study=args.study, treatment=args.treatment, outcome=args.outcome, covariates=covariates,
-                    formula=args.formula, target=_number_or_text(args.target), estimators=_list(args.estimators),
-                    per_trial=not args.pooled_only, pooled=not args.per_trial_only, contrasts=contrasts,
-                    participation=args.participation, treatment_model=args.treatment_model,
-                    treatment_probabilities=probs, outcome_model=args.outcome_model,
-                    trial_effects=False if args.no_trial_effects else None, weighting=args.weighting,
-                    received=args.received, post_covariates=_list(args.post_covariates), bias=bias, bias_grid=grid,
-                    level=args.level)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MestimWarning)
+        res = transport(df, study=args.study, treatment=args.treatment, outcome=args.outcome, covariates=covariates,
+                        formula=args.formula, target=_number_or_text(args.target), estimators=_list(args.estimators),
+                        per_trial=not args.pooled_only, pooled=not args.per_trial_only, contrasts=contrasts,
+                        participation=args.participation, treatment_model=args.treatment_model,
+                        treatment_probabilities=probs, outcome_model=args.outcome_model,
+                        trial_effects=False if args.no_trial_effects else None, weighting=args.weighting,
+                        received=args.received, post_covariates=_list(args.post_covariates), bias=bias, bias_grid=grid,
+                        level=args.level)
     print(f"Data: {source}")
     print(res.summary())
     if args.json:
@@ -121,4 +126,9 @@ def run(args) -> int:
         res.plot(args.plot)
         print(f"wrote {args.plot}")
     sys.stdout.flush()
+    for w in caught:  # positivity and engine warnings: one line each on stderr; the run still succeeds
+        if issubclass(w.category, MestimWarning):
+            print(f"mestim transport: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return 0

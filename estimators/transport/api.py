@@ -58,6 +58,10 @@ class TransportResult:
         settings: the working models, weighting and estimand used (named in every printout).
         fit: the underlying :class:`mestim.Result` (all working-model and estimand parameters, joint covariance).
         estimates: :class:`mestim.Estimates` of every reported contrast with their joint covariance.
+        diagnostics: tidy DataFrame of the positivity diagnostics of the inverse-odds weights (one row per
+            weighting/DR estimator, trial or "pooled", and arm: rows, effective sample size, largest weight share,
+            top-5 weights; see :mod:`~estimators.transport.diagnostics`), or None when no estimator weights.
+        diagnostic_warnings: the positivity warnings (also emitted as :class:`mestim.MestimWarning`).
     """
 
     table: pd.DataFrame
@@ -68,6 +72,8 @@ class TransportResult:
     data: TransportData
     sensitivity: pd.DataFrame | None = None
     level: float = 0.95
+    diagnostics: pd.DataFrame | None = None
+    diagnostic_warnings: list = dataclasses.field(default_factory=list)
 
     def estimate(self, estimator: str, trial="pooled", contrast=None, scale: str = "difference") -> pd.Series:
         """The row of ``table`` for one estimator, trial (label or "pooled") and contrast ("1 vs 0")."""
@@ -97,6 +103,11 @@ class TransportResult:
                          "estimate": _num(r.estimate), "se": _num(r.se), "ci_low": _num(r.ci_low),
                          "ci_high": _num(r.ci_high), "n": int(r.n)})
         out = {"estimates": rows, "tests": self.tests, "settings": self.settings}
+        if self.diagnostics is not None:
+            from .diagnostics import diagnostics_records
+
+            out["diagnostics"] = diagnostics_records(self.diagnostics)
+            out["diagnostic_warnings"] = list(self.diagnostic_warnings)
         if self.sensitivity is not None:
             out["sensitivity"] = [{k: (_num(v) if isinstance(v, float) else v) for k, v in rec.items()}
                                   for rec in self.sensitivity.to_dict("records")]
@@ -129,13 +140,96 @@ def _num(v):
     return v if np.isfinite(v) else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Estimand:
+    """One reported contrast: ``estimator`` in ``trial`` ("pooled", or the target label for "target_only"),
+    contrast ``contrast`` (index ``contrast_index`` into the stack's pairs) on ``scale``; computed from the
+    parameters at positions ``a`` (and ``b``, None for the pseudo-outcome's φ) *within* block ``block``."""
+
+    estimator: str
+    trial: str
+    contrast: str
+    contrast_index: int
+    scale: str
+    block: str
+    a: int
+    b: int | None
+    n: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.estimator}|{self.trial}|{self.contrast}|{self.scale}"
+
+
+@dataclasses.dataclass
+class TransportStack:
+    """Everything :func:`transport` fits, built without fitting (:func:`transport_stack`).
+
+    Attributes:
+        blocks: the stack of :class:`mestim.Block` (working models, then estimands).
+        data_for_fit: the columns ``mestim.fit(blocks, data_for_fit, weights=, cluster=, solve=)`` reads.
+        estimands: the reported contrasts (:class:`Estimand`), in the order of ``TransportResult.table``;
+            :meth:`positions` maps them to flat parameter indices once the block offsets are known.
+        settings: the working models, weighting and estimand used (as in ``TransportResult.settings``).
+        transport_data: the validated :class:`~estimators.transport.data.TransportData`.
+    """
+
+    blocks: list
+    data_for_fit: dict
+    estimands: list
+    settings: dict
+    transport_data: TransportData
+    weights: object = None
+    cluster: object = None
+    solve: str = "blockwise"
+    pairs: tuple = ()
+    contrast_names: tuple = ()
+    family: str = "linear"
+    trial_estimators: tuple = ()
+    pooled_estimators: tuple = ()
+    participation: object = None  # Participation (evaluates the inverse odds)
+    arm_weights: object = None  # ArmWeights (evaluates I(Z=z)/e)
+    use_bias: bool = False
+    bias_grid: object = None
+    level: float = 0.95
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(e.label for e in self.estimands)
+
+    def positions(self, offsets) -> tuple[np.ndarray, np.ndarray]:
+        """Flat indices (a, b) of every estimand given block offsets ``{name: slice}`` (``Result.blocks`` or
+        ``problem.spec.offsets()``); b = −1 where the estimand is one parameter (the pseudo-outcome's φ)."""
+        a = np.array([offsets[e.block].start + e.a for e in self.estimands], int)
+        b = np.array([-1 if e.b is None else offsets[e.block].start + e.b for e in self.estimands], int)
+        return a, b
+
+    def differences(self, theta, vcov, offsets):
+        """(estimate, se) of every "difference"-scale estimand from θ (…, p) and V (…, p, p): vectorised over
+        any leading batch axes (replicates of a simulation). Returns arrays (…, q) and the estimands used."""
+        keep = [i for i, e in enumerate(self.estimands) if e.scale == "difference"]
+        a, b = self.positions(offsets)
+        a, b = a[keep], b[keep]
+        theta, vcov = np.asarray(theta), np.asarray(vcov)
+        one = b < 0
+        bb = np.where(one, a, b)
+        sign = np.where(one, 0.0, 1.0)
+        est = theta[..., a] - sign * theta[..., bb]
+        var = (vcov[..., a, a] + sign * vcov[..., bb, bb] - 2 * sign * vcov[..., a, bb])
+        return est, np.sqrt(np.maximum(var, 0.0)), [self.estimands[i] for i in keep]
+
+    def fit(self) -> mestim.Result:
+        return mestim.fit(self.blocks, self.data_for_fit, weights=self.weights, cluster=self.cluster, solve=self.solve)
+
+
 def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", covariates=None, *,
               formula: str | None = None, target=0, estimators: Sequence[str] | None = None,
               per_trial: bool = True, pooled: bool = True, contrasts=None,
               participation: str = "logistic", treatment_model: str = "trial", treatment_probabilities=None,
               outcome_model: str = "auto", trial_effects: bool | None = None, weighting: str = DEFAULT_WEIGHTING,
               received: str | None = None, post_covariates=None, bias=None, bias_grid=None,
-              weights=None, cluster=None, level: float = 0.95, solve: str = "blockwise") -> TransportResult:
+              weights=None, cluster=None, level: float = 0.95, solve: str = "blockwise",
+              diagnostics: bool = True) -> TransportResult:
     """Transport treatment effects from a collection of trials to a target population (Dahabreh et al.).
 
     Args:
@@ -162,9 +256,47 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
         level: confidence level of the Wald intervals.
         solve: how the engine solves the stack: ``"blockwise"`` (default: one Newton per dependency level —
             working models first, then the estimands that read them) or ``"joint"`` (one Newton on the whole stack).
+        diagnostics: compute the positivity diagnostics of the inverse-odds weights (``result.diagnostics``) and
+            warn (:class:`mestim.MestimWarning`) on extreme weights; see :mod:`~estimators.transport.diagnostics`.
 
     Returns:
         :class:`TransportResult`.
+    """
+    stack = transport_stack(df, study=study, treatment=treatment, outcome=outcome, covariates=covariates,
+                            formula=formula, target=target, estimators=estimators, per_trial=per_trial, pooled=pooled,
+                            contrasts=contrasts, participation=participation, treatment_model=treatment_model,
+                            treatment_probabilities=treatment_probabilities, outcome_model=outcome_model,
+                            trial_effects=trial_effects, weighting=weighting, received=received,
+                            post_covariates=post_covariates, bias=bias, bias_grid=bias_grid, weights=weights,
+                            cluster=cluster, level=level, solve=solve)
+    fit = stack.fit()
+    res = _result(stack, fit)
+    if diagnostics:
+        from .diagnostics import positivity_diagnostics, positivity_warnings
+
+        res.diagnostics = positivity_diagnostics(stack, fit)
+        if res.diagnostics is not None:
+            res.diagnostic_warnings = positivity_warnings(res.diagnostics, stack.settings)
+            import warnings as _warnings
+
+            for msg in res.diagnostic_warnings:
+                _warnings.warn(msg, mestim.MestimWarning, stacklevel=2)
+    return res
+
+
+def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", covariates=None, *,
+                    formula: str | None = None, target=0, estimators: Sequence[str] | None = None,
+                    per_trial: bool = True, pooled: bool = True, contrasts=None,
+                    participation: str = "logistic", treatment_model: str = "trial", treatment_probabilities=None,
+                    outcome_model: str = "auto", trial_effects: bool | None = None,
+                    weighting: str = DEFAULT_WEIGHTING, received: str | None = None, post_covariates=None, bias=None,
+                    bias_grid=None, weights=None, cluster=None, level: float = 0.95,
+                    solve: str = "blockwise") -> TransportStack:
+    """The stack :func:`transport` fits, without fitting it (same arguments; see :func:`transport`).
+
+    ``stack.fit()`` is ``mestim.fit(stack.blocks, stack.data_for_fit, ...)``; a simulation study instead hands
+    ``stack.blocks`` and ``stack.data_for_fit`` to :func:`mestim.pure.fit_function` and vmaps the pure fit over
+    replicates, then reads the reported contrasts with :meth:`TransportStack.differences`.
     """
     if solve not in ("blockwise", "joint"):
         raise SpecificationError(f"solve={solve!r}: use 'blockwise' or 'joint'")
@@ -319,11 +451,9 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
         fit_cols[cluster] = np.asarray(pd.DataFrame(df)[cluster].to_numpy()) if cluster in pd.DataFrame(df).columns else None
         if fit_cols[cluster] is None:
             raise DataError(f"cluster column '{cluster}' is not in the data")
-    fit = mestim.fit(blocks, fit_cols, weights=weights, cluster=cluster, solve=solve)
 
-    # ------------------------------------------------------------------ contrasts by the delta method
-    # items: (estimator, trial label | "pooled", contrast index, scale, flat index of μ_z (or φ), of μ_z' (or None), n)
-    items = []
+    # ------------------------------------------------------------------ the reported contrasts (positions in blocks)
+    estimands: list[Estimand] = []
     n_rows = {label(s): data.n_trial[s] for s in data.trials}
     n_all_trials = int(sum(data.n_trial.values()))
     block_of = {"unadjusted": "unadjusted", "outcome": "outcome_trials", "weighting": "weighting_trials",
@@ -331,31 +461,49 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
     pooled_block = {"outcome": "outcome_pooled_mean", "weighting": "weighting_pooled", "dr": "dr_pooled",
                     "target_only": "target_only"}
     ratios = bool(data.binary_outcome)
-    start = {name: sl.start for name, sl in fit.blocks.items()}
 
-    def add(e, trial, ci, ia, ib, n):
-        items.append((e, trial, ci, "difference", ia, ib, n))
-        if ratios:
-            items.append((e, trial, ci, "risk ratio", ia, ib, n))
-            items.append((e, trial, ci, "odds ratio", ia, ib, n))
+    def add(e, trial, ci, block, a, b, n):
+        for scale in ("difference", "risk ratio", "odds ratio") if ratios else ("difference",):
+            estimands.append(Estimand(e, trial, contrast_names[ci], ci, scale, block, a, b, n))
 
     for e in trial_est:
         for j, s in enumerate(trial_labels):
             for ci, (a, b) in enumerate(pairs):
-                base = start[block_of[e]] + j * C
-                add(e, s, ci, base + a, base + b, n_rows[s])
+                add(e, s, ci, block_of[e], j * C + a, j * C + b, n_rows[s])
     for e in pooled_est:
         n_e = data.target_outcome_rows if e == "target_only" else n_all_trials
         trial = label(data.target) if e == "target_only" else "pooled"
         for ci, (a, b) in enumerate(pairs):
             if e == "pseudo_outcome":
-                items.append((e, trial, ci, "difference", start["pseudo_outcome"] + ci * (k + 1) + k, None, n_e))
+                estimands.append(Estimand(e, trial, contrast_names[ci], ci, "difference", "pseudo_outcome",
+                                          ci * (k + 1) + k, None, n_e))
             else:
-                base = start[pooled_block[e]]
-                add(e, trial, ci, base + a, base + b, n_e)
+                add(e, trial, ci, pooled_block[e], a, b, n_e)
+
+    settings = _settings(data, family, participation, treatment_model, treatment_probabilities, trial_effects,
+                         weighting, per_protocol, received, post_covariates, chosen, trial_est, pooled_est,
+                         contrast_names, level)
+    return TransportStack(blocks, fit_cols, estimands, settings, data, weights=weights, cluster=cluster, solve=solve,
+                          pairs=tuple(pairs), contrast_names=tuple(contrast_names), family=family,
+                          trial_estimators=tuple(trial_est), pooled_estimators=tuple(pooled_est), participation=part,
+                          arm_weights=armw, use_bias=use_bias, bias_grid=bias_grid, level=level)
+
+
+def _result(stack: TransportStack, fit: mestim.Result) -> TransportResult:
+    """Contrasts by the delta method, the homogeneity and CATE-equality tests, the sensitivity sweep."""
+    data, level = stack.transport_data, stack.level
+    m, k = data.m, data.k
+    pairs, contrast_names = stack.pairs, stack.contrast_names
+    trial_est, family, use_bias = stack.trial_estimators, stack.family, stack.use_bias
+    trial_labels = [label(s) for s in data.trials]
+    # items: (estimator, trial label | "pooled", contrast index, scale, flat index of μ_z (or φ), of μ_z' (or None), n)
+    ia, ib = stack.positions(fit.blocks)
+    items = [(e.estimator, e.trial, e.contrast_index, e.scale, int(a), None if b < 0 else int(b), e.n)
+             for e, a, b in zip(stack.estimands, ia, ib)]
+    start = {name: sl.start for name, sl in fit.blocks.items()}
     n_items = len(items)
     extra_idx = [start["bias_mean"] + j for j in range(m + 1)] if use_bias else []
-    labels = [f"{it[0]}|{it[1]}|{contrast_names[it[2]]}|{it[3]}" for it in items]
+    labels = list(stack.labels)
     labels += [f"bias_mean|{s}" for s in trial_labels + ["pooled"]] if use_bias else []
     allest = _delta(fit, items, extra_idx, labels)
     est = mestim.Estimates(allest.theta[:n_items], allest.vcov[:n_items, :n_items], tuple(labels[:n_items]))
@@ -396,7 +544,7 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
     # ------------------------------------------------------------------ sensitivity sweep
     sens = None
     if use_bias:
-        grid = np.asarray([1.0] if bias_grid is None else bias_grid, float)
+        grid = np.asarray([1.0] if stack.bias_grid is None else stack.bias_grid, float)
         ubar_idx = {s: n_items + j for j, s in enumerate(trial_labels + ["pooled"])}
         recs = []
         for i, (e, trial, ci, scale, _, _, n) in enumerate(items):
@@ -412,10 +560,7 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
                              "ci_low": float(value - z * se), "ci_high": float(value + z * se)})
         sens = pd.DataFrame(recs)
 
-    settings = _settings(data, family, participation, treatment_model, treatment_probabilities, trial_effects,
-                         weighting, per_protocol, received, post_covariates, chosen, trial_est, pooled_est,
-                         contrast_names, level)
-    return TransportResult(table, tests, settings, fit, est, data, sens, level)
+    return TransportResult(table, tests, stack.settings, fit, est, data, sens, level)
 
 
 def _column(df, name):

@@ -62,6 +62,12 @@ def format_summary(res) -> str:
     for contrast, d in tests["cate_equality"].items():
         lines.append(f"Per-trial CATE models equal (falsification check, eq. 3) {contrast}: χ² = {d['statistic']:.3f} "
                      f"on {d['df']} df, p = {d['p_value']:.3g}")
+    diag = getattr(res, "diagnostics", None)
+    if diag is not None and not diag.empty:
+        from .diagnostics import format_diagnostics
+
+        lines.append("")
+        lines += format_diagnostics(diag, st, DISPLAY)
     if res.sensitivity is not None and not res.sensitivity.empty:
         lines.append("")
         lines.append("Sensitivity analysis (eq. 11): estimate + δ·mean_{S=0} u(s;X)")
@@ -78,6 +84,8 @@ def format_summary(res) -> str:
     lines.append(f"Variance: {st['variance']}")
     lines.append(f"Solver: {res.fit.status}")
     for w in res.fit.warnings:
+        lines.append(f"warning: {w}")
+    for w in getattr(res, "diagnostic_warnings", []):
         lines.append(f"warning: {w}")
     return "\n".join(lines)
 
