@@ -12,9 +12,10 @@ refitting the same estimator on data of the same shapes does not recompile.
 from __future__ import annotations
 
 import dataclasses
+import warnings as _warnings
 import difflib
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ import numpy as np
 
 from . import data as datamod
 from .blocks import Block, BlockSpec, StackSpec, solve_groups, solve_levels
-from .errors import ConvergenceError, DataError, SingularBreadError, SpecificationError
+from .errors import ConvergenceError, DataError, MestimWarning, SingularBreadError, SpecificationError
 from .results import Result
 from .sandwich import WARN_COND, bread_condition, covariance, fay_meat
 from .solve import CONVERGED, SINGULAR, STATUS_TEXT, SolverOptions, newton_host
@@ -364,11 +365,8 @@ def _finish(problem: Problem, theta, psi_sum, jac, meat, *, weight_type, correct
         if b.check is not None:
             warnings += list(b.check(theta_np[offs[b.name]], problem.columns) or [])
     bread_inv = np.linalg.inv(bread / n)
-    for w_ in warnings:
-        import warnings as _w
-
-        from .errors import MestimWarning
-        _w.warn(w_, MestimWarning, stacklevel=stacklevel)
+    for message in warnings:
+        _warnings.warn(message, MestimWarning, stacklevel=stacklevel)
     return Result(theta_np, vcov, labels, blocks=offs, n=n, n_rows=n_rows,
                   n_clusters=problem.n_clusters if problem.cluster is not None else None, correction=correction,
                   converged=True, status="converged", iterations=iterations,

@@ -60,9 +60,7 @@ def fit_function(estimator, data, init=None, *, names=None, solve: str = "blockw
 
 def prepare_columns(problem, data) -> dict:
     """The device columns of ``problem``'s estimator prepared on another table of the same layout."""
-    from .fit import prepare as _prepare
-
-    other = _prepare(problem.blocks, data)
+    other = prepare(problem.blocks, data)
     if other.spec.dim != problem.spec.dim or set(other.data) != set(problem.data):
         raise ValueError("this table does not give the same parameters/columns as the one the function was built on")
     return other.data

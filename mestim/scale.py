@@ -34,7 +34,6 @@ What differs from :func:`mestim.fit` in a streamed fit:
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
@@ -50,7 +49,7 @@ from .blocks import Block, solve_levels
 from .errors import ConvergenceError, DataError, SingularBreadError, SpecificationError
 from .fit import _group_sums
 from .solve import CONVERGED, SINGULAR, STATUS_TEXT, SolverOptions, newton_host
-from .sums import DEFAULT_CHUNK, moments
+from .sums import DEFAULT_CHUNK
 
 DEFAULT_BATCH = 1 << 18  # host rows per streamed batch (262,144: ~60 MB for a 30-column float64 design)
 

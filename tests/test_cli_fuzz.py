@@ -4,9 +4,6 @@ Whatever the table, ``mestim meta`` and ``mestim transport`` end with exit code 
 (one readable ``error:`` line on stderr), never an uncaught exception.
 """
 
-import math
-
-import numpy as np
 import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
-import pytest
 
 import estimators as est
 import mestim

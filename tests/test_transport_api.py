@@ -3,11 +3,10 @@
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from estimators.transport import bundled_truth, load_transport_sim, simulate_trials, transport
-from mestim.errors import DataError, MestimError, SpecificationError
+from mestim.errors import DataError, SpecificationError
 
 COVS = ["X1", "X2", "X3"]
 

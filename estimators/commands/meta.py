@@ -14,7 +14,6 @@ import json
 import sys
 
 import numpy as np
-import pandas as pd
 
 from mestim.data import read_table
 from mestim.errors import DataError

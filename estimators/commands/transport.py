@@ -64,8 +64,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import pandas as pd
-
     from estimators.transport import simulate
     from estimators.transport.api import transport
     from mestim.errors import DataError, MestimWarning

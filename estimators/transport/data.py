@@ -167,7 +167,7 @@ def prepare_data(df, *, study: str, treatment: str, outcome: str, covariates=Non
         vals = np.setdiff1d(np.unique(y_raw[R]), [0.0, 1.0])[:5]
         raise DataError(f"a logistic outcome model was asked for, but outcome '{outcome}' takes values {vals.tolist()} "
                         "besides 0/1 in the trials; use outcome_model='linear' or recode the outcome as 0/1")
-    m, C = len(trials), len(arms)
+    m = len(trials)
     cols: dict[str, np.ndarray] = {}
     for j, lab in enumerate(labels):
         cols[lab] = xmat[:, j]

@@ -75,7 +75,6 @@ class Treatment:
 def treatment_blocks(kind: str, data, covariates: list) -> list:
     """Working-model blocks of the treatment model ``kind``."""
     trial_rows = lambda c: c["tr.R"] > 0  # noqa: E731
-    C = data.n_arms
     if kind in ("trial", "pooled"):
         dummies = [f"[{data.study}={label(s)}]" for s in data.trials[1:]] if kind == "trial" else []
         return [multinomial("treatment", "tr.Zcode", covariates + dummies, mask=trial_rows, reference=0.0)]
