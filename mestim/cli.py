@@ -53,6 +53,9 @@ def main(argv=None) -> int:
     module = importlib.import_module(f"estimators.commands.{args.command}")
     try:
         return int(module.run(args) or 0)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (MestimError, OSError) as e:
         print(f"mestim {args.command}: error: {e}", file=sys.stderr)
         return 2
