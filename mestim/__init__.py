@@ -1,11 +1,16 @@
 """mestim: M-estimation in JAX — stacked estimating equations, solved jointly, with sandwich variances.
 
-Importing mestim turns on JAX's float64 mode (``jax_enable_x64``): every estimate and covariance is float64.
+Importing mestim turns on JAX's float64 mode (``jax_enable_x64``): every estimate and covariance is float64; and
+JAX's persistent compilation cache (:mod:`mestim.compile_cache`; ``MESTIM_CACHE_DIR=off`` turns it off).
 """
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+from .compile_cache import enable_compilation_cache, enable_default_cache  # noqa: E402
+
+enable_default_cache()
 
 from .blocks import Block, Prepared  # noqa: E402
 from .errors import (  # noqa: E402
@@ -16,5 +21,5 @@ from .results import Estimates, Result, WaldTest  # noqa: E402
 
 __all__ = ["Block", "Prepared", "fit", "sandwich", "Estimates", "Result", "WaldTest", "MestimError",
            "DataError", "SpecificationError", "ConvergenceError", "SingularBreadError", "SeparationError",
-           "MestimWarning"]
+           "MestimWarning", "enable_compilation_cache"]
 __version__ = "0.1.0"

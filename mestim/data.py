@@ -121,24 +121,3 @@ def cluster_codes(cols: Columns, cluster, n: int) -> tuple[np.ndarray, int]:
         raise DataError(f"cluster column has {int(np.isnan(labels).sum())} NaN label(s)")
     _, codes = np.unique(labels, return_inverse=True)
     return codes.astype(np.int32), int(codes.max()) + 1
-
-
-def read_table(path: str):
-    """A CSV or Parquet file as a pandas DataFrame, or a :class:`DataError` saying why it cannot be read."""
-    import pandas as pd
-
-    try:
-        if str(path).endswith((".parquet", ".pq")):
-            return pd.read_parquet(path)
-        return pd.read_csv(path)
-    except FileNotFoundError:
-        raise DataError(f"file '{path}' does not exist") from None
-    except IsADirectoryError:
-        raise DataError(f"'{path}' is a directory, not a data file") from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"'{path}' is empty: no columns to read") from None
-    except UnicodeDecodeError:
-        raise DataError(f"'{path}' is not a text CSV file (it is binary or not UTF-8 encoded)") from None
-    except (ValueError, OSError, pd.errors.ParserError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"could not read '{path}': {first}") from None

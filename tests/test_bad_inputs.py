@@ -1,6 +1,6 @@
 """Table-driven bad inputs: each gets a clear error (or warning) naming the problem; the CLI never shows a traceback.
 
-Library cases call ``mestim.fit`` and check the error type and message. Command-line cases run ``mestim.cli.main``
+Library cases call ``mestim.fit`` and check the error type and message. Command-line cases run ``estimators.cli.main``
 in-process on a small broken file and check: exit code ≠ 0, one line on stderr naming the problem, no traceback.
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 import estimators as est
 import mestim
-from mestim.cli import main as cli
+from estimators.cli import main as cli
 from mestim.errors import (ConvergenceError, DataError, MestimWarning, SeparationError, SingularBreadError,
                            SpecificationError)
 

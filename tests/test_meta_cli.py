@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import mestim.cli as cli
+import estimators.cli as cli
 from estimators import meta_batch as mb
 
 REF = json.loads((pathlib.Path(__file__).parent / "data" / "bcg_metafor_reference.json").read_text())
@@ -19,7 +19,6 @@ KEYS = {"meta_id", "method", "measure", "estimate", "se", "ci_low", "ci_high", "
 def run_cli(monkeypatch):
     # only the meta subcommand (other subcommands are other modules' business)
     monkeypatch.setattr(cli, "COMMANDS", {"meta": cli.COMMANDS["meta"]})
-    monkeypatch.setattr(cli, "enable_compilation_cache", lambda: None)
     return lambda *argv: cli.main(["meta", *map(str, argv)])
 
 

@@ -188,9 +188,7 @@ def test_sharded_8_devices_equals_streamed_and_in_memory():
 
 def test_persistent_compilation_cache_reused_by_second_process(tmp_path):
     code = textwrap.dedent("""
-        import numpy as np, mestim
-        from mestim.cli import enable_compilation_cache
-        enable_compilation_cache()
+        import numpy as np, mestim  # the persistent cache is on by default, in $MESTIM_CACHE_DIR
         rng = np.random.default_rng(0)
         x = rng.standard_normal(300)
         mestim.fit(lambda t, r: r["y"] - t, {"y": x + 1.0}, init=[0.0])

@@ -194,7 +194,7 @@ def test_nan_in_target_outcome_is_masked_not_multiplied():
 
 # ------------------------------------------------------------------------------------------- command line
 def test_cli_default_run_json_plot(tmp_path, capsys):
-    from mestim.cli import main
+    from estimators.cli import main
 
     rc = main(["transport", "--json", str(tmp_path / "o.json"), "--plot", str(tmp_path / "o.png")])
     out = capsys.readouterr().out
@@ -206,7 +206,7 @@ def test_cli_default_run_json_plot(tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    from mestim.cli import main
+    from estimators.cli import main
 
     path = tmp_path / "d.csv"
     simulate_trials(n_trials=2, n_per_trial=60, n_target=80, seed=1).data.to_csv(path, index=False)

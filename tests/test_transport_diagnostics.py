@@ -77,7 +77,7 @@ def test_poor_overlap_warns_naming_the_trial():
 
 
 def test_cli_warns_on_stderr_and_exits_0(tmp_path, capsys):
-    from mestim.cli import main
+    from estimators.cli import main
 
     path = tmp_path / "poor.csv"
     _poor_overlap().to_csv(path, index=False)

@@ -1,1 +1,1 @@
-"""Subcommands of the ``mestim`` command line (see :mod:`mestim.cli`)."""
+"""Subcommands of the ``mestim`` command line (see :mod:`estimators.cli`)."""

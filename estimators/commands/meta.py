@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from mestim.data import read_table
+from estimators.io import add_file_options, read_table
 from mestim.errors import DataError
 
 
@@ -25,6 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--measure", default="RR", choices=["RR", "OR", "RD"], help="effect measure (default RR)")
     parser.add_argument("--by", default=None, metavar="META_ID_COLUMN",
                         help="column identifying meta-analyses: batch mode, one result set per meta-analysis")
+    add_file_options(parser)
     parser.add_argument("--json", default=None, metavar="OUT.json", help="write the results as JSON")
     parser.add_argument("--plot", default=None, metavar="OUT.png",
                         help="forest plot (one meta-analysis) or causal-vs-classical scatter (with --by)")
@@ -48,12 +49,12 @@ def _parse_columns(text):
     return out
 
 
-def _read(path):
+def _read(path, sep=None, encoding=None):
     if path is None:
         from estimators.meta_batch import load_bcg
 
         return load_bcg(), "BCG vaccine trials (bundled)"
-    return read_table(path), path
+    return read_table(path, sep, encoding), path
 
 
 def _fmt(x, ratio):
@@ -65,7 +66,7 @@ def _fmt(x, ratio):
 def run(args) -> int:
     from estimators import meta_batch as mb
 
-    df, source = _read(args.tables)
+    df, source = _read(args.tables, args.sep, args.encoding)
     columns = _parse_columns(args.columns)
     invalid = "exclude" if args.drop_invalid else "raise"
     ratio = args.measure in ("RR", "OR")

@@ -9,7 +9,7 @@ arm) are printed too; extreme weights add a "warning:" line on stderr (the run s
 
 from __future__ import annotations
 
-from mestim.data import read_table
+from estimators.io import add_file_options, read_table
 
 import sys
 import warnings
@@ -58,6 +58,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bias", help="sensitivity analysis bias function u: a number or a covariate name")
     parser.add_argument("--bias-grid", help="comma-separated multipliers δ of the bias function (eq. 11)")
     parser.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+    add_file_options(parser)
     parser.add_argument("--json", metavar="OUT.json", help="write estimates and tests as JSON")
     parser.add_argument("--plot", metavar="OUT.png", help="draw the forest plot (as the paper's Figure 1)")
     parser.add_argument("--table", metavar="OUT.csv", help="write the tidy table of estimates as CSV")
@@ -73,7 +74,7 @@ def run(args) -> int:
         source = f"bundled simulated data ({simulate.bundled_data_path()}; true target effect {simulate.bundled_truth():.4g})"
         covariates = _list(args.covariates) or (None if args.formula else ["X1", "X2", "X3"])
     else:
-        df = read_table(args.data)
+        df = read_table(args.data, args.sep, args.encoding)
         source = args.data
         covariates = _list(args.covariates)
         if covariates is None and args.formula is None:

@@ -2,8 +2,8 @@
 
 A subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``. Errors a user can fix
 (:class:`~mestim.errors.MestimError`, a missing or unreadable file) print one readable line and exit 2; no
-traceback. Compiled code is cached on disk (``$MESTIM_CACHE_DIR``, default ``~/.cache/mestim/jax``), so a
-second run of the same analysis does not recompile.
+traceback. Compiled code is cached on disk (:mod:`mestim.compile_cache`: ``$MESTIM_CACHE_DIR``, default
+``~/.cache/mestim/jax``), so a second run of the same analysis does not recompile.
 """
 
 from __future__ import annotations
@@ -11,25 +11,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 COMMANDS = {
     "transport": "transport effects from a collection of trials to a target population (Dahabreh et al.)",
     "meta": "causal and classical meta-analysis of 2×2 tables (Berenfeld et al.)",
 }
-
-
-def enable_compilation_cache() -> None:
-    import jax
-
-    path = os.environ.get("MESTIM_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "mestim", "jax"))
-    try:
-        os.makedirs(path, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    except OSError:  # a read-only home: run without the cache
-        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,15 +29,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def attach_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--bias-grid -0.5,0,0.5`` as ``--bias-grid=-0.5,0,0.5``: argparse reads a value that starts with '-' as
+    an option unless it is a plain number, so a list of numbers whose first is negative needs attaching."""
+    takes_value = {opt for sub in _subparsers(parser) for action in sub._actions if action.nargs != 0
+                   for opt in action.option_strings}
+    out = []
+    for token in argv:
+        if out and out[-1] in takes_value and re.match(r"-[\d.]", token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def _subparsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action.choices.values()
+
+
 def main(argv=None) -> int:
-    from .errors import MestimError
+    from mestim.errors import MestimError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(attach_negative_values(parser, argv))
     if args.command is None:
         parser.print_help()
         return 2
-    enable_compilation_cache()
     module = importlib.import_module(f"estimators.commands.{args.command}")
     try:
         return int(module.run(args) or 0)

@@ -1,0 +1,53 @@
+"""Reading users' files: delimiters, encodings, and command-line values that start with a minus sign."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from estimators.cli import main as cli
+from estimators.io import read_table
+from estimators.transport import simulate
+from mestim.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def trials():
+    return simulate.load_transport_sim()
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|", ","])
+def test_delimiter_is_detected(trials, tmp_path, sep):
+    path = tmp_path / "data.csv"
+    trials.to_csv(path, sep=sep, index=False)
+    got = read_table(path)
+    assert list(got.columns) == list(trials.columns)
+    np.testing.assert_allclose(got.to_numpy(float), trials.to_numpy(float))
+
+
+def test_named_delimiter_and_latin1_text(trials, tmp_path):
+    df = trials.assign(site=np.where(trials.S > 0, "Zürich", "Genève"))
+    path = tmp_path / "latin.csv"
+    df.to_csv(path, sep=";", index=False, encoding="latin-1")
+    got = read_table(path, sep=";")
+    assert set(got.site) == {"Zürich", "Genève"}
+    assert read_table(path).shape == df.shape  # detected: semicolons and Latin-1
+
+
+def test_binary_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"\x00\x01\x02garbage")
+    with pytest.raises(DataError, match="binary"):
+        read_table(path)
+
+
+def test_semicolon_file_and_negative_bias_grid_on_the_command_line(trials, tmp_path, capsys):
+    path = tmp_path / "trials.csv"
+    trials.to_csv(path, sep=";", index=False)
+    out = tmp_path / "out.json"
+    code = cli(["transport", str(path), "--covariates", "X1,X2", "--estimators", "outcome", "--bias", "X1",
+                "--bias-grid", "-0.5,0,0.5", "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    sweep = pd.DataFrame(json.loads(out.read_text())["sensitivity"])
+    assert sorted(set(sweep["delta"])) == [-0.5, 0.0, 0.5]
