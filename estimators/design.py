@@ -11,25 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mestim.data import check_finite, require_numeric
+from mestim.data import check_finite, require_numeric, row_mask  # noqa: F401  (row_mask: part of this module's API)
 from mestim.errors import DataError
-
-
-def row_mask(cols, mask, n: int | None = None) -> np.ndarray:
-    """Boolean mask of rows a block uses: None (all), a column name (non-zero = used), an array, or a callable."""
-    n = n if n is not None else next(iter(cols.values())).shape[0]
-    if mask is None:
-        return np.ones(n, bool)
-    if callable(mask):
-        mask = mask(cols)
-    elif isinstance(mask, str):
-        col = require_numeric(cols, mask, what="mask column")
-        check_finite(col, mask)
-        mask = col != 0
-    mask = np.asarray(mask)
-    if mask.shape != (n,):
-        raise DataError(f"row mask has shape {mask.shape}; expected ({n},)")
-    return mask.astype(bool)
 
 
 def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = True):

@@ -13,13 +13,14 @@ from .compile_cache import enable_compilation_cache, enable_default_cache  # noq
 enable_default_cache()
 
 from .blocks import Block, Prepared  # noqa: E402
+from .compilations import compilations  # noqa: E402
 from .errors import (  # noqa: E402
     ConvergenceError, DataError, MestimError, MestimWarning, SeparationError, SingularBreadError,
     SpecificationError)
-from .fit import fit, sandwich  # noqa: E402
+from .estimate import fit, sandwich  # noqa: E402
 from .results import Estimates, Result, WaldTest  # noqa: E402
 
 __all__ = ["Block", "Prepared", "fit", "sandwich", "Estimates", "Result", "WaldTest", "MestimError",
            "DataError", "SpecificationError", "ConvergenceError", "SingularBreadError", "SeparationError",
-           "MestimWarning", "enable_compilation_cache"]
+           "MestimWarning", "enable_compilation_cache", "compilations"]
 __version__ = "0.1.0"

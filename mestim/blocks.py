@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from .errors import SpecificationError
@@ -53,6 +54,8 @@ class Block:
         labels: one name per parameter (default ``0..dim-1``).
         prepare: optional ``prepare(columns) -> Prepared`` run once on the host before fitting.
         check: optional ``check(theta, columns) -> list[str]`` run after solving; returns warnings, or raises.
+        mask: rows the block uses (a column name, non-zero = used, or a boolean array): elsewhere ψ counts as 0
+            and the columns it reads may hold NaN (a target sample without outcomes).
     """
 
     name: str
@@ -62,6 +65,7 @@ class Block:
     labels: tuple[str, ...] | None = None
     prepare: Callable[[dict], Prepared] | None = None
     check: Callable[..., list] | None = None
+    mask: Any = None
 
     def __post_init__(self):
         if not self.name.isidentifier():
@@ -71,12 +75,28 @@ class Block:
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
-    """The hashable part of a prepared block: what the compiled functions depend on."""
+    """The hashable part of a prepared block: what the compiled programs depend on.
+
+    ``dim`` parameters, ``equations`` estimating equations (equal for an M-estimator); ``mask``: the data column
+    of the block's row mask (None: every row).
+    """
 
     name: str
     psi: Callable[..., Any]
     reads: tuple[str, ...]
     dim: int
+    equations: int | None = None
+    mask: str | None = None
+
+    def __post_init__(self):
+        if self.equations is None:
+            object.__setattr__(self, "equations", self.dim)
+
+    def __call__(self, own, row, upstream):
+        """ψ of one row, its mask applied: ψ counts as 0 outside the mask (where NaN in the columns it reads
+        were replaced by 0 on the host, :mod:`mestim.problem`)."""
+        value = jnp.atleast_1d(self.psi(own, row, **upstream))
+        return value if self.mask is None else jnp.where(row[self.mask] > 0, value, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,61 +119,16 @@ class StackSpec:
     def unflatten(self, theta) -> dict:
         return {name: theta[sl] for name, sl in self.offsets().items()}
 
-    def psi(self, theta, row, names: Sequence[str] | None = None):
-        """Concatenated ψ of the named blocks (all by default) at flat θ for one row."""
-        import jax.numpy as jnp
-
-        params = self.unflatten(theta)
-        wanted = self.blocks if names is None else [b for b in self.blocks if b.name in names]
-        return jnp.concatenate([
-            jnp.atleast_1d(b.psi(params[b.name], row, **{r: params[r] for r in b.reads})) for b in wanted
-        ])
-
-
-    def block_parts(self, names: Sequence[str] | None = None, positions=None) -> tuple:
-        """One :class:`BlockPart` per named block (all by default), for :func:`mestim.sums.chunk_moments`'
-        block-by-block Jacobian; ``positions``: where the differentiated vector sits in θ (None: all of θ)."""
-        wanted = [b.name for b in self.blocks if names is None or b.name in names]
-        return tuple(BlockPart(self, name, None if positions is None else tuple(int(i) for i in positions))
-                     for name in wanted)
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockPart:
-    """ψ of one block as a function of the vector t its Jacobian is taken against: all of θ (``positions`` None),
-    or θ's entries at ``positions`` with the rest of θ passed as ``full``.
-
-    ``chunk_sums`` is offered when the block's ψ has a closed-form chunk Jacobian (``psi.chunk_sums(own, rows, w)
-    -> (values, Σ w ∂ψ/∂own)``, e.g. GLM scores: one matrix product instead of k backward passes) and reads no
-    other block (so its Jacobian is zero outside its own columns).
-    """
-
-    spec: StackSpec
-    name: str
-    positions: tuple[int, ...] | None = None
-
-    def _theta(self, t, full):
-        import jax.numpy as jnp
-
-        return t if self.positions is None else full.at[jnp.asarray(self.positions)].set(t)
-
-    def __call__(self, t, row, full=None):
-        return self.spec.psi(self._theta(t, full), row, (self.name,))
-
     @property
-    def analytic(self) -> bool:
-        block = next(b for b in self.spec.blocks if b.name == self.name)
-        return not block.reads and callable(getattr(block.psi, "chunk_sums", None))
+    def equations(self) -> int:
+        return sum(b.equations for b in self.blocks)
 
-    def chunk_sums(self, t, rows, w, full=None):
-        import jax.numpy as jnp
-
-        block = next(b for b in self.spec.blocks if b.name == self.name)
-        own = self.spec.offsets()[self.name]
-        values, jac_own = block.psi.chunk_sums(self._theta(t, full)[own], rows, w)
-        own_positions = np.arange(own.start, own.stop)
-        cols = own_positions if self.positions is None else np.searchsorted(np.asarray(self.positions), own_positions)
-        return values, jnp.zeros((jac_own.shape[0], t.shape[0]), jac_own.dtype).at[:, cols].set(jac_own)
+    def equation_offsets(self) -> dict[str, slice]:
+        out, start = {}, 0
+        for b in self.blocks:
+            out[b.name] = slice(start, start + b.equations)
+            start += b.equations
+        return out
 
 
 def solve_groups(blocks: Sequence[BlockSpec]) -> list[tuple[str, ...]]:

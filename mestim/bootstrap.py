@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
-from scipy import stats
+from jax import lax
 
 from . import data as datamod
 from .errors import MestimWarning, SpecificationError
-from .fit import fit
+from .estimate import fit
 from .pure import fit_function
-from .results import Result
+from .results import Result, z_crit
 
 
 @dataclasses.dataclass
@@ -41,11 +42,13 @@ class BootstrapResult:
         if method == "percentile":
             return np.quantile(self.replicates, [0.5 - level / 2, 0.5 + level / 2], axis=0).T
         if method == "normal":
-            z = stats.norm.ppf(0.5 + level / 2)
+            z = z_crit(level)
             return np.column_stack([self.fit.theta - z * self.se, self.fit.theta + z * self.se])
         raise SpecificationError(f"method={method!r}: use 'percentile' or 'normal'")
 
-    def table(self, level: float = 0.95) -> pd.DataFrame:
+    def table(self, level: float = 0.95):
+        import pandas as pd
+
         ci = self.ci(level)
         return pd.DataFrame({"param": list(self.fit.labels), "estimate": self.fit.theta,
                              "se_sandwich": self.fit.se, "se_bootstrap": self.se,
@@ -63,30 +66,31 @@ def bootstrap(estimator, data, init=None, *, replicates: int = 1000, seed: int =
     cols = datamod.as_columns(data)
     n = datamod.n_rows(cols)
     w = datamod.row_weights(problem.columns, weights, n)
-    theta_hat = jnp.asarray(result.theta)
+    theta_hat = result.theta
     if cluster is not None:
         codes, g = datamod.cluster_codes(problem.columns, cluster, n)
-        draw = _cluster_draw(jnp.asarray(codes), g, jnp.asarray(w))
+        draw = _cluster_draw(codes, g, w)
     elif weights is not None:
-        draw = _unit_draw(jnp.asarray(w))
+        draw = _unit_draw(w)
     else:
         draw = _row_draw(n)
 
-    @jax.jit
-    def run(keys):
-        return jax.vmap(lambda k: f(columns, draw(k), theta_hat))(keys)
+    batch = min(batch, replicates)
+    n_batches = -(-replicates // batch)
 
-    keys = jax.random.split(jax.random.key(seed), replicates)
+    @jax.jit
+    def run(seed, start):  # keys drawn inside the compiled call: no eager jax.random on the host
+        keys = jax.random.split(jax.random.key(seed), n_batches * batch)
+        return jax.vmap(lambda k: f(columns, draw(k), theta_hat))(lax.dynamic_slice_in_dim(keys, start, batch))
+
     thetas, oks = [], []
-    for start in range(0, replicates, batch):  # batches of replicates bound the memory; rows are never looped
-        out = run(keys[start:start + batch])
+    for start in range(0, n_batches * batch, batch):  # batches of replicates bound the memory; rows never looped
+        out = run(np.uint32(seed), np.int32(start))
         thetas.append(np.asarray(out.theta))
         oks.append(np.asarray(out.converged) & np.all(np.isfinite(np.asarray(out.theta)), axis=1))
-    thetas, oks = np.concatenate(thetas), np.concatenate(oks)
+    thetas, oks = np.concatenate(thetas)[:replicates], np.concatenate(oks)[:replicates]
     failed = int((~oks).sum())
     if failed:
-        import warnings
-
         warnings.warn(f"{failed} of {replicates} bootstrap replicates did not converge and are excluded",
                       MestimWarning, stacklevel=2)
     return BootstrapResult(result, thetas[oks], failed)
@@ -96,14 +100,15 @@ def _row_draw(n):
     return lambda key: jnp.zeros(n).at[jax.random.randint(key, (n,), 0, n)].add(1.0)
 
 
-def _unit_draw(w):
+def _unit_draw(w: np.ndarray):
     """Frequency weights: draw Σw units with probabilities w/Σw; a row's weight is how often it was drawn."""
     total = int(round(float(w.sum())))
-    logits = jnp.log(w)
+    with np.errstate(divide="ignore"):
+        logits = np.log(w)
     return lambda key: jnp.zeros(w.shape[0]).at[jax.random.categorical(key, logits, shape=(total,))].add(1.0)
 
 
-def _cluster_draw(codes, g, w):
+def _cluster_draw(codes: np.ndarray, g: int, w: np.ndarray):
     def draw(key):
         counts = jnp.zeros(g).at[jax.random.randint(key, (g,), 0, g)].add(1.0)
         return w * counts[codes]

@@ -93,6 +93,23 @@ def check_finite(arr: np.ndarray, name: str, where: np.ndarray | None = None) ->
         )
 
 
+def row_mask(cols: Columns, mask, n: int | None = None) -> np.ndarray:
+    """Boolean mask of rows a block uses: None (all), a column name (non-zero = used), an array, or a callable."""
+    n = n if n is not None else n_rows(cols)
+    if mask is None:
+        return np.ones(n, bool)
+    if callable(mask):
+        mask = mask(cols)
+    elif isinstance(mask, str):
+        col = require_numeric(cols, mask, what="mask column")
+        check_finite(col, mask)
+        mask = col != 0
+    mask = np.asarray(mask)
+    if mask.shape != (n,):
+        raise DataError(f"row mask has shape {mask.shape}; expected ({n},)")
+    return mask.astype(bool)
+
+
 def row_weights(cols: Columns, weights, n: int) -> np.ndarray:
     """Row weights as float64 (n,): a column name, an array, or None (all ones); must be finite and ≥ 0."""
     if weights is None:

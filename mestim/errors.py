@@ -31,3 +31,14 @@ class SeparationError(MestimError):
 
 class MestimWarning(UserWarning):
     """A fit that ran but deserves a second look (ill-conditioned bread, extreme weights, …)."""
+
+
+def check_choice(name: str, value, choices) -> None:
+    """Raise :class:`SpecificationError` unless ``value`` is one of ``choices`` (the message lists them)."""
+    if value in tuple(choices):
+        return
+    import difflib
+
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices if c is not None], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise SpecificationError(f"{name}={value!r}: use one of {list(choices)}{hint}")

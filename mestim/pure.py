@@ -1,96 +1,112 @@
 """A fit as a pure function of the data arrays: jit it, vmap it over data sets or over row weights.
 
-``fit`` validates on the host and raises; a simulation study or a bootstrap instead wants the same compiled
-solver applied to many data sets of one shape at once. :func:`fit_function` prepares an estimator on an example
-table and returns ``(columns, f)``: ``columns`` are the arrays ψ reads (from :func:`prepare_columns` for other
-tables of the same layout) and ``f(columns, w) -> PureFit`` solves every dependency group and forms the sandwich
-with no host round trip, so ``jax.vmap(f)`` fits a whole batch of replicates in one call. Failures are reported
-in ``converged`` (and a non-finite ``vcov``), never raised: count them, do not drop them silently.
+``fit`` validates on the host and raises; a simulation study or a bootstrap instead wants the same solver
+applied to many data sets of one shape at once. :func:`fit_function` prepares an estimator on an example table
+and returns ``(columns, f, problem)``: ``columns`` are the arrays ψ reads (:func:`prepare_columns` gives them for
+other tables of the same layout) and ``f(columns, w) -> PureFit`` runs the same solver rules as ``fit``
+(:func:`mestim.solve.solve_traced`, one ``lax.while_loop`` per dependency level) over the same row sums
+(:class:`mestim.sums.Kernel`) and forms the sandwich, with no host round trip, so ``jax.vmap(f)`` fits a whole
+batch of replicates in one compiled call. Failures are reported in ``converged``/``status`` (and a NaN
+``vcov``), never raised: count them, do not drop them silently.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .blocks import solve_levels
-from .fit import _bread_meat, _group_index, prepare
-from .solve import CONVERGED, SolverOptions, newton
-from .sums import DEFAULT_CHUNK, moments
+from .covariance import SINGULAR_COND
+from .errors import SpecificationError
+from .estimate import kernel_for
+from .options import FitOptions
+from .problem import prepare
+from .solve import CONVERGED, SINGULAR, SolverOptions, solve_traced
+from .sums import Moments, plan
 
 
 class PureFit(NamedTuple):
     theta: jax.Array  # (p,)
-    vcov: jax.Array  # (p, p) sandwich A⁻¹MA⁻ᵀ (frequency weights)
-    converged: jax.Array  # bool: every group converged
+    vcov: jax.Array  # (p, p) sandwich A⁻¹MA⁻ᵀ (frequency weights); NaN when the bread is singular
+    converged: jax.Array  # bool: every level converged and the bread is invertible
     iterations: jax.Array
+    status: jax.Array  # the first failing level's status code (mestim.solve.STATUS), else CONVERGED
 
 
-def fit_function(estimator, data, init=None, *, names=None, solve: str = "blockwise",
-                 chunk_size: int = DEFAULT_CHUNK, max_iter: int = 100, xtol: float = 1e-10, gtol: float = 1e-12):
+def fit_function(estimator, data, init=None, *, names=None, solve: str = "blockwise", chunk_size: int | None = None,
+                 max_iter: int = 100, xtol: float = 1e-10, gtol: float = 1e-12):
     """``(columns, f, problem)`` for ``estimator`` prepared on ``data``; ``f(columns, w, theta0=None)`` is pure.
 
     ``problem.labels`` names the parameters; ``problem.init`` is the default start.
     """
+    options = FitOptions(solve=solve, chunk_size=chunk_size, max_iter=max_iter, xtol=xtol, gtol=gtol)
     problem = prepare(estimator, data, init, names=names)
-    spec = problem.spec
-    groups = solve_levels(spec.blocks) if solve == "blockwise" else [tuple(b.name for b in spec.blocks)]
-    opts = SolverOptions(max_iter=max_iter, xtol=xtol, gtol=gtol)
+    kernel = kernel_for(problem, options)
+    spec, chunk = problem.spec, kernel.chunk
+    every = tuple(b.name for b in spec.blocks)
+    levels = solve_levels(spec.blocks) if solve == "blockwise" else [every]
+    offsets, equations = spec.offsets(), spec.equation_offsets()
+    solver = SolverOptions(max_iter, xtol, gtol)
     start = jnp.asarray(problem.init)
+    sandwich_plan = plan(spec, values=every, jacobian=every, meat=True)
 
     def f(columns, w, theta0=None) -> PureFit:
-        theta = start if theta0 is None else theta0
-        ok, iterations = jnp.asarray(True), jnp.asarray(0)
-        for group in groups:
-            out = _solve_group(spec, group, columns, w, theta, opts, chunk_size)
-            theta = theta.at[_group_index(spec, group)].set(out.theta)
-            ok = ok & (out.status == CONVERGED)
-            iterations = iterations + out.iterations
-        _, jac, meat = _bread_meat(spec, columns, w, theta, None, False, 0, chunk_size)
-        inv = jnp.linalg.inv(-jac)
-        return PureFit(theta, inv @ meat @ inv.T, ok, iterations)
+        n = w.shape[0]
+        extra = -n % chunk  # pad to whole chunks with weight-0 copies of row 0
+        rows = {k: jnp.concatenate([v, jnp.repeat(v[:1], extra, axis=0)]) for k, v in columns.items()}
+        w = jnp.concatenate([w, jnp.zeros(extra, w.dtype)])
 
-    return problem.data, f, problem
+        def sums(theta, what):
+            zeros = Moments(*(jnp.asarray(z) for z in kernel.zeros()))
+            return kernel.slab_sums(zeros, theta, rows, w, (n + extra) // chunk, what)
+
+        theta = start if theta0 is None else jnp.asarray(theta0, float)
+        status, iterations = jnp.asarray(CONVERGED), jnp.asarray(0)
+        for level in levels:
+            idx = np.concatenate([np.arange(offsets[b].start, offsets[b].stop) for b in level])
+            eqs = np.concatenate([np.arange(equations[b].start, equations[b].stop) for b in level])
+            with_jac = plan(spec, values=level, jacobian=level)
+
+            def evaluate(t, theta=theta, idx=idx, eqs=eqs, with_jac=with_jac):
+                m = sums(theta.at[idx].set(t), with_jac)
+                return m.psi[eqs], m.jac[eqs][:, idx]
+
+            out = solve_traced(evaluate, theta[idx], w.sum(), solver)
+            theta = theta.at[idx].set(out.theta)
+            status = jnp.where(status == CONVERGED, out.status, status)
+            iterations = iterations + out.iterations
+        final = sums(theta, sandwich_plan)
+        bread = -final.jac
+        scale = jnp.sqrt(jnp.abs(jnp.diag(bread))) + 1e-300
+        singular = jnp.linalg.cond(bread / scale[:, None] / scale[None, :]) > SINGULAR_COND
+        inv = jnp.linalg.inv(bread)
+        vcov = jnp.where(singular, jnp.nan, inv @ final.meat @ inv.T)
+        status = jnp.where((status == CONVERGED) & singular, SINGULAR, status)
+        return PureFit(theta, (vcov + vcov.T) / 2, status == CONVERGED, iterations, status)
+
+    return problem.used, f, problem
 
 
 def prepare_columns(problem, data) -> dict:
-    """The device columns of ``problem``'s estimator prepared on another table of the same layout."""
-    other = prepare(problem.blocks, data)
-    if other.spec.dim != problem.spec.dim or set(other.data) != set(problem.data):
-        raise ValueError("this table does not give the same parameters/columns as the one the function was built on")
-    return other.data
+    """The columns of ``problem``'s estimator prepared on another table of the same layout."""
+    other = prepare(list(problem.blocks), data)
+    if other.spec.dim != problem.spec.dim or set(other.used) != set(problem.used):
+        raise SpecificationError("this table does not give the same parameters/columns as the one the function was "
+                                 "built on")
+    return other.used
 
 
 def stack_columns(columns: list[dict]) -> dict:
     """Stack prepared columns of equally shaped data sets along a new leading axis (for ``jax.vmap``)."""
-    return {k: jnp.stack([c[k] for c in columns]) for k in columns[0]}
-
-
-@functools.partial(jax.jit, static_argnames=("spec", "group", "opts", "chunk_size", "mesh"))
-def _solve_group(spec, group, data, w, theta, opts, chunk_size, mesh=None):
-    """One dependency group solved by the traced Newton (vmappable), other blocks held at ``theta``."""
-    idx = _group_index(spec, group)
-    f = spec.block_parts(group, positions=idx)
-
-    def residual_and_jacobian(tg):
-        m = moments(f, tg, data, w, chunk_size=chunk_size, meat=False, mesh=mesh, args=(theta,))
-        return m.psi, m.jac
-
-    def residual(tg):
-        return moments(f, tg, data, w, chunk_size=chunk_size, jac=False, meat=False, mesh=mesh, args=(theta,)).psi
-
-    return newton(residual_and_jacobian, residual, theta[idx], w.sum(), opts)
+    return {k: np.stack([c[k] for c in columns]) for k in columns[0]}
 
 
 def coverage(estimates: np.ndarray, vcovs: np.ndarray, truth: np.ndarray, level: float = 0.95) -> np.ndarray:
     """Share of replicates whose Wald CI θ̂ ± z·SE covers ``truth``, per parameter."""
-    from scipy import stats
+    from .results import z_crit
 
-    z = stats.norm.ppf(0.5 + level / 2)
     se = np.sqrt(np.diagonal(vcovs, axis1=-2, axis2=-1))
-    return np.mean(np.abs(estimates - truth) <= z * se, axis=0)
+    return np.mean(np.abs(estimates - truth) <= z_crit(level) * se, axis=0)

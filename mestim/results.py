@@ -9,16 +9,32 @@ influence functions.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
+from statistics import NormalDist
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import pandas as pd
-from scipy import stats
 
 from .errors import SpecificationError
+
+
+def z_crit(level: float) -> float:
+    """z_{1−α/2} of a two-sided Wald interval at confidence ``level``."""
+    check_level(level)
+    return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def check_level(level) -> None:
+    if not isinstance(level, (int, float, np.floating)) or not 0 < level < 1:
+        hint = f"; did you mean {level / 100:g}?" if isinstance(level, (int, float)) and 1 < level < 100 else ""
+        raise SpecificationError(f"level={level!r}: a confidence level lies between 0 and 1 (e.g. 0.95){hint}")
+
+
+def normal_two_sided_p(z) -> np.ndarray:
+    """2·(1 − Φ(|z|)) = erfc(|z|/√2)."""
+    return np.vectorize(lambda v: math.erfc(abs(v) / math.sqrt(2.0)) if np.isfinite(v) else np.nan,
+                        otypes=[float])(np.asarray(z, float))
 
 
 class WaldTest(NamedTuple):
@@ -28,11 +44,17 @@ class WaldTest(NamedTuple):
     df: int
     p_value: float
 
+    @classmethod
+    def of(cls, statistic: float, df: int) -> "WaldTest":
+        from scipy.special import chdtrc
+
+        return cls(float(statistic), int(df), float(chdtrc(df, statistic)) if df > 0 else float("nan"))
+
     def __str__(self):
         return f"Wald χ² = {self.statistic:.4g} on {self.df} df, p = {self.p_value:.4g}"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, repr=False)
 class Estimates:
     """Estimates θ̂ with joint covariance V; every inference below is read off V."""
 
@@ -46,7 +68,7 @@ class Estimates:
 
     def ci(self, level: float = 0.95) -> np.ndarray:
         """Wald CIs θ̂ ± z_{1-α/2}·SE, shape (p, 2)."""
-        z = stats.norm.ppf(0.5 + level / 2)
+        z = z_crit(level)
         return np.column_stack([self.theta - z * self.se, self.theta + z * self.se])
 
     @property
@@ -55,7 +77,7 @@ class Estimates:
 
     @property
     def p_values(self) -> np.ndarray:
-        return 2 * stats.norm.sf(np.abs(self.z))
+        return normal_two_sided_p(self.z)
 
     def index(self, key) -> np.ndarray:
         """Positions of parameters by label, block name (all its parameters), position, or a list of these."""
@@ -80,9 +102,12 @@ class Estimates:
         ``g`` takes θ in the form the fit was specified in (a flat array for one ψ, a dict of block arrays
         for a stack) and returns a scalar or vector.
         """
+        import jax
+        import jax.numpy as jnp
+
         flat = lambda t: jnp.atleast_1d(g(self._g_input(t)))  # noqa: E731
         # One compiled call: run eagerly, jacrev would dispatch (and compile) every primitive of g separately.
-        value, grad = jax.jit(lambda t: (flat(t), jax.jacrev(flat)(t)))(jnp.asarray(self.theta))
+        value, grad = jax.jit(lambda t: (flat(t), jax.jacrev(flat)(t)))(self.theta)
         value, grad = np.asarray(value), np.asarray(grad)
         labels = tuple(labels) if labels is not None else tuple(f"g[{i}]" for i in range(value.size))
         if len(labels) != value.size:
@@ -105,7 +130,7 @@ class Estimates:
         diff = value - (np.zeros_like(value) if rhs is None else np.asarray(rhs, float))
         rank = np.linalg.matrix_rank(cov)
         stat = float(diff @ np.linalg.pinv(cov, hermitian=True) @ diff)  # pinv: redundant rows of L are fine
-        return WaldTest(stat, int(rank), float(stats.chi2.sf(stat, rank)))
+        return WaldTest.of(stat, int(rank))
 
     def test_equal(self, keys) -> WaldTest:
         """Wald χ² test that the selected parameters are all equal (m − 1 df)."""
@@ -117,13 +142,17 @@ class Estimates:
         lmat[np.arange(idx.size - 1), idx[1:]] = -1.0
         return self.wald_test(lmat)
 
-    def table(self, level: float = 0.95) -> pd.DataFrame:
-        """Tidy table: one row per parameter with estimate, SE, CI, z and p."""
+    def table(self, level: float = 0.95):
+        """Tidy table (a pandas DataFrame): one row per parameter with estimate, SE, CI, z and p."""
+        import pandas as pd
+
         ci = self.ci(level)
         return pd.DataFrame({"param": list(self.labels), "estimate": self.theta, "se": self.se,
                              "ci_low": ci[:, 0], "ci_high": ci[:, 1], "z": self.z, "p": self.p_values})
 
     def summary(self, level: float = 0.95) -> str:
+        import pandas as pd
+
         with pd.option_context("display.width", 200, "display.max_rows", 500, "display.float_format", "{:.6g}".format):
             return self.table(level).to_string(index=False)
 
@@ -131,7 +160,7 @@ class Estimates:
         return f"{type(self).__name__}(p={self.theta.size})\n{self.summary()}"
 
 
-@dataclasses.dataclass(repr=False)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Result(Estimates):
     """A fitted M-estimator: joint estimates, sandwich covariance and fit diagnostics."""
 
@@ -145,12 +174,12 @@ class Result(Estimates):
     iterations: int = 0
     residual_norm: float = 0.0  # ‖Σ w ψ(θ̂)‖∞ over the whole stack
     bread_cond: float = 1.0
-    warnings: list[str] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
     bread: np.ndarray | None = None  # A = -Σ w ∂ψ/∂θ (unnormalised)
     meat: np.ndarray | None = None  # Σ w ψψᵀ (unnormalised; corrected if asked)
     flat_theta: bool = True  # g in delta() receives a flat θ (one ψ) or a dict of blocks (a stack)
-    _influence: Callable[[], np.ndarray] | None = None
+    _influence: Callable[[], np.ndarray] | None = dataclasses.field(default=None, compare=False)
 
     @property
     def params(self) -> dict[str, np.ndarray]:

@@ -1,26 +1,22 @@
 """Scale: rows sharded over devices, and fits streamed from host memory or Parquet/Arrow files.
 
-Both reuse the one kernel of :mod:`mestim.sums` (:func:`~mestim.sums.moments` over row chunks), so an
-in-memory, a sharded and a streamed fit compute the same sums and agree to rounding (tested to 1e-10).
+Both are row sources for the one solve loop (:mod:`mestim.driver`) and run the stack's one compiled program
+(:mod:`mestim.sums`), so an in-memory, a sharded and a streamed fit compute the same sums and agree to rounding
+(tested to 1e-10).
 
-**Sharding** (``fit(..., devices=...)``): the rows are padded with zero-weight rows to a multiple of the device
-count and split over a one-axis :class:`jax.sharding.Mesh` (axis ``"rows"``); inside the compiled solver each
-device sums its own rows chunk by chunk (``shard_map``) and the per-device sums are added with ``psum``. θ and
-the (p × p) sums are replicated; the data never moves between devices. The same code runs on one CPU, one GPU
-or several GPUs; to test on a CPU, set ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before JAX is
-imported. Multi-host: call ``jax.distributed.initialize()`` in every process, give each process its own
-rows (the same number on every process after padding) and ``devices="all"``; each process's rows become its
-devices' shards of one global array (``jax.make_array_from_process_local_data``). Untested without a cluster;
-cluster-robust variances are not supported across hosts (cluster codes are assigned per process).
+**Sharding** (``fit(..., devices=...)``, :func:`device_mesh`): the rows are split into one contiguous part per
+device (:mod:`mestim.sources`); each device sums its own part and ``psum`` adds the parts. θ and the (p × p)
+sums are replicated; the data never move between devices. To try it on a CPU, set
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before JAX is imported.
 
 **Streaming** (:func:`fit_stream`): for data larger than device (or host) memory. The source is read in host
 batches of ``batch_rows`` rows (a pandas DataFrame or dict of arrays held in host memory, a Parquet file or
-directory read with pyarrow, a pyarrow Table, or a function returning a fresh iterator of chunks). Each batch
-is prepared on the host (the blocks' ``prepare`` runs per batch), padded with zero-weight rows to the fixed
-``batch_rows`` (so every batch has the same shapes: one compilation for the whole fit) and summed on the device
-by the same compiled kernel, in ``chunk_size`` sub-chunks. JAX dispatch is asynchronous, so the host prepares
-batch b+1 while the device sums batch b. A Newton iteration costs one pass over the source when the full step
-is accepted (each trial point is evaluated with its Jacobian); the bread and meat take one more pass.
+directory read with pyarrow, a pyarrow Table, or a function returning a fresh iterator of chunks). Each batch is
+prepared and validated on the host exactly as ``fit`` prepares a table (:func:`mestim.problem.prepare`), cut into
+slabs of the largest fixed shape and summed on the device by the same compiled program; at most two slabs are in
+flight, so host memory stays bounded while the host prepares the next batch. A Newton iteration costs one pass
+over the source when the full step is accepted; the last pass of the solve also gives the bread and meat.
+Every pass checks that it saw the same number of rows and the same total weight as the first.
 
 What differs from :func:`mestim.fit` in a streamed fit:
 
@@ -34,76 +30,29 @@ What differs from :func:`mestim.fit` in a streamed fit:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import data as datamod
-from .blocks import Block, solve_levels
-from .errors import ConvergenceError, DataError, SingularBreadError, SpecificationError
-from .fit import _group_sums
-from .solve import CONVERGED, SINGULAR, STATUS_TEXT, SolverOptions, newton_host
-from .sums import DEFAULT_CHUNK
+from .blocks import Block
+from .driver import solve_stack
+from .errors import DataError, SpecificationError
+from .estimate import assemble, kernel_for
+from .options import FitOptions
+from .problem import as_blocks, prepare
+from .sources import device_mesh, layout, place, run_slabs
+from .sums import SLAB_CHUNKS, Moments
+
+__all__ = ["fit_stream", "batches", "device_mesh", "Streamed"]
 
 DEFAULT_BATCH = 1 << 18  # host rows per streamed batch (262,144: ~60 MB for a 30-column float64 design)
-
-
-# ---------------------------------------------------------------------------------------------- sharding
-def device_mesh(devices="all") -> Mesh:
-    """A one-axis mesh (axis ``"rows"``) from ``"all"``, a device count, a list of devices, or a Mesh."""
-    if isinstance(devices, Mesh):
-        return devices
-    available = jax.devices()
-    if isinstance(devices, str):
-        if devices != "all":
-            raise SpecificationError(f"devices={devices!r}: use 'all', a count, a list of devices or a Mesh")
-        chosen = available
-    elif isinstance(devices, (int, np.integer)):
-        if not 1 <= devices <= len(available):
-            raise SpecificationError(f"devices={devices}: {len(available)} device(s) are available "
-                                     f"({available[0].platform})")
-        chosen = available[:devices]
-    else:
-        chosen = list(devices)
-        if not chosen:
-            raise SpecificationError("devices=[]: give at least one device")
-    return Mesh(np.array(chosen), ("rows",))
-
-
-def pad_rows(tree, multiple: int, w_index=None):
-    """Pad every array of ``tree`` (leading row axis) to a multiple of ``multiple`` rows by repeating row 0.
-
-    Repeating a real row keeps ψ finite on the padding (a zero row could give log(0) or 0/0, and 0·NaN is NaN);
-    the caller gives the padding rows weight 0.
-    """
-    n = jax.tree.leaves(tree)[0].shape[0]
-    extra = -n % multiple
-    if not extra:
-        return tree
-    return jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], extra, axis=0)]), tree)
-
-
-def shard_rows(devices, tree):
-    """``(mesh, tree)`` with ``tree = (columns, weights, cluster codes or None)`` padded with zero-weight rows
-    to a multiple of the device count and placed row-sharded on the mesh's devices."""
-    mesh = device_mesh(devices)
-    cols, w, codes = tree
-    n = w.shape[0]
-    local = mesh.local_mesh.size if jax.process_count() > 1 else mesh.size
-    cols, codes = pad_rows((cols, codes), local)
-    w = np.concatenate([np.asarray(w, float), np.zeros(-n % local)])
-    sharding = NamedSharding(mesh, PartitionSpec("rows"))
-    if jax.process_count() > 1:  # each process holds its own rows: together they form the global array
-        put = lambda a: jax.make_array_from_process_local_data(sharding, a)  # noqa: E731
-    else:
-        put = lambda a: jax.device_put(a, sharding)  # noqa: E731
-    return mesh, jax.tree.map(put, (cols, w, codes))
+IN_FLIGHT = 2  # slabs dispatched to the device ahead of the host
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -122,7 +71,8 @@ def _open(source, batch_rows, columns) -> Iterable:
             raise DataError(f"Parquet source '{path}' does not exist")
         return ds.dataset(path, format="parquet").to_batches(columns=columns, batch_size=batch_rows)
     if type(source).__module__.startswith("pyarrow") and hasattr(source, "to_batches"):  # Table, Dataset
-        return source.select(columns).to_batches(batch_rows) if columns else source.to_batches(batch_rows)
+        return source.to_batches(columns=columns, batch_size=batch_rows) if hasattr(source, "files") else (
+            source.select(columns) if columns else source).to_batches(batch_rows)
     if callable(source):
         it = source()
         if not isinstance(it, Iterable):
@@ -171,85 +121,70 @@ def _rebatch(chunks: Iterable, size: int) -> Iterator[dict]:
         yield buf[0] if len(buf) == 1 else {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
 
 
-# ---------------------------------------------------------------------------------------------- streamed fit
-class _Stream:
-    """One pass over the source = prepared, padded device batches; counts rows and Σw on the first pass."""
+# ---------------------------------------------------------------------------------------------- streamed source
+class Streamed:
+    """A row source read anew on every pass: batches prepared like ``fit``'s table, summed slab by slab."""
 
-    def __init__(self, problem, source, weights, batch_rows, columns, mesh, data_dtype, progress):
-        self.problem, self.source, self.weights, self.columns = problem, source, weights, columns
-        self.mesh, self.dtype, self.progress = mesh, data_dtype or np.float64, progress
-        self.batch_rows = batch_rows + (-batch_rows % (mesh.size if mesh is not None else 1))
-        self.used = sorted(problem.data)
-        self.shapes = {k: v.shape[1:] for k, v in problem.data.items()}
+    def __init__(self, kernel, blocks, first, source, *, weights, batch_rows, columns, dtype, progress):
+        self.kernel, self.blocks, self.first, self.source = kernel, blocks, first, source
+        self.weights, self.batch_rows, self.columns = weights, batch_rows, columns
+        self.dtype, self.progress = dtype or np.float64, progress
         self.n_rows, self.sum_w, self.passes = None, None, 0
 
-    def device_batches(self):
+    def _batches(self):
         for b, raw in enumerate(batches(self.source, self.batch_rows, self.columns)):
             try:
-                cols, w = self._prepare_batch(raw, b)
+                problem = prepare(self.blocks, raw, weights=self.weights)
             except DataError as e:
                 raise DataError(f"batch {b} of the streamed source: {e}") from None
-            n = w.shape[0]
-            cols = pad_rows(cols, self.batch_rows)
-            w = np.concatenate([w, np.zeros(self.batch_rows - n)])
-            if self.mesh is not None:
-                cols, w = jax.device_put((cols, w), NamedSharding(self.mesh, PartitionSpec("rows")))
-            yield n, w, cols
+            if problem.spec != self.first.spec:
+                raise DataError(f"batch {b} of the streamed source: its blocks prepared different estimating "
+                                "functions or columns than the first batch (e.g. a category missing from this "
+                                "batch): use larger or shuffled batches, or code categories as indicator columns")
+            yield problem
 
-    def _prepare_batch(self, raw, b):
-        """The columns ψ reads (after the blocks' ``prepare``) and the weights of one host batch."""
-        cols = datamod.as_columns(raw)
-        all_cols = dict(cols)
-        for blk, ref in zip(self.problem.blocks, self.problem.spec.blocks):
-            if blk.prepare is None:
-                continue
-            prep = blk.prepare(all_cols)
-            if prep is None:
-                continue
-            all_cols.update(prep.columns)
-            if prep.psi is not None and prep.psi != ref.psi:
-                raise DataError(f"block '{blk.name}' prepared a different estimating function than on the first "
-                                "batch (e.g. a class missing from this batch): use larger or shuffled batches")
-        out = {}
-        for k in self.used:
-            v = datamod.require_numeric(all_cols, k)
-            datamod.check_finite(v, k)
-            if v.shape[1:] != self.shapes[k]:
-                raise DataError(f"column '{k}' has shape {v.shape[1:]} per row, {self.shapes[k]} on the first "
-                                "batch: the design must not depend on the batch (code categories as indicator "
-                                "columns)")
-            out[k] = v.astype(self.dtype, copy=False)
-        return out, datamod.row_weights(all_cols, self.weights, datamod.n_rows(cols))
-
-    def sums(self, group, theta, *, jac=True, meat=False, sampling=False, chunk_size=DEFAULT_CHUNK, label=""):
-        start, total, n_rows, sum_w = time.perf_counter(), None, 0, 0.0
-        theta = jnp.asarray(theta)
-        for n, w, cols in self.device_batches():
-            m = _group_sums(self.problem.spec, group, theta, cols, w, jac, meat, sampling, chunk_size, self.mesh)
-            total = m if total is None else jax.tree.map(jnp.add, total, m)
-            n_rows += n
-            if self.sum_w is None:
-                sum_w += float(np.sum(w))
-        if total is None:
+    def sums(self, theta, plan) -> Moments:
+        start, n_rows, sum_w = time.perf_counter(), 0, 0.0
+        parts = 1 if self.kernel.mesh is None else self.kernel.mesh.size
+        acc, theta, pending = self.kernel.zeros(), jax.device_put(np.asarray(theta, float)), []
+        for problem in self._batches():
+            used = {k: v.astype(self.dtype, copy=False) for k, v in problem.used.items()}
+            host, _ = layout(used, problem.w, self.kernel.chunk, parts, SLAB_CHUNKS[-1])
+            for slab in place(self.kernel, host):
+                acc = run_slabs(self.kernel, [slab], theta, plan, acc)
+                pending.append(acc)
+                if len(pending) > IN_FLIGHT:  # bound the host memory held by queued transfers
+                    pending.pop(0).psi.block_until_ready()
+            n_rows += problem.n_rows
+            sum_w += float(problem.w.sum())
+        if not n_rows:
             raise DataError("the streamed source has no rows")
-        if self.sum_w is None:
-            self.n_rows, self.sum_w = n_rows, sum_w
         self.passes += 1
-        total = jax.tree.map(lambda a: None if a is None else np.asarray(a), total)
-        if self.progress:
-            info = dict(label=label, passes=self.passes, rows=n_rows, seconds=time.perf_counter() - start,
-                        residual=float(np.max(np.abs(total.psi))) / self.sum_w)
-            if callable(self.progress):
-                self.progress(info)
-            else:
-                print(f"mestim stream: pass {info['passes']} ({label}): {n_rows:,} rows in {info['seconds']:.2f} s, "
-                      f"max|Σψ|/Σw = {info['residual']:.3g}", file=sys.stderr, flush=True)
-        return total
+        if self.n_rows is None:
+            self.n_rows, self.sum_w = n_rows, sum_w
+        elif n_rows != self.n_rows or not np.isclose(sum_w, self.sum_w, rtol=1e-12, atol=0):
+            raise DataError(f"the streamed source changed between passes: pass {self.passes} read {n_rows:,} rows "
+                            f"(total weight {sum_w:.17g}), pass 1 read {self.n_rows:,} rows (total weight "
+                            f"{self.sum_w:.17g}); a source must give the same rows on every pass")
+        out = Moments(*jax.device_get(acc))
+        self._report(start, n_rows, out)
+        return out
+
+    def _report(self, start, n_rows, out):
+        if not self.progress:
+            return
+        info = dict(passes=self.passes, rows=n_rows, seconds=time.perf_counter() - start,
+                    residual=float(np.max(np.abs(out.psi))) / self.sum_w)
+        if callable(self.progress):
+            self.progress(info)
+        else:
+            print(f"mestim stream: pass {info['passes']}: {n_rows:,} rows in {info['seconds']:.2f} s, "
+                  f"max|Σψ|/Σw = {info['residual']:.3g}", file=sys.stderr, flush=True)
 
 
 def fit_stream(estimator, source, init=None, *, names=None, columns=None, weights=None,
                weight_type: str = "frequency", correction: str | None = None, solve: str = "blockwise",
-               batch_rows: int = DEFAULT_BATCH, chunk_size: int = DEFAULT_CHUNK, devices=None, data_dtype=None,
+               batch_rows: int = DEFAULT_BATCH, chunk_size: int | None = None, devices=None, data_dtype=None,
                max_iter: int = 100, xtol: float = 1e-10, gtol: float = 1e-12,
                progress: bool | Callable[[dict], None] = False):
     """:func:`mestim.fit` on data read in batches from ``source``; the same :class:`~mestim.Result`.
@@ -259,82 +194,32 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
             Table, or a function returning a fresh iterator of chunks (dicts of arrays, DataFrames or Arrow record
             batches of any sizes; the fit calls it once per pass).
         columns: the raw columns to read (default all; reading fewer is faster for wide Parquet files).
-        batch_rows: rows per host batch moved to the device (memory on the device: O(batch_rows · columns)).
-        chunk_size: rows per sub-chunk inside the compiled kernel (memory: O(chunk · p²)), as in ``fit``.
+        batch_rows: rows per host batch (host memory: O(batch_rows · columns)).
+        chunk_size: rows per chunk inside the compiled program (memory: O(chunk · p²)), as in ``fit``.
         devices: also shard each batch over devices (see :func:`device_mesh`).
         progress: True prints one line per pass to stderr; a function receives a dict per pass
-            (label, passes, rows, seconds, residual).
+            (passes, rows, seconds, residual).
         Other arguments as :func:`mestim.fit` (``weights`` must be a column name).
     """
-    from .fit import _finish, _group_index, as_blocks, prepare
-
-    if solve not in ("blockwise", "joint"):
-        raise SpecificationError(f"solve={solve!r}: use 'blockwise' or 'joint'")
+    options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype)
     if correction == "fay":
         raise SpecificationError("correction='fay' is not available for streamed fits; use None or 'df'")
     if weights is not None and not isinstance(weights, str):
         raise SpecificationError("weights= of a streamed fit must be a column name of the source")
-    single = callable(estimator) and not isinstance(estimator, Block)
-    if init is not None and not single:
+    if not isinstance(batch_rows, int) or batch_rows < 1:
+        raise SpecificationError(f"batch_rows={batch_rows!r}: give a positive whole number")
+    mesh = None if devices is None else device_mesh(devices)
+    if init is not None and not (callable(estimator) and not isinstance(estimator, Block)):
         raise SpecificationError("init= is for a single ψ; blocks carry their own starting values")
-    blocks = as_blocks(estimator, init if single else None, names)
-    first = next(iter(batches(source, batch_rows, columns)), None)
-    if first is None:
+    blocks = as_blocks(estimator, init, names)
+    first_batch = next(iter(batches(source, batch_rows, columns)), None)
+    if first_batch is None:
         raise DataError("the streamed source has no rows")
-    problem = prepare(blocks, first, weights=weights)  # spec, labels, starting values: from the first batch
-    mesh = device_mesh(devices) if devices is not None else None
-    stream = _Stream(problem, source, weights, batch_rows, columns, mesh, data_dtype, progress)
-    opts = SolverOptions(max_iter=max_iter, xtol=xtol, gtol=gtol)
-    spec = problem.spec
-    groups = solve_levels(spec.blocks) if solve == "blockwise" else [tuple(b.name for b in spec.blocks)]
-    theta = np.array(problem.init, float)
-    iterations = 0
-    for group in groups:
-        idx = _group_index(spec, group)
-        theta, it = _solve_stream(stream, group, theta, idx, opts, chunk_size, problem.labels)
-        iterations += it
-    m = stream.sums(None, theta, meat=True, sampling=weight_type == "sampling", chunk_size=chunk_size,
-                    label="bread and meat")
-
-    def no_fay(jac):
-        raise SpecificationError("correction='fay' is not available for streamed fits")
-
-    def no_influence(bread_inv):
-        raise SpecificationError("influence functions are not kept for streamed fits (one row per data row); "
-                                 "refit in memory with mestim.fit to get them")
-
-    if weight_type not in ("frequency", "sampling"):
-        raise SpecificationError(f"weight_type={weight_type!r}: use 'frequency' or 'sampling'")
-    result = _finish(problem, jnp.asarray(theta), m.psi, m.jac, m.meat, weight_type=weight_type,
-                     correction=correction, iterations=iterations, n=stream.sum_w, n_rows=stream.n_rows,
-                     cluster_sizes=None, fay=no_fay, influence=no_influence, run_checks=False, stacklevel=3)
-    result.notes = [f"{note} (first batch)" for note in result.notes] + [f"streamed: {stream.n_rows:,} rows in batches of {stream.batch_rows:,}, "
-                                         f"{stream.passes} passes over the source; starting values from the first "
-                                         "batch"]
-    return result
-
-
-def _solve_stream(stream: _Stream, group, theta, idx, opts: SolverOptions, chunk_size, labels):
-    """One group of a streamed fit: :func:`mestim.solve.newton_host`, one pass over the source per evaluation."""
-    names = ", ".join(f"'{g}'" for g in group)
-    calls = iter(range(1 << 30))
-
-    def at(tg):
-        full = theta.copy()
-        full[idx] = tg
-        return full
-
-    def residual_and_jacobian(tg):
-        m = stream.sums(group, at(tg), chunk_size=chunk_size, label=f"{names} evaluation {next(calls)}")
-        return m.psi, m.jac
-
-    def residual(tg):
-        return stream.sums(group, at(tg), jac=False, chunk_size=chunk_size, label=f"{names} line search").psi
-
-    out = newton_host(residual_and_jacobian, residual, theta[idx], lambda: stream.sum_w, opts)
-    if out.status != CONVERGED:
-        error = SingularBreadError if out.status == SINGULAR else ConvergenceError
-        raise error(f"block(s) {names} did not converge: {STATUS_TEXT[out.status]} after {out.iterations} "
-                    f"iteration(s); max|Σψ|/Σw = {out.residual / stream.sum_w:.3g}; try better init= values, a "
-                    "larger max_iter=, or check that the model is identified")
-    return at(out.theta), out.iterations
+    first = prepare(blocks, first_batch, weights=weights)  # spec, labels, starting values: from the first batch
+    stream = Streamed(kernel_for(first, options, mesh), blocks, first, source, weights=weights,
+                      batch_rows=batch_rows, columns=columns, dtype=options.data_dtype, progress=progress)
+    theta, moments, iterations = solve_stack(stream, first.init, first.labels, options)
+    note = (f"streamed: {stream.n_rows:,} rows in batches of {batch_rows:,}, {stream.passes} passes over the "
+            "source; starting values from the first batch")
+    first = dataclasses.replace(first, notes=tuple(f"{n} (first batch)" for n in first.notes))
+    return assemble(first, stream, theta, moments, options, iterations=iterations, notes=(note,), checks=False)

@@ -1,157 +1,206 @@
-"""Root finding for Σψ(θ) = 0: damped Newton with a backtracking line search, compiled as one loop.
+"""Root finding for Σψ(θ) = 0: Newton with backtracking, and Levenberg–Marquardt where Newton cannot go on.
 
-Step: δ = -J⁻¹ r with r = Σ w ψ(θ) and J = Σ w ∂ψ/∂θ. Line search halves α until the residual norm drops
-enough, ‖r(θ + αδ)‖ ≤ (1 - 10⁻⁴ α)‖r(θ)‖, which makes Newton globally robust on the smooth, monotone problems
-M-estimators give (logistic, GLM) while keeping its quadratic local rate. Where J is singular (a poor start,
-e.g. the ratio estimator at θ = 0) a Levenberg–Marquardt step δ = -(JᵀJ + λI)⁻¹Jᵀr replaces the Newton step:
-a regularised step is fine for moving θ, never for the bread.
+The rules, written once (:func:`start`, :func:`advance`, over numpy or jax.numpy) and run by two loops:
+:func:`solve_host` (``fit``, streamed fits: each evaluation is a pass over the rows, driven from Python) and
+:func:`solve_traced` (``lax.while_loop``: :mod:`mestim.pure`, vmapped over data sets). Both visit the same
+points and end with the same status.
 
-Converged when the full Newton step is tiny relative to θ (‖δ‖∞ ≤ xtol·(1 + ‖θ‖∞)) or the scaled residual
-‖r‖∞ / Σw ≤ gtol. Status codes are returned, never raised; :mod:`mestim.fit` turns them into errors that name
-the block.
+- **Newton step** δ = −J⁻¹r (r = Σwψ, J = Σw∂ψ/∂θ), tried at θ + αδ with α = 1, ½, ¼, … while the sum of squares
+  f = ‖r‖² does not fall: accepted when f(θ + αδ) ≤ (1 − 10⁻⁴α) f(θ). The first trial is evaluated with its
+  Jacobian (an accepted full step is one pass over the rows); backtracking trials are residual-only.
+- **Levenberg–Marquardt** takes over when J is singular or ``MAX_HALVINGS`` halvings fail: δ = −(JᵀJ + λD)⁻¹Jᵀr
+  with D = diag(JᵀJ) (Marquardt's scaling: invariant to the units of θ). A trial is accepted when f falls by at
+  least 10⁻⁴ of the decrease the linear model predicts (ρ ≥ 10⁻⁴); then λ shrinks (÷10 when ρ > ¾, ×2 when
+  ρ < ¼) and Newton resumes once λ < 10⁻⁶; a rejected trial multiplies λ by 10. A regularised step moves θ; it
+  never enters the bread.
+- **Converged** when ‖r‖∞/Σw ≤ gtol, or after an accepted Newton step with ‖δ‖∞ ≤ xtol·(1 + ‖θ‖∞) (that last
+  step polishes θ to the last bit; if no trial improves on θ, θ is already converged to machine precision).
 
-Two drivers run this one algorithm:
-
-- :func:`newton_host` (``fit``, streamed fits): the loop runs in Python around compiled sums over the rows. The
-  trial point θ + δ is evaluated *with* its Jacobian, so an accepted full step costs one pass over the data
-  (the common case); only backtracking uses residual-only passes. Two small programs are compiled per group,
-  which keeps the first call fast for stacks of many blocks.
-- :func:`newton` (traced: :mod:`mestim.pure`, vmapped over data sets or bootstrap weights): the same steps in
-  ``lax.while_loop``, so a whole batch of fits is one compiled call.
+Statuses are values, never raised: :data:`STATUS` gives each one's message and advice, and :mod:`mestim.driver`
+turns a failure into an error that names the block.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-CONVERGED, MAX_ITER, SINGULAR, NONFINITE, LINE_SEARCH = 0, 1, 2, 3, 4
-STATUS_TEXT = {
-    CONVERGED: "converged",
-    MAX_ITER: "reached the iteration limit",
-    SINGULAR: "singular Jacobian",
-    NONFINITE: "non-finite ψ or Jacobian",
-    LINE_SEARCH: "line search failed to reduce the residual",
+RUNNING, CONVERGED, MAX_ITER, SINGULAR, NONFINITE, NO_PROGRESS = -1, 0, 1, 2, 3, 4
+STATUS = {
+    CONVERGED: ("converged", ""),
+    MAX_ITER: ("reached the iteration limit", "try better init= values or a larger max_iter="),
+    SINGULAR: ("singular Jacobian", "the parameters are not identified: look for a constant or collinear "
+               "covariate, an empty subset of rows, or perfect separation"),
+    NONFINITE: ("non-finite ψ or Jacobian", "ψ is NaN or infinite at the starting values: check ψ for log(0), "
+                "1/0 or overflow, and give init= values inside its domain"),
+    NO_PROGRESS: ("line search failed to reduce the residual", "no step reduces ‖Σψ‖: θ sits at a local minimum of "
+                  "‖Σψ‖ that is not a root, or ψ is not smooth; try other init= values"),
 }
+STATUS_TEXT = {code: text for code, (text, _) in STATUS.items()}
+MAX_HALVINGS = 5
+LM_START, LM_MIN, LM_MAX = 1e-2, 1e-6, 1e16
 
 
 class SolverOptions(NamedTuple):
     max_iter: int = 100
     xtol: float = 1e-10
     gtol: float = 1e-12
-    max_halvings: int = 40
 
 
-class SolveResult(NamedTuple):
-    theta: jax.Array
-    status: jax.Array
-    iterations: jax.Array
-    residual: jax.Array  # ‖Σwψ‖∞ at the returned θ
+class State(NamedTuple):
+    """The solver between two evaluations; ``trial`` is the next point to evaluate."""
+
+    theta: np.ndarray  # current point, with r and jac evaluated there
+    r: np.ndarray
+    jac: np.ndarray
+    lam: float  # 0: Newton steps; > 0: Levenberg–Marquardt damping
+    delta: np.ndarray  # the step of the current iteration
+    alpha: float  # fraction of a Newton step being tried
+    halvings: int
+    small: bool  # the current Newton step is below xtol
+    refresh: bool  # the last accepted trial had no Jacobian: the next evaluation is at theta, with it
+    iterations: int  # accepted steps
+    evaluations: int
+    status: int
+    trial: np.ndarray
+    want_jac: bool  # does the next evaluation need the Jacobian?
+
+    @property
+    def residual(self):
+        """‖Σwψ‖∞ at ``theta``."""
+        return np.max(np.abs(self.r))
 
 
-def newton(residual_and_jacobian, residual, theta0, scale, options: SolverOptions) -> SolveResult:
-    """Damped Newton from ``theta0``; ``residual_and_jacobian(θ) -> (r, J)``, ``residual(θ) -> r``.
-
-    ``scale`` is Σw, which makes ``gtol`` a tolerance on the mean of ψ.
-    """
-    opts = options
-    running = -1
-
-    def body(state):
-        theta, it, _, _ = state
-        r, jac = residual_and_jacobian(theta)
-        f0 = _norm(r)
-        finite = jnp.isfinite(f0) & jnp.all(jnp.isfinite(jac))
-        newton_step = -jnp.linalg.solve(jac, r)
-        invertible = jnp.all(jnp.isfinite(newton_step))
-        delta = jnp.where(invertible, newton_step, _levenberg_marquardt_step(jac, r))
-        converged = finite & ((f0 / scale <= opts.gtol)
-                              | (invertible & (_norm(delta) <= opts.xtol * (1.0 + _norm(theta)))))
-
-        def ls_cond(s):
-            alpha, f_new, h = s
-            return (f_new > (1.0 - 1e-4 * alpha) * f0) & (h < opts.max_halvings)
-
-        def ls_body(s):
-            alpha, _, h = s
-            alpha = jnp.where(h == 0, 1.0, 0.5 * alpha)
-            return alpha, _norm(residual(theta + alpha * delta)), h + 1
-
-        alpha, f_new, _ = lax.while_loop(ls_cond, ls_body, (jnp.asarray(1.0, theta.dtype), jnp.inf, 0))
-        stuck = (f_new > (1.0 - 1e-4 * alpha) * f0) | ~jnp.all(jnp.isfinite(delta))
-        status = jnp.select([converged, ~finite, stuck & ~invertible, stuck, it >= opts.max_iter],
-                            [CONVERGED, NONFINITE, SINGULAR, LINE_SEARCH, MAX_ITER], running)
-        # At convergence the (tiny) step is still taken: it polishes θ to the last bit.
-        move = (status == running) | (status == CONVERGED)
-        theta = jnp.where(move & ~stuck, theta + alpha * delta, theta)
-        return theta, it + (status == running), status, f0
-
-    theta, it, status, norm_r = lax.while_loop(lambda s: s[2] == running, body,
-                                               (theta0, jnp.asarray(0), jnp.asarray(running), jnp.inf))
-    return SolveResult(theta, status, it, norm_r)
+def start(xp, theta, r, jac, scale, options: SolverOptions) -> State:
+    """The state after evaluating (r, J) at the starting point."""
+    zero, false = xp.asarray(0.0), xp.asarray(False)
+    state = State(theta, r, jac, zero, xp.zeros_like(theta), xp.asarray(1.0), xp.asarray(0), false, false,
+                  xp.asarray(0), xp.asarray(1), xp.asarray(RUNNING), theta, xp.asarray(True))
+    return _propose(xp, state, scale, options)
 
 
-def newton_host(residual_and_jacobian, residual, theta0, scale, options: SolverOptions) -> SolveResult:
-    """Damped Newton driven from the host; ``residual_and_jacobian(θ) -> (r, J)`` and ``residual(θ) -> r``
-    return host arrays (each call is one pass over the rows). Same steps and statuses as :func:`newton`.
+def advance(xp, s: State, r_t, jac_t, has_jac, scale, options: SolverOptions) -> State:
+    """The state after evaluating ``s.trial``: ``r_t`` and, when ``has_jac``, ``jac_t`` there."""
+    if not _is_traced(xp) and s.refresh:  # host: the Jacobian at the accepted point, then the next step
+        return _propose(xp, s._replace(jac=jac_t, refresh=False, evaluations=s.evaluations + 1), scale, options)
+    f0, f_t = _squares(xp, s.r), _squares(xp, r_t)
+    newton = s.lam == 0
+    lin = s.r + s.jac @ s.delta
+    predicted = f0 - xp.sum(lin * lin)
+    accept = xp.where(newton, f_t <= (1 - 1e-4 * s.alpha) * f0, (f_t < f0) & (f0 - f_t >= 1e-4 * predicted))
+    evaluations = s.evaluations + 1
 
-    ``scale`` is Σw, or a function returning it (a streamed source learns Σw on its first pass).
-    """
-    opts = options
+    # accepted: move, adapt λ, and stop if the step was already below xtol
+    rho = (f0 - f_t) / xp.where(predicted > 0, predicted, 1.0)
+    lam = xp.where(rho > 0.75, s.lam / 10, xp.where(rho < 0.25, 2 * s.lam, s.lam))
+    lam = xp.where(newton | (lam < LM_MIN), 0.0, lam)
+    moved = s._replace(theta=s.trial, r=r_t, jac=xp.where(has_jac, jac_t, s.jac), lam=lam,
+                       refresh=~xp.asarray(has_jac), iterations=s.iterations + 1, evaluations=evaluations,
+                       status=xp.where(s.small, CONVERGED, RUNNING))
+
+    # rejected: halve a Newton step (then hand over to LM), or raise λ
+    halvings = s.halvings + newton
+    to_lm = newton & (halvings > MAX_HALVINGS)
+    done = to_lm & s.small  # no trial improves on θ: converged to machine precision
+    lam_r = xp.where(to_lm, LM_START, xp.where(newton, 0.0, 10 * s.lam))
+    stuck = lam_r > LM_MAX
+    status_r = xp.where(done, CONVERGED, xp.where(stuck, xp.where(_newton_ok(xp, s), NO_PROGRESS, SINGULAR),
+                                                  RUNNING))
+    alpha = s.alpha / 2
+    retry = s._replace(lam=lam_r, alpha=alpha, halvings=halvings, trial=s.theta + alpha * s.delta,
+                       want_jac=xp.asarray(False), evaluations=evaluations, status=status_r)
+    retry = _select(xp, newton & ~to_lm, retry, _lm_step(xp, retry))
+
+    out = _select(xp, accept, moved, retry)
+    return _select(xp, accept & (out.status == RUNNING) & ~out.refresh, _propose(xp, out, scale, options), out)
+
+
+def _propose(xp, s: State, scale, options: SolverOptions) -> State:
+    """Status at ``theta``, and the next step: Newton (LM when J is singular or LM is on)."""
+    finite = _finite(xp, s.r) & _finite(xp, s.jac)
+    status = xp.where(~finite, NONFINITE, xp.where(
+        xp.max(xp.abs(s.r)) / scale <= options.gtol, CONVERGED,
+        xp.where(s.iterations >= options.max_iter, MAX_ITER, RUNNING)))
+    step = -_solve(xp, s.jac, s.r)
+    ok = _finite(xp, step)
+    newton = (s.lam == 0) & ok
+    lam = xp.where(newton, s.lam, xp.where(s.lam == 0, LM_START, s.lam))
+    s = s._replace(lam=lam, delta=step, alpha=xp.asarray(1.0), halvings=xp.asarray(0), trial=s.theta + step,
+                   want_jac=xp.asarray(True), status=status,
+                   small=newton & (xp.max(xp.abs(step)) <= options.xtol * (1 + xp.max(xp.abs(s.theta)))))
+    s = _select(xp, newton, s, _lm_step(xp, s))
+    flat = xp.all(s.jac == 0)  # ψ does not vary with θ: no step can help
+    return s._replace(status=xp.where((status == RUNNING) & (flat | ~_finite(xp, s.delta)), SINGULAR, s.status))
+
+
+def _lm_step(xp, s: State) -> State:
+    """The Levenberg–Marquardt step at ``theta`` with damping ``s.lam``, evaluated with its Jacobian."""
+    a = s.jac.T @ s.jac
+    d = xp.diag(a)
+    d = xp.maximum(d, 1e-12 * xp.max(d) + 1e-300)
+    step = -_solve(xp, a + s.lam * xp.diag(d), s.jac.T @ s.r)
+    return s._replace(delta=step, alpha=xp.asarray(1.0), trial=s.theta + step, small=xp.asarray(False),
+                      want_jac=xp.asarray(True))
+
+
+def _newton_ok(xp, s: State):
+    return _finite(xp, _solve(xp, s.jac, s.r))
+
+
+def _solve(xp, a, b):
+    if _is_traced(xp):
+        return xp.linalg.solve(a, b)
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        return np.full(a.shape[1:], np.nan)
+
+
+def _finite(xp, a):
+    return xp.all(xp.isfinite(a))
+
+
+def _squares(xp, r):
+    """f = ‖r‖², with a non-finite residual counted as infinitely bad (so a step into NaN is rejected)."""
+    return xp.where(_finite(xp, r), xp.sum(xp.where(xp.isfinite(r), r, 0.0) ** 2), xp.inf)
+
+
+def _select(xp, cond, a: State, b: State) -> State:
+    if not _is_traced(xp):
+        return a if bool(cond) else b
+    import jax
+
+    return jax.tree.map(lambda x, y: xp.where(cond, x, y), a, b)
+
+
+def _is_traced(xp) -> bool:
+    return xp is not np
+
+
+def solve_host(evaluate, theta0, scale, options: SolverOptions) -> State:
+    """Run the rules from the host: ``evaluate(theta, want_jac) -> (r, J or None)`` (host arrays; each call is one
+    pass over the rows); ``scale`` is Σw (``gtol`` is a tolerance on the mean of ψ), or a function giving it after
+    the first pass (a stream learns Σw as it reads)."""
     theta = np.asarray(theta0, float)
-    r, jac = residual_and_jacobian(theta)
+    r, jac = evaluate(theta, True)
     scale = scale() if callable(scale) else scale
-    it = 0
-    while True:
-        f0 = _host_norm(r)
-        if not (np.isfinite(f0) and np.all(np.isfinite(jac))):
-            return SolveResult(theta, NONFINITE, it, f0)
-        if f0 / scale <= opts.gtol:
-            return SolveResult(theta, CONVERGED, it, f0)
-        if it >= opts.max_iter:
-            return SolveResult(theta, MAX_ITER, it, f0)
-        try:
-            delta, invertible = -np.linalg.solve(jac, r), True
-        except np.linalg.LinAlgError:
-            delta, invertible = None, False
-        if delta is None or not np.all(np.isfinite(delta)):
-            jtj = jac.T @ jac
-            lam = 1e-8 * max(np.trace(jtj) / jtj.shape[0], 1e-300)
-            delta, invertible = -np.linalg.solve(jtj + lam * np.eye(len(jtj)), jac.T @ r), False
-        if not np.all(np.isfinite(delta)):
-            return SolveResult(theta, SINGULAR, it, f0)
-        step_small = invertible and _host_norm(delta) <= opts.xtol * (1.0 + _host_norm(theta))
-        alpha = 1.0
-        r_new, jac_new = residual_and_jacobian(theta + delta)
-        for _ in range(opts.max_halvings):
-            if _host_norm(r_new) <= (1.0 - 1e-4 * alpha) * f0:
-                break
-            alpha *= 0.5
-            r_new, jac_new = residual(theta + alpha * delta), None
-        if _host_norm(r_new) > (1.0 - 1e-4 * alpha) * f0:
-            if step_small:  # at machine precision: no step can reduce the residual further
-                return SolveResult(theta, CONVERGED, it, f0)
-            return SolveResult(theta, LINE_SEARCH if invertible else SINGULAR, it, f0)
-        theta, it = theta + alpha * delta, it + 1
-        r, jac = (r_new, jac_new) if jac_new is not None else residual_and_jacobian(theta)
-        if step_small:
-            return SolveResult(theta, CONVERGED, it, _host_norm(r))
+    s = start(np, theta, r, jac, scale, options)
+    while s.status == RUNNING:
+        point = s.theta if s.refresh else s.trial
+        r, jac = evaluate(point, bool(s.want_jac or s.refresh))
+        s = advance(np, s, r, s.jac if jac is None else jac, jac is not None, scale, options)
+    return s
 
 
-def _host_norm(r) -> float:
-    return float(np.max(np.abs(r))) if np.all(np.isfinite(r)) else np.inf
+def solve_traced(evaluate, theta0, scale, options: SolverOptions) -> State:
+    """The same rules in one ``lax.while_loop`` (jit- and vmap-able); ``evaluate(theta) -> (r, J)``."""
+    import jax.numpy as jnp
+    from jax import lax
 
-
-def _norm(r):
-    """‖r‖∞, with non-finite residuals counted as infinitely bad (so the line search backs off)."""
-    return jnp.where(jnp.all(jnp.isfinite(r)), jnp.max(jnp.abs(r)), jnp.inf)
-
-
-def _levenberg_marquardt_step(jac, r):
-    jtj = jac.T @ jac
-    lam = 1e-8 * jnp.maximum(jnp.trace(jtj) / jtj.shape[0], 1e-300)
-    return -jnp.linalg.solve(jtj + lam * jnp.eye(jtj.shape[0], dtype=jtj.dtype), jac.T @ r)
+    r, jac = evaluate(theta0)
+    first = start(jnp, theta0, r, jac, scale, options)
+    types = State(*(jnp.result_type(x) for x in first))
+    fixed = lambda s: State(*(lax.convert_element_type(x, t) for x, t in zip(s, types)))  # noqa: E731
+    return lax.while_loop(lambda s: s.status == RUNNING,
+                          lambda s: fixed(advance(jnp, s, *evaluate(s.trial), True, scale, options)), fixed(first))

@@ -1,152 +1,226 @@
 """Sums over rows: the one place in mestim that touches every row.
 
-Everything the engine needs from the data is a weighted sum over rows, evaluated chunk by chunk so that peak
-memory is O(chunk · p · width of ψ's intermediates), never O(n · p²):
+Everything the engine needs from the data is a weighted sum over rows:
 
-    Σ_i w_i ψ_i(θ)                 (estimating equations)
-    Σ_i w_i ∂ψ_i/∂θᵀ               (minus the bread; reverse mode over the chunk sum: one forward pass and one
-                                    vmapped backward pass, no (n, p, p) tangent)
-    Σ_i w_i ψ_i ψ_iᵀ               (meat with frequency weights; w_i² with sampling weights)
-    U_g = Σ_{i∈g} w_i ψ_i          (cluster totals, for the clustered meat Σ_g U_g U_gᵀ)
+    Σ_i w_i ψ_i(θ)                 estimating equations (K values)
+    Σ_i w_i ∂ψ_i/∂θᵀ               minus the bread (K × P)
+    Σ_i a_i ψ_i ψ_iᵀ               meat, a_i = w_i (frequency weights) or w_i² (sampling weights)
+    Σ_i w_i                        checked to be the same on every pass
 
-:func:`chunk_moments` is the kernel on one chunk of rows; :func:`moments` scans it over in-memory data inside
-one compiled function. Streaming from host memory or files and sharding over devices (:mod:`mestim.scale`)
-reuse the same kernel, so all three give the same sums.
+**One compiled program per stack.** :meth:`Kernel.slab_sums` adds the sums over one *slab* of rows to an
+accumulator. A slab holds a fixed number of chunks (``SLAB_CHUNKS``: 1, 8 or 64 chunks of ``chunk`` rows), the
+last chunk padded with zero-weight rows, and its number of filled chunks is an argument: the compiled shapes do
+not depend on n, so data sets of any size (and every batch of a stream) reuse one program and the persistent
+compilation cache. What a pass computes is an argument too (a :data:`plan` per block: skip it, its values, or
+its values and Jacobian; meat or not), so the Newton passes of every dependency level, the residual-only passes
+and the sandwich all run the same program.
+
+**Jacobians block by block, never an (n, p, p) tangent.** Block b's rows of Σw∂ψ/∂θ are non-zero only in the
+columns of its own parameters and of the blocks it reads; they are taken with respect to those columns alone, on
+each chunk of rows, by reverse mode (k_b backward passes through block b, batched by vmap) when the block has no
+more equations than inputs, by forward mode otherwise, or in closed form when the block's ψ offers
+``chunk_sums(own, rows, w) -> (values, Σ w ∂ψ/∂own)`` (GLM scores: one matrix product). The chunk is sized so
+that a block's batched pullback stays in cache (:func:`chunk_rows`).
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import dataclasses
+import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-DEFAULT_CHUNK = 8192  # rows per chunk: big enough to keep the BLAS busy, small enough for O(chunk·p²) memory
+from .blocks import StackSpec
+
+SKIP, VALUES, JACOBIAN = 0, 1, 2  # what a pass computes for a block
+SLAB_CHUNKS = (1, 8, 64)  # slab capacities, in chunks: a new size of data costs at most one compilation per size
+# Chunk sizing: rows × (equations × inputs) of the largest block's Jacobian work per chunk, per backend.
+CHUNK_BUDGET = {"cpu": 1 << 17, "default": 1 << 24}
+CHUNK_LIMITS = {"cpu": (64, 4096), "default": (256, 1 << 16)}
 
 
 class Moments(NamedTuple):
-    psi: jax.Array  # (k,)    Σ w ψ
-    jac: jax.Array | None  # (k, p)  Σ w ∂ψ/∂θ
-    meat: jax.Array | None  # (k, k)  Σ w ψψᵀ (or Σ w² ψψᵀ for sampling weights)
-    cluster: jax.Array | None  # (G, k)  cluster totals of w ψ
+    psi: np.ndarray  # (K,)   Σ w ψ
+    jac: np.ndarray  # (K, P) Σ w ∂ψ/∂θ (rows of the blocks whose Jacobian the pass computed; zero elsewhere)
+    meat: np.ndarray  # (K, K) Σ a ψψᵀ (zero when the pass computed no meat)
+    sum_w: np.ndarray  # ()    Σ w
 
 
-def chunk_moments(f, theta, rows, w, *, jac=True, meat=True, sampling=False, cluster=None,
-                  n_clusters=0) -> Moments:
-    """Weighted sums of ψ, its Jacobian and outer products over one chunk of rows.
-
-    Args:
-        f: ``f(theta, row) -> (k,)``, the stacked estimating function of one row, or a tuple of such functions
-            (one per block), whose outputs are concatenated. With a tuple, each block's rows of the Jacobian come
-            from that block alone: k_b backward passes through block b only, Σ_b k_b·cost_b in all, instead of
-            k·Σ_b cost_b for one pullback through the whole stack (which grows like the square of its size).
-            A part with ``analytic = True`` and ``chunk_sums(theta, rows, w) -> (values, Σ w ∂ψ/∂θ)`` supplies its
-            Jacobian in closed form instead (:class:`mestim.blocks.BlockPart` of a GLM block).
-        theta: (p,) parameters the Jacobian is taken with respect to.
-        rows: pytree of arrays with a leading row axis (one chunk).
-        w: (c,) row weights (0 for padding rows).
-        sampling: meat uses w² (sampling weights) instead of w (frequency weights).
-        cluster: (c,) int cluster codes, or None; then ``n_clusters`` totals are returned instead of the meat.
-    """
-    values, jacobians = [], []
-    for part in f if isinstance(f, tuple) else (f,):
-        per_row = lambda t, part=part: jax.vmap(part, in_axes=(None, 0))(t, rows)  # noqa: E731
-        if jac and getattr(part, "analytic", False):  # a closed-form Jacobian (GLM blocks)
-            v, j = part.chunk_sums(theta, rows, w)
-            jacobians.append(j)
-        elif jac:
-            v, pullback = jax.vjp(per_row, theta)
-            # Row j of Σ w ∂ψ/∂θ is the pullback of the cotangent w ⊗ e_j: k backward passes, batched by vmap.
-            jacobians.append(jax.vmap(lambda e, pb=pullback: pb(w[:, None] * e[None, :])[0])(
-                jnp.eye(v.shape[1], dtype=v.dtype)))
-        else:
-            v = per_row(theta)
-        values.append(v)
-    values = values[0] if len(values) == 1 else jnp.concatenate(values, axis=1)
-    jacobian = (jacobians[0] if len(jacobians) == 1 else jnp.concatenate(jacobians)) if jac else None
-    weighted = values * w[:, None]
-    outer = None
-    totals = None
-    if cluster is not None:
-        totals = jnp.zeros((n_clusters, values.shape[1]), values.dtype).at[cluster].add(weighted)
-    elif meat:
-        outer = weighted.T @ (weighted if sampling else values)
-    return Moments(weighted.sum(0), jacobian, outer, totals)
+def plan(spec: StackSpec, values=(), jacobian=(), meat=False, sampling=False) -> np.ndarray:
+    """What one pass computes: per block SKIP/VALUES/JACOBIAN (by block name), then the meat and sampling flags."""
+    modes = [JACOBIAN if b.name in jacobian else VALUES if b.name in values else SKIP for b in spec.blocks]
+    return np.array(modes + [int(meat), int(sampling)], np.int32)
 
 
-def moments(f: Callable, theta, data, w, *, chunk_size: int = DEFAULT_CHUNK, jac=True, meat=True,
-            sampling=False, cluster=None, n_clusters=0, mesh=None, args=()) -> Moments:
-    """:func:`chunk_moments` summed over all rows of in-memory ``data`` (traceable, jit-able).
-
-    With a ``mesh`` (a :class:`jax.sharding.Mesh`), the rows are split over all its devices: each device sums
-    its own rows chunk by chunk and the per-device sums are added with ``psum`` (the row count must be a
-    multiple of the number of devices; :mod:`mestim.scale` pads with zero-weight rows). Traced values ψ needs
-    besides θ (e.g. the fixed parameters of other blocks) must come through ``args`` (``f(theta, row, *args)``),
-    not a closure: inside ``shard_map`` they are replicated inputs.
-    """
-    kw = dict(jac=jac, meat=meat, sampling=sampling, n_clusters=n_clusters)
-
-    def local(theta, data, w, cluster, args):
-        g = tuple(_Bound(part, args) for part in f) if isinstance(f, tuple) else _Bound(f, args)
-        return sum_chunks(lambda c: chunk_moments(g, theta, c["rows"], c["w"], cluster=c["cluster"], **kw),
-                          {"rows": data, "w": w, "cluster": cluster}, chunk_size)
-
-    if mesh is None:
-        return local(theta, data, w, cluster, args)
-    from jax.sharding import PartitionSpec
-
-    rows = PartitionSpec(mesh.axis_names)
-    per_device = lambda *a: lax.psum(local(*a), mesh.axis_names)  # noqa: E731
-    return jax.shard_map(per_device, mesh=mesh, in_specs=(PartitionSpec(), rows, rows, rows, PartitionSpec()),
-                         out_specs=PartitionSpec(), check_vma=False)(theta, data, w, cluster, args)
+def chunk_rows(spec: StackSpec, platform: str) -> int:
+    """Rows per chunk: a power of two that keeps one chunk's Jacobian work (rows × k_b × inputs_b of the largest
+    block) within a cache-sized budget on a CPU, and large on an accelerator (fewer, fuller kernels)."""
+    key = platform if platform in CHUNK_BUDGET else "default"
+    lo, hi = CHUNK_LIMITS[key]
+    width = max(b.equations * _n_inputs(spec, b) for b in spec.blocks)
+    rows = CHUNK_BUDGET[key] // max(width, 1)
+    return int(min(max(1 << max(int(rows).bit_length() - 1, 0), lo), hi))
 
 
-class _Bound:
-    """A part with the extra traced ``args`` bound (``part(t, row, *args)``), keeping its closed-form Jacobian."""
-
-    def __init__(self, part, args):
-        self.part, self.args = part, args
-        self.analytic = getattr(part, "analytic", False)
-
-    def chunk_sums(self, t, rows, w):
-        return self.part.chunk_sums(t, rows, w, *self.args)
-
-    def __call__(self, t, row):
-        return self.part(t, row, *self.args)
+def slab_chunks(n_chunks: int) -> int:
+    """The smallest slab capacity (in chunks) that holds ``n_chunks``, or the largest (several slabs)."""
+    return next((c for c in SLAB_CHUNKS if c >= n_chunks), SLAB_CHUNKS[-1])
 
 
-def sum_chunks(g: Callable, data, chunk_size: int = DEFAULT_CHUNK):
-    """Σ over chunks of ``g(chunk)`` for a pytree ``data`` with a leading row axis.
-
-    Full chunks are visited with ``lax.fori_loop`` over dynamic slices (no padded copy of the data, the body
-    compiled once); the last, shorter chunk is one more static-shape call.
-    """
-    n = jax.tree.leaves(data)[0].shape[0]
-    chunk = min(chunk_size, n)
-    n_full, rest = divmod(n, chunk)
-    at = lambda start, size: g(jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size), data))  # noqa: E731
-    total = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda s: at(s, chunk), 0))
-    if n_full:
-        total = lax.fori_loop(0, n_full, lambda i, acc: _add(acc, at(i * chunk, chunk)), total)
-    if rest:
-        total = _add(total, at(n_full * chunk, rest))
-    return total
+def _n_inputs(spec: StackSpec, block) -> int:
+    dims = {b.name: b.dim for b in spec.blocks}
+    return block.dim + sum(dims[r] for r in block.reads)
 
 
-def _add(a, b):
-    return jax.tree.map(jnp.add, a, b)
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """The row sums of one stack (hashable: the compiled programs are cached per kernel)."""
+
+    spec: StackSpec
+    chunk: int
+    mesh: object = None  # jax.sharding.Mesh whose devices each sum their own rows (None: one device)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.spec.equations, self.spec.dim
+
+    def zeros(self) -> Moments:
+        k, p = self.shape
+        return Moments(np.zeros(k), np.zeros((k, p)), np.zeros((k, k)), np.zeros(()))
+
+    # ------------------------------------------------------------------------------------------ one chunk
+    def _segments(self, block) -> tuple[tuple[int, int], ...]:
+        """Where the block's inputs sit in θ: its own parameters, then each block it reads."""
+        offs = self.spec.offsets()
+        return tuple((offs[n].start, offs[n].stop) for n in (block.name,) + tuple(block.reads))
+
+    def _inputs(self, block, theta):
+        return jnp.concatenate([theta[a:z] for a, z in self._segments(block)])
+
+    def _call(self, block, u, row):
+        """ψ of one row as a function of the block's inputs u = (own parameters, then those of the blocks read)."""
+        own, upstream, at = u[:block.dim], {}, block.dim
+        for name, (a, z) in zip(block.reads, self._segments(block)[1:]):
+            upstream[name], at = u[at:at + z - a], at + z - a
+        return block(own, row, upstream)
+
+    def _block(self, block, theta, rows, w, mode):
+        """(values (c, k), Σ w ∂ψ/∂inputs (k, n_in)) of one block on one chunk; ``mode``: SKIP/VALUES/JACOBIAN."""
+        u = self._inputs(block, theta)
+        k, n_in, c = block.equations, u.shape[0], w.shape[0]
+
+        def values(u):
+            return jax.vmap(lambda row: self._call(block, u, row))(rows)
+
+        def jacobian():
+            if _closed_form(block):
+                return block.psi.chunk_sums(u, rows, w)
+            if k <= n_in:  # reverse: row j of Σ w ∂ψ/∂u is the pullback of the cotangent w ⊗ e_j
+                v, pullback = jax.vjp(values, u)
+                return v, jax.vmap(lambda e: pullback(w[:, None] * e)[0])(jnp.eye(k, dtype=u.dtype))
+            v, tangent = jax.linearize(values, u)  # forward: column i is Σ w ∂ψ/∂u_i
+            return v, jax.vmap(lambda e: w @ tangent(e))(jnp.eye(n_in, dtype=u.dtype)).T
+
+        zero_jac = jnp.zeros((k, n_in), u.dtype)
+        return lax.switch(mode, [lambda: (jnp.zeros((c, k), u.dtype), zero_jac),
+                                 lambda: (values(u), zero_jac), jacobian])
+
+    def add_chunk(self, acc: Moments, theta, rows, w, plan) -> Moments:
+        """``acc`` plus the sums over one chunk of rows (traceable)."""
+        rows = {name: v.astype(theta.dtype) for name, v in rows.items()}  # float32 storage, float64 arithmetic
+        w = w.astype(theta.dtype)
+        n_blocks = len(self.spec.blocks)
+        values, jac = [], acc.jac
+        eq = self.spec.equation_offsets()
+        for b, block in enumerate(self.spec.blocks):
+            v, j = self._block(block, theta, rows, w, plan[b])
+            values.append(v)
+            at = 0
+            for a, z in self._segments(block):  # scatter the block's columns into its rows of the Jacobian
+                jac = jac.at[eq[block.name], a:z].add(j[:, at:at + z - a])
+                at += z - a
+        v = jnp.concatenate(values, axis=1)
+        a = w * jnp.where(plan[n_blocks + 1] > 0, w, 1.0)
+        meat = lax.cond(plan[n_blocks] > 0, lambda: acc.meat + (v * a[:, None]).T @ v, lambda: acc.meat)
+        return Moments(acc.psi + w @ v, jac, meat, acc.sum_w + w.sum())
+
+    # ------------------------------------------------------------------------------------------ one slab
+    def slab_sums(self, acc: Moments, theta, rows, w, n_chunks, plan) -> Moments:
+        """``acc`` plus the sums over the first ``n_chunks`` chunks of a slab (traceable; rows: leading axis)."""
+        if self.mesh is None:
+            return self._local_slab(acc, theta, rows, w, n_chunks, plan)
+        from jax.sharding import PartitionSpec as P
+
+        rep, split = P(), P(self.mesh.axis_names)
+
+        def per_device(theta, rows, w, n_chunks, plan):
+            zero = Moments(*(jnp.zeros(x.shape, x.dtype) for x in acc))
+            local = self._local_slab(zero, theta, rows, w, n_chunks[0], plan)
+            return lax.psum(local, self.mesh.axis_names)
+
+        total = jax.shard_map(per_device, mesh=self.mesh, in_specs=(rep, split, split, split, rep), out_specs=rep,
+                              check_vma=False)(theta, rows, w, n_chunks, plan)
+        return jax.tree.map(jnp.add, acc, total)
+
+    def _local_slab(self, acc, theta, rows, w, n_chunks, plan):
+        c = self.chunk
+
+        def body(i, acc):
+            cut = lambda a: lax.dynamic_slice_in_dim(a, i * c, c)  # noqa: E731
+            return self.add_chunk(acc, theta, jax.tree.map(cut, rows), cut(w), plan)
+
+        return lax.fori_loop(0, n_chunks, body, acc)
+
+    def _per_row(self, theta, rows, per_chunk):
+        """(rows, K) outputs of ``per_chunk(theta, chunk_rows) -> (chunk, K)`` over a slab, chunk by chunk."""
+        n = jax.tree.leaves(rows)[0].shape[0]
+        shaped = jax.tree.map(lambda a: a.reshape((n // self.chunk, self.chunk) + a.shape[1:]), rows)
+        cast = lambda r: {name: v.astype(theta.dtype) for name, v in r.items()}  # noqa: E731
+        return lax.map(lambda r: per_chunk(theta, cast(r)), shaped).reshape(n, -1)
+
+    def row_values(self, theta, rows):
+        """(rows, K) per-row ψ of the whole stack on a slab (influence functions, cluster totals)."""
+        def chunk(theta, rows):
+            return jnp.concatenate([jax.vmap(lambda row: self._call(b, self._inputs(b, theta), row))(rows)
+                                    for b in self.spec.blocks], axis=1)
+        return self._per_row(theta, rows, chunk)
+
+    def row_leverages(self, theta, rows, j_inv):
+        """(rows, K) per-row diag(J_i J⁻¹), J_i = ∂ψ_i/∂θ, J⁻¹ given (Fay's correction), block by block."""
+        eq = self.spec.equation_offsets()
+
+        def chunk(theta, rows):
+            out = []
+            for b in self.spec.blocks:
+                idx = np.concatenate([np.arange(a, z) for a, z in self._segments(b)])
+                one = jax.jacfwd(lambda u, row: self._call(b, u, row))
+                jac = jax.vmap(one, in_axes=(None, 0))(theta[idx], rows)  # (chunk, k_b, n_in)
+                out.append(jnp.einsum("cel,le->ce", jac, j_inv[idx][:, eq[b.name]]))
+            return jnp.concatenate(out, axis=1)
+        return self._per_row(theta, rows, chunk)
 
 
-def row_map(g: Callable, data, *, chunk_size: int = DEFAULT_CHUNK):
-    """``g(rows) -> (c, …)`` applied chunk by chunk and concatenated: per-row outputs (influence functions)."""
-    n = jax.tree.leaves(data)[0].shape[0]
-    chunk = min(chunk_size, n)
-    n_full, rest = divmod(n, chunk)
-    cut = lambda start, size: jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, start, size), data)  # noqa: E731
-    parts = []
-    if n_full:
-        parts.append(lax.map(lambda i: g(cut(i * chunk, chunk)), jnp.arange(n_full)).reshape(n_full * chunk, -1))
-    if rest:
-        parts.append(g(cut(n_full * chunk, rest)).reshape(rest, -1))
-    return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+def _closed_form(block) -> bool:
+    return not block.reads and block.mask is None and callable(getattr(block.psi, "chunk_sums", None))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def slab_sums(kernel: Kernel, acc, theta, rows, w, n_chunks, plan) -> Moments:
+    """:meth:`Kernel.slab_sums`, compiled once per kernel and slab shape: every pass of every fit runs it."""
+    return kernel.slab_sums(acc, theta, rows, w, n_chunks, plan)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def row_values(kernel: Kernel, theta, rows):
+    """:meth:`Kernel.row_values`, compiled on demand (influence functions, clustered meat)."""
+    return kernel.row_values(theta, rows)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def row_leverages(kernel: Kernel, theta, rows, j_inv):
+    """:meth:`Kernel.row_leverages`, compiled on demand (Fay's correction)."""
+    return kernel.row_leverages(theta, rows, j_inv)

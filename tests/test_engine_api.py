@@ -9,7 +9,6 @@ from scipy import stats
 import estimators as est
 import mestim
 from mestim.blocks import BlockSpec, solve_groups
-from mestim.fit import _group_sums
 
 
 def _ratio(theta, row):
@@ -119,10 +118,41 @@ def test_chunk_size_does_not_change_results(logit_df):
 def test_refit_of_same_shapes_does_not_recompile(logit_df):
     block = est.logistic("lg", "y", ["x1", "x2"])
     mestim.fit([block], logit_df)
-    before = _group_sums._cache_size()
     other = logit_df.assign(y=1.0 - logit_df.y)
-    mestim.fit([est.logistic("lg", "y", ["x1", "x2"])], other)  # a new but equal block, new data values
-    assert _group_sums._cache_size() == before
+    with mestim.compilations() as count:
+        mestim.fit([est.logistic("lg", "y", ["x1", "x2"])], other)  # a new but equal block, new data values
+    assert count.programs == 0
+
+
+def _user_logistic(theta, row):  # module level: the same ψ object in every fit
+    x = jnp.array([1.0, row["x1"], row["x2"]])
+    return (row["y"] - 1 / (1 + jnp.exp(-x @ theta))) * x
+
+
+def test_first_fit_of_a_new_psi_compiles_one_program_and_other_sizes_reuse_it():
+    rng = np.random.default_rng(8)
+
+    def data(n):
+        x1, x2 = rng.normal(size=n), rng.normal(size=n)
+        return {"x1": x1, "x2": x2, "y": (rng.random(n) < 1 / (1 + np.exp(-x1))).astype(float)}
+    with mestim.compilations() as first:
+        mestim.fit(_user_logistic, data(40_000), init=np.zeros(3))
+    assert first.programs <= 3, first
+    with mestim.compilations() as other_sizes:  # same size bucket (≥ 8 chunks): nothing new
+        for n in (35_000, 60_000, 250_000):
+            mestim.fit(_user_logistic, data(n), init=np.zeros(3))
+    assert other_sizes.programs == 0, other_sizes
+
+
+def test_bad_option_fails_before_any_work(logit_df):
+    with mestim.compilations() as count:
+        with pytest.raises(mestim.SpecificationError, match=r"correction='HC1': use one of \[None, 'df', 'fay'\]"):
+            mestim.fit([est.logistic("lg", "y", ["x1", "x2"])], logit_df, correction="HC1")
+        with pytest.raises(mestim.SpecificationError, match="weight_type='frequncy'.*did you mean 'frequency'"):
+            mestim.fit(_user_logistic, logit_df, init=np.zeros(3), weight_type="frequncy")
+        with pytest.raises(mestim.SpecificationError, match="max_iter=0"):
+            mestim.fit(_user_logistic, logit_df, init=np.zeros(3), max_iter=0)
+    assert count.programs == 0
 
 
 def test_same_inputs_give_bitwise_identical_results(logit_df):
@@ -145,20 +175,24 @@ def test_masked_block_ignores_nan_outside_mask(logit_df):
 @pytest.mark.parametrize("family", ["gaussian", "binomial", "poisson"])
 def test_closed_form_glm_jacobian_equals_autodiff(logit_df, family):
     """GLM blocks supply Σw∂ψ/∂β in closed form; it must equal reverse-mode autodiff of the same ψ."""
-    import jax.numpy as jnp
+    import dataclasses
 
-    from mestim.fit import prepare
-    from mestim.sums import chunk_moments
+    from mestim.problem import prepare
+    from mestim.sources import InMemory
+    from mestim.sums import Kernel, plan
 
     y = {"gaussian": "yc", "binomial": "y", "poisson": "w"}[family]
     df = logit_df.assign(m=(logit_df.x2 > -0.5).astype(float))
     stack = [est.glm("g", y, ["x1", "x2"], family=family, mask="m"),
              mestim.Block("d", lambda t, r, g: jnp.atleast_1d(r["x1"] * g[1] - t[0]), init=[0.0], reads=("g",))]
     problem = prepare(stack, df)
-    theta = jnp.asarray(problem.init) + 0.1
-    parts = problem.spec.block_parts()
-    assert parts[0].analytic and not parts[1].analytic  # a block that reads another keeps autodiff
-    closed = chunk_moments(parts, theta, problem.data, problem.w)
-    plain = chunk_moments(tuple(lambda t, r, p=p: p(t, r) for p in parts), theta, problem.data, problem.w)
-    np.testing.assert_allclose(closed.jac, plain.jac, rtol=1e-11, atol=1e-9)
-    np.testing.assert_allclose(closed.psi, plain.psi, rtol=1e-12, atol=1e-10)
+    glm_block = problem.spec.blocks[0]
+    assert callable(glm_block.psi.chunk_sums)
+    plain = dataclasses.replace(problem.spec, blocks=(  # the same ψ without its closed form: autodiff
+        dataclasses.replace(glm_block, psi=lambda b, row, f=glm_block.psi: f(b, row)),) + problem.spec.blocks[1:])
+    theta = problem.init + 0.1
+    every = plan(problem.spec, jacobian=("g", "d"))
+    closed = InMemory(Kernel(problem.spec, 256), problem.used, problem.w).sums(theta, every)
+    auto = InMemory(Kernel(plain, 256), problem.used, problem.w).sums(theta, every)
+    np.testing.assert_allclose(closed.jac, auto.jac, rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(closed.psi, auto.psi, rtol=1e-12, atol=1e-10)

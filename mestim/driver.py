@@ -1,0 +1,95 @@
+"""The one solve loop: every dependency level of a stack solved by :func:`mestim.solve.solve_host` over a row source.
+
+Level by level (:func:`mestim.blocks.solve_levels`; one level when ``solve="joint"``), each evaluation is one pass
+of the source with a plan that computes the level's values and Jacobian (residual-only for backtracking). A
+level's rows of the bread come from its last pass: later levels do not change the parameters they depend on.
+The passes of the last level also compute every block's values and the meat, so the pass that ends the solve
+already holds all the sandwich needs; no further pass over the rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .blocks import solve_levels
+from .errors import ConvergenceError, SingularBreadError
+from .options import FitOptions
+from .solve import CONVERGED, NONFINITE, SINGULAR, STATUS, SolverOptions, solve_host
+from .sums import Moments, plan
+
+
+def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
+    """(θ̂, the row sums at θ̂ with the whole stack's Jacobian and meat, Newton iterations)."""
+    spec = source.kernel.spec
+    every = tuple(b.name for b in spec.blocks)
+    levels = solve_levels(spec.blocks) if options.solve == "blockwise" else [every]
+    offsets, equations = spec.offsets(), spec.equation_offsets()
+    solver = SolverOptions(options.max_iter, options.xtol, options.gtol)
+    theta = np.array(init, float)
+    jac = np.zeros((spec.equations, spec.dim))
+    iterations = 0
+    for number, level in enumerate(levels):
+        last = number == len(levels) - 1
+        idx = np.concatenate([np.arange(offsets[b].start, offsets[b].stop) for b in level])
+        eqs = np.concatenate([np.arange(equations[b].start, equations[b].stop) for b in level])
+        with_jac = plan(spec, values=every if last else level, jacobian=level, meat=last, sampling=options.sampling)
+        residual_only = plan(spec, values=level)
+        seen = {}  # the last evaluation with a Jacobian, by point
+
+        def evaluate(t, want_jac):
+            full = theta.copy()
+            full[idx] = t
+            m = source.sums(full, with_jac if want_jac else residual_only)
+            if want_jac:
+                seen.clear()
+                seen[t.tobytes()] = m
+            return m.psi[eqs], (m.jac[np.ix_(eqs, idx)] if want_jac else None)
+
+        state = solve_host(evaluate, theta[idx], lambda: source.sum_w, solver)
+        if state.status != CONVERGED:
+            raise_for_status(state, level, [labels[i] for i in idx], source.sum_w)
+        theta[idx] = state.theta
+        final = seen.get(np.asarray(state.theta).tobytes()) or source.sums(theta, with_jac)
+        jac[eqs] = final.jac[eqs]
+        iterations += int(state.iterations)
+    return theta, Moments(final.psi, jac, final.meat, final.sum_w), iterations
+
+
+def raise_for_status(state, level, labels, scale) -> None:
+    """The error for a level that did not converge, naming its blocks, its last θ and what to try."""
+    names = ", ".join(f"'{g}'" for g in level)
+    text, advice = STATUS[int(state.status)]
+    residual = float(state.residual) if np.all(np.isfinite(state.r)) else float("inf")
+    zero = _derivative_zero(state.jac, labels)
+    if zero:
+        raise SingularBreadError(
+            f"block(s) {names}: ψ does not vary with {zero} (its derivative is zero at θ = "
+            f"{np.round(np.asarray(state.theta), 4).tolist()[:8]}): an estimating function built from indicators "
+            "or step functions (a quantile, 1{y ≤ θ}) has a zero derivative almost everywhere, so Newton's method "
+            "and the bread need another derivative; otherwise check that ψ uses these parameters")
+    if int(state.status) == SINGULAR:
+        from .covariance import BreadFactor
+
+        factor = BreadFactor.of(-np.asarray(state.jac), labels) if np.all(np.isfinite(state.jac)) else None
+        cond = f" (condition number {factor.condition:.3g})" if factor is not None else ""
+        involved = factor.involved if factor is not None else labels
+        raise SingularBreadError(
+            f"block(s) {names}: the Jacobian of Σψ became singular{cond} after {int(state.iterations)} "
+            f"iteration(s); parameters {involved} are not identified: {advice.split(': ', 1)[1]}")
+    where = ""
+    if int(state.status) == NONFINITE:
+        bad = sorted({labels[j] for j in np.argwhere(~np.isfinite(np.asarray(state.jac)))[:, 1]})
+        bad_r = [labels[j] for j in np.flatnonzero(~np.isfinite(np.asarray(state.r)))]
+        where = (f"; ψ is non-finite for {bad_r}" if bad_r else "") + (
+            f"; its derivative is non-finite with respect to {bad}" if bad else "")
+    shown = np.round(np.asarray(state.theta)[:8], 4).tolist()
+    raise ConvergenceError(
+        f"block(s) {names} did not converge: {text} after {int(state.iterations)} iteration(s); final residual "
+        f"‖Σψ‖∞ = {residual:.3g} (per unit weight {residual / scale:.3g}){where}; last θ for "
+        f"{labels[:8]}{'…' if len(labels) > 8 else ''} = {shown}; {advice}")
+
+
+def _derivative_zero(jac, labels) -> list[str]:
+    """All the level's parameters when its Jacobian is exactly zero (ψ does not vary with θ), else none."""
+    jac = np.asarray(jac)
+    return list(labels) if jac.size and np.all(jac == 0) else []

@@ -1,0 +1,168 @@
+"""``fit`` and ``sandwich``: from estimating functions and a table to a :class:`~mestim.results.Result`.
+
+Each is four steps: options checked (:class:`~mestim.options.FitOptions`, before any work) → the problem prepared
+on the host (:func:`mestim.problem.prepare`) → a row source on the device (:class:`~mestim.sources.InMemory`) →
+the one solve loop (:func:`mestim.driver.solve_stack`) → :func:`assemble` (the sandwich and the Result).
+"""
+
+from __future__ import annotations
+
+import warnings as _warnings
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+
+from .covariance import WARN_COND, BreadFactor, cluster_meat, df_factor, fay_meat, sandwich_covariance
+from .driver import solve_stack
+from .errors import DataError, MestimWarning, SpecificationError
+from .options import FitOptions
+from .problem import Problem, prepare
+from .results import Result
+from .sources import InMemory, device_mesh
+from .sums import Kernel, Moments, chunk_rows, plan
+
+EXTREME_WEIGHT = 1e6  # a row weighing this many times the median row: almost surely a data error
+DOMINANT_SHARE = 0.5  # one row carrying this share of the total weight, among ≥ 10 rows
+
+
+def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weights=None,
+        weight_type: str = "frequency", cluster=None, correction: str | None = None, solve: str = "blockwise",
+        chunk_size: int | None = None, max_iter: int = 100, xtol: float = 1e-10, gtol: float = 1e-12,
+        devices=None, data_dtype=None) -> Result:
+    """Solve Σ_i w_i ψ(θ; row_i) = 0 and return θ̂ with its sandwich covariance.
+
+    Args:
+        estimator: ``psi(theta, row) -> array`` (one block), a :class:`~mestim.Block`, or a sequence of blocks.
+        data: dict of equal-length arrays, or a pandas/polars DataFrame. ``row`` maps column name → value.
+        init: starting θ for a single ψ (blocks carry their own).
+        names: parameter names for a single ψ.
+        weights: column name or array of row weights.
+        weight_type: ``"frequency"`` (a row of weight w counts as w rows: same answer as expanded rows) or
+            ``"sampling"`` (inverse-probability weights: meat Σ w² ψψᵀ, n = number of rows).
+        cluster: column name or array of cluster labels: meat Σ_g U_g U_gᵀ over cluster totals U_g = Σ_{i∈g} w ψ.
+        correction: None, ``"df"`` (n/(n−p)) or ``"fay"`` (Fay's bias-corrected meat, b = 0.75).
+        solve: ``"blockwise"`` (one solve per dependency level, see :mod:`mestim.blocks`) or ``"joint"``.
+        chunk_size: rows per chunk in every sum over rows (memory is O(chunk · p²)); default: chosen from the
+            stack's size and the device (:func:`mestim.sums.chunk_rows`).
+        max_iter, xtol, gtol: solver limits (see :mod:`mestim.solve`).
+        devices: shard the rows over devices (:mod:`mestim.scale`): an int (the first k devices), a list of
+            devices, a :class:`jax.sharding.Mesh`, or ``"all"``; every sum becomes a cross-device reduction.
+        data_dtype: ``"float32"`` stores the columns ψ reads in float32 on the device (half the memory and
+            bandwidth); ψ, θ and every sum stay float64. Default float64.
+    """
+    options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype)
+    mesh = None if devices is None else device_mesh(devices)
+    problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster)
+    source = InMemory(kernel_for(problem, options, mesh), problem.used, problem.w, dtype=options.data_dtype)
+    theta, moments, iterations = solve_stack(source, problem.init, problem.labels, options)
+    return assemble(problem, source, theta, moments, options, iterations=iterations)
+
+
+def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="frequency", cluster=None,
+             correction=None, chunk_size=None) -> Result:
+    """The sandwich covariance at a given θ, without solving (θ in the same form as ``init``; for a stack, the
+    flat concatenation of the blocks' parameters or a dict of them)."""
+    options = FitOptions(weight_type, correction, chunk_size=chunk_size)
+    problem = prepare(estimator, data, theta if _single(estimator) else None, names=names, weights=weights,
+                      cluster=cluster)
+    if isinstance(theta, Mapping):
+        theta = np.concatenate([np.atleast_1d(np.asarray(theta[b.name], float)) for b in problem.spec.blocks])
+    theta = np.asarray(theta, float).ravel()
+    if theta.size != problem.spec.dim:
+        raise SpecificationError(f"theta has {theta.size} values; the stack has {problem.spec.dim} parameters")
+    source = InMemory(kernel_for(problem, options, None), problem.used, problem.w)
+    every = tuple(b.name for b in problem.spec.blocks)
+    moments = source.sums(theta, plan(problem.spec, values=every, jacobian=every, meat=True,
+                                      sampling=options.sampling))
+    return assemble(problem, source, theta, moments, options, iterations=0,
+                    status="not solved (sandwich at the given θ)")
+
+
+def kernel_for(problem: Problem, options: FitOptions, mesh=None) -> Kernel:
+    """The stack's kernel: chunks of ``options.chunk_size`` rows, or sized for the stack and the device, and
+    no larger than the data (a power of two ≥ 64: tiny data sets do not sum thousands of padding rows)."""
+    platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+    chunk = options.chunk_size or min(chunk_rows(problem.spec, platform), max(64, 1 << (problem.n_rows - 1).bit_length()))
+    return Kernel(problem.spec, int(chunk), mesh)
+
+
+def assemble(problem: Problem, source, theta, moments: Moments, options: FitOptions, *, iterations: int,
+             status: str = "converged", notes=(), checks: bool = True) -> Result:
+    """The Result from the row sums at θ̂ (shared by in-memory, sharded and streamed fits).
+
+    ``checks=False`` (a stream, which never holds all rows) skips the blocks' post-fit checks and the weight
+    diagnostics, which need every row."""
+    labels, spec = problem.labels, problem.spec
+    if not np.all(np.isfinite(moments.psi)):
+        bad = [labels[i] for i in np.flatnonzero(~np.isfinite(moments.psi))]
+        raise DataError(f"ψ is not finite at θ̂ for parameter(s) {bad}: check the data and ψ for log(0), 1/0, …")
+    clustered = problem.cluster is not None
+    if clustered and problem.n_clusters < 2:
+        raise DataError("the cluster column has a single cluster: the clustered meat needs at least two")
+    bread = -np.asarray(moments.jac)
+    factor = BreadFactor.of(bread, labels)
+    factor.check()
+    bread_inv = factor.inverse()
+    n = source.sum_w if options.weight_type == "frequency" else float(source.n_rows)
+    meat = np.asarray(moments.meat)
+    if options.correction == "fay":
+        meat = fay_meat(source.row_values(theta), source.row_leverages(theta, -bread_inv), problem.w, problem.cluster,
+                        problem.n_clusters)
+    elif clustered:
+        meat = cluster_meat(source.row_values(theta), problem.w, problem.cluster, problem.n_clusters)
+    vcov = sandwich_covariance(bread_inv, meat)
+    if options.correction == "df":
+        vcov = vcov * df_factor(problem.n_clusters if clustered else n, theta.size)
+    warnings = _warnings_for(problem, factor, theta, checks)
+    for message in warnings:
+        _warnings.warn(message, MestimWarning, stacklevel=3)
+    kernel = source.kernel
+    return Result(np.asarray(theta, float), vcov, labels, blocks=spec.offsets(), n=n, n_rows=source.n_rows,
+                  n_clusters=problem.n_clusters if clustered else None, correction=options.correction,
+                  converged=status == "converged", status=status, iterations=iterations,
+                  residual_norm=float(np.max(np.abs(moments.psi))), bread_cond=factor.condition,
+                  warnings=tuple(warnings), notes=tuple(problem.notes) + tuple(notes), bread=bread, meat=meat,
+                  flat_theta=problem.single,
+                  _influence=lambda: _influence(kernel, problem, options, theta, n * bread_inv))
+
+
+def _influence(kernel: Kernel, problem: Problem, options: FitOptions, theta, scaled_inv) -> np.ndarray:
+    """φ_i = B⁻¹ψ_i with B = A/n, from the problem's host columns (a Result holds no device data; it holds the
+    host data through this closure)."""
+    source = InMemory(kernel, problem.used, problem.w, dtype=options.data_dtype)
+    return source.row_values(theta) @ scaled_inv.T
+
+
+def _warnings_for(problem: Problem, factor: BreadFactor, theta, checks: bool) -> list[str]:
+    out = []
+    if factor.condition > WARN_COND:
+        out.append(f"the bread is ill-conditioned (condition number {factor.condition:.3g}); parameters "
+                   f"{factor.involved} are nearly collinear or weakly identified, so their SEs are unreliable")
+    if problem.cluster is not None and problem.n_clusters == problem.n_rows:
+        out.append("every cluster has one row: the clustered sandwich equals the unclustered one")
+    if checks:
+        out += _weight_warnings(problem.w, factor)
+        offs = problem.spec.offsets()
+        for b in problem.blocks:
+            if b.check is not None:
+                out += list(b.check(np.asarray(theta)[offs[b.name]], problem.columns) or [])
+    return out
+
+
+def _weight_warnings(w: np.ndarray, factor: BreadFactor) -> list[str]:
+    """One row carrying the fit: a weight far above the median, or most of the total weight among many rows."""
+    positive = w[w > 0]
+    top = int(np.argmax(w))
+    share, ratio = w[top] / w.sum(), w[top] / np.median(positive)
+    if ratio > EXTREME_WEIGHT or (share > DOMINANT_SHARE and positive.size >= 10):
+        return [f"extreme weight: row {top} has weight {w[top]:.3g}, {ratio:.3g} times the median weight, and "
+                f"carries {share:.1%} of the total weight, so the estimates rest on that row (bread condition "
+                f"number {factor.condition:.3g}): check the weights column (units, an id column given as weights)"]
+    return []
+
+
+def _single(estimator) -> bool:
+    from .blocks import Block
+
+    return callable(estimator) and not isinstance(estimator, Block)

@@ -1,0 +1,217 @@
+"""From an estimator and a table to a :class:`Problem`: blocks prepared, ψ traced, the columns it reads validated.
+
+Steps, all on the host: (1) turn the estimator into blocks and let each registered block prepare its columns
+and starting values; (2) trace every ψ once on abstract values (``jax.eval_shape``: nothing is compiled) to learn
+which columns it reads and check that it returns one value per parameter; (3) validate exactly those columns
+(present, numeric, finite in the rows the blocks use).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import data as datamod
+from .blocks import Block, BlockSpec, StackSpec, solve_groups
+from .errors import DataError, SpecificationError
+
+MASK_PREFIX = "mask:"  # device column holding a user block's row mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A stack ready to be summed over rows: its spec, starting values and the host columns ψ reads."""
+
+    spec: StackSpec
+    blocks: tuple[Block, ...]
+    labels: tuple[str, ...]
+    init: np.ndarray
+    columns: dict  # every host column (raw + prepared), for the blocks' post-fit checks
+    used: dict  # the columns ψ reads (float64 host arrays), masks of user blocks included
+    w: np.ndarray
+    cluster: np.ndarray | None
+    n_clusters: int
+    notes: tuple[str, ...]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.w.shape[0])
+
+    @property
+    def single(self) -> bool:
+        """One block: ``delta`` and labels use a flat θ."""
+        return len(self.blocks) == 1
+
+
+def as_blocks(estimator, init=None, names=None) -> list[Block]:
+    """The estimator as a list of blocks: ``psi(theta, row)`` (with ``init``), a Block, or a list of Blocks."""
+    if isinstance(estimator, Block):
+        return [estimator]
+    if callable(estimator):
+        if init is None:
+            raise SpecificationError("init= is required: give starting values, one per parameter")
+        return [Block("theta", estimator, init=init, labels=tuple(names) if names is not None else None)]
+    try:
+        blocks = list(estimator)
+    except TypeError:
+        blocks = []
+    if not blocks or not all(isinstance(b, Block) for b in blocks):
+        raise SpecificationError("the estimator must be a function psi(theta, row), a Block, or a list of Blocks")
+    seen = [b.name for b in blocks]
+    dup = sorted({n for n in seen if seen.count(n) > 1})
+    if dup:
+        raise SpecificationError(f"block names must be unique; repeated: {dup}")
+    return blocks
+
+
+def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=None) -> Problem:
+    """Blocks prepared, ψ traced and checked, the columns it reads validated (host arrays only)."""
+    single = callable(estimator) and not isinstance(estimator, Block)
+    if init is not None and not single:
+        raise SpecificationError("init= is for a single ψ; blocks carry their own starting values")
+    blocks = as_blocks(estimator, init, names)
+    cols = datamod.as_columns(data)
+    n = datamod.n_rows(cols)
+    all_cols = dict(cols)
+    specs, labels, inits, notes, masks = [], [], [], [], {}
+    for b in blocks:
+        prep = b.prepare(all_cols) if b.prepare is not None else None
+        if prep is not None:
+            all_cols.update(prep.columns)
+            notes += [f"{b.name}: {t}" for t in prep.notes]
+        start = _start(b, prep)
+        blabels = b.labels or (prep.labels if prep is not None else None) or tuple(str(i) for i in range(start.size))
+        if len(blabels) != start.size:
+            raise SpecificationError(f"block '{b.name}' has {len(blabels)} labels for {start.size} parameters")
+        psi = prep.psi if prep is not None and prep.psi is not None else b.psi
+        if psi is None:
+            raise SpecificationError(f"block '{b.name}' has no estimating function psi")
+        mask = None
+        if b.mask is not None:
+            mask = MASK_PREFIX + b.name
+            masks[mask] = datamod.row_mask(all_cols, b.mask, n)
+            if not masks[mask].any():
+                raise DataError(f"block '{b.name}' has no rows: its mask selects none of the {n} rows")
+        specs.append(BlockSpec(b.name, psi, b.reads, start.size, mask=mask))
+        inits.append(start)
+        labels += [lab if len(blocks) == 1 else f"{b.name}:{lab}" for lab in blabels]
+    spec = StackSpec(tuple(specs))
+    solve_groups(spec.blocks)  # validates 'reads'
+    reads = traced_columns(spec, all_cols)
+    used = {}
+    for name in sorted(set().union(*reads)):
+        values = datamod.require_numeric(all_cols, name)
+        # NaN is allowed where every block that reads the column has masked the row out
+        rows = [None if b.mask is None else masks[b.mask] for b, r in zip(spec.blocks, reads) if name in r]
+        where = None if any(m is None for m in rows) else np.logical_or.reduce(rows)
+        datamod.check_finite(values, name, where=where)
+        used[name] = values if where is None else _zero_outside(values, where)
+    used.update({k: m.astype(float) for k, m in masks.items()})
+    w = datamod.row_weights(all_cols, weights, n)
+    codes, n_clusters = (None, 0) if cluster is None else datamod.cluster_codes(all_cols, cluster, n)
+    return Problem(spec, tuple(blocks), tuple(labels), np.concatenate(inits), all_cols, used, w, codes, n_clusters,
+                   tuple(notes))
+
+
+def _start(block: Block, prep) -> np.ndarray:
+    start = block.init if block.init is not None else (prep.init if prep is not None else None)
+    if start is None:
+        raise SpecificationError(f"block '{block.name}' has no starting values: give init=")
+    try:
+        start = np.asarray(start, float)
+    except (TypeError, ValueError):
+        raise SpecificationError(f"init of block '{block.name}' is not an array of numbers") from None
+    if start.ndim != 1 or start.size == 0:
+        raise SpecificationError(f"init of block '{block.name}' has shape {start.shape}; expected a 1-D array "
+                                 "with one value per parameter")
+    if not np.all(np.isfinite(start)):
+        raise SpecificationError(f"init of block '{block.name}' has non-finite values: give finite starting values")
+    return start
+
+
+def _zero_outside(values: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """NaN outside the rows that use a column becomes 0: a masked ψ multiplies it by 0, and 0·NaN is NaN."""
+    if np.all(np.isfinite(values)):
+        return values
+    return np.where(where.reshape((-1,) + (1,) * (values.ndim - 1)), values, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------- tracing
+class _RecordingRow(Mapping):
+    """A row that remembers which columns ψ reads and names a missing one clearly."""
+
+    def __init__(self, row, used, block, unusable):
+        self._row, self._used, self._block, self._unusable = row, used, block, unusable
+
+    def __getitem__(self, key):
+        if key in self._row:
+            self._used.add(key)
+            return self._row[key]
+        if key in self._unusable:
+            raise DataError(f"block '{self._block}' reads column '{key}', which is not numeric; recode it as numbers")
+        names = [k for k in self._row if not k.startswith(MASK_PREFIX)]
+        close = difflib.get_close_matches(str(key), names, n=3) or [k for k in names if k.lower() == str(key).lower()]
+        hint = f"; did you mean {close}?" if close else f"; available columns: {sorted(names)}"
+        raise DataError(f"block '{self._block}' reads column '{key}', which is not in the data{hint}")
+
+    def __iter__(self):
+        return iter(self._row)
+
+    def __len__(self):
+        return len(self._row)
+
+
+def traced_columns(spec: StackSpec, cols) -> tuple[frozenset[str], ...]:
+    """The columns each block's ψ reads, found by tracing ψ once on abstract rows (cached per column layout)."""
+    layout = tuple(sorted((k, v.shape[1:], v.dtype.kind in "biuf") for k, v in cols.items()))
+    return _traced_columns(spec, layout)
+
+
+@functools.lru_cache(maxsize=256)
+def _traced_columns(spec: StackSpec, layout) -> tuple[frozenset[str], ...]:
+    unusable = {k for k, _, numeric in layout if not numeric}
+    row = {k: jax.ShapeDtypeStruct(shape, jnp.float64) for k, shape, numeric in layout if numeric}
+    row.update({b.mask: jax.ShapeDtypeStruct((), jnp.float64) for b in spec.blocks if b.mask is not None})
+    params = {b.name: jax.ShapeDtypeStruct((b.dim,), jnp.float64) for b in spec.blocks}
+    reads = []
+    for b in spec.blocks:
+        used: set[str] = set()
+        call = lambda p, r, b=b: b.psi(p[b.name], _RecordingRow(r, used, b.name, unusable),  # noqa: E731
+                                       **{name: p[name] for name in b.reads})
+        try:
+            out = jax.eval_shape(call, params, row)
+        except (jax.errors.TracerBoolConversionError, jax.errors.ConcretizationTypeError,
+                jax.errors.TracerIntegerConversionError):
+            raise SpecificationError(
+                f"ψ of block '{b.name}' uses Python control flow (if, and/or, min/max, a comparison) on a value "
+                "that depends on θ or the data; ψ is traced by JAX, so write it with jnp.where(condition, a, b), "
+                "jnp.clip, jnp.minimum/jnp.maximum or jnp.abs instead") from None
+        except KeyError as e:
+            raise SpecificationError(f"block '{b.name}': ψ failed with KeyError {e} (does it read a block it does "
+                                     "not declare in reads=?)") from None
+        if b.mask is not None:
+            used.add(b.mask)
+        reads.append(frozenset(used))
+        _check_output(b, out)
+    return tuple(reads)
+
+
+def _check_output(b: BlockSpec, out) -> None:
+    if isinstance(out, (list, tuple)):
+        raise SpecificationError(f"ψ of block '{b.name}' returns a Python {type(out).__name__}; return one array: "
+                                 "jnp.array([...]) or jnp.stack([...])")
+    shape = getattr(out, "shape", None)
+    if shape is None:
+        raise SpecificationError(f"ψ of block '{b.name}' returns a {type(out).__name__}, not an array; return "
+                                 "jnp.array([...]) with one value per parameter")
+    size = int(np.prod(shape))
+    if len(shape) > 1 or size != b.dim:
+        raise SpecificationError(
+            f"ψ of block '{b.name}' returns shape {shape} but the block has {b.dim} parameter(s): "
+            "ψ must return one value per parameter (a 1-D array of the same length as init)")

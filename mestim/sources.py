@@ -1,0 +1,125 @@
+"""Where the rows come from: a row source turns θ and a plan into host sums, one pass over its rows.
+
+A source cuts its rows into slabs of fixed shape (:mod:`mestim.sums`) and runs the stack's one compiled program
+on each, accumulating on the device; one transfer brings the sums back. :class:`InMemory` places every slab on
+the device(s) once and reuses it on every pass; :class:`mestim.scale.Streamed` reads its slabs anew on every
+pass. The solver (:mod:`mestim.driver`) sees only ``sums(theta, plan)``.
+
+With several devices (a mesh), the rows are split into one contiguous part per device; slab i of every part
+together form one global slab, sharded along rows, and each device sums its own part (``psum`` adds them).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from .errors import SpecificationError
+
+from .sums import Kernel, Moments, row_leverages, row_values, slab_chunks, slab_sums
+
+
+def device_mesh(devices="all") -> Mesh:
+    """A one-axis mesh (axis ``"rows"``) from ``"all"``, a device count, a list of devices, or a Mesh."""
+    if isinstance(devices, Mesh):
+        return devices
+    available = jax.devices()
+    if isinstance(devices, str):
+        if devices != "all":
+            raise SpecificationError(f"devices={devices!r}: use 'all', a count, a list of devices or a Mesh")
+        chosen = available
+    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+        if not 1 <= devices <= len(available):
+            raise SpecificationError(f"devices={devices}: {len(available)} device(s) are available "
+                                     f"({available[0].platform})")
+        chosen = available[:devices]
+    else:
+        try:
+            chosen = list(devices)
+        except TypeError:
+            raise SpecificationError(f"devices={devices!r}: use 'all', a count, a list of devices or a Mesh") from None
+        if not chosen:
+            raise SpecificationError("devices=[]: give at least one device")
+    return Mesh(np.array(chosen), ("rows",))
+
+
+def layout(columns: dict, w: np.ndarray, chunk: int, parts: int = 1, capacity: int | None = None):
+    """Host slabs ``(rows, w, n_chunks)`` and the row count of each part.
+
+    The rows are split into ``parts`` contiguous parts (one per device), each padded to a whole number of slabs
+    of ``capacity`` chunks (default: the smallest capacity that holds a part) by repeating a real row with weight
+    0 (a repeated row keeps ψ finite where a zero row could give log(0) or 0/0, and 0·NaN is NaN). ``n_chunks``
+    has one entry per part: the chunks of that part's slab holding real rows.
+    """
+    n = w.shape[0]
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+    sizes = np.diff(bounds)
+    capacity = capacity or slab_chunks(-(-int(sizes.max()) // chunk))
+    size = capacity * chunk
+    n_slabs = max(1, -(-int(sizes.max()) // size))
+    padded = [_pad_part(columns, w, a, b, n_slabs * size) for a, b in zip(bounds[:-1], bounds[1:])]
+    out = []
+    for i in range(n_slabs):
+        cut = slice(i * size, (i + 1) * size)
+        rows = {k: np.concatenate([p[0][k][cut] for p in padded]) for k in columns}
+        weights = np.concatenate([p[1][cut] for p in padded])
+        filled = np.clip(sizes - i * size, 0, size)
+        out.append((rows, weights, (-(-filled // chunk)).astype(np.int32)))
+    return out, sizes
+
+
+def _pad_part(columns, w, a, b, total):
+    first = a if b > a else 0  # an empty part repeats row 0 with weight 0
+    extra = total - (b - a)
+    rows = {k: np.concatenate([v[a:b], np.repeat(v[first:first + 1], extra, axis=0)]) for k, v in columns.items()}
+    return rows, np.concatenate([w[a:b], np.zeros(extra, w.dtype)])
+
+
+def place(kernel: Kernel, host_slabs):
+    """Host slabs on the device (or sharded over the kernel's mesh)."""
+    if kernel.mesh is None:
+        return jax.device_put([(rows, w, n[0]) for rows, w, n in host_slabs])
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return jax.device_put(list(host_slabs), NamedSharding(kernel.mesh, PartitionSpec(kernel.mesh.axis_names)))
+
+
+def run_slabs(kernel: Kernel, device_slabs, theta, plan, acc=None):
+    """The accumulated row sums over device slabs (device arrays; nothing waits for the device)."""
+    acc = kernel.zeros() if acc is None else acc
+    for rows, w, n_chunks in device_slabs:
+        acc = slab_sums(kernel, acc, theta, rows, w, n_chunks, plan)
+    return acc
+
+
+class InMemory:
+    """Rows held on the device(s) as slabs, summed by the stack's compiled program on every pass."""
+
+    def __init__(self, kernel: Kernel, columns: dict, w: np.ndarray, *, dtype=None):
+        self.kernel, self.n_rows, self.sum_w, self.passes = kernel, int(w.shape[0]), float(np.sum(w)), 0
+        columns = {k: v.astype(dtype or np.float64, copy=False) for k, v in columns.items()}
+        parts = 1 if kernel.mesh is None else kernel.mesh.size
+        host, self._sizes = layout(columns, np.asarray(w, float), kernel.chunk, parts)
+        self._slabs = place(kernel, host)
+
+    def sums(self, theta, plan) -> Moments:
+        """The row sums at ``theta`` (host arrays), one pass over the device slabs."""
+        acc = run_slabs(self.kernel, self._slabs, jax.device_put(np.asarray(theta, float)), plan)
+        self.passes += 1
+        return Moments(*jax.device_get(acc))
+
+    def row_values(self, theta) -> np.ndarray:
+        """(n_rows, K) per-row ψ at ``theta``, in the rows' original order."""
+        return self._per_row(row_values, theta)
+
+    def row_leverages(self, theta, j_inv) -> np.ndarray:
+        """(n_rows, K) per-row diag(J_i J⁻¹) at ``theta`` (Fay's correction)."""
+        return self._per_row(row_leverages, theta, np.asarray(j_inv))
+
+    def _per_row(self, program, theta, *args) -> np.ndarray:
+        theta = jax.device_put(np.asarray(theta, float))
+        per_slab = [np.asarray(program(self.kernel, theta, rows, *args)) for rows, _, _ in self._slabs]
+        parts = len(self._sizes)
+        by_part = np.concatenate([v.reshape(parts, -1, v.shape[-1]) for v in per_slab], axis=1)
+        return np.concatenate([by_part[d, :size] for d, size in enumerate(self._sizes)])
