@@ -98,6 +98,37 @@ def mestim_stack(workload: str):
     raise ValueError(workload)
 
 
+def w2_user_psi(theta, row):
+    """W2 written by a user as ONE ψ of 27 parameters (participation 11, treatment 15, estimand 1): no registered
+    blocks, no closed forms — what issue 9 measures against the one-jit yardstick and delicatessen."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.array([1.0] + [row[c] for c in XCOLS])
+    xt = jnp.concatenate([x, jnp.array([row[t] for t in TRIALS])])
+    bp, bt, tau = theta[:11], theta[11:26], theta[26]
+    p, e = jax.nn.sigmoid(x @ bp), jax.nn.sigmoid(xt @ bt)
+    r, a, y = row["R"], row["A"], row["Y"]
+    estimand = r * (1.0 - p) / p * (a * y / e - (1.0 - a) * y / (1.0 - e)) - (1.0 - r) * tau
+    return jnp.concatenate([(r - p) * x, r * (a - e) * xt, jnp.atleast_1d(estimand)])
+
+
+def one_jit_fit(psi, steps: int = 8):
+    """The yardstick of ``shared/spec/performance.md``: a fit written as ~10 lines of JAX in one ``jit`` (vmap ψ,
+    jacrev of Σψ, a fixed number of Newton steps, sandwich). ``fit(theta0, data) -> (theta, vcov)``."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def fit(theta, data):
+        G = lambda t: jax.vmap(lambda r: psi(t, r))(data).sum(0)  # noqa: E731
+        theta = jax.lax.fori_loop(0, steps, lambda i, t: t - jnp.linalg.solve(jax.jacrev(G)(t), G(t)), theta)
+        f = jax.vmap(lambda r: psi(theta, r))(data)
+        a_inv = jnp.linalg.inv(jax.jacrev(G)(theta))
+        return theta, a_inv @ (f.T @ f) @ a_inv.T
+    return fit
+
+
 def add_design(cols: dict) -> dict:
     """Adds ``X1`` = (1, x1..x10), the full-population design the W3 estimand evaluates g₁, g₀ on."""
     n = cols["x1"].shape[0]

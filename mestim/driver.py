@@ -47,7 +47,10 @@ def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
 
         state = solve_host(evaluate, theta[idx], lambda: source.sum_w, solver)
         if state.status != CONVERGED:
-            raise_for_status(state, level, [labels[i] for i in idx], source.sum_w)
+            at = theta.copy()
+            at[idx] = state.theta
+            rows = source.nonfinite_rows(at) if state.status == NONFINITE and hasattr(source, "nonfinite_rows") else None
+            raise_for_status(state, level, [labels[i] for i in idx], source.sum_w, rows)
         theta[idx] = state.theta
         final = seen.get(np.asarray(state.theta).tobytes()) or source.sums(theta, with_jac)
         jac[eqs] = final.jac[eqs]
@@ -55,7 +58,7 @@ def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
     return theta, Moments(final.psi, jac, final.meat, final.sum_w), iterations
 
 
-def raise_for_status(state, level, labels, scale) -> None:
+def raise_for_status(state, level, labels, scale, nonfinite_rows=None) -> None:
     """The error for a level that did not converge, naming its blocks, its last θ and what to try."""
     names = ", ".join(f"'{g}'" for g in level)
     text, advice = STATUS[int(state.status)]
@@ -82,6 +85,10 @@ def raise_for_status(state, level, labels, scale) -> None:
         bad_r = [labels[j] for j in np.flatnonzero(~np.isfinite(np.asarray(state.r)))]
         where = (f"; ψ is non-finite for {bad_r}" if bad_r else "") + (
             f"; its derivative is non-finite with respect to {bad}" if bad else "")
+        if nonfinite_rows is not None:
+            for kind, rows in zip(("ψ", "its derivative"), nonfinite_rows):
+                if rows.size:
+                    where += f"; {kind} is non-finite first at row(s) {rows[:5].tolist()} ({rows.size} rows in all)"
     shown = np.round(np.asarray(state.theta)[:8], 4).tolist()
     raise ConvergenceError(
         f"block(s) {names} did not converge: {text} after {int(state.iterations)} iteration(s); final residual "

@@ -80,11 +80,11 @@ def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="f
 
 
 def kernel_for(problem: Problem, options: FitOptions, mesh=None) -> Kernel:
-    """The stack's kernel: chunks of ``options.chunk_size`` rows, or sized for the stack and the device, and
-    no larger than the data (a power of two ≥ 64: tiny data sets do not sum thousands of padding rows)."""
+    """The stack's kernel: chunks of ``options.chunk_size`` rows, or chosen by :func:`mestim.sums.chunk_rows` from
+    the stack, the device and the rows per device."""
     platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
-    chunk = options.chunk_size or min(chunk_rows(problem.spec, platform), max(64, 1 << (problem.n_rows - 1).bit_length()))
-    return Kernel(problem.spec, int(chunk), mesh)
+    rows = -(-problem.n_rows // (1 if mesh is None else mesh.size))
+    return Kernel(problem.spec, options.chunk_size or chunk_rows(problem.spec, platform, rows), mesh, platform)
 
 
 def assemble(problem: Problem, source, theta, moments: Moments, options: FitOptions, *, iterations: int,

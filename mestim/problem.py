@@ -105,7 +105,7 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
     solve_groups(spec.blocks)  # validates 'reads'
     reads = traced_columns(spec, all_cols)
     used = {}
-    for name in sorted(set().union(*reads)):
+    for name in sorted(set().union(*reads) - set(masks)):
         values = datamod.require_numeric(all_cols, name)
         # NaN is allowed where every block that reads the column has masked the row out
         rows = [None if b.mask is None else masks[b.mask] for b, r in zip(spec.blocks, reads) if name in r]
@@ -113,8 +113,8 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
         datamod.check_finite(values, name, where=where)
         used[name] = values if where is None else _zero_outside(values, where)
     used.update({k: m.astype(float) for k, m in masks.items()})
-    w = datamod.row_weights(all_cols, weights, n)
-    codes, n_clusters = (None, 0) if cluster is None else datamod.cluster_codes(all_cols, cluster, n)
+    w = datamod.row_weights(cols, weights, n)  # the user's own columns (not the blocks' prepared ones)
+    codes, n_clusters = (None, 0) if cluster is None else datamod.cluster_codes(cols, cluster, n)
     return Problem(spec, tuple(blocks), tuple(labels), np.concatenate(inits), all_cols, used, w, codes, n_clusters,
                    tuple(notes))
 

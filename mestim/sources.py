@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 
 from .errors import SpecificationError
 
-from .sums import Kernel, Moments, row_leverages, row_values, slab_chunks, slab_sums
+from .sums import Kernel, Moments, row_leverages, row_nonfinite, row_values, slab_chunks, slab_sums
 
 
 def device_mesh(devices="all") -> Mesh:
@@ -116,6 +116,11 @@ class InMemory:
     def row_leverages(self, theta, j_inv) -> np.ndarray:
         """(n_rows, K) per-row diag(J_i J⁻¹) at ``theta`` (Fay's correction)."""
         return self._per_row(row_leverages, theta, np.asarray(j_inv))
+
+    def nonfinite_rows(self, theta) -> tuple[np.ndarray, np.ndarray]:
+        """Row numbers where ψ, and where its derivative, is NaN or infinite at ``theta``."""
+        bad = self._per_row(row_nonfinite, theta).astype(bool)
+        return np.flatnonzero(bad[:, 0]), np.flatnonzero(bad[:, 1])
 
     def _per_row(self, program, theta, *args) -> np.ndarray:
         theta = jax.device_put(np.asarray(theta, float))

@@ -41,6 +41,8 @@ SLAB_CHUNKS = (1, 8, 64)  # slab capacities, in chunks: a new size of data costs
 # Chunk sizing: rows × (equations × inputs) of the largest block's Jacobian work per chunk, per backend.
 CHUNK_BUDGET = {"cpu": 1 << 17, "default": 1 << 24}
 CHUNK_LIMITS = {"cpu": (64, 4096), "default": (256, 1 << 16)}
+SINGLE_CHUNK = {"cpu": 1 << 22, "default": 1 << 26}  # data up to this many rows × width: one chunk, no loop
+SINGLE_CHUNK_ROWS = 1 << 14
 
 
 class Moments(NamedTuple):
@@ -56,14 +58,30 @@ def plan(spec: StackSpec, values=(), jacobian=(), meat=False, sampling=False) ->
     return np.array(modes + [int(meat), int(sampling)], np.int32)
 
 
-def chunk_rows(spec: StackSpec, platform: str) -> int:
-    """Rows per chunk: a power of two that keeps one chunk's Jacobian work (rows × k_b × inputs_b of the largest
-    block) within a cache-sized budget on a CPU, and large on an accelerator (fewer, fuller kernels)."""
+def chunk_rows(spec: StackSpec, platform: str, n_rows: int | None = None) -> int:
+    """Rows per chunk, a power of two.
+
+    Data that fit in one chunk of at most ``SINGLE_CHUNK`` (rows × the largest block's k_b × inputs_b) are summed
+    as one chunk of the next power of two rows: no loop, the quickest program to compile (padding costs at most
+    as many rows again). Larger data are cut into chunks that keep a block's Jacobian work within a cache-sized
+    budget on a CPU, and large on an accelerator (fewer, fuller kernels).
+    """
     key = platform if platform in CHUNK_BUDGET else "default"
     lo, hi = CHUNK_LIMITS[key]
-    width = max(b.equations * _n_inputs(spec, b) for b in spec.blocks)
-    rows = CHUNK_BUDGET[key] // max(width, 1)
-    return int(min(max(1 << max(int(rows).bit_length() - 1, 0), lo), hi))
+    width = max(max(b.equations * _n_inputs(spec, b) for b in spec.blocks), 1)
+    if n_rows is not None:
+        whole = _pow2_ceil(max(n_rows, lo))
+        if whole * width <= SINGLE_CHUNK[key] and whole <= SINGLE_CHUNK_ROWS:
+            return whole
+    return int(min(max(_pow2_floor(CHUNK_BUDGET[key] // width), lo), hi))
+
+
+def _pow2_floor(x: int) -> int:
+    return 1 << max(int(x).bit_length() - 1, 0)
+
+
+def _pow2_ceil(x: int) -> int:
+    return 1 << max(int(x) - 1, 0).bit_length()
 
 
 def slab_chunks(n_chunks: int) -> int:
@@ -83,6 +101,7 @@ class Kernel:
     spec: StackSpec
     chunk: int
     mesh: object = None  # jax.sharding.Mesh whose devices each sum their own rows (None: one device)
+    platform: str = "cpu"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -168,6 +187,8 @@ class Kernel:
 
     def _local_slab(self, acc, theta, rows, w, n_chunks, plan):
         c = self.chunk
+        if w.shape[0] == c:  # a one-chunk slab needs no loop (padding and empty parts have weight 0)
+            return self.add_chunk(acc, theta, rows, w, plan)
 
         def body(i, acc):
             cut = lambda a: lax.dynamic_slice_in_dim(a, i * c, c)  # noqa: E731
@@ -204,20 +225,50 @@ class Kernel:
         return self._per_row(theta, rows, chunk)
 
 
+    def row_nonfinite(self, theta, rows):
+        """(rows, 2) per row: does ψ_i, does ∂ψ_i/∂θ hold NaN or inf? (to name the rows where a fit fails)"""
+        def chunk(theta, rows):
+            bad_value, bad_jac = [], []
+            for b in self.spec.blocks:
+                u = self._inputs(b, theta)
+                one = lambda u, row, b=b: self._call(b, u, row)  # noqa: E731
+                bad_value.append(~jnp.all(jnp.isfinite(jax.vmap(one, (None, 0))(u, rows)), axis=1))
+                jac = jax.vmap(jax.jacfwd(one), (None, 0))(u, rows)
+                bad_jac.append(~jnp.all(jnp.isfinite(jac), axis=(1, 2)))
+            return jnp.stack([jnp.any(jnp.stack(bad_value), 0), jnp.any(jnp.stack(bad_jac), 0)], axis=1)
+        return self._per_row(theta, rows, chunk)
+
+
 def _closed_form(block) -> bool:
     return not block.reads and block.mask is None and callable(getattr(block.psi, "chunk_sums", None))
 
 
-@functools.partial(jax.jit, static_argnums=0)
+def _slab_sums(kernel: Kernel, acc, theta, rows, w, n_chunks, plan) -> Moments:
+    return kernel.slab_sums(acc, theta, rows, w, n_chunks, plan)
+
+
+_optimized = jax.jit(_slab_sums, static_argnums=0)
+# A one-chunk slab (small data) is compiled at XLA's lowest optimisation level on a CPU: half the compile time,
+# which is most of a small fit's time, for a pass that takes milliseconds either way.
+_quick = jax.jit(_slab_sums, static_argnums=0, compiler_options={"xla_backend_optimization_level": 0})
+
+
 def slab_sums(kernel: Kernel, acc, theta, rows, w, n_chunks, plan) -> Moments:
     """:meth:`Kernel.slab_sums`, compiled once per kernel and slab shape: every pass of every fit runs it."""
-    return kernel.slab_sums(acc, theta, rows, w, n_chunks, plan)
+    quick = kernel.platform == "cpu" and w.shape[0] == kernel.chunk
+    return (_quick if quick else _optimized)(kernel, acc, theta, rows, w, n_chunks, plan)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def row_values(kernel: Kernel, theta, rows):
     """:meth:`Kernel.row_values`, compiled on demand (influence functions, clustered meat)."""
     return kernel.row_values(theta, rows)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def row_nonfinite(kernel: Kernel, theta, rows):
+    """:meth:`Kernel.row_nonfinite`, compiled only when a fit fails on non-finite values."""
+    return kernel.row_nonfinite(theta, rows)
 
 
 @functools.partial(jax.jit, static_argnums=0)

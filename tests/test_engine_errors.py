@@ -89,3 +89,55 @@ def test_stack_specification_errors():
         mestim.fit([mestim.Block("a", _mean, init=[0.0])] * 2, {"y": np.ones(3)})
     with pytest.raises(SpecificationError, match="identifier"):
         mestim.Block("not a name", _mean)
+
+
+def test_python_control_flow_in_psi_names_the_block_and_the_fix():
+    def huber(t, r):  # written as geex examples are: Python branching on a traced value
+        e = r["y"] - t[0]
+        return jnp.atleast_1d(e if abs(e) <= 1.345 else 1.345 * jnp.sign(e))
+    with pytest.raises(SpecificationError, match=r"block 'theta' uses Python control flow.*jnp.where"):
+        mestim.fit(huber, {"y": np.arange(5.0)}, init=[0.0])
+
+
+def test_psi_returning_a_list_says_so():
+    with pytest.raises(SpecificationError, match="returns a Python list.*jnp.array"):
+        mestim.fit(lambda t, r: [r["y"] - t[0]], {"y": np.arange(5.0)}, init=[0.0])
+
+
+def test_nan_derivative_names_parameters_and_rows():
+    dose = np.array([0.0, 1.0, 2.0, 4.0, 8.0] * 4)
+    y = 2.0 * np.sqrt(dose) + np.random.default_rng(1).normal(0, 0.1, dose.size)
+
+    def root(t, r):  # ψ is finite at dose 0, but d/dt1 of √(dose·t1) is dose / (2√(dose·t1)) = 0/0
+        e = r["y"] - t[0] * jnp.sqrt(r["dose"] * t[1])
+        return jnp.array([e, e * r["dose"]])
+    with pytest.raises(ConvergenceError, match=r"derivative is non-finite with respect to \['1'\]; its derivative is "
+                                               r"non-finite first at row\(s\) \[0, 5, 10, 15\]"):
+        mestim.fit(root, {"dose": dose, "y": y}, init=[1.0, 1.0])
+
+
+def test_case_only_typo_and_wrong_weight_column_list_the_users_columns():
+    with pytest.raises(DataError, match=r"reads column 'Y'.*did you mean \['y'\]"):
+        mestim.fit(lambda t, r: jnp.atleast_1d(r["Y"] - t[0]), {"y": np.ones(3), "x": np.ones(3)}, init=[0.0])
+    with pytest.raises(DataError, match=r"weight column 'wt' is not in the data; available columns: \['x', 'y'\]"):
+        mestim.fit([est.logistic("lg", "y", ["x"])], {"y": np.r_[0.0, 1, 0, 1], "x": np.arange(4.0)}, weights="wt")
+
+
+def test_user_block_mask_ignores_nan_outside_it():
+    rng = np.random.default_rng(3)
+    y = rng.normal(2.0, 1.0, 200)
+    trial = (rng.random(200) < 0.6).astype(float)
+    y[trial == 0] = np.nan  # a target sample without outcomes
+    mean_in_trial = mestim.Block("m", lambda t, r: jnp.atleast_1d(r["y"] - t[0]), init=[0.0], mask="trial")
+    res = mestim.fit([mean_in_trial], {"y": y, "trial": trial})
+    inside = y[trial == 1]
+    assert res.theta[0] == pytest.approx(inside.mean(), rel=1e-12)
+    assert res.se[0] == pytest.approx(inside.std() / np.sqrt(inside.size), rel=1e-10)
+
+
+def test_one_extreme_weight_warns():
+    rng = np.random.default_rng(5)
+    d = {"y": rng.normal(size=300), "w": np.ones(300)}
+    d["w"][17] = 1e12
+    with pytest.warns(mestim.MestimWarning, match=r"extreme weight: row 17 has weight 1e\+12"):
+        mestim.fit(_mean, d, init=[0.0], weights="w")
