@@ -13,10 +13,9 @@ GPU mode (one process, mestim only; written for an H100/H200, runs unchanged on 
 for each workload and n, the data are prepared and moved to the device once; ``device_s`` is the warm time of
 the compiled solve of every group + bread/meat + sandwich with the data resident on the device (median of 3),
 ``fit_s`` the warm time of a whole ``mestim.fit`` from host arrays (host preparation and transfer included).
-Roofline: bytes per pass = the bytes of the columns ψ reads + weights; passes = Σ_groups (1 + 2 × iterations) + 1
-(the solver evaluates r and J at the start, then per iteration one residual-only trial and one r + J pass;
-line-search halvings are not counted, so the fraction is a lower bound); the floor = passes × bytes ÷ the
-bandwidth measured in the same run (a reduction over a 4 GiB array). ``--stream-n`` adds a streamed fit
+Roofline: bytes per pass = the bytes of the columns ψ reads + weights; passes = the passes the row source counted
+(every pass reads every row once); the floor = passes × bytes ÷ the bandwidth measured in the same run (a
+reduction over a 4 GiB array). ``--stream-n`` adds a streamed fit
 (``mestim.scale.fit_stream``, float32 data) of W2 from host batches cycled from a pool. Results:
 ``benchmarks/results/bench_scale_gpu.{json,md}``.
 """
@@ -88,36 +87,29 @@ def bandwidth(gib=4, reps=10) -> float:
     return gib * 2**30 / best
 
 
-def device_fit(problem, solve_groups_, opts, chunk_size):
-    """The compiled part of ``mestim.fit`` on a prepared problem whose data are on the device."""
-    import importlib
+def device_fit(problem, options, source):
+    """The on-device part of ``mestim.fit``: the solve of every level and the sandwich, on a source whose slabs
+    are already on the device; returns the Result and the passes over the rows it made."""
+    from mestim.driver import solve_stack
+    from mestim.estimate import assemble
 
-    import jax.numpy as jnp
-
-    F = importlib.import_module("mestim.fit")
-    theta, passes, iterations = jnp.asarray(problem.init), 1, 0
-    for group in solve_groups_:
-        out = F._solve_group(problem.spec, group, problem.data, problem.w, theta, opts, chunk_size, problem.mesh)
-        it = int(out.iterations)
-        theta = theta.at[F._group_index(problem.spec, group)].set(out.theta)
-        passes += 1 + 2 * it
-        iterations += it
-    res = F._sandwich_result(problem, theta, "frequency", None, chunk_size, iterations=iterations)
-    return res, passes
+    before = source.passes
+    theta, moments, iterations = solve_stack(source, problem.init, problem.labels, options)
+    return assemble(problem, source, theta, moments, options, iterations=iterations), source.passes - before
 
 
 def gpu(a):
-    import importlib
     import statistics
 
     import jax
     import numpy as np
 
     import mestim
-    from mestim.blocks import solve_groups
-    from mestim.solve import SolverOptions
+    from mestim.estimate import kernel_for
+    from mestim.options import FitOptions
+    from mestim.problem import prepare
+    from mestim.sources import InMemory
 
-    F = importlib.import_module("mestim.fit")
     dev = jax.devices()[0]
     meta = dict(hardware=harness.hardware(), device=str(dev), device_kind=dev.device_kind, n_devices=jax.device_count(),
                 started=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -139,22 +131,23 @@ def gpu(a):
                     mestim.fit(W.mestim_stack(wl), data, data_dtype=a.dtype, chunk_size=a.chunk)
                     ts.append(time.perf_counter() - t)
                 row["fit_s"] = min(ts)
-                problem = F.prepare(W.mestim_stack(wl), data, data_dtype=a.dtype)
-                groups = solve_groups(problem.spec.blocks)
-                opts = SolverOptions()
-                device_fit(problem, groups, opts, a.chunk)  # compiled already; warms the device path
+                options = FitOptions(chunk_size=a.chunk, data_dtype=a.dtype)
+                problem = prepare(W.mestim_stack(wl), data)
+                source = InMemory(kernel_for(problem, options), problem.used, problem.w, dtype=options.data_dtype)
+                device_fit(problem, options, source)  # compiled already; warms the device path
                 ts = []
                 for _ in range(3):
                     t = time.perf_counter()
-                    r2, passes = device_fit(problem, groups, opts, a.chunk)
+                    r2, passes = device_fit(problem, options, source)
                     ts.append(time.perf_counter() - t)
-                nbytes = sum(v.nbytes for v in problem.data.values()) + problem.w.nbytes
+                itemsize = 4 if a.dtype == "float32" else 8
+                nbytes = sum(v[:1].size for v in problem.used.values()) * n * itemsize + 8 * n
                 floor = passes * nbytes / (bw * 1e9)
                 row.update(device_s=statistics.median(ts), passes=passes, bytes_per_pass=nbytes,
                            roofline_s=floor, roofline_fraction=floor / statistics.median(ts),
                            theta_last=float(res.theta[-1]), se_last=float(res.se[-1]),
                            max_dtheta_device_vs_fit=float(np.max(np.abs(r2.theta - res.theta))))
-                del problem
+                del problem, source
             except Exception as e:  # out of memory at the largest n, …: record and go on
                 row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             rows.append(row)
@@ -196,7 +189,8 @@ def stream_row(a):
     res = fit_stream(W.mestim_stack("W2"), source, batch_rows=a.batch, chunk_size=a.chunk, data_dtype="float32",
                      progress=True)
     row = dict(workload="W2 streamed", n=n_batches * a.batch, stream_s=time.perf_counter() - t,
-               passes=int(res.notes[-1].split(", ")[1].split()[0]), theta_last=float(res.theta[-1]),
+               passes=int(res.notes[-1].split("rows in batches of")[1].split(", ")[1].split()[0]),
+               theta_last=float(res.theta[-1]),
                se_last=float(res.se[-1]))
     print(json.dumps(row), flush=True)
     return row
@@ -212,7 +206,7 @@ def main(argv=None):
     p.add_argument("--gpu", action="store_true", help="GPU mode (mestim only, roofline)")
     p.add_argument("--gpu-ns", type=int, nargs="+", default=[10**6, 10**7, 10**8])
     p.add_argument("--dtype", default=None, help="GPU mode: data dtype (float32 for the float32 data path)")
-    p.add_argument("--chunk", type=int, default=1 << 16, help="GPU mode: rows per chunk")
+    p.add_argument("--chunk", type=int, default=None, help="GPU mode: rows per chunk (default: mestim's choice)")
     p.add_argument("--stream-n", type=float, default=0, help="GPU mode: rows of the streamed W2 fit (e.g. 1e9)")
     p.add_argument("--batch", type=int, default=1 << 23, help="streamed fit: rows per host batch")
     p.add_argument("--pool", type=int, default=4, help="streamed fit: distinct host batches cycled")
