@@ -79,13 +79,6 @@ def sandwich_covariance(bread_inv: np.ndarray, meat: np.ndarray) -> np.ndarray:
     return (v + v.T) / 2
 
 
-def cluster_meat(values: np.ndarray, w: np.ndarray, codes: np.ndarray, n_clusters: int) -> np.ndarray:
-    """Σ_g U_g U_gᵀ, U_g = Σ_{i∈g} w_i ψ_i, from the rows' ψ (n, K)."""
-    totals = np.zeros((n_clusters, values.shape[1]))
-    np.add.at(totals, codes, w[:, None] * values)
-    return totals.T @ totals
-
-
 def fay_meat(values: np.ndarray, leverages: np.ndarray, w: np.ndarray, codes: np.ndarray | None, n_clusters: int,
              b: float = FAY_B) -> np.ndarray:
     """Fay's meat from the rows' ψ_i and leverages diag(J_i J⁻¹) (J_i = ∂ψ_i/∂θ, J = Σ w J_i).

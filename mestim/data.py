@@ -13,11 +13,23 @@ import numpy as np
 
 from .errors import DataError
 
-Columns = dict[str, np.ndarray]
+class Columns(dict):
+    """``{name: array}`` of one table; ``levels`` holds the agreed values of categorical columns when several
+    processes fit together (:func:`levels`)."""
+
+    levels: dict = {}
+
+
+def levels(cols, name: str, values: np.ndarray) -> np.ndarray:
+    """The distinct values of a categorical column: agreed across processes when they fit together, else
+    those of ``values`` (the rows a block uses)."""
+    agreed = getattr(cols, "levels", {}).get(name)
+    return np.asarray(agreed, dtype=values.dtype if values.dtype.kind in "biuf" else object) if agreed is not None \
+        else np.unique(values)
 
 
 def as_columns(data) -> Columns:
-    """Return ``{name: array}`` with equal leading lengths; raise :class:`DataError` naming what is wrong."""
+    """Return :class:`Columns` with equal leading lengths; raise :class:`DataError` naming what is wrong."""
     if data is None:
         raise DataError("no data given: pass a dict of arrays or a pandas/polars DataFrame")
     if hasattr(data, "columns") and not isinstance(data, Mapping):
@@ -25,9 +37,9 @@ def as_columns(data) -> Columns:
         dup = sorted({c for c in names if names.count(c) > 1})
         if dup:
             raise DataError(f"duplicated column name(s) {dup}: rename them so each column is unique")
-        cols = {str(c): _column_values(data[c], str(c)) for c in data.columns}
+        cols = Columns((str(c), _column_values(data[c], str(c))) for c in data.columns)
     elif isinstance(data, Mapping):
-        cols = {str(k): _column_values(v, str(k)) for k, v in data.items()}
+        cols = Columns((str(k), _column_values(v, str(k))) for k, v in data.items())
     else:
         raise DataError(f"data of type {type(data).__name__} is not a table: pass a dict of arrays or a DataFrame")
     lengths = {k: v.shape[0] for k, v in cols.items()}
@@ -128,6 +140,12 @@ def row_weights(cols: Columns, weights, n: int) -> np.ndarray:
 
 def cluster_codes(cols: Columns, cluster, n: int) -> tuple[np.ndarray, int]:
     """Cluster labels recoded to 0..G-1, and G. Accepts a column name or an array of labels."""
+    codes, labels = cluster_labels(cols, cluster, n)
+    return codes, labels.size
+
+
+def cluster_labels(cols: Columns, cluster, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster codes 0..G-1 of the rows and the G distinct labels they code."""
     labels = cols[cluster] if isinstance(cluster, str) and cluster in cols else cluster
     if isinstance(cluster, str) and cluster not in cols:
         raise DataError(f"cluster column '{cluster}' is not in the data; available columns: {sorted(cols)}")
@@ -136,5 +154,5 @@ def cluster_codes(cols: Columns, cluster, n: int) -> tuple[np.ndarray, int]:
         raise DataError(f"cluster labels have shape {labels.shape}; expected ({n},)")
     if labels.dtype.kind == "f" and np.isnan(labels).any():
         raise DataError(f"cluster column has {int(np.isnan(labels).sum())} NaN label(s)")
-    _, codes = np.unique(labels, return_inverse=True)
-    return codes.astype(np.int32), int(codes.max()) + 1
+    uniq, codes = np.unique(labels, return_inverse=True)
+    return codes.astype(np.int32), uniq

@@ -7,13 +7,15 @@ the one solve loop (:func:`mestim.driver.solve_stack`) → :func:`assemble` (the
 
 from __future__ import annotations
 
+import dataclasses
 import warnings as _warnings
 from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
 
-from .covariance import WARN_COND, BreadFactor, cluster_meat, df_factor, fay_meat, sandwich_covariance
+from . import processes
+from .covariance import WARN_COND, BreadFactor, df_factor, fay_meat, sandwich_covariance
 from .driver import solve_stack
 from .errors import DataError, MestimWarning, SpecificationError
 from .options import FitOptions
@@ -53,10 +55,38 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
     """
     options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype)
     mesh = None if devices is None else device_mesh(devices)
-    problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster)
+    group = processes.Group() if mesh is not None and processes.several() else None
+    if group is not None:
+        _check_across_processes(options)
+        mesh = local_mesh(mesh)
+    problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster,
+                      levels=None if group is None else (lambda cols: processes.agree_levels(group, cols)))
     source = InMemory(kernel_for(problem, options, mesh), problem.used, problem.w, dtype=options.data_dtype)
+    notes = ()
+    if group is not None:
+        start, n_rows, sum_w = processes.agree(group, problem)
+        problem = dataclasses.replace(problem, init=start)
+        source = processes.Distributed(source, group, n_rows, sum_w)
+        notes = (f"fitted across {group.size} processes (this is process {group.rank}, holding {problem.n_rows:,} "
+                 "of the rows; influence functions are of its own rows; post-fit block checks skipped)",)
     theta, moments, iterations = solve_stack(source, problem.init, problem.labels, options)
-    return assemble(problem, source, theta, moments, options, iterations=iterations)
+    result = assemble(problem, source, theta, moments, options, iterations=iterations, notes=notes,
+                      checks=group is None)
+    if group is not None:
+        group.barrier("the end of the fit")
+    return result
+
+
+def local_mesh(mesh):
+    """The devices of ``mesh`` that belong to this process (None: one device), when processes fit together."""
+    mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    return None if len(mine) <= 1 else device_mesh(mine)
+
+
+def _check_across_processes(options: FitOptions) -> None:
+    if options.correction == "fay":
+        raise SpecificationError("correction='fay' is not available across processes (it needs every row's "
+                                 "leverage in one place); use None or 'df'")
 
 
 def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="frequency", cluster=None,
@@ -98,7 +128,9 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
         bad = [labels[i] for i in np.flatnonzero(~np.isfinite(moments.psi))]
         raise DataError(f"ψ is not finite at θ̂ for parameter(s) {bad}: check the data and ψ for log(0), 1/0, …")
     clustered = problem.cluster is not None
-    if clustered and problem.n_clusters < 2:
+    totals = _cluster_totals(source, problem, theta) if clustered else None
+    n_clusters = totals.shape[0] if clustered else None
+    if clustered and n_clusters < 2:
         raise DataError("the cluster column has a single cluster: the clustered meat needs at least two")
     bread = -np.asarray(moments.jac)
     factor = BreadFactor.of(bread, labels)
@@ -110,21 +142,37 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
         meat = fay_meat(source.row_values(theta), source.row_leverages(theta, -bread_inv), problem.w, problem.cluster,
                         problem.n_clusters)
     elif clustered:
-        meat = cluster_meat(source.row_values(theta), problem.w, problem.cluster, problem.n_clusters)
+        meat = totals.T @ totals  # Σ_g U_g U_gᵀ
     vcov = sandwich_covariance(bread_inv, meat)
     if options.correction == "df":
-        vcov = vcov * df_factor(problem.n_clusters if clustered else n, theta.size)
+        vcov = vcov * df_factor(n_clusters or n, theta.size)
     warnings = _warnings_for(problem, factor, theta, checks)
     for message in warnings:
         _warnings.warn(message, MestimWarning, stacklevel=3)
     kernel = source.kernel
     return Result(np.asarray(theta, float), vcov, labels, blocks=spec.offsets(), n=n, n_rows=source.n_rows,
-                  n_clusters=problem.n_clusters if clustered else None, correction=options.correction,
+                  n_clusters=n_clusters, correction=options.correction,
                   converged=status == "converged", status=status, iterations=iterations,
                   residual_norm=float(np.max(np.abs(moments.psi))), bread_cond=factor.condition,
                   warnings=tuple(warnings), notes=tuple(problem.notes) + tuple(notes), bread=bread, meat=meat,
                   flat_theta=problem.single,
                   _influence=lambda: _influence(kernel, problem, options, theta, n * bread_inv))
+
+
+def _cluster_totals(source, problem: Problem, theta):
+    """The cluster totals U_g = Σ_{i∈g} w_i ψ_i (G, K); across processes, merged by cluster label."""
+    values = source.row_values(theta)
+    totals = np.zeros((problem.n_clusters, values.shape[1]))
+    np.add.at(totals, problem.cluster, problem.w[:, None] * values)
+    if not isinstance(source, processes.Distributed):
+        return totals
+    everyone = source.group.allgather_json({"labels": [str(v) for v in problem.cluster_labels],
+                                            "totals": totals.tolist()}, "its cluster totals")
+    merged = {}
+    for part in everyone:
+        for label, row in zip(part["labels"], part["totals"]):
+            merged[label] = merged.get(label, 0.0) + np.asarray(row)
+    return np.array([merged[k] for k in sorted(merged)])
 
 
 def _influence(kernel: Kernel, problem: Problem, options: FitOptions, theta, scaled_inv) -> np.ndarray:

@@ -35,9 +35,13 @@ class Problem:
     columns: dict  # every host column (raw + prepared), for the blocks' post-fit checks
     used: dict  # the columns ψ reads (float64 host arrays), masks of user blocks included
     w: np.ndarray
-    cluster: np.ndarray | None
-    n_clusters: int
+    cluster: np.ndarray | None  # cluster code of each row
+    cluster_labels: np.ndarray | None  # the label each code stands for
     notes: tuple[str, ...]
+
+    @property
+    def n_clusters(self) -> int:
+        return 0 if self.cluster_labels is None else int(self.cluster_labels.size)
 
     @property
     def n_rows(self) -> int:
@@ -70,15 +74,19 @@ def as_blocks(estimator, init=None, names=None) -> list[Block]:
     return blocks
 
 
-def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=None) -> Problem:
-    """Blocks prepared, ψ traced and checked, the columns it reads validated (host arrays only)."""
+def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=None, levels=None) -> Problem:
+    """Blocks prepared, ψ traced and checked, the columns it reads validated (host arrays only).
+
+    ``levels(columns) -> {name: values}`` gives categorical columns their levels before the blocks prepare (the
+    levels several processes agreed on, :mod:`mestim.processes`)."""
     single = callable(estimator) and not isinstance(estimator, Block)
     if init is not None and not single:
         raise SpecificationError("init= is for a single ψ; blocks carry their own starting values")
     blocks = as_blocks(estimator, init, names)
     cols = datamod.as_columns(data)
     n = datamod.n_rows(cols)
-    all_cols = dict(cols)
+    all_cols = datamod.Columns(cols)
+    all_cols.levels = levels(cols) if levels is not None else {}
     specs, labels, inits, notes, masks = [], [], [], [], {}
     for b in blocks:
         prep = b.prepare(all_cols) if b.prepare is not None else None
@@ -114,9 +122,9 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
         used[name] = values if where is None else _zero_outside(values, where)
     used.update({k: m.astype(float) for k, m in masks.items()})
     w = datamod.row_weights(cols, weights, n)  # the user's own columns (not the blocks' prepared ones)
-    codes, n_clusters = (None, 0) if cluster is None else datamod.cluster_codes(cols, cluster, n)
-    return Problem(spec, tuple(blocks), tuple(labels), np.concatenate(inits), all_cols, used, w, codes, n_clusters,
-                   tuple(notes))
+    codes, cluster_labels = (None, None) if cluster is None else datamod.cluster_labels(cols, cluster, n)
+    return Problem(spec, tuple(blocks), tuple(labels), np.concatenate(inits), all_cols, used, w, codes,
+                   cluster_labels, tuple(notes))
 
 
 def _start(block: Block, prep) -> np.ndarray:
