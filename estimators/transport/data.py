@@ -63,7 +63,6 @@ class TransportData:
     target_only_problem: str | None = None  # why the target-only comparison cannot run (None: it can)
     target_only_identified: bool = False  # target rows with Z and Y in every arm (the outcome may still be constant)
     notes: list = dataclasses.field(default_factory=list)  # how the data were coded (text covariates, …)
-    source: object = None  # (n,) source index: 0 target, j trial s_j
 
     @property
     def m(self) -> int:
@@ -226,7 +225,7 @@ def prepare_data(df, *, study: str, treatment: str, outcome: str, covariates=Non
             cols[f"[{treatment}={label(a)}]*{lab}"] = zhot[:, c] * cols[lab]
     problem, identified = _target_only_problem(t_obs, cols["tr.T0hot"], y_raw, arms, treatment, outcome)
     return TransportData(cols, trials, arms, labels, target_level, int(is_target.sum()), n_trial, ybin,
-                         int(t_obs.sum()), frame, study, treatment, outcome, problem, identified, notes, source)
+                         int(t_obs.sum()), frame, study, treatment, outcome, problem, identified, notes)
 
 
 def _arms(values: np.ndarray, treatment: str) -> list:

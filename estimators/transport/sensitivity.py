@@ -1,9 +1,9 @@
 """Sensitivity analysis for violations of conditional exchangeability in measure (eq. 10–11).
 
 Bias model: E[Y^z − Y^{z'} | X, S=0] = E[Y^z − Y^{z'} | X, S=s] + δ·u(s; X), with a user-supplied bias
-function u (a constant, the name of a covariate, or a callable ``u(X, s)`` taking the covariate table and a
-trial label — or ``"pooled"`` for the pooled estimators — and returning one value per row) and a grid of
-multipliers δ. Eq. (11): the target effect is ψ(z, z', s) + δ·E[u(s; X) | S=0], estimated by adding
+function u (a constant, the name of a numeric covariate or design column, or a callable ``u(X, s)`` taking the
+covariate table — design columns, and text covariates as given — and a trial label — or ``"pooled"`` for the
+pooled estimators — and returning one value per row) and a grid of finite multipliers δ. Eq. (11): the target effect is ψ(z, z', s) + δ·E[u(s; X) | S=0], estimated by adding
 
     ū_s = {Σ I(S_i=0)}⁻¹ Σ I(S_i=0) u(s; X_i)
 
