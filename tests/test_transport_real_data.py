@@ -355,3 +355,9 @@ def test_transport_import_is_light():
             "print(sorted(m for m in ('matplotlib', 'formulaic') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_text_outcome_says_how_to_recode(small):
+    text = small.assign(Y=np.where(small.Y > 1, "yes", "no"))
+    with pytest.raises(DataError, match=r"outcome column 'Y' has non-numeric values .*0/1 for a binary outcome"):
+        transport(text, covariates=COVS)

@@ -29,7 +29,7 @@ import mestim
 from mestim import Block
 from mestim.errors import DataError, SpecificationError
 
-from .data import TransportData, label, missing_column, prepare_data
+from .data import TransportData, as_frame, label, missing_column, prepare_data
 from .iterated import IteratedOutcome, iterated_blocks
 from .nonadherence import Adherence, add_adherence_columns, adherence_blocks
 from .outcome import OUTCOME_MODELS, Outcome, outcome_blocks
@@ -361,7 +361,8 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
         raise SpecificationError(f"weighting={weighting!r}: use one of {WEIGHTING}")
     if not (per_trial or pooled):
         raise SpecificationError("per_trial and pooled are both False: nothing to estimate")
-    check_level(level)
+    level = check_level(level)
+    df = as_frame(df)
     extra = [received] if received else []
     data = prepare_data(df, study=study, treatment=treatment, outcome=outcome, covariates=covariates, formula=formula,
                         target=target, outcome_family=outcome_model, extra_trial_columns=extra)
@@ -440,8 +441,7 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
     pooled_outcome = any(e in ("outcome", "dr") for e in pooled_est)
     itt_weights = ArmWeights(treat)  # I(Z=z)/e(z): the intention-to-treat arm weight
     if per_protocol:
-        frame = df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
-        regressors, post = add_adherence_columns(data, frame, received, post_covariates,
+        regressors, post = add_adherence_columns(data, df, received, post_covariates,
                                                  per_trial=bool(trial_est))
         armw = ArmWeights(treat, Adherence(C))  # I(Z=z, A=z)/(e(z) π_A(z)): the per-protocol arm weight
         out = IteratedOutcome(family, C, data.m, trial_effects)
@@ -525,17 +525,18 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
                             labels=tuple(trial_labels) + ("pooled",)))
 
     fit_cols = {name: v for name, v in cols.items()}
-    frame = df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
     if weights is not None and not isinstance(weights, str):
         weights = np.asarray(weights, float)
     elif isinstance(weights, str):
-        if weights not in frame.columns:
-            raise missing_column(weights, frame.columns, "weight column")
-        fit_cols[weights] = frame[weights].to_numpy(dtype=float)
+        if weights not in df.columns:
+            raise missing_column(weights, df.columns, "weight column")
+        if not pd.api.types.is_numeric_dtype(df[weights]):
+            raise DataError(f"weight column '{weights}' is not numeric (e.g. {df[weights].dropna().iloc[0]!r})")
+        fit_cols[weights] = df[weights].to_numpy(dtype=float)
     if isinstance(cluster, str):
-        if cluster not in frame.columns:
-            raise missing_column(cluster, frame.columns, "cluster column")
-        fit_cols[cluster] = frame[cluster].to_numpy()
+        if cluster not in df.columns:
+            raise missing_column(cluster, df.columns, "cluster column")
+        fit_cols[cluster] = df[cluster].to_numpy()
 
     # ------------------------------------------------------------------ the reported contrasts (positions in blocks)
     estimands: list[Estimand] = []

@@ -104,22 +104,23 @@ def column_hint(name: str, columns) -> str:
     return f"did you mean {close[0]!r}?" if close else f"available columns: {listing(sorted(names))}"
 
 
-def arm_codes(values: np.ndarray, arms: list) -> np.ndarray:
-    """Index of each value among ``arms`` (matched as numbers or as text), NaN where it is none of them."""
-    values = np.asarray(values)
-    if all(isinstance(a, (int, float, np.number)) for a in arms) and values.dtype.kind in "fiub":
-        v = values.astype(float)
-        arr = np.asarray(arms, float)
-        pos = np.clip(np.searchsorted(arr, v), 0, len(arr) - 1)
-        return np.where(arr[pos] == v, pos, np.nan)
-    text = pd.Series(values, dtype=object)
-    numeric = pd.to_numeric(text, errors="coerce")  # 1.0 and "1" name the same arm
-    text = text.where(numeric.isna(), numeric.map(label, na_action="ignore")).astype(str)
-    codes = pd.Categorical(text, categories=[label(a) for a in arms]).codes.astype(float)
-    return np.where((codes >= 0) & pd.notna(values), codes, np.nan)
+def arm_codes(values, arms: list) -> np.ndarray:
+    """Index of each value among ``arms``, NaN where it is none of them: a value names an arm as text ("drug") or
+    as a number (1, 1.0 and "1" name the same arm). Vectorised over rows; one pass per arm."""
+    series = pd.Series(np.asarray(values), dtype=object)
+    text = series.astype(str).to_numpy()
+    numeric = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+    codes = np.full(len(series), np.nan)
+    for c, arm in enumerate(arms):
+        as_number = pd.to_numeric(pd.Series([label(arm)]), errors="coerce").iloc[0]
+        hit = (text == label(arm)) | (numeric == as_number)
+        codes[hit & np.isnan(codes)] = c
+    codes[series.isna().to_numpy()] = np.nan
+    return codes
 
 
-def _as_frame(df) -> pd.DataFrame:
+def as_frame(df) -> pd.DataFrame:
+    """The user's table as a pandas DataFrame (pandas, polars or pyarrow tables, dicts of columns)."""
     if isinstance(df, pd.DataFrame):
         return df
     if hasattr(df, "to_pandas"):  # polars, pyarrow
@@ -142,7 +143,7 @@ def _find_level(values: np.ndarray, wanted, what: str, column: str):
 def prepare_data(df, *, study: str, treatment: str, outcome: str, covariates=None, formula: str | None = None,
                  target=0, outcome_family: str = "auto", extra_trial_columns=()) -> TransportData:
     """Validate the table and build the derived columns (see the module docstring)."""
-    df = _as_frame(df)
+    df = as_frame(df)
     if len(df) == 0:
         raise DataError("the data has no rows")
     for role, col in (("study", study), ("treatment", treatment), ("outcome", outcome)):
@@ -166,7 +167,8 @@ def prepare_data(df, *, study: str, treatment: str, outcome: str, covariates=Non
     y_raw = pd.to_numeric(df[outcome], errors="coerce").to_numpy(dtype=float)
     nonnum = R & pd.isna(y_raw) & ~pd.isna(df[outcome].to_numpy())
     if nonnum.any():
-        raise DataError(f"column '{outcome}' has non-numeric values in trial rows (e.g. {df[outcome].to_numpy()[nonnum][0]!r})")
+        raise DataError(f"outcome column '{outcome}' has non-numeric values in trial rows (e.g. "
+                        f"{df[outcome].to_numpy()[nonnum][0]!r}); recode it as numbers (0/1 for a binary outcome)")
     for name, vals in ((treatment, pd.isna(z_vals)), (outcome, ~np.isfinite(y_raw))):
         if (R & vals).any():
             rows = np.flatnonzero(R & vals)
@@ -234,7 +236,7 @@ def _arms(values: np.ndarray, treatment: str) -> list:
     if np.isfinite(numeric).all():
         arms = sorted(np.unique(numeric).tolist())
     else:
-        arms = sorted({label(v) for v in values})
+        arms = sorted({label(v) for v in pd.unique(values)})
     if len(arms) < 2:
         raise DataError(f"treatment '{treatment}' takes the single value {label(arms[0])} in the trials: nothing to compare")
     return arms
