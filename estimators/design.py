@@ -35,16 +35,34 @@ def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = Tr
 
 
 def _formula_matrix(cols, formula: str):
+    matrix, labels, _ = formula_design(cols, formula)
+    return matrix, labels
+
+
+def formula_design(frame, formula: str):
+    """(matrix (n, k), column labels, variables the formula reads) from a formula's right-hand side.
+
+    ``frame`` is a pandas DataFrame (text and categorical columns keep their levels) or a dict of 1-D columns.
+    A row where a variable the formula reads is missing gets NaN in every column but the intercept: formulaic
+    codes a missing level of a categorical variable as the reference level (all indicators 0), which would let
+    it pass as data; as NaN it meets the same missing-value checks as a missing number.
+    """
     import pandas as pd
     from formulaic import model_matrix
 
     rhs = formula.split("~", 1)[1] if "~" in formula else formula
-    frame = pd.DataFrame({k: v for k, v in cols.items() if v.ndim == 1})
+    if not isinstance(frame, pd.DataFrame):
+        frame = pd.DataFrame({k: v for k, v in frame.items() if np.ndim(v) == 1})
     try:
         mm = model_matrix(rhs, frame, na_action="ignore")
     except Exception as e:  # formulaic reports unknown names and syntax errors with its own types
         raise DataError(f"formula '{formula}' could not be built on this data: {e}") from None
-    return np.asarray(mm, dtype=float), list(mm.columns)
+    matrix, labels = np.asarray(mm, dtype=float), list(mm.columns)
+    variables = sorted(v for v in mm.model_spec.required_variables if v in frame.columns)
+    missing = frame[variables].isna().to_numpy().any(axis=1) if variables else np.zeros(len(frame), bool)
+    if missing.any():
+        matrix[np.ix_(missing, [j for j, lab in enumerate(labels) if lab not in ("Intercept", "(Intercept)")])] = np.nan
+    return matrix, labels, variables
 
 
 def clean_in_mask(values: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:

@@ -197,3 +197,34 @@ def test_cli_zero_event_arm_is_defined(tmp_path, capsys):
 
     rows = json.load(open(tmp_path / "o.json"))["results"]
     assert all(np.isfinite(r["estimate"]) for r in rows)
+
+
+# ---------------------------------------------------------------------------------------- transport options (issue 11)
+def _placeholder_target(df):
+    """The target sample's treatment and outcome as placeholders (0), as in the transport paper's sample file."""
+    target = df["S"] == 0
+    return df.assign(Z=np.where(target, 0.0, df["Z"]), Y=np.where(target, 0.0, df["Y"]))
+
+
+TRANSPORT_CLI = [
+    ("known probabilities summing to 1.8",
+     lambda p: _t(p, _transport_frame(), "--treatment-model", "known", "--treatment-probabilities", "0:0.9,1:0.9"),
+     r"sum to 1\.8"),
+    ("known probability 0", lambda p: _t(p, _transport_frame(), "--treatment-model", "known",
+                                         "--treatment-probabilities", "0:0,1:1"), r"\(0, 1\)"),
+    ("probability that is not a number", lambda p: _t(p, _transport_frame(), "--treatment-model", "known",
+                                                      "--treatment-probabilities", "0:1/0,1:1"), "not a probability"),
+    ("level as a percentage", lambda p: _t(p, _transport_frame(), "--level", "95"), r"did you mean 0\.95\?"),
+    ("target-only on placeholders", lambda p: _t(p, _placeholder_target(_transport_frame()), "--estimators",
+                                                 "target_only"), r"target_only.*no rows in arm\(s\) Z=\['1'\]"),
+    ("covariate name in the wrong case", lambda p: ["transport", _write(p, _transport_frame()), "--covariates",
+                                                    "x1,X2"], r"did you mean 'X1'\?"),
+    ("received column absent", lambda p: _t(p, _transport_frame(), "--received", "AA"), r"'AA' is not in the data"),
+    ("nothing left to estimate", lambda p: _t(p, _transport_frame(), "--estimators", "unadjusted", "--pooled-only"),
+     "no estimator left"),
+]
+
+
+@pytest.mark.parametrize("case", TRANSPORT_CLI, ids=[c[0] for c in TRANSPORT_CLI])
+def test_cli_bad_transport_option(case, tmp_path, capsys):
+    test_cli_bad_input(case, tmp_path, capsys)

@@ -122,11 +122,11 @@ def test_nonadherence_per_protocol():
     res = transport(sim.data, covariates=COVS, received="A", post_covariates=["L"])
     assert "per-protocol" in res.settings["estimand"]
     assert {"adherence_z0", "adherence_z1"} <= set(res.fit.blocks)
-    for e in ("weighting", "pseudo_outcome"):
+    for e in ("outcome", "weighting", "dr", "pseudo_outcome"):
         row = res.estimate(e, "pooled")
         assert abs(row.estimate - sim.true_effect) < 4 * row.se, e
     with pytest.raises(SpecificationError, match="per-protocol"):
-        transport(sim.data, covariates=COVS, received="A", post_covariates=["L"], estimators=["outcome"])
+        transport(sim.data, covariates=COVS, received="A", post_covariates=["L"], estimators=["target_only"])
 
 
 # ------------------------------------------------------------------------------------------- errors

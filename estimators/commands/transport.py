@@ -4,7 +4,9 @@ With no DATA file it runs on the bundled simulated data set (4 trials, target S=
 effect 2.8). Prints a table like Table 1 of Dahabreh et al. (per trial: n, unadjusted, outcome model, weighting,
 doubly robust; a pooled row), the homogeneity and CATE-equality tests, and the working models used.
 Positivity diagnostics of the inverse-odds weights (effective sample size and largest weight share per trial and
-arm) are printed too; extreme weights add a "warning:" line on stderr (the run still exits 0).
+arm) are printed too, and notes say how the data were used (a text covariate's coding, an estimator skipped and
+why). Warnings (extreme weights, the engine's) are printed once, on stderr ("warning:" lines; many positivity
+warnings are summarised); the summary on stdout counts them. The run still exits 0.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--study", default="S", help="study/trial column (default S)")
     parser.add_argument("--treatment", default="Z", help="treatment column (default Z)")
     parser.add_argument("--outcome", default="Y", help="outcome column (default Y)")
-    parser.add_argument("--covariates", help="comma-separated covariates (default for the bundled data: X1,X2,X3)")
-    parser.add_argument("--formula", help="covariate formula instead of --covariates, e.g. '~ X1 + X2 + I(X1**2)'")
+    parser.add_argument("--covariates", help="comma-separated covariates (default for the bundled data: X1,X2,X3); "
+                        "a text column is coded as indicators against its first level (the coding is noted)")
+    parser.add_argument("--formula", help="covariate formula instead of --covariates, e.g. '~ X1 + C(sex) + I(X1**2)'")
     parser.add_argument("--target", default="0", help="label of the target sample in the study column (default 0)")
     parser.add_argument("--estimators", help="comma-separated subset of unadjusted,outcome,weighting,dr,"
                         "pseudo_outcome,target_only (default: all that apply)")
@@ -44,7 +47,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--treatment-model", default="trial", choices=["trial", "pooled", "per_trial", "known"],
                         help="treatment model (default trial: X and trial indicators, the paper's e(z;X,S))")
     parser.add_argument("--treatment-probabilities", metavar="Z:P,...",
-                        help="known randomisation probabilities for --treatment-model known, e.g. 0:0.5,1:0.5")
+                        help="known randomisation probabilities for --treatment-model known, each in (0, 1), summing "
+                        "to 1: e.g. 0:0.5,1:0.5 or 0:1/3,1:2/3")
     parser.add_argument("--outcome-model", default="auto", choices=["auto", "linear", "logistic"],
                         help="outcome model (default auto: logistic for a 0/1 outcome, else linear)")
     parser.add_argument("--no-trial-effects", action="store_true",
@@ -53,15 +57,17 @@ def add_arguments(parser) -> None:
                         help="normalised (Hajek, default) or unnormalised inverse-odds weights")
     parser.add_argument("--per-trial-only", action="store_true", help="only the one-trial-at-a-time estimators")
     parser.add_argument("--pooled-only", action="store_true", help="only the pooled estimators")
-    parser.add_argument("--received", help="treatment received column: estimate per-protocol effects (eAppendix C)")
+    parser.add_argument("--received", help="treatment received column: estimate per-protocol effects (eAppendix C) "
+                        "with every estimator but target_only")
     parser.add_argument("--post-covariates", help="comma-separated post-randomisation covariates (with --received)")
     parser.add_argument("--bias", help="sensitivity analysis bias function u: a number or a covariate name")
     parser.add_argument("--bias-grid", help="comma-separated multipliers δ of the bias function (eq. 11)")
-    parser.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+    parser.add_argument("--level", type=float, default=0.95, help="confidence level in (0, 1) (default 0.95)")
     add_file_options(parser)
     parser.add_argument("--json", metavar="OUT.json", help="write estimates and tests as JSON")
     parser.add_argument("--plot", metavar="OUT.png", help="draw the forest plot (as the paper's Figure 1)")
-    parser.add_argument("--table", metavar="OUT.csv", help="write the tidy table of estimates as CSV")
+    parser.add_argument("--table", metavar="OUT.csv", help="write the tidy table of estimates as CSV (with the "
+                        "sensitivity sweep's rows, one per delta, when --bias/--bias-grid is given)")
 
 
 def run(args) -> int:
@@ -93,9 +99,9 @@ def run(args) -> int:
         for item in _list(args.treatment_probabilities):
             try:
                 z, p = item.split(":")
-                probs[_number_or_text(z)] = float(p)
             except ValueError:
                 raise DataError(f"--treatment-probabilities item {item!r}: use Z:P, e.g. 0:0.5,1:0.5") from None
+            probs[_number_or_text(z.strip())] = p.strip()  # a number or a fraction such as 1/3, checked by transport()
     bias = None
     if args.bias is not None:
         b = _number_or_text(args.bias)
@@ -114,20 +120,24 @@ def run(args) -> int:
                         received=args.received, post_covariates=_list(args.post_covariates), bias=bias, bias_grid=grid,
                         level=args.level)
     print(f"Data: {source}")
-    print(res.summary())
+    print(res.summary(warnings=False))
     if args.json:
         res.to_json(args.json)
         print(f"wrote {args.json}")
     if args.table:
-        res.table.to_csv(args.table, index=False)
+        res.table_with_sensitivity().to_csv(args.table, index=False)
         print(f"wrote {args.table}")
     if args.plot:
         res.plot(args.plot)
         print(f"wrote {args.plot}")
     sys.stdout.flush()
-    for w in caught:  # positivity and engine warnings: one line each on stderr; the run still succeeds
-        if issubclass(w.category, MestimWarning):
-            print(f"mestim transport: warning: {w.message}", file=sys.stderr)
-        else:
+    from estimators.transport.report import warning_lines
+
+    reported = set(res.warnings)
+    others = [str(w.message) for w in caught if issubclass(w.category, MestimWarning) and str(w.message) not in reported]
+    for message in warning_lines(res) + list(dict.fromkeys(others)):  # each warning once, on stderr
+        print(f"mestim transport: warning: {message}", file=sys.stderr)
+    for w in caught:
+        if not issubclass(w.category, MestimWarning):
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return 0

@@ -6,7 +6,8 @@ One call fits, in a single stack of estimating functions solved by :func:`mestim
   ``settings`` name what was used),
 - for every trial s: unadjusted arm means, ψ_te (eq. 6), ψ_w (eq. 7) and the doubly robust estimator,
 - for the collection of trials: φ_te by outcome regression and by pseudo-outcome regression (eq. 8),
-  φ_w (eq. 9) and φ_dr, plus the target-only comparison when the target sample has Z and Y,
+  φ_w (eq. 9) and φ_dr, plus the target-only comparison when the target sample has Z and Y in every arm,
+- with ``received=`` the per-protocol versions of all of them (eAppendix C),
 
 so per-trial and pooled estimates share one covariance: homogeneity of transported effects across trials is a
 Wald χ² test on m − 1 df, and the per-trial CATE models can be compared (the paper's falsification check, eq. 3).
@@ -19,16 +20,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 import mestim
 from mestim import Block
 from mestim.errors import DataError, SpecificationError
 
-from .data import TransportData, label, prepare_data
+from .data import TransportData, as_frame, label, missing_column, prepare_data
+from .iterated import IteratedOutcome, iterated_blocks
 from .nonadherence import Adherence, add_adherence_columns, adherence_blocks
 from .outcome import OUTCOME_MODELS, Outcome, outcome_blocks
 from .participation import PARTICIPATION_MODELS, Participation, participation_blocks
@@ -43,6 +45,7 @@ POOLED = ("outcome", "weighting", "dr", "pseudo_outcome", "target_only")
 DISPLAY = {"unadjusted": "Unadjusted", "outcome": "Outcome model", "weighting": "Weighting", "dr": "Doubly robust",
            "pseudo_outcome": "Pseudo-outcome", "target_only": "Target only"}
 WEIGHTING = ("normalized", "unnormalized")
+SENSITIVITY_COLUMNS = ["estimator", "trial", "contrast", "delta", "bias_mean", "estimate", "se", "ci_low", "ci_high", "n"]
 DEFAULT_WEIGHTING = "normalized"
 
 
@@ -95,6 +98,25 @@ class TransportResult:
         d = tests[key]
         return mestim.WaldTest(d["statistic"], d["df"], d["p_value"])
 
+    @property
+    def notes(self) -> list[str]:
+        """How the data were used: text covariates' coding, estimators skipped and why (also in ``settings``)."""
+        return list(self.settings.get("notes", []))
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every warning of the analysis once: the engine's (``fit.warnings``), then the positivity warnings."""
+        return list(dict.fromkeys([*self.fit.warnings, *self.diagnostic_warnings]))
+
+    def table_with_sensitivity(self) -> pd.DataFrame:
+        """``table`` with the sensitivity sweep's rows appended (scale "difference", one row per δ; columns
+        ``delta`` and ``bias_mean`` empty for the estimates themselves): the command line's ``--table``."""
+        if self.sensitivity is None or self.sensitivity.empty:
+            return self.table
+        sweep = self.sensitivity.assign(scale="difference")
+        return pd.concat([self.table.assign(delta=np.nan, bias_mean=np.nan), sweep[list(self.table.columns)
+                          + ["delta", "bias_mean"]]], ignore_index=True)
+
     def to_dict(self) -> dict:
         """{"estimates": [...], "tests": {...}, "settings": {...}} (the command line's --json)."""
         rows = []
@@ -102,7 +124,8 @@ class TransportResult:
             rows.append({"estimator": r.estimator, "trial": r.trial, "contrast": r.contrast, "scale": r.scale,
                          "estimate": _num(r.estimate), "se": _num(r.se), "ci_low": _num(r.ci_low),
                          "ci_high": _num(r.ci_high), "n": int(r.n)})
-        out = {"estimates": rows, "tests": self.tests, "settings": self.settings}
+        out = {"estimates": rows, "tests": self.tests, "settings": self.settings, "notes": self.notes,
+               "warnings": self.warnings}
         if self.diagnostics is not None:
             from .diagnostics import diagnostics_records
 
@@ -120,10 +143,11 @@ class TransportResult:
                 fh.write(text + "\n")
         return text
 
-    def summary(self) -> str:
+    def summary(self, warnings: bool = True) -> str:
+        """The printed report; ``warnings=False`` leaves the warnings out (the command line prints them on stderr)."""
         from .report import format_summary
 
-        return format_summary(self)
+        return format_summary(self, warnings)
 
     def plot(self, path: str | None = None, contrast=None):
         """Forest plot as the paper's Figure 1; saved to ``path`` if given; returns the matplotlib figure."""
@@ -222,6 +246,26 @@ class TransportStack:
         return mestim.fit(self.blocks, self.data_for_fit, weights=self.weights, cluster=self.cluster, solve=self.solve)
 
 
+def check_level(level) -> float:
+    """A confidence level must lie in (0, 1); a percentage such as 95 gets "did you mean 0.95?"."""
+    try:
+        value = float(level)
+    except (TypeError, ValueError):
+        raise SpecificationError(f"level={level!r}: give a confidence level in (0, 1), e.g. 0.95") from None
+    if not 0 < value < 1:
+        hint = f"; did you mean {value / 100:g}?" if 1 < value < 100 else ""
+        raise SpecificationError(f"level={value:g}: a confidence level must lie in (0, 1){hint}")
+    return value
+
+
+def check_bias_grid(grid) -> np.ndarray:
+    """The multipliers δ of the sensitivity analysis: finite numbers (default [1])."""
+    values = np.atleast_1d(np.asarray([1.0] if grid is None else grid, dtype=float))
+    if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
+        raise SpecificationError(f"bias_grid={grid!r}: give a list of finite multipliers δ, e.g. [-0.5, 0, 0.5]")
+    return values
+
+
 def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", covariates=None, *,
               formula: str | None = None, target=0, estimators: Sequence[str] | None = None,
               per_trial: bool = True, pooled: bool = True, contrasts=None,
@@ -233,27 +277,34 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
     """Transport treatment effects from a collection of trials to a target population (Dahabreh et al.).
 
     Args:
-        df: one row per person: study label, treatment, outcome, covariates. Rows with ``study == target`` are the
-            target sample (S=0 in the paper); they may have NaN treatment/outcome (ignored — masked out).
+        df: one row per person: study label, treatment, outcome, covariates (a pandas or polars DataFrame, or a
+            dict of columns). Rows with ``study == target`` are the target sample (S=0 in the paper); their
+            treatment and outcome may be NaN or placeholders: only the target-only comparison reads them.
         study, treatment, outcome: column names (S, Z, Y).
-        covariates: list of covariate columns X (or give ``formula="~ X1 + X2 + I(X1**2)"``).
+        covariates: list of covariate columns X: numbers, or text (coded as indicators against the first level in
+            sorted order; the coding is listed in ``result.notes``). Or give ``formula="~ X1 + C(sex) + I(X1**2)"``
+            (formulaic; text columns are categorical).
         target: label of the target sample in ``study``.
         estimators: subset of ``("unadjusted", "outcome", "weighting", "dr", "pseudo_outcome", "target_only")``;
-            default all that apply ("target_only" when the target sample has Z and Y).
+            default all that apply: "target_only" only when the target sample has Z and Y in every arm and an
+            outcome that varies (else it is skipped with a note saying why; asked for explicitly, it runs when
+            every arm is present and is refused otherwise).
         per_trial, pooled: fit the one-trial-at-a-time estimators (eq. 6–7) and/or the pooled ones (eq. 8–9).
         contrasts: list of pairs (z, z') of arms; default (z, z_0) for every arm z ≠ z_0 (the smallest level).
         participation: ``"logistic"`` (paper: P[S=0|X] pooled, P[S=0|X, S∈{0,s}] per trial) or ``"multinomial"``.
         treatment_model: ``"trial"`` (paper's e(z; X, S), default), ``"pooled"``, ``"per_trial"`` or ``"known"``
-            (then ``treatment_probabilities={z: p}`` or ``{trial: {z: p}}``).
+            (then ``treatment_probabilities={z: p}`` or ``{trial: {z: p}}``: each p in (0, 1), summing to 1 per
+            trial; numbers or text such as "1/3").
         outcome_model: ``"auto"`` (logistic for a 0/1 outcome, else linear), ``"linear"`` or ``"logistic"``.
         trial_effects: trial main effects in the pooled outcome model (default: True for linear, False for logistic).
         weighting: ``"normalized"`` (Hájek; default) or ``"unnormalized"`` (the paper's eq. 7 and 9 as printed).
         received, post_covariates: treatment received A and post-randomisation covariates L: estimate the
-            per-protocol effect (eAppendix C) with the weighting and pseudo-outcome estimators.
+            per-protocol effect (eAppendix C): weighting and pseudo-outcome (eq. C.6–C.7), outcome model by
+            iterated expectation (eq. C.2) and doubly robust (both, one trial at a time and pooled).
         bias, bias_grid: sensitivity analysis (eq. 11): bias function u (number, covariate name, or ``u(X, trial)``)
             and multipliers δ; each estimate is reported at ψ̂ + δ·mean_{S=0} u.
         weights, cluster: row weights and cluster labels passed to :func:`mestim.fit`.
-        level: confidence level of the Wald intervals.
+        level: confidence level of the Wald intervals, in (0, 1).
         solve: how the engine solves the stack: ``"blockwise"`` (default: one Newton per dependency level —
             working models first, then the estimands that read them) or ``"joint"`` (one Newton on the whole stack).
         diagnostics: compute the positivity diagnostics of the inverse-odds weights (``result.diagnostics``) and
@@ -310,6 +361,8 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
         raise SpecificationError(f"weighting={weighting!r}: use one of {WEIGHTING}")
     if not (per_trial or pooled):
         raise SpecificationError("per_trial and pooled are both False: nothing to estimate")
+    level = check_level(level)
+    df = as_frame(df)
     extra = [received] if received else []
     data = prepare_data(df, study=study, treatment=treatment, outcome=outcome, covariates=covariates, formula=formula,
                         target=target, outcome_family=outcome_model, extra_trial_columns=extra)
@@ -326,28 +379,37 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
         raise SpecificationError("post_covariates are used only for the per-protocol analysis: give received= too")
 
     # ------------------------------------------------------------------ which estimators
+    notes = list(data.notes)
     if estimators is None:
-        chosen = ["unadjusted", "weighting", "pseudo_outcome"] if per_protocol else \
-            ["unadjusted", "outcome", "weighting", "dr", "pseudo_outcome"]
-        if data.target_outcome_rows > 0 and not per_protocol:
-            chosen.append("target_only")
+        chosen = ["unadjusted", "outcome", "weighting", "dr", "pseudo_outcome"]
+        if not per_protocol:
+            if data.target_only_problem is None:
+                chosen.append("target_only")
+            elif data.target_outcome_rows > 0:  # the target has Z and Y columns, but they cannot identify the means
+                notes.append(f"target-only comparison skipped: {data.target_only_problem}")
     else:
         chosen = [estimators] if isinstance(estimators, str) else list(estimators)
         unknown = [e for e in chosen if e not in ESTIMATORS]
         if unknown:
             raise SpecificationError(f"unknown estimator(s) {unknown}; choose from {ESTIMATORS}")
-    if per_protocol:
-        bad = [e for e in chosen if e in ("outcome", "dr", "target_only")]
-        if bad:
-            raise SpecificationError(f"estimator(s) {bad} are not available for the per-protocol effect (eAppendix C): "
-                                     "use 'unadjusted', 'weighting' and 'pseudo_outcome'")
-    if "target_only" in chosen and data.target_outcome_rows == 0:
-        raise DataError(f"estimator 'target_only' needs treatment and outcome in the target sample "
-                        f"({study}={label(data.target)}), but every target row has them missing")
+        chosen = list(dict.fromkeys(chosen))
+    if per_protocol and "target_only" in chosen:
+        raise SpecificationError("estimator 'target_only' is not available for the per-protocol effect (eAppendix C): "
+                                 "the target sample has no treatment received; use 'unadjusted', 'outcome', "
+                                 "'weighting', 'dr' and 'pseudo_outcome'")
+    if "target_only" in chosen and data.target_only_problem is not None:
+        if not data.target_only_identified:
+            raise DataError(f"estimator 'target_only' needs treatment and outcome in the target sample "
+                            f"({study}={label(data.target)}): {data.target_only_problem}")
+        notes.append(f"target-only comparison: {data.target_only_problem}")
     trial_est = [e for e in chosen if e in PER_TRIAL] if per_trial else []
     pooled_est = [e for e in chosen if e in POOLED and (pooled or e == "target_only")]
     if not pooled:
         pooled_est = [e for e in pooled_est if e == "target_only"]
+    if not (trial_est or pooled_est):
+        raise SpecificationError(f"no estimator left to fit: {chosen} with "
+                                 f"{'per_trial=False (--pooled-only)' if not per_trial else 'pooled=False (--per-trial-only)'}"
+                                 f"; per-trial estimators are {list(PER_TRIAL)}, pooled ones {list(POOLED)}")
 
     # ------------------------------------------------------------------ contrasts
     C = data.n_arms
@@ -362,24 +424,36 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
             if ia == ib:
                 raise SpecificationError(f"contrast ({a!r}, {b!r}) compares an arm with itself")
             pairs.append((ia, ib))
+        pairs = list(dict.fromkeys(pairs))  # a contrast given twice is reported once
     contrast_names = [f"{label(data.arms[a])} vs {label(data.arms[b])}" for a, b in pairs]
 
     # ------------------------------------------------------------------ working models
     part = Participation(participation, data.m)
     treat = Treatment(treatment_model, C, data.m)
     covs = list(data.covariates)
-    adher = None
     blocks: list[Block] = []
     if treatment_model == "known":
         cols["tr.eknown"] = known_probabilities(data, treatment_probabilities)
     elif treatment_probabilities is not None:
-        raise SpecificationError("treatment_probabilities are used only with treatment_model='known'")
+        raise SpecificationError("treatment_probabilities are used only with treatment_model='known' "
+                                 "(--treatment-model known)")
+    trial_outcome = any(e in ("outcome", "dr") for e in trial_est)
+    pooled_outcome = any(e in ("outcome", "dr") for e in pooled_est)
+    itt_weights = ArmWeights(treat)  # I(Z=z)/e(z): the intention-to-treat arm weight
     if per_protocol:
-        regressors = add_adherence_columns(data, df if isinstance(df, pd.DataFrame) else pd.DataFrame(df), received,
-                                           post_covariates)
-        adher = Adherence(C)
-    armw = ArmWeights(treat, adher)
-    out = Outcome(family, C, data.m, trial_effects)
+        regressors, post = add_adherence_columns(data, df, received, post_covariates,
+                                                 per_trial=bool(trial_est))
+        armw = ArmWeights(treat, Adherence(C))  # I(Z=z, A=z)/(e(z) π_A(z)): the per-protocol arm weight
+        out = IteratedOutcome(family, C, data.m, trial_effects)
+        outcome_model_blocks = iterated_blocks(data, out, post, per_trial=trial_outcome, pooled=pooled_outcome)
+    else:
+        armw = itt_weights
+        out = Outcome(family, C, data.m, trial_effects)
+        outcome_model_blocks = outcome_blocks(data, family, per_trial=trial_outcome, pooled=pooled_outcome,
+                                              trial_effects=trial_effects)
+    # per protocol, DR weights two residuals: q1 − q2 by the ITT weight and Y − q1 by the per-protocol one
+    dr_weights, dr_adherence = (itt_weights, armw) if per_protocol else (armw, None)
+    n_resid = 2 if per_protocol else 1
     needs_weights = any(e in ("weighting", "dr") for e in trial_est) or any(
         e in ("weighting", "dr", "pseudo_outcome") for e in pooled_est)
     blocks += participation_blocks(participation, data.m, covs,
@@ -389,8 +463,7 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
         blocks += treatment_blocks(treatment_model, data, covs)
         if per_protocol:
             blocks += adherence_blocks(data, regressors)
-    blocks += outcome_blocks(data, family, per_trial=any(e in ("outcome", "dr") for e in trial_est),
-                             pooled=any(e in ("outcome", "dr") for e in pooled_est), trial_effects=trial_effects)
+    blocks += outcome_model_blocks
 
     # ------------------------------------------------------------------ estimands
     m = data.m
@@ -400,6 +473,14 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
     mean_labels = tuple(f"mu[{study}={s},{treatment}={z}]" for s in trial_labels for z in arm_labels)
     arm_mean_labels = tuple(f"mu[{treatment}={z}]" for z in arm_labels)
     ybar = float(cols["tr.Y"][cols["tr.R"] > 0].mean())
+
+    def dr_labels(means):
+        """μ, then (normalised) the weighted-residual means: resid (Y − h; per protocol q1 − q2), resid_adherent."""
+        if not normalized:
+            return means
+        prefixes = ("resid", "resid_adherent")[:n_resid]
+        return means + tuple(f"{p}[{x[3:]}" for p in prefixes for x in means)
+
     if per_protocol:
         cols["tr.ZAhot"] = cols["tr.Zhot"] * cols["tr.Ahot"]
     for e in trial_est:
@@ -413,10 +494,10 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
             blocks.append(Block("weighting_trials", TrialWeighting(part, armw, C, normalized), init=np.full(m * C, ybar),
                                 reads=part.trial_blocks() + armw.blocks(), labels=mean_labels))
         elif e == "dr":
-            lab = mean_labels + (tuple(f"resid[{x[3:]}" for x in mean_labels) if normalized else ())
-            blocks.append(Block("dr_trials", TrialDoublyRobust(part, armw, out, normalized),
-                                init=np.concatenate([np.full(m * C, ybar), np.zeros(m * C if normalized else 0)]),
-                                reads=part.trial_blocks() + armw.blocks() + out.trial_blocks(), labels=lab))
+            blocks.append(Block("dr_trials", TrialDoublyRobust(part, dr_weights, out, normalized, dr_adherence),
+                                init=np.concatenate([np.full(m * C, ybar), np.zeros(m * C * n_resid if normalized else 0)]),
+                                reads=part.trial_blocks() + armw.blocks() + out.trial_blocks(),
+                                labels=dr_labels(mean_labels)))
     k = data.k
     for e in pooled_est:
         if e == "target_only":
@@ -428,16 +509,17 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
             blocks.append(Block("weighting_pooled", PooledWeighting(part, armw, normalized), init=np.full(C, ybar),
                                 reads=part.pooled_blocks() + armw.blocks(), labels=arm_mean_labels))
         elif e == "dr":
-            lab = arm_mean_labels + (tuple(f"resid[{x[3:]}" for x in arm_mean_labels) if normalized else ())
-            blocks.append(Block("dr_pooled", PooledDoublyRobust(part, armw, out, normalized),
-                                init=np.concatenate([np.full(C, ybar), np.zeros(C if normalized else 0)]),
-                                reads=part.pooled_blocks() + armw.blocks() + out.pooled_blocks(), labels=lab))
+            blocks.append(Block("dr_pooled", PooledDoublyRobust(part, dr_weights, out, normalized, dr_adherence),
+                                init=np.concatenate([np.full(C, ybar), np.zeros(C * n_resid if normalized else 0)]),
+                                reads=part.pooled_blocks() + armw.blocks() + out.pooled_blocks(),
+                                labels=dr_labels(arm_mean_labels)))
         elif e == "pseudo_outcome":
             lab = tuple(f"{cn}:{p}" for cn in contrast_names for p in ["(Intercept)", *covs, "phi"])
             blocks.append(Block("pseudo_outcome", PooledPseudoOutcome(armw, tuple(pairs), k),
                                 init=np.zeros(len(pairs) * (k + 1)), reads=armw.blocks(), labels=lab))
     use_bias = bias is not None or bias_grid is not None
     if use_bias:
+        bias_grid = check_bias_grid(bias_grid)
         cols["tr.U"] = bias_columns(data, bias)
         blocks.append(Block("bias_mean", BiasMean(), init=cols["tr.U"][cols["tr.S0"] > 0].mean(0),
                             labels=tuple(trial_labels) + ("pooled",)))
@@ -446,11 +528,15 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
     if weights is not None and not isinstance(weights, str):
         weights = np.asarray(weights, float)
     elif isinstance(weights, str):
-        fit_cols[weights] = _column(df, weights)
+        if weights not in df.columns:
+            raise missing_column(weights, df.columns, "weight column")
+        if not pd.api.types.is_numeric_dtype(df[weights]):
+            raise DataError(f"weight column '{weights}' is not numeric (e.g. {df[weights].dropna().iloc[0]!r})")
+        fit_cols[weights] = df[weights].to_numpy(dtype=float)
     if isinstance(cluster, str):
-        fit_cols[cluster] = np.asarray(pd.DataFrame(df)[cluster].to_numpy()) if cluster in pd.DataFrame(df).columns else None
-        if fit_cols[cluster] is None:
-            raise DataError(f"cluster column '{cluster}' is not in the data")
+        if cluster not in df.columns:
+            raise missing_column(cluster, df.columns, "cluster column")
+        fit_cols[cluster] = df[cluster].to_numpy()
 
     # ------------------------------------------------------------------ the reported contrasts (positions in blocks)
     estimands: list[Estimand] = []
@@ -483,6 +569,7 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
     settings = _settings(data, family, participation, treatment_model, treatment_probabilities, trial_effects,
                          weighting, per_protocol, received, post_covariates, chosen, trial_est, pooled_est,
                          contrast_names, level)
+    settings["notes"] = notes
     return TransportStack(blocks, fit_cols, estimands, settings, data, weights=weights, cluster=cluster, solve=solve,
                           pairs=tuple(pairs), contrast_names=tuple(contrast_names), family=family,
                           trial_estimators=tuple(trial_est), pooled_estimators=tuple(pooled_est), participation=part,
@@ -508,7 +595,7 @@ def _result(stack: TransportStack, fit: mestim.Result) -> TransportResult:
     allest = _delta(fit, items, extra_idx, labels)
     est = mestim.Estimates(allest.theta[:n_items], allest.vcov[:n_items, :n_items], tuple(labels[:n_items]))
 
-    z = stats.norm.ppf(0.5 + level / 2)
+    z = NormalDist().inv_cdf(0.5 + level / 2)
     rows = []
     for i, (e, trial, ci, scale, _, _, n) in enumerate(items):
         value, se = float(est.theta[i]), float(np.sqrt(est.vcov[i, i]))
@@ -533,18 +620,20 @@ def _result(stack: TransportStack, fit: mestim.Result) -> TransportResult:
                                                "null": ("trial-specific effects equal (conventional heterogeneity "
                                                         "test, not transported)" if e == "unadjusted" else
                                                         "transported effects equal across trials")}
-        if "outcome_s1" in fit.blocks:
-            for ci, (a, b) in enumerate(pairs):
-                t = fit.wald_test(_cate_difference(fit, k, a, b, m))
-                scale = "log-odds" if family == "logistic" else "mean-difference"
-                tests["cate_equality"][contrast_names[ci]] = {
-                    "statistic": t.statistic, "df": t.df, "p_value": t.p_value,
-                    "null": f"per-trial CATE models equal across trials ({scale} coefficients of the arm-by-X terms, eq. 3)"}
+        prefix = next((p for p in ("outcome_s", "pp_outer_s") if f"{p}1" in fit.blocks), None)
+        for ci, (a, b) in enumerate(pairs if prefix else []):
+            t = fit.wald_test(_cate_difference(fit, prefix, k, a, b, m))
+            scale = "log-odds" if family == "logistic" else "mean-difference"
+            null = (f"per-trial CATE models equal across trials ({scale} coefficients of the arm-by-X terms, eq. 3)"
+                    if prefix == "outcome_s" else f"per-trial per-protocol CATE models equal across trials ({scale} "
+                    "coefficients of the arm-by-X terms of the outer regressions, eq. C.5)")
+            tests["cate_equality"][contrast_names[ci]] = {"statistic": t.statistic, "df": t.df, "p_value": t.p_value,
+                                                          "null": null}
 
     # ------------------------------------------------------------------ sensitivity sweep
     sens = None
     if use_bias:
-        grid = np.asarray([1.0] if stack.bias_grid is None else stack.bias_grid, float)
+        grid = stack.bias_grid  # validated by check_bias_grid
         ubar_idx = {s: n_items + j for j, s in enumerate(trial_labels + ["pooled"])}
         recs = []
         for i, (e, trial, ci, scale, _, _, n) in enumerate(items):
@@ -557,17 +646,10 @@ def _result(stack: TransportStack, fit: mestim.Result) -> TransportResult:
                 se = float(np.sqrt(max(var, 0.0)))
                 recs.append({"estimator": e, "trial": trial, "contrast": contrast_names[ci], "delta": float(d),
                              "bias_mean": float(d * allest.theta[u]), "estimate": float(value), "se": se,
-                             "ci_low": float(value - z * se), "ci_high": float(value + z * se)})
-        sens = pd.DataFrame(recs)
+                             "ci_low": float(value - z * se), "ci_high": float(value + z * se), "n": n})
+        sens = pd.DataFrame(recs, columns=SENSITIVITY_COLUMNS)
 
     return TransportResult(table, tests, stack.settings, fit, est, data, sens, level)
-
-
-def _column(df, name):
-    frame = df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
-    if name not in frame.columns:
-        raise DataError(f"weight column '{name}' is not in the data")
-    return frame[name].to_numpy(dtype=float)
 
 
 def _arm_index(data, value) -> int:
@@ -577,13 +659,14 @@ def _arm_index(data, value) -> int:
     raise DataError(f"treatment level {value!r} is not one of the arms {[label(a) for a in data.arms]}")
 
 
-def _cate_difference(fit, k, a, b, m) -> np.ndarray:
-    """L with Lθ = per-trial (arm-a minus arm-b interaction coefficients), trial j minus trial 1, j = 2..m."""
+def _cate_difference(fit, prefix, k, a, b, m) -> np.ndarray:
+    """L with Lθ = per-trial (arm-a minus arm-b interaction coefficients), trial j minus trial 1, j = 2..m, of the
+    per-trial outcome blocks ``{prefix}{j}`` (design [x, I(Z=z_1)·x, …], k columns per arm)."""
     L = np.zeros(((m - 1) * k, fit.theta.size))
 
     def put(row, j, c, sign):
         if c > 0:
-            L[row + np.arange(k), fit.blocks[f"outcome_s{j}"].start + c * k + np.arange(k)] += sign
+            L[row + np.arange(k), fit.blocks[f"{prefix}{j}"].start + c * k + np.arange(k)] += sign
 
     for j in range(2, m + 1):
         row = (j - 2) * k
@@ -634,8 +717,12 @@ def _settings(data, family, participation, treatment_model, probs, trial_effects
              "pooled": "P[Z=z|X, R=1]: multinomial/logistic on X, trial rows (no trial indicators)",
              "per_trial": "l(z,s;X): a separate multinomial/logistic model per trial",
              "known": f"known randomisation probabilities {probs}"}[treatment_model]
-    out = (f"{family} regression per arm (X-by-arm interactions); per trial on rows S=s; pooled on all trial rows "
-           + ("with trial main effects" if trial_effects else "without trial main effects"))
+    where = ("per trial on rows S=s; pooled on all trial rows "
+             + ("with trial main effects" if trial_effects else "without trial main effects"))
+    out = (f"{family} regression per arm (X-by-arm interactions); {where}" if not per_protocol else
+           f"iterated expectation (eq. C.2): {family} regression of Y on X and L among adherent rows, then "
+           f"{'fractional logistic' if family == 'logistic' else 'linear'} regression of its prediction on X among "
+           f"all rows of the arm, per arm; {where}")
     return {
         "study": data.study, "treatment": data.treatment, "outcome": data.outcome,
         "covariates": list(data.covariates), "target": label(data.target),

@@ -27,7 +27,6 @@ functions at the fitted parameters, the summaries from NumPy reductions over row
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -42,19 +41,23 @@ COLUMNS = ["estimator", "trial", "arm", "n", "ess", "ess_fraction", "max_share",
 
 def inverse_odds_weights(stack, fit):
     """(pooled (n, C) or None, per-trial (n, m, C) or None): the weights w_i of every row and arm (0 off the
-    group), at the fitted parameters; pooled only if a pooled weighting/DR estimator was fitted, likewise per trial."""
+    group), at the fitted parameters; pooled only if a pooled weighting/DR estimator was fitted, likewise per trial.
+
+    One compiled program: NumPy columns and the flat θ go into one ``jit(vmap)`` that slices the blocks inside,
+    so no eager ``jax.numpy`` call (each of which would compile a program of its own) runs on the host."""
     pooled = any(e in WEIGHTED for e in stack.pooled_estimators)
     per_trial = any(e in WEIGHTED for e in stack.trial_estimators)
     if not (pooled or per_trial):
         return None, None
     cols = stack.transport_data.columns
     n = cols["tr.R"].shape[0]
-    rows = {k: jnp.asarray(v) for k, v in cols.items()
-            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim >= 1 and v.shape[0] == n}
-    up = {name: jnp.asarray(fit.theta[sl]) for name, sl in fit.blocks.items()}
     part, armw = stack.participation, stack.arm_weights
+    rows = {k: v for k, v in cols.items()
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim >= 1 and v.shape[0] == n}
+    blocks = {name: (sl.start, sl.stop) for name, sl in fit.blocks.items()}
 
-    def one(row):
+    def one(row, theta):
+        up = {name: theta[a:b] for name, (a, b) in blocks.items()}
         arm = armw(up, row)  # (C,) I(Z=z)/e(z; X, S)  (0 off the row's arm)
         out = []
         if pooled:
@@ -63,7 +66,7 @@ def inverse_odds_weights(stack, fit):
             out.append(row["tr.Shot"][:, None] * part.trial_odds(up, row)[:, None] * arm[None, :])
         return tuple(out)
 
-    res = [np.asarray(r) for r in jax.jit(jax.vmap(one))(rows)]
+    res = [np.asarray(r) for r in jax.jit(jax.vmap(one, in_axes=(0, None)))(rows, np.asarray(fit.theta, float))]
     return (res.pop(0) if pooled else None), (res.pop(0) if per_trial else None)
 
 

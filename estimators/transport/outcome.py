@@ -66,14 +66,26 @@ class Outcome:
             eta = eta + row["tr.D"] @ beta[a.shape[0]:]
         return self.link_inverse(eta)
 
+    def trial_residuals(self, up, row):
+        """(Y − h(z, s; X),) of shape (m, C): the one residual the doubly robust estimator weights."""
+        h = jnp.stack([jnp.stack([self.trial_mean(up, row, j, c) for c in range(self.n_arms)])
+                       for j in range(1, self.m + 1)])
+        return (row["tr.Y"] - h,)
 
-def interaction_columns(data) -> list[str]:
-    """Column names of [1, X, I(Z=z_1)·(1, X), …] after the intercept, as built in :mod:`.data`."""
-    names = list(data.covariates)
+    def pooled_residuals(self, up, row):
+        """(Y − g(z; X, S),) of shape (C,), at the row's own trial."""
+        return (row["tr.Y"] - jnp.stack([self.pooled_mean(up, row, c, own_trial=True) for c in range(self.n_arms)]),)
+
+
+def interaction_columns(data, extra=()) -> list[str]:
+    """Column names of [1, X, I(Z=z_1)·(1, X), …] after the intercept, as built in :mod:`.data` (``extra``:
+    further regressors after X, e.g. the per-protocol analysis' post-randomisation covariates L)."""
+    regressors = list(data.covariates) + list(extra)
+    names = list(regressors)
     zname = data.treatment
     for a in data.arms[1:]:
         names.append(f"[{zname}={label(a)}]")
-        names += [f"[{zname}={label(a)}]*{c}" for c in data.covariates]
+        names += [f"[{zname}={label(a)}]*{c}" for c in regressors]
     return names
 
 

@@ -16,6 +16,13 @@ participation (:class:`~estimators.transport.participation.Participation`), h(z,
     unnormalised: ψ = S0 (h(z, s; X) − μ[s, z]) + I_s o_s W_z (Y − h(z, s; X))
     normalised:   ψ_μ = S0 (h(z, s; X) + r[s, z] − μ[s, z]),  ψ_r = I_s o_s W_z (Y − h(z, s; X) − r[s, z])
   consistent if the outcome model is right, or if the participation and treatment models are.
+  Per protocol (eAppendix C), h is the iterated-expectation model q2 of eq. C.2 and there is one weighted
+  residual per regression (:mod:`~estimators.transport.iterated`):
+    unnormalised: ψ = S0 (q2 − μ[s, z]) + I_s o_s [W_z (q1 − q2) + W^A_z (Y − q1)]
+    normalised:   ψ_μ = S0 (q2 + r[s, z] + r^A[s, z] − μ[s, z]),  ψ_r = I_s o_s W_z (q1 − q2 − r[s, z]),
+                  ψ_{r^A} = I_s o_s W^A_z (Y − q1 − r^A[s, z])
+  with W_z = I(Z=z)/ℓ(z) and W^A_z = I(Z=z, A=z)/(ℓ(z) π_A(z; X, L)); the outcome-model estimator is
+  ψ = S0 (q2(z, s; X) − μ[s, z]).
 """
 
 from __future__ import annotations
@@ -75,21 +82,29 @@ class TrialWeighting:
 
 @dataclasses.dataclass(frozen=True)
 class TrialDoublyRobust:
-    """Augmented (doubly robust) one-trial estimator; normalised adds a residual-mean parameter r[s, z]."""
+    """Augmented (doubly robust) one-trial estimator; normalised adds a residual-mean parameter r[s, z] per stage.
+
+    Intention to treat: one stage, residual Y − h weighted by I_s o_s W_z. Per protocol (``adherence_weights``
+    given, ``outcome`` an :class:`~estimators.transport.iterated.IteratedOutcome`): two stages, q1 − q2 weighted by
+    I_s o_s I(Z=z)/ℓ(z) and Y − q1 weighted by I_s o_s I(Z=z, A=z)/(ℓ(z) π_A(z))."""
 
     participation: Participation
     weights: ArmWeights
     outcome: Outcome
     normalized: bool
+    adherence_weights: ArmWeights | None = None
 
     def __call__(self, theta, row, **up):
         o = self.outcome
         m, C = o.m, o.n_arms
         h = jnp.stack([jnp.stack([o.trial_mean(up, row, j, c) for c in range(C)]) for j in range(1, m + 1)])
-        w = row["tr.Shot"][:, None] * self.participation.trial_odds(up, row)[:, None] * self.weights(up, row)[None, :]
-        resid = row["tr.Y"] - h
+        odds = row["tr.Shot"][:, None] * self.participation.trial_odds(up, row)[:, None]
+        stages = (self.weights,) + ((self.adherence_weights,) if self.adherence_weights is not None else ())
+        w = [odds * arm(up, row)[None, :] for arm in stages]
+        resid = o.trial_residuals(up, row)
         if self.normalized:
-            mu, r = theta[: m * C].reshape(m, C), theta[m * C:].reshape(m, C)
-            return jnp.concatenate([(row["tr.S0"] * (h + r - mu)).ravel(), (w * (resid - r)).ravel()])
-        mu = theta.reshape(m, C)
-        return (row["tr.S0"] * (h - mu) + w * resid).ravel()
+            mu = theta[: m * C].reshape(m, C)
+            r = [theta[(k + 1) * m * C: (k + 2) * m * C].reshape(m, C) for k in range(len(stages))]
+            return jnp.concatenate([(row["tr.S0"] * (h + sum(r) - mu)).ravel()]
+                                   + [(wk * (ek - rk)).ravel() for wk, ek, rk in zip(w, resid, r)])
+        return (row["tr.S0"] * (h - theta.reshape(m, C)) + sum(wk * ek for wk, ek in zip(w, resid))).ravel()

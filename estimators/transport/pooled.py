@@ -10,6 +10,10 @@ g(z; X, S) the pooled outcome model (common arm-specific part, optional trial in
 - φ_w (eq. 9): unnormalised ψ = R o W_z Y − S0 μ_z; normalised (Hájek, default) ψ = R o W_z (Y − μ_z).
 - φ_dr (spec §2b): unnormalised ψ = S0 (g(z; X, ·) − μ_z) + R o W_z (Y − g(z; X, S));
   normalised ψ_μ = S0 (g(z; X, ·) + r_z − μ_z), ψ_r = R o W_z (Y − g(z; X, S) − r_z).
+- Per protocol (eAppendix C): g is the iterated-expectation model q2 of eq. C.2 (φ_te: ψ = S0 (q2(z; X, ·) − μ_z)),
+  and φ_dr weights one residual per regression: ψ = S0 (q2 − μ_z) + R o [W_z (q1 − q2) + W^A_z (Y − q1)], with
+  W^A_z = I(Z=z, A=z)/(e(z) π_A(z; X, L)); normalised, each weighted residual gets its own mean parameter
+  (:mod:`~estimators.transport.iterated`).
 - Target only (trial emulation: the target sample has Z and Y): ψ = S0 I(Z=z, Y observed) (Y − μ_z).
 """
 
@@ -83,20 +87,25 @@ class PooledWeighting:
 
 @dataclasses.dataclass(frozen=True)
 class PooledDoublyRobust:
-    """φ_dr: outcome-model plug-in on S=0 plus the weighted residuals of the trials."""
+    """φ_dr: outcome-model plug-in on S=0 plus the weighted residuals of the trials (one per stage; per protocol
+    two, as :class:`~estimators.transport.per_trial.TrialDoublyRobust`)."""
 
     participation: Participation
     weights: ArmWeights
     outcome: Outcome
     normalized: bool
+    adherence_weights: ArmWeights | None = None
 
     def __call__(self, theta, row, **up):
         o = self.outcome
         C = o.n_arms
         g0 = jnp.stack([o.pooled_mean(up, row, c, own_trial=False) for c in range(C)])
-        gs = jnp.stack([o.pooled_mean(up, row, c, own_trial=True) for c in range(C)])
-        w = row["tr.R"] * self.participation.pooled_odds(up, row) * self.weights(up, row)
+        odds = row["tr.R"] * self.participation.pooled_odds(up, row)
+        stages = (self.weights,) + ((self.adherence_weights,) if self.adherence_weights is not None else ())
+        w = [odds * arm(up, row) for arm in stages]
+        resid = o.pooled_residuals(up, row)
         if self.normalized:
-            mu, r = theta[:C], theta[C:]
-            return jnp.concatenate([row["tr.S0"] * (g0 + r - mu), w * (row["tr.Y"] - gs - r)])
-        return row["tr.S0"] * (g0 - theta) + w * (row["tr.Y"] - gs)
+            mu = theta[:C]
+            r = [theta[(k + 1) * C: (k + 2) * C] for k in range(len(stages))]
+            return jnp.concatenate([row["tr.S0"] * (g0 + sum(r) - mu)] + [wk * (ek - rk) for wk, ek, rk in zip(w, resid, r)])
+        return row["tr.S0"] * (g0 - theta) + sum(wk * ek for wk, ek in zip(w, resid))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .api import DISPLAY
 
 COLUMNS = ("unadjusted", "outcome", "weighting", "dr")
+WARNINGS_SHOWN = 4  # positivity warnings printed in full before "… and N more"
 
 
 def _cell(row) -> str:
@@ -19,37 +20,51 @@ def _lookup(table, estimator, trial, contrast, scale="difference"):
     return None if sel.empty else sel.iloc[0]
 
 
-def format_summary(res) -> str:
+def percent(level: float) -> str:
+    """0.95 → '95%', 0.975 → '97.5%'."""
+    return f"{level * 100:.6g}%"
+
+
+def _aligned(head, body) -> list[str]:
+    widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
+    fmt = lambda r: "  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip()  # noqa: E731
+    return [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in body]
+
+
+def format_summary(res, warnings: bool = True) -> str:
     """Table-1-like text: one row per trial (n, unadjusted, outcome model, weighting, doubly robust), a pooled row,
-    the target-only row when available; then ratios (binary outcomes), tests and the models used."""
+    the target-only comparison in its own row (the target's n); then ratios (binary outcomes), tests, positivity,
+    the sensitivity sweep (every trial and the pooled estimators), the models used, notes and — unless
+    ``warnings=False`` (the command line prints them on stderr instead) — the warnings."""
     t, st = res.table, res.settings
     lines = []
-    pct = int(round(res.level * 100))
+    target = st["target"]
+    has_target_only = "target_only" in st["pooled_estimators"]
     for contrast in st["contrasts"]:
-        lines.append(f"Transported effect {st['treatment']} = {contrast.replace(' vs ', ' vs ')} in the target population "
-                     f"({st['study']} = {st['target']}, n = {st['n_target']}); estimate ({pct}% CI)")
-        cols = [c for c in COLUMNS if c in t.estimator.values]
+        lines.append(f"Transported effect {st['treatment']} = {contrast} in the target population "
+                     f"({st['study']} = {target}, n = {st['n_target']}); estimate ({percent(res.level)} CI)")
+        cols = [c for c in COLUMNS if c in t.estimator.values or (c == "unadjusted" and has_target_only)]
         head = [st["study"], "n"] + [DISPLAY[c] for c in cols]
-        body = []
-        for s in st["trials"]:
-            body.append([s, str(st["n_trials"][s])] + [_cell(_lookup(t, c, s, contrast)) for c in cols])
-        if any(c in st["pooled_estimators"] for c in cols):
-            target_row = _lookup(t, "target_only", st["target"], contrast)
-            pooled = ["pooled", str(sum(st["n_trials"].values()))]
-            for c in cols:
-                pooled.append(_cell(target_row) + " [target only]" if c == "unadjusted" and target_row is not None
-                              else _cell(_lookup(t, c, "pooled", contrast)))
-            body.append(pooled)
-        widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
-        fmt = lambda r: "  ".join(x.ljust(w) for x, w in zip(r, widths))  # noqa: E731
-        lines += [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in body]
+        body = [[s, str(st["n_trials"][s])] + [_cell(_lookup(t, c, s, contrast)) for c in cols]
+                for s in (st["trials"] if st["per_trial_estimators"] else [])]
+        if any(c in st["pooled_estimators"] for c in cols if c != "unadjusted"):
+            body.append(["pooled", str(sum(st["n_trials"].values()))]
+                        + [_cell(_lookup(t, c, "pooled", contrast)) for c in cols])
+        target_row = _lookup(t, "target_only", target, contrast)
+        if target_row is not None:  # trial emulation: the target sample's own comparison, with its own n
+            body.append([f"{target} (target only)", str(int(target_row.n))]
+                        + [_cell(target_row) if c == "unadjusted" else "—" for c in cols])
+        if cols:
+            lines += _aligned(head, body)
         ps = _lookup(t, "pseudo_outcome", "pooled", contrast)
         if ps is not None:
             lines.append(f"pooled, pseudo-outcome CATE regression (eq. 8): {_cell(ps)}")
         for scale in ("risk ratio", "odds ratio"):
-            rows = t[(t.trial == "pooled") & (t.contrast == contrast) & (t.scale == scale)]
-            if not rows.empty:
-                lines.append(f"pooled {scale}s: " + "; ".join(f"{DISPLAY[r.estimator]} {_cell(r)}" for r in rows.itertuples()))
+            for where, name in (("pooled", "pooled"), (target, "target-only")):
+                rows = t[(t.trial == where) & (t.contrast == contrast) & (t.scale == scale)]
+                if not rows.empty:
+                    lines.append(f"{name} {scale}s: " + "; ".join(f"{DISPLAY[r.estimator]} {_cell(r)}"
+                                                                for r in rows.itertuples()))
         lines.append("")
     tests = res.tests
     if tests["homogeneity"]:
@@ -60,7 +75,8 @@ def format_summary(res) -> str:
                 lines.append(f"  {DISPLAY[e]:<14} {contrast}: χ² = {d['statistic']:.3f} on {d['df']} df, "
                              f"p = {d['p_value']:.3g}{tag}")
     for contrast, d in tests["cate_equality"].items():
-        lines.append(f"Per-trial CATE models equal (falsification check, eq. 3) {contrast}: χ² = {d['statistic']:.3f} "
+        eq = "eq. C.5, per protocol" if "C.5" in d["null"] else "eq. 3"
+        lines.append(f"Per-trial CATE models equal (falsification check, {eq}) {contrast}: χ² = {d['statistic']:.3f} "
                      f"on {d['df']} df, p = {d['p_value']:.3g}")
     diag = getattr(res, "diagnostics", None)
     if diag is not None and not diag.empty:
@@ -70,11 +86,7 @@ def format_summary(res) -> str:
         lines += format_diagnostics(diag, st, DISPLAY)
     if res.sensitivity is not None and not res.sensitivity.empty:
         lines.append("")
-        lines.append("Sensitivity analysis (eq. 11): estimate + δ·mean_{S=0} u(s;X)")
-        sens = res.sensitivity[res.sensitivity.trial == "pooled"]
-        for r in sens.itertuples():
-            lines.append(f"  {DISPLAY[r.estimator]:<14} {r.contrast} δ = {r.delta:+.3g}: {r.estimate:.3g} "
-                         f"({r.ci_low:.3g}, {r.ci_high:.3g})")
+        lines += _sensitivity_lines(res)
     lines.append("")
     lines.append(f"Estimand: {st['estimand']}")
     lines.append(f"Participation model: {st['participation_model']}")
@@ -83,72 +95,111 @@ def format_summary(res) -> str:
     lines.append(f"Weighting: {st['weighting']}")
     lines.append(f"Variance: {st['variance']}")
     lines.append(f"Solver: {res.fit.status}")
-    for w in res.fit.warnings:
-        lines.append(f"warning: {w}")
-    for w in getattr(res, "diagnostic_warnings", []):
-        lines.append(f"warning: {w}")
+    lines += [f"note: {n}" for n in res.notes]
+    if warnings:
+        lines += [f"warning: {w}" for w in warning_lines(res)]
+    elif res.warnings:
+        lines.append(f"warnings: {len(res.warnings)} (printed on stderr)")
     return "\n".join(lines)
+
+
+def _sensitivity_lines(res) -> list[str]:
+    """The sweep as a table: one row per estimator, trial (then pooled) and contrast; one column per δ."""
+    sens, st = res.sensitivity, res.settings
+    deltas = list(dict.fromkeys(sens.delta))
+    order = {s: i for i, s in enumerate(st["trials"] + ["pooled"])}
+    head = ["estimator", st["study"], "contrast"] + [f"δ = {d:+.3g}" for d in deltas]
+    body = []
+    keys = sens[["estimator", "trial", "contrast"]].drop_duplicates()
+    keys = keys.assign(_o=keys.trial.map(order)).sort_values(["_o"], kind="stable")
+    for r in keys.itertuples(index=False):
+        g = sens[(sens.estimator == r.estimator) & (sens.trial == r.trial) & (sens.contrast == r.contrast)]
+        cells = [_cell(g[g.delta == d].iloc[0]) if (g.delta == d).any() else "—" for d in deltas]
+        body.append([DISPLAY[r.estimator], r.trial, r.contrast] + cells)
+    return (["Sensitivity analysis (eq. 11): estimate + δ·mean_{S=0} u(s;X), "
+             f"estimate ({percent(res.level)} CI) at each δ:"] + ["  " + ln for ln in _aligned(head, body)])
+
+
+def warning_lines(res) -> list[str]:
+    """Every warning once; many positivity warnings are summarised (each flagged group is marked [EXTREME] in the
+    positivity lines of the summary, and all are in ``result.diagnostic_warnings``)."""
+    engine = [w for w in res.warnings if w not in res.diagnostic_warnings]
+    positivity = list(res.diagnostic_warnings)
+    if len(positivity) <= WARNINGS_SHOWN:
+        return engine + positivity
+    shown = WARNINGS_SHOWN - 1
+    return engine + positivity[:shown] + [
+        f"positivity: … and {len(positivity) - shown} more (trial, arm) groups with extreme inverse-odds weights: "
+        "see the [EXTREME] entries of the positivity lines of the summary"]
 
 
 MARKERS = {"unadjusted": dict(marker="s", mfc="white", mec="black", color="black"),
            "outcome": dict(marker="s", mfc="black", mec="black", color="black"),
            "weighting": dict(marker="s", mfc="0.5", mec="0.5", color="0.5"),
            "dr": dict(marker="o", mfc="tab:blue", mec="tab:blue", color="tab:blue"),
-           "pseudo_outcome": dict(marker="D", mfc="white", mec="black", color="black")}
+           "pseudo_outcome": dict(marker="D", mfc="white", mec="tab:orange", color="tab:orange")}
+POOLED_MARKER = "D"  # every pooled estimate is a diamond, in its estimator's colours
 
 
 def forest_plot(res, path=None, contrast=None):
     """Forest plot like the paper's Figure 1: per trial unadjusted (white squares), outcome model (black),
-    weighting (gray), doubly robust (blue circles); pooled estimates as diamonds; the target-only estimate and CI
-    (when the target sample has Z and Y) as solid and dashed vertical lines."""
+    weighting (gray), doubly robust (blue circles); pooled estimates as diamonds in the same colours (the
+    pseudo-outcome regression, pooled only, an orange diamond); the
+    target-only estimate and CI (when the target sample has Z and Y) as solid and dashed vertical lines; a dotted
+    line at no effect. Every mark and line is in the legend, drawn as on the plot; rows without estimates (the
+    trials under ``pooled=False``, say) are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     t = res.table
-    contrast = contrast or res.settings["contrasts"][0]
+    st = res.settings
+    contrast = contrast or st["contrasts"][0]
     t = t[(t.contrast == contrast) & (t.scale == "difference")]
-    trials = res.settings["trials"]
-    ests = [e for e in ("unadjusted", "outcome", "weighting", "dr", "pseudo_outcome") if e in set(t.estimator)]
-    per = [e for e in ests if e in res.settings["per_trial_estimators"]]
-    fig_h = 1.0 + 0.45 * (len(trials) + 1) * max(1, len(per)) / 2
-    fig, ax = plt.subplots(figsize=(7, max(3.5, fig_h)))
-    ypos, yticks, ylabels = 0.0, [], []
-    step = 0.8 / max(1, len(per))
-    rows = [(s, per) for s in trials] + [("pooled", [e for e in ests if e in res.settings["pooled_estimators"]])]
-    for s, es in rows[::-1]:
+    present = [e for e in MARKERS if e in set(t.estimator)]
+    per = [e for e in present if e in st["per_trial_estimators"]]
+    pooled = [e for e in present if e in st["pooled_estimators"]]
+    rows = ([(s, per) for s in st["trials"]] if per else []) + ([("pooled", pooled)] if pooled else [])
+    lanes = max([len(es) for _, es in rows] + [1])
+    fig, ax = plt.subplots(figsize=(7, max(3.5, 1.2 + 0.3 * len(rows) * lanes)))
+    step = 0.8 / lanes
+    yticks, ylabels = [], []
+    for ypos, (s, es) in enumerate(rows[::-1]):
         for i, e in enumerate(es):
             r = _lookup(t, e, s, contrast)
             if r is None:
                 continue
-            y = ypos + (i - (len(es) - 1) / 2) * step
-            style = dict(MARKERS[e])
-            if s == "pooled":
-                style["marker"] = "D"
-            ax.errorbar([r.estimate], [y], xerr=[[r.estimate - r.ci_low], [r.ci_high - r.estimate]], fmt=style.pop("marker"),
-                        capsize=2, ms=6, label=f"{DISPLAY[e]}", **{"mfc": style["mfc"], "mec": style["mec"],
-                                                                      "color": style["color"]})
+            style = MARKERS[e]
+            ax.errorbar([r.estimate], [ypos + (i - (len(es) - 1) / 2) * step],
+                        xerr=[[r.estimate - r.ci_low], [r.ci_high - r.estimate]], capsize=2, ms=6,
+                        fmt=POOLED_MARKER if s == "pooled" else style["marker"], mfc=style["mfc"], mec=style["mec"],
+                        color=style["color"])
         yticks.append(ypos)
-        ylabels.append(f"{res.settings['study']} = {s}" if s != "pooled" else "all trials (pooled)")
-        ypos += 1.0
-    target = _lookup(t, "target_only", res.settings["target"], contrast)
+        ylabels.append(f"{st['study']} = {s}" if s != "pooled" else "all trials (pooled)")
+    handles = [Line2D([], [], ls="none", marker=MARKERS[e]["marker"] if e in per else POOLED_MARKER, ms=6,
+                      mfc=MARKERS[e]["mfc"], mec=MARKERS[e]["mec"], label=DISPLAY[e]) for e in present]
+    if per and pooled:
+        handles.append(Line2D([], [], ls="none", marker=POOLED_MARKER, ms=6, mfc="0.85", mec="0.4",
+                              label="pooled over trials (diamonds)"))
+    ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
+    handles.append(Line2D([], [], color="0.6", lw=0.8, ls=":", label="no effect (0)"))
+    target = _lookup(t, "target_only", st["target"], contrast)
     if target is not None:
         ax.axvline(target.estimate, color="black", lw=1)
-        ax.axvline(target.ci_low, color="black", lw=1, ls="--")
-        ax.axvline(target.ci_high, color="black", lw=1, ls="--")
-    handles, labels = ax.get_legend_handles_labels()
-    seen = {}
-    for h, lab in zip(handles, labels):
-        seen.setdefault(lab, h)
-    ax.legend(seen.values(), seen.keys(), loc="best", fontsize=8)
+        for x in (target.ci_low, target.ci_high):
+            ax.axvline(x, color="black", lw=1, ls="--")
+        handles += [Line2D([], [], color="black", lw=1, label=f"target only ({st['study']} = {st['target']}): estimate"),
+                    Line2D([], [], color="black", lw=1, ls="--", label=f"target only: {percent(res.level)} CI")]
+    ax.legend(handles=handles, loc="best", fontsize=8)
     ax.set_yticks(yticks, ylabels)
-    ax.set_xlabel(f"{res.settings['outcome']}: effect of {res.settings['treatment']} {contrast} in the target "
-                  f"population (95% CI)")
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlabel(f"{st['outcome']}: effect of {st['treatment']} {contrast} in the target population "
+                  f"({percent(res.level)} CI)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
         plt.close(fig)
     return fig
-

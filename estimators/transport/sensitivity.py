@@ -1,9 +1,9 @@
 """Sensitivity analysis for violations of conditional exchangeability in measure (eq. 10–11).
 
 Bias model: E[Y^z − Y^{z'} | X, S=0] = E[Y^z − Y^{z'} | X, S=s] + δ·u(s; X), with a user-supplied bias
-function u (a constant, the name of a covariate, or a callable ``u(X, s)`` taking the covariate table and a
-trial label — or ``"pooled"`` for the pooled estimators — and returning one value per row) and a grid of
-multipliers δ. Eq. (11): the target effect is ψ(z, z', s) + δ·E[u(s; X) | S=0], estimated by adding
+function u (a constant, the name of a numeric covariate or design column, or a callable ``u(X, s)`` taking the
+covariate table — design columns, and text covariates as given — and a trial label — or ``"pooled"`` for the
+pooled estimators — and returning one value per row) and a grid of finite multipliers δ. Eq. (11): the target effect is ψ(z, z', s) + δ·E[u(s; X) | S=0], estimated by adding
 
     ū_s = {Σ I(S_i=0)}⁻¹ Σ I(S_i=0) u(s; X_i)
 
@@ -16,8 +16,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 
 from mestim.errors import DataError, SpecificationError
+
+from .data import listing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +38,19 @@ def bias_columns(data, bias) -> np.ndarray:
     if bias is None:
         return np.ones((n, len(keys)))
     if isinstance(bias, (int, float, np.integer, np.floating)):
+        if not np.isfinite(bias):
+            raise SpecificationError(f"bias={bias!r}: give a finite number, a covariate name or a function u(X, trial)")
         return np.full((n, len(keys)), float(bias))
     if isinstance(bias, str):
         if bias not in data.frame.columns:
-            raise DataError(f"bias covariate '{bias}' is not one of the covariates {list(data.frame.columns)}")
-        return np.repeat(data.frame[bias].to_numpy(float)[:, None], len(keys), axis=1)
+            raise DataError(f"bias covariate '{bias}' is not one of the covariates ({listing(data.frame.columns)}); "
+                            "u(s; X) is a function of the covariates")
+        values = data.frame[bias]
+        if not pd.api.types.is_numeric_dtype(values):
+            raise DataError(f"bias covariate '{bias}' is text; name one of its indicator columns "
+                            f"({listing(c for c in data.frame.columns if str(c).startswith(f'{bias}['))}) or give a "
+                            "function u(X, trial)")
+        return np.repeat(values.to_numpy(float)[:, None], len(keys), axis=1)
     if callable(bias):
         out = []
         for s in keys:

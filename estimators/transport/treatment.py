@@ -20,6 +20,7 @@ per-protocol effect (eAppendix C) W_z = I(Z=z, A=a_z)/(e(z; X, S)·P[A=a_z | X, 
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ from mestim.errors import DataError, SpecificationError
 from .data import label
 
 TREATMENT_MODELS = ("trial", "pooled", "per_trial", "known")
+PROBABILITY_SUM_TOLERANCE = 1e-6  # known randomisation probabilities of a trial must sum to 1 within this
 
 
 def softmax_ref0(eta):
@@ -97,18 +99,31 @@ def known_probabilities(data, probabilities) -> np.ndarray:
     out = np.ones((n, data.n_arms))
 
     def arm_probs(d, where):
-        keyed = {label(k): float(v) for k, v in d.items()}
+        keyed = {label(k): _probability(v, where) for k, v in d.items()}
         missing = [label(a) for a in data.arms if label(a) not in keyed]
         if missing:
             raise DataError(f"treatment_probabilities{where} gives no probability for arm(s) {missing}")
+        unknown = sorted(set(keyed) - {label(a) for a in data.arms})
+        if unknown:
+            raise DataError(f"treatment_probabilities{where} names arm(s) {unknown} that are not arms of the trials "
+                            f"({[label(a) for a in data.arms]})")
         p = np.array([keyed[label(a)] for a in data.arms])
-        if np.any(p <= 0) or np.any(p >= 1 + 1e-12):
-            raise DataError(f"treatment_probabilities{where} must lie in (0, 1]; got {p.tolist()}")
+        shown = {label(a): v for a, v in zip(data.arms, p.tolist())}
+        if not np.all((p > 0) & (p < 1)):
+            raise DataError(f"treatment_probabilities{where} {shown}: each randomisation probability must lie in "
+                            "(0, 1) (strictly: an arm nobody can be assigned to cannot be compared)")
+        if abs(p.sum() - 1) > PROBABILITY_SUM_TOLERANCE:
+            raise DataError(f"treatment_probabilities{where} {shown} sum to {p.sum():.6g}; the probabilities of the "
+                            "arms of a trial must sum to 1 (e.g. 0:0.5,1:0.5; fractions such as 1/3 are accepted)")
         return p
 
     values = list(probabilities.values())
     if values and isinstance(values[0], dict):
         keyed = {label(k): v for k, v in probabilities.items()}
+        unknown = sorted(set(keyed) - {label(t) for t in data.trials})
+        if unknown:
+            raise DataError(f"treatment_probabilities names trial(s) {unknown} that are not in the data "
+                            f"({[label(t) for t in data.trials]})")
         for j, s in enumerate(data.trials):
             if label(s) not in keyed:
                 raise DataError(f"treatment_probabilities has no entry for trial {label(s)}")
@@ -118,6 +133,14 @@ def known_probabilities(data, probabilities) -> np.ndarray:
         p = arm_probs(probabilities, "")
         out[cols["tr.R"] > 0] = p
     return out
+
+
+def _probability(value, where: str) -> float:
+    """A probability given as a number or as text ("0.5", "1/3")."""
+    try:
+        return float(Fraction(value.strip())) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise DataError(f"treatment_probabilities{where}: {value!r} is not a probability (give e.g. 0.5 or 1/3)") from None
 
 
 @dataclasses.dataclass(frozen=True)
