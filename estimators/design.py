@@ -32,10 +32,14 @@ def row_mask(cols, mask, n: int | None = None) -> np.ndarray:
     return mask.astype(bool)
 
 
-def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = True):
-    """(matrix (n, k), column labels) from column names or a formula's right-hand side."""
+def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = True, reference=None):
+    """(matrix (n, k), column labels) from column names or a formula's right-hand side.
+
+    ``reference``: columns a formula's coding is learnt from (categorical levels), when ``cols`` is the same table
+    with some values changed (a treatment set to one level for g-computation): the columns stay the same.
+    """
     if formula is not None:
-        return _formula_matrix(cols, formula)
+        return _formula_matrix(cols, formula, reference)
     names = [] if X is None else ([X] if isinstance(X, str) else list(X))
     parts, labels = [], []
     n = next(iter(cols.values())).shape[0]
@@ -51,14 +55,19 @@ def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = Tr
     return np.concatenate(parts, axis=1), labels
 
 
-def _formula_matrix(cols, formula: str):
+def _formula_matrix(cols, formula: str, reference=None):
     import pandas as pd
     from formulaic import model_matrix
 
     rhs = formula.split("~", 1)[1] if "~" in formula else formula
     frame = pd.DataFrame({k: v for k, v in cols.items() if v.ndim == 1})
     try:
-        mm = model_matrix(rhs, frame, na_action="ignore")
+        if reference is not None:
+            spec = model_matrix(rhs, pd.DataFrame({k: v for k, v in reference.items() if v.ndim == 1}),
+                                na_action="ignore").model_spec
+            mm = spec.get_model_matrix(frame, na_action="ignore")
+        else:
+            mm = model_matrix(rhs, frame, na_action="ignore")
     except Exception as e:  # formulaic reports unknown names and syntax errors with its own types
         raise DataError(f"formula '{formula}' could not be built on this data: {e}") from None
     return np.asarray(mm, dtype=float), list(mm.columns)
