@@ -5,6 +5,7 @@
   :mod:`estimators.glm`; separation checks: :mod:`estimators.separation`.
 - Causal effects of a binary treatment, stacked on those models (:mod:`estimators.causal`): ``ipw``, ``aipw``,
   ``gformula``. Instrumental variables (:mod:`estimators.iv`): ``iv``.
+- Robust (Huber, Tukey) regression (:mod:`estimators.robust`): ``robust_regression``.
 - Transport from a collection of trials to a target population (Dahabreh et al.):
   ``from estimators.transport import transport``.
 - Meta-analysis of 2×2 tables: causal aggregation (Berenfeld et al.) and classical methods:
@@ -21,10 +22,11 @@ from .causal import aipw, gformula, ipw
 from .causal_meta import fit_causal_meta
 from .design import design_matrix, row_mask
 from .iv import iv
+from .robust import robust_regression
 from .meta_batch import meta_analyses, meta_analysis
 from .meta_classical import classical_meta
 from .regression import glm, linear, logistic, mean, multinomial, poisson
 
 __all__ = ["design_matrix", "row_mask", "glm", "linear", "logistic", "mean", "multinomial", "poisson",
-           "ipw", "aipw", "gformula", "iv",
+           "ipw", "aipw", "gformula", "iv", "robust_regression",
            "fit_causal_meta", "classical_meta", "meta_analysis", "meta_analyses"]
