@@ -6,6 +6,7 @@
 - Causal effects of a binary treatment, stacked on those models (:mod:`estimators.causal`): ``ipw``, ``aipw``,
   ``gformula``. Instrumental variables (:mod:`estimators.iv`): ``iv``.
 - Robust (Huber, Tukey) regression (:mod:`estimators.robust`): ``robust_regression``.
+- A fitted statsmodels model as a block (:mod:`estimators.fitted_model`): ``from_statsmodels``.
 - Transport from a collection of trials to a target population (Dahabreh et al.):
   ``from estimators.transport import transport``.
 - Meta-analysis of 2×2 tables: causal aggregation (Berenfeld et al.) and classical methods:
@@ -21,12 +22,14 @@ import mestim  # noqa: F401  (enables float64 before anything below is traced)
 from .causal import aipw, gformula, ipw
 from .causal_meta import fit_causal_meta
 from .design import design_matrix, row_mask
+from .fitted_model import from_statsmodels
 from .iv import iv
-from .robust import robust_regression
 from .meta_batch import meta_analyses, meta_analysis
 from .meta_classical import classical_meta
 from .regression import glm, linear, logistic, mean, multinomial, poisson
+from .robust import robust_regression
 
 __all__ = ["design_matrix", "row_mask", "glm", "linear", "logistic", "mean", "multinomial", "poisson",
            "ipw", "aipw", "gformula", "iv", "robust_regression",
+           "from_statsmodels",
            "fit_causal_meta", "classical_meta", "meta_analysis", "meta_analyses"]
