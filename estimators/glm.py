@@ -66,7 +66,7 @@ import numpy as np
 import scipy.special as ssp
 
 from mestim import Block, Prepared
-from mestim.data import check_finite, require_numeric
+from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError
 
 from .design import clean_in_mask, design_matrix, row_mask
