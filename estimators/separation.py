@@ -23,6 +23,10 @@ with prior weights) forces x_iᵀb = 0. The design's columns are scaled to max |
 tolerances do not depend on the covariates' units (positive column scaling maps separating directions to
 separating directions).
 
+The check runs after the fit (a block's ``check``; streamed fits skip it) on the block's rows (its mask; prior
+weights > 0). It cannot see :func:`mestim.fit`'s ``weights=``, so a row with frequency weight 0 still counts as
+data here.
+
 Fitted probabilities of exactly 0 or 1 are *not* the test: a fit whose MLE exists can put some rows at |xᵀβ| > 20
 (a covariate with a wide range), and statsmodels and R fit it without complaint. They are used only as a cheap
 screen, see :func:`suspicious`.
