@@ -230,7 +230,9 @@ class _CausalPrepare:
                 "gformula": "g-formula"}[s.kind]
         parts = [f"{what} of treatment '{self.treatment}' over {int(m.sum())} rows"]
         if s.kind != "gformula":
-            parts.append(f"propensity {'known, column ' + repr(self.propensity) if s.propensity is None else 'model ' + repr(s.propensity.name)}")
+            known = s.propensity is None
+            parts.append(f"propensity {'known, column' if known else 'model'} "
+                         f"'{self.propensity if known else s.propensity.name}'")
         if s.outcome is not None:
             parts.append(f"outcome model '{s.outcome.name}'")
         if s.truncate is not None:

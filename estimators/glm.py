@@ -175,7 +175,8 @@ class GLMScore:
 
     @property
     def n_extra(self) -> int:
-        return int((self.family == "gamma" and self.shape) or (self.family == "negative_binomial" and self.alpha is None))
+        stacked = (self.family == "gamma" and self.shape) or (self.family == "negative_binomial" and self.alpha is None)
+        return int(stacked)
 
     def split(self, theta):
         """(β, a): a = log α for a stacked extra parameter, else None."""

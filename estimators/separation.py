@@ -17,11 +17,12 @@ Konis (2007, ch. 4; R's ``detectseparation`` and ``safeBinaryRegression``) finds
 with y*_i = ±1. Its optimum is 0 exactly when the data are not separated. Its solution need not make every
 separable row's margin positive (a vertex of the box), so the program is solved again on the margins still zero
 and the directions added, until no margin can grow: the rows with a positive margin are then exactly those fitted
-with probability 0 or 1 in the limit, and separation is complete when that is every row. For C classes (class 0 the reference,
-β_0 = 0) the margins are x_iᵀ(β_{c_i} − β_j) ≥ 0 for every other class j, and a proportion 0 < y_i < 1 (binomial
-with prior weights) forces x_iᵀb = 0. The design's columns are scaled to max |x_ij| = 1 first, so the box and the
-tolerances do not depend on the covariates' units (positive column scaling maps separating directions to
-separating directions).
+with probability 0 or 1 in the limit, and separation is complete when that is every row.
+
+For C classes (class 0 the reference, β_0 = 0) the margins are x_iᵀ(β_{c_i} − β_j) ≥ 0 for every other class j,
+and a proportion 0 < y_i < 1 (binomial with prior weights) forces x_iᵀb = 0. The design's columns are scaled to
+max |x_ij| = 1 first, so the box and the tolerances do not depend on the covariates' units (positive column
+scaling maps separating directions to separating directions).
 
 The check runs after the fit (a block's ``check``; streamed fits skip it) on the block's rows (its mask; prior
 weights > 0). It cannot see :func:`mestim.fit`'s ``weights=``, so a row with frequency weight 0 still counts as
