@@ -4,7 +4,8 @@ Each estimator is a block with three parameters: the counterfactual means μ₁ 
 difference Δ = μ₁ − μ₀ (the ATE; ratios and odds ratios by :meth:`mestim.Result.delta`). The nuisance models are
 ordinary blocks — a propensity model e(W) = P(A = 1 | W) (:func:`estimators.logistic`, or :func:`estimators.glm`
 with a binomial family and any link) and an outcome model Q(A, X) = E[Y | A, X] (any :func:`estimators.glm`) —
-that the estimator *reads*, so their estimation enters the sandwich (the stacked M-estimator of Lunceford &
+that the estimator *reads* (a propensity model fitted in statsmodels comes in through
+:func:`estimators.from_statsmodels`), so their estimation enters the sandwich (the stacked M-estimator of Lunceford &
 Davidian 2004; delicatessen's ``ee_ipw``, ``ee_aipw``, ``ee_gformula``). With m_i = I(row i in the mask):
 
     IPW, Horvitz–Thompson   ψ = m (A Y/e − μ₁,   (1 − A) Y/(1 − e) − μ₀,   μ₁ − μ₀ − Δ)
@@ -56,7 +57,7 @@ from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError
 
 from .design import clean_in_mask, row_mask
-from .glm import FAMILIES, LINKS, GLMDesign, GLMScore
+from .glm import FAMILIES, LINKS, GLMScore
 
 IPW_ESTIMATORS = ("hajek", "horvitz-thompson")
 
@@ -119,10 +120,12 @@ class CausalScore:
 
 def _model(block, role: str, estimator: str, *, family: str | None = None, outcome_of: str | None = None):
     """The stacked GLM block behind ``role`` ('propensity' or 'outcome'), checked when the estimator is built."""
-    if not (isinstance(block, Block) and isinstance(block.psi, GLMScore) and isinstance(block.prepare, GLMDesign)):
+    # a GLM block, or a converted statsmodels model (its prepare has the same design interface)
+    if not (isinstance(block, Block) and isinstance(block.psi, GLMScore) and hasattr(block.prepare, "design")):
         raise SpecificationError(
-            f"{estimator}: {role}= must be a block from estimators.glm/logistic/linear/poisson (stacked in the same "
-            f"fit){' or the name of a column of known probabilities' if role == 'propensity' else ''}; got {block!r}")
+            f"{estimator}: {role}= must be a block from estimators.glm/logistic/linear/poisson or from_statsmodels "
+            "(stacked in the same fit)"
+            f"{' or the name of a column of known probabilities' if role == 'propensity' else ''}; got {block!r}")
     if family is not None and block.psi.family != family:
         raise SpecificationError(f"{estimator}: the {role} model '{block.name}' is a {block.psi.family} model; it must "
                                  f"be {family} (a model of P(A = 1 | W))")
@@ -250,8 +253,8 @@ def ipw(name: str, y: str, treatment: str, *, propensity, estimator: str = "haje
 
     Args:
         y: outcome column; treatment: 0/1 treatment column.
-        propensity: a stacked binomial GLM block modelling ``treatment`` (e.g. ``logistic("ps", "a", W)``), or the
-            name of a column of known probabilities P(A = 1 | W).
+        propensity: a stacked binomial GLM block modelling ``treatment`` (e.g. ``logistic("ps", "a", W)``, or
+            ``from_statsmodels`` of a fitted logistic model), or the name of a column of known P(A = 1 | W).
         estimator: ``"hajek"`` (normalised weights, default) or ``"horvitz-thompson"``.
         mask: rows averaged over (and weighted); truncate: clip e to (lo, hi).
     """

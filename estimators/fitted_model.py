@@ -42,8 +42,6 @@ Example (a statsmodels logistic fit, then a standardised risk read from it by a 
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 
 from mestim import Block, Prepared
@@ -107,6 +105,49 @@ def _offset(model, n) -> np.ndarray:
     return total
 
 
+class FittedModelDesign:
+    """The host side of a converted model: the model's own arrays as the block's columns (``prepare``), and the
+    design interface of :class:`estimators.glm.GLMDesign` (``design``, ``offset_values``, ``y``), so that IPW and
+    AIPW take the block as their propensity model. The design cannot be rebuilt under an intervention (A := a):
+    for a g-formula or AIPW outcome model use :func:`estimators.glm` with a formula."""
+
+    def __init__(self, score, model, exog, endog, offset, prior, labels, params, source):
+        self.score, self.model, self.exog, self.endog, self.offset = score, model, exog, endog, offset
+        self.prior, self.labels, self.params, self.source = prior, labels, params, source
+        self.y = str(model.endog_names)
+
+    def _check_rows(self, cols):
+        rows, n = next(iter(cols.values())).shape[0], len(self.endog)
+        if rows != n:
+            raise DataError(
+                f"block '{self.score.name}' comes from a {self.source} fitted on {n} rows, but the data have {rows}; "
+                "give fit() the rows statsmodels used, in its order (a formula drops rows with missing values: "
+                "data.loc[fitted.model.data.row_labels])")
+        _compare_columns(self.score.name, cols, self.model, self.exog, self.endog, self.labels)
+
+    def design(self, cols, reference=None):
+        if reference is not None:
+            raise SpecificationError(
+                f"block '{self.score.name}' comes from a {self.source}, whose design cannot be rebuilt with the "
+                "treatment set to a value; build the outcome model with estimators.glm (a formula) instead")
+        self._check_rows(cols)
+        return self.exog, list(self.labels)
+
+    def offset_values(self, cols, m):
+        return np.where(m, self.offset, 0.0)
+
+    def __call__(self, cols) -> Prepared:
+        self._check_rows(cols)
+        name, s = self.score.name, self.score
+        for values, what in ((self.exog, "design"), (self.endog, "outcome"), (self.offset, "offset"),
+                             (self.prior, "weights")):
+            check_finite(values, f"{name} {what}")
+        note = (f"{self.source}: {len(self.labels)} parameter(s), {len(self.endog)} rows"
+                + (f", α fixed at {s.alpha:g}" if s.alpha is not None else ""))
+        return Prepared({f"{name}.X": self.exog, f"{name}.y": self.endog, f"{name}.mask": self.prior,
+                         f"{name}.offset": self.offset}, self.params.copy(), self.labels, (note,))
+
+
 def from_statsmodels(name: str, fitted) -> Block:
     """A block with the estimating function, parameters and labels of a fitted statsmodels model (module
     docstring). ``fitted``: a results object (``sm.GLM(...).fit()``, ``sm.OLS(...).fit()``, ``sm.Logit(...).fit()``, …).
@@ -126,22 +167,8 @@ def from_statsmodels(name: str, fitted) -> Block:
     score = GLMScore(name, family, link, alpha, shape=False)
     source = f"statsmodels {type(model).__name__} ({family}, {link} link) of {model.endog_names}"
 
-    def prepare(cols):
-        rows = next(iter(cols.values())).shape[0]
-        if rows != n:
-            raise DataError(
-                f"block '{name}' comes from a {source} fitted on {n} rows, but the data have {rows}; give fit() the "
-                "rows statsmodels used, in its order (a formula drops rows with missing values: "
-                "data.loc[fitted.model.data.row_labels])")
-        _compare_columns(name, cols, model, exog, endog, labels)
-        for values, what in ((exog, "design"), (endog, "outcome"), (offset, "offset"), (prior, "weights")):
-            check_finite(values, f"{name} {what}")
-        note = f"{source}: {k} parameter(s), {n} rows" + (f", α fixed at {alpha:g}" if alpha is not None else "")
-        return Prepared({f"{name}.X": exog, f"{name}.y": endog, f"{name}.mask": prior, f"{name}.offset": offset},
-                        params.copy(), labels, (note,))
-
-    separation = (_separation_check(score, types.SimpleNamespace(labels=labels))
-                  if family == "binomial" and link in PROBABILITY_LINKS else None)
+    design = FittedModelDesign(score, model, exog, endog, offset, prior, labels, params, source)
+    separation = _separation_check(score, design) if family == "binomial" and link in PROBABILITY_LINKS else None
 
     def check(theta, cols):
         warnings = separation(theta, cols) if separation is not None else []
@@ -155,7 +182,7 @@ def from_statsmodels(name: str, fitted) -> Block:
                             f"errors at '{labels[j]}' ({theta[j]:.6g} against {params[j]:.6g}).{hint}")
         return warnings
 
-    return Block(name, score, prepare=prepare, check=check)
+    return Block(name, score, prepare=design, check=check)
 
 
 def _compare_columns(name, cols, model, exog, endog, labels):

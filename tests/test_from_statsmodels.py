@@ -89,6 +89,22 @@ def test_stacks_under_a_user_block_like_the_native_block(df):
     assert converted.labels == ("lg:const", "lg:x1", "lg:x2", "risk:0")
 
 
+def test_a_statsmodels_propensity_model_feeds_ipw(df):
+    """IPW reading a converted statsmodels logistic model equals IPW on est.logistic; a converted model cannot be
+    a g-formula outcome model (its design cannot be rebuilt with the treatment set)."""
+    d = df.assign(a=df.y01)
+    fitted = smf.glm("a ~ x1 + x2", d, family=sm.families.Binomial()).fit(tol=1e-13)
+    converted = est.from_statsmodels("ps", fitted)
+    a = mestim.fit([converted, est.ipw("ipw", "yc", "a", propensity=converted)], d)
+    native = est.logistic("ps", "a", ["x1", "x2"])
+    b = mestim.fit([native, est.ipw("ipw", "yc", "a", propensity=native)], d)
+    np.testing.assert_allclose(a.theta, b.theta, rtol=1e-10)
+    np.testing.assert_allclose(a.vcov, b.vcov, rtol=1e-9)
+    outcome = est.from_statsmodels("om", smf.ols("yc ~ a + x1", d).fit())
+    with pytest.raises(SpecificationError, match="cannot be rebuilt with the treatment set to a value"):
+        mestim.fit([outcome, est.gformula("gf", "a", outcome=outcome)], d)
+
+
 def test_formula_models_with_dropped_rows(df):
     """statsmodels' formula API drops rows with missing values: the block says which rows fit() must get."""
     d = df.copy()
