@@ -1,7 +1,12 @@
 """The library of registered estimators: blocks of estimating functions for mestim's engine.
 
 - Working models (:mod:`estimators.regression`): ``linear``, ``logistic``, ``multinomial``, ``poisson``, ``glm``,
-  ``mean``; each returns a :class:`mestim.Block` to stack with others.
+  ``mean``; each returns a :class:`mestim.Block` to stack with others. GLM families and links:
+  :mod:`estimators.glm`; separation checks: :mod:`estimators.separation`.
+- Causal effects of a binary treatment, stacked on those models (:mod:`estimators.causal`): ``ipw``, ``aipw``,
+  ``gformula``. Instrumental variables (:mod:`estimators.iv`): ``iv``.
+- Robust (Huber, Tukey) regression (:mod:`estimators.robust`): ``robust_regression``.
+- A fitted statsmodels model as a block (:mod:`estimators.fitted_model`): ``from_statsmodels``.
 - Transport from a collection of trials to a target population (Dahabreh et al.):
   ``from estimators.transport import transport``.
 - Meta-analysis of 2×2 tables: causal aggregation (Berenfeld et al.) and classical methods:
@@ -14,11 +19,17 @@ submodule behind the function.
 
 import mestim  # noqa: F401  (enables float64 before anything below is traced)
 
+from .causal import aipw, gformula, ipw
 from .causal_meta import fit_causal_meta
 from .design import design_matrix, row_mask
+from .fitted_model import from_statsmodels
+from .iv import iv
 from .meta_batch import meta_analyses, meta_analysis
 from .meta_classical import classical_meta
 from .regression import glm, linear, logistic, mean, multinomial, poisson
+from .robust import robust_regression
 
 __all__ = ["design_matrix", "row_mask", "glm", "linear", "logistic", "mean", "multinomial", "poisson",
+           "ipw", "aipw", "gformula", "iv", "robust_regression",
+           "from_statsmodels",
            "fit_causal_meta", "classical_meta", "meta_analysis", "meta_analyses"]

@@ -15,10 +15,14 @@ from mestim.data import check_finite, require_numeric, row_mask  # noqa: F401  (
 from mestim.errors import DataError
 
 
-def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = True):
-    """(matrix (n, k), column labels) from column names or a formula's right-hand side."""
+def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = True, reference=None):
+    """(matrix (n, k), column labels) from column names or a formula's right-hand side.
+
+    ``reference``: columns a formula's coding is learnt from (categorical levels), when ``cols`` is the same table
+    with some values changed (a treatment set to one level for g-computation): the columns stay the same.
+    """
     if formula is not None:
-        return _formula_matrix(cols, formula)
+        return _formula_matrix(cols, formula, reference)
     names = [] if X is None else ([X] if isinstance(X, str) else list(X))
     parts, labels = [], []
     n = next(iter(cols.values())).shape[0]
@@ -34,27 +38,36 @@ def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = Tr
     return np.concatenate(parts, axis=1), labels
 
 
-def _formula_matrix(cols, formula: str):
-    matrix, labels, _ = formula_design(cols, formula)
+def _formula_matrix(cols, formula: str, reference=None):
+    matrix, labels, _ = formula_design(cols, formula, reference)
     return matrix, labels
 
 
-def formula_design(frame, formula: str):
+def formula_design(frame, formula: str, reference=None):
     """(matrix (n, k), column labels, variables the formula reads) from a formula's right-hand side.
 
-    ``frame`` is a pandas DataFrame (text and categorical columns keep their levels) or a dict of 1-D columns.
-    A row where a variable the formula reads is missing gets NaN in every column but the intercept: formulaic
-    codes a missing level of a categorical variable as the reference level (all indicators 0), which would let
-    it pass as data; as NaN it meets the same missing-value checks as a missing number.
+    ``frame`` is a pandas DataFrame (text and categorical columns keep their levels) or a dict of 1-D columns
+    (text columns get the levels several processes agreed on, :func:`mestim.data.levels`, when they fit
+    together). A row where a variable the formula reads is missing gets NaN in every column but the intercept:
+    formulaic codes a missing level of a categorical variable as the reference level (all indicators 0), which
+    would let it pass as data; as NaN it meets the same missing-value checks as a missing number.
+    ``reference``: as in :func:`design_matrix`.
     """
     import pandas as pd
     from formulaic import model_matrix
 
     rhs = formula.split("~", 1)[1] if "~" in formula else formula
     if not isinstance(frame, pd.DataFrame):
-        frame = pd.DataFrame({k: v for k, v in frame.items() if np.ndim(v) == 1})
+        agreed = getattr(frame, "levels", {})
+        frame = pd.DataFrame({k: pd.Categorical(v, categories=agreed[k]) if k in agreed and v.dtype.kind == "O" else v
+                              for k, v in frame.items() if np.ndim(v) == 1})
     try:
-        mm = model_matrix(rhs, frame, na_action="ignore")
+        if reference is not None:
+            spec = model_matrix(rhs, pd.DataFrame({k: v for k, v in reference.items() if v.ndim == 1}),
+                                na_action="ignore").model_spec
+            mm = spec.get_model_matrix(frame, na_action="ignore")
+        else:
+            mm = model_matrix(rhs, frame, na_action="ignore")
     except Exception as e:  # formulaic reports unknown names and syntax errors with its own types
         raise DataError(f"formula '{formula}' could not be built on this data: {e}") from None
     matrix, labels = np.asarray(mm, dtype=float), list(mm.columns)

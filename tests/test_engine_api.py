@@ -175,24 +175,13 @@ def test_masked_block_ignores_nan_outside_mask(logit_df):
 @pytest.mark.parametrize("family", ["gaussian", "binomial", "poisson"])
 def test_closed_form_glm_jacobian_equals_autodiff(logit_df, family):
     """GLM blocks supply Σw∂ψ/∂β in closed form; it must equal reverse-mode autodiff of the same ψ."""
-    import dataclasses
-
-    from mestim.problem import prepare
-    from mestim.sources import InMemory
-    from mestim.sums import Kernel, plan
+    from helpers import closed_form_and_autodiff
 
     y = {"gaussian": "yc", "binomial": "y", "poisson": "w"}[family]
     df = logit_df.assign(m=(logit_df.x2 > -0.5).astype(float))
     stack = [est.glm("g", y, ["x1", "x2"], family=family, mask="m"),
              mestim.Block("d", lambda t, r, g: jnp.atleast_1d(r["x1"] * g[1] - t[0]), init=[0.0], reads=("g",))]
-    problem = prepare(stack, df)
-    glm_block = problem.spec.blocks[0]
-    assert callable(glm_block.psi.chunk_sums)
-    plain = dataclasses.replace(problem.spec, blocks=(  # the same ψ without its closed form: autodiff
-        dataclasses.replace(glm_block, psi=lambda b, row, f=glm_block.psi: f(b, row)),) + problem.spec.blocks[1:])
-    theta = problem.init + 0.1
-    every = plan(problem.spec, jacobian=("g", "d"))
-    closed = InMemory(Kernel(problem.spec, 256), problem.used, problem.w).sums(theta, every)
-    auto = InMemory(Kernel(plain, 256), problem.used, problem.w).sums(theta, every)
+    problem, closed, auto = closed_form_and_autodiff(stack, df)
+    assert callable(problem.spec.blocks[0].psi.chunk_sums)
     np.testing.assert_allclose(closed.jac, auto.jac, rtol=1e-11, atol=1e-9)
     np.testing.assert_allclose(closed.psi, auto.psi, rtol=1e-12, atol=1e-10)

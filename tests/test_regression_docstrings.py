@@ -1,0 +1,15 @@
+"""The runnable examples in the docstrings of the registered estimators run and print what they say."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["estimators.glm", "estimators.causal", "estimators.iv", "estimators.robust", "estimators.fitted_model"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
