@@ -11,10 +11,11 @@ estimator β̂ = (ZᵀX)⁻¹ Zᵀy, which equals two-stage least squares (regre
 (ZᵀX)⁻¹ (Σ û² z zᵀ) (XᵀZ)⁻¹ is the heteroskedasticity-robust (HC0) covariance, and it accounts for the first
 stage (naive second-stage OLS SEs do not). The Jacobian Σ w ∂ψ/∂β = −Zᵀ diag(w m) X is supplied in closed form.
 
-More instruments than endogenous regressors (over-identified) give more moment conditions than parameters; the
-estimating function already presents all of them (``IVMoments`` returns one value per instrument), but solving
-them needs GMM (a weight matrix, two-step or iterated, Hansen's J), which the engine does not have yet, so such a
-specification is refused when the block is built.
+More instruments than endogenous regressors (over-identified) give more moment conditions than parameters
+(``IVMoments`` returns one value per instrument): fit them with ``mestim.fit(..., gmm="two-step")`` (or
+``"iterated"``), the efficient GMM estimator with its sandwich and Hansen's J test of the over-identifying
+restrictions (:mod:`mestim.gmm`); with homoskedastic errors the first step (W = I) is not 2SLS, the second is
+efficient whatever the errors.
 
 Example (one endogenous regressor, one instrument)::
 
@@ -87,11 +88,6 @@ def iv(name: str, y: str, endogenous, instruments, exogenous=None, *, intercept:
         raise SpecificationError(
             f"iv block '{name}' is under-identified: {len(instr)} instrument(s) for {len(endog)} endogenous "
             "regressor(s); each endogenous regressor needs an instrument")
-    if len(instr) > len(endog):
-        raise SpecificationError(
-            f"iv block '{name}' is over-identified: {len(instr)} instruments for {len(endog)} endogenous "
-            "regressor(s) give more moment conditions than parameters, which needs GMM (not yet in the engine); "
-            "use as many instruments as endogenous regressors, e.g. one instrument or a combination of them")
 
     def prepare(cols):
         m = row_mask(cols, mask)
@@ -101,9 +97,12 @@ def iv(name: str, y: str, endogenous, instruments, exogenous=None, *, intercept:
         z, _ = design_matrix(cols, exog + instr, intercept=intercept)
         x, z = clean_in_mask(x, m, f"{name} regressors"), clean_in_mask(z, m, f"{name} instruments")
         yv = clean_in_mask(require_numeric(cols, y, what="outcome"), m, y)
-        start, *_ = np.linalg.lstsq(z[m].T @ x[m], z[m].T @ yv[m], rcond=None)  # the IV estimate itself
-        note = (f"IV regression of {y} on {labels} with instruments {instr} for {endog}, {int(m.sum())} rows "
-                "(just identified: IV = 2SLS)")
+        # the IV estimate itself when just identified; 2SLS, (XᵀP_Z X)⁻¹XᵀP_Z y, when over-identified
+        fitted, *_ = np.linalg.lstsq(z[m], x[m], rcond=None)
+        start, *_ = np.linalg.lstsq(z[m] @ fitted, yv[m], rcond=None)
+        kind = ("just identified: IV = 2SLS" if len(instr) == len(endog) else
+                f"over-identified: {z.shape[1]} moments for {x.shape[1]} parameters, fit with gmm=")
+        note = f"IV regression of {y} on {labels} with instruments {instr} for {endog}, {int(m.sum())} rows ({kind})"
         return Prepared({f"{name}.X": x, f"{name}.Z": z, f"{name}.y": yv, f"{name}.mask": m.astype(float)}, start,
                         tuple(labels), (note,))
 

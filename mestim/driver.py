@@ -14,7 +14,7 @@ import numpy as np
 from .blocks import solve_levels
 from .errors import ConvergenceError, SingularBreadError
 from .options import FitOptions
-from .solve import CONVERGED, NONFINITE, SINGULAR, STATUS, SolverOptions, solve_host
+from .solve import CONVERGED, NONFINITE, SINGULAR, STATUS, SolverOptions, State, solve_host
 from .sums import Moments, plan
 
 
@@ -24,7 +24,7 @@ def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
     every = tuple(b.name for b in spec.blocks)
     levels = solve_levels(spec.blocks) if options.solve == "blockwise" else [every]
     offsets, equations = spec.offsets(), spec.equation_offsets()
-    solver = SolverOptions(options.max_iter, options.xtol, options.gtol)
+    solver = SolverOptions(options.max_iter, options.xtol, options.gtol, options.method)
     theta = np.array(init, float)
     jac = np.zeros((spec.equations, spec.dim))
     iterations = 0
@@ -45,7 +45,10 @@ def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
                 seen[t.tobytes()] = m
             return m.psi[eqs], (m.jac[np.ix_(eqs, idx)] if want_jac else None)
 
-        state = solve_host(evaluate, theta[idx], lambda: source.sum_w, solver)
+        if callable(options.root_finder):
+            state = _external_root(options.root_finder, evaluate, theta[idx], source.sum_w, options.gtol)
+        else:
+            state = solve_host(evaluate, theta[idx], lambda: source.sum_w, solver)
         if state.status != CONVERGED:
             at = theta.copy()
             at[idx] = state.theta
@@ -56,6 +59,21 @@ def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
         jac[eqs] = final.jac[eqs]
         iterations += int(state.iterations)
     return theta, Moments(final.psi, jac, final.meat, final.sum_w), iterations
+
+
+def _external_root(root_finder, evaluate, start, scale, gtol):
+    """A user's root finder ``root_finder(fun, jac, x0) -> x`` on one level, its answer checked like ours."""
+    x = np.asarray(root_finder(lambda t: evaluate(np.asarray(t, float), False)[0],
+                               lambda t: evaluate(np.asarray(t, float), True)[1], np.array(start, float)), float)
+    if x.shape != np.shape(start):
+        raise ConvergenceError(f"the root finder returned shape {x.shape}; expected {np.shape(start)}")
+    r, jac = evaluate(x, True)
+    residual = float(np.max(np.abs(r))) if np.all(np.isfinite(r)) else float("inf")
+    if not residual / scale <= gtol:
+        raise ConvergenceError(f"the root finder returned θ = {np.round(x[:8], 6).tolist()} where ‖Σψ‖∞ per unit "
+                               f"weight is {residual / scale:.3g} > gtol = {gtol:g}: tighten its tolerance, raise "
+                               "gtol=, or use root_finder='auto'")
+    return State(x, r, jac, 0.0, np.zeros_like(x), 1.0, 0, False, False, 0, 1, CONVERGED, x, False)
 
 
 def raise_for_status(state, level, labels, scale, nonfinite_rows=None) -> None:

@@ -17,10 +17,11 @@ import numpy as np
 from . import processes
 from .covariance import WARN_COND, BreadFactor, df_factor, fay_meat, sandwich_covariance
 from .driver import solve_stack
+from .gmm import solve_gmm
 from .errors import DataError, MestimWarning, SpecificationError
 from .options import FitOptions
 from .problem import Problem, prepare
-from .results import Result
+from .results import Result, WaldTest
 from .sources import InMemory, device_mesh
 from .sums import Kernel, Moments, chunk_rows, plan
 
@@ -31,7 +32,7 @@ DOMINANT_SHARE = 0.5  # one row carrying this share of the total weight, among �
 def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weights=None,
         weight_type: str = "frequency", cluster=None, correction: str | None = None, solve: str = "blockwise",
         chunk_size: int | None = None, max_iter: int = 100, xtol: float = 1e-10, gtol: float = 1e-12,
-        devices=None, data_dtype=None) -> Result:
+        devices=None, data_dtype=None, root_finder="auto", gmm: str | None = None) -> Result:
     """Solve Σ_i w_i ψ(θ; row_i) = 0 and return θ̂ with its sandwich covariance.
 
     Args:
@@ -52,15 +53,22 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
             devices, a :class:`jax.sharding.Mesh`, or ``"all"``; every sum becomes a cross-device reduction.
         data_dtype: ``"float32"`` stores the columns ψ reads in float32 on the device (half the memory and
             bandwidth); ψ, θ and every sum stay float64. Default float64.
+        root_finder: ``"auto"`` (Newton; Levenberg–Marquardt where Newton cannot go on), ``"newton"``, ``"lm"``, or
+            a function ``root_finder(fun, jac, x0) -> x`` (e.g. wrapping ``scipy.optimize.root``); see
+            :mod:`mestim.solve`.
+        gmm: ``"two-step"`` or ``"iterated"``: over-identified estimating equations (more moment conditions than
+            parameters) by the generalized method of moments, with Hansen's J test (:mod:`mestim.gmm`).
     """
-    options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype)
+    options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype, root_finder,
+                         gmm)
     mesh = None if devices is None else device_mesh(devices)
     group = processes.Group() if mesh is not None and processes.several() else None
     if group is not None:
         _check_across_processes(options)
         mesh = local_mesh(mesh)
     problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster,
-                      levels=None if group is None else (lambda cols: processes.agree_levels(group, cols)))
+                      levels=None if group is None else (lambda cols: processes.agree_levels(group, cols)),
+                      over_identified=gmm is not None)
     source = InMemory(kernel_for(problem, options, mesh), problem.used, problem.w, dtype=options.data_dtype)
     notes = ()
     if group is not None:
@@ -69,9 +77,13 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
         source = processes.Distributed(source, group, n_rows, sum_w)
         notes = (f"fitted across {group.size} processes (this is process {group.rank}, holding {problem.n_rows:,} "
                  "of the rows; influence functions are of its own rows; post-fit block checks skipped)",)
-    theta, moments, iterations = solve_stack(source, problem.init, problem.labels, options)
+    if options.gmm is None:
+        theta, moments, iterations = solve_stack(source, problem.init, problem.labels, options)
+        weight = None
+    else:
+        theta, moments, iterations, weight = solve_gmm(source, problem.init, problem.labels, options)
     result = assemble(problem, source, theta, moments, options, iterations=iterations, notes=notes,
-                      checks=group is None)
+                      checks=group is None, weight=weight)
     if group is not None:
         group.barrier("the end of the fit")
     return result
@@ -118,14 +130,14 @@ def kernel_for(problem: Problem, options: FitOptions, mesh=None) -> Kernel:
 
 
 def assemble(problem: Problem, source, theta, moments: Moments, options: FitOptions, *, iterations: int,
-             status: str = "converged", notes=(), checks: bool = True) -> Result:
+             status: str = "converged", notes=(), checks: bool = True, weight=None) -> Result:
     """The Result from the row sums at θ̂ (shared by in-memory, sharded and streamed fits).
 
     ``checks=False`` (a stream, which never holds all rows) skips the blocks' post-fit checks and the weight
-    diagnostics, which need every row."""
+    diagnostics, which need every row. ``weight``: GMM's weight matrix W (over-identified stacks)."""
     labels, spec = problem.labels, problem.spec
     if not np.all(np.isfinite(moments.psi)):
-        bad = [labels[i] for i in np.flatnonzero(~np.isfinite(moments.psi))]
+        bad = [problem.equation_labels[i] for i in np.flatnonzero(~np.isfinite(moments.psi))]
         raise DataError(f"ψ is not finite at θ̂ for parameter(s) {bad}: check the data and ψ for log(0), 1/0, …")
     clustered = problem.cluster is not None
     totals = _cluster_totals(source, problem, theta) if clustered else None
@@ -133,9 +145,14 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
     if clustered and n_clusters < 2:
         raise DataError("the cluster column has a single cluster: the clustered meat needs at least two")
     bread = -np.asarray(moments.jac)
-    factor = BreadFactor.of(bread, labels)
-    factor.check()
-    bread_inv = factor.inverse()
+    if weight is None:  # θ̂ − θ ≈ A⁻¹ Σψ
+        factor = BreadFactor.of(bread, labels)
+        factor.check()
+        bread_inv = factor.inverse()
+    else:  # GMM: θ̂ − θ ≈ (AᵀWA)⁻¹AᵀW Σψ
+        factor = BreadFactor.of(bread.T @ weight @ bread, labels)
+        factor.check()
+        bread_inv = factor.inverse() @ bread.T @ weight
     n = source.sum_w if options.weight_type == "frequency" else float(source.n_rows)
     meat = np.asarray(moments.meat)
     if options.correction == "fay":
@@ -150,12 +167,16 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
     for message in warnings:
         _warnings.warn(message, MestimWarning, stacklevel=3)
     kernel = source.kernel
+    j_test = None
+    if weight is not None and spec.equations > spec.dim:
+        g = np.asarray(moments.psi)
+        j_test = WaldTest.of(float(g @ weight @ g), spec.equations - spec.dim)
     return Result(np.asarray(theta, float), vcov, labels, blocks=spec.offsets(), n=n, n_rows=source.n_rows,
                   n_clusters=n_clusters, correction=options.correction,
                   converged=status == "converged", status=status, iterations=iterations,
                   residual_norm=float(np.max(np.abs(moments.psi))), bread_cond=factor.condition,
                   warnings=tuple(warnings), notes=tuple(problem.notes) + tuple(notes), bread=bread, meat=meat,
-                  flat_theta=problem.single,
+                  flat_theta=problem.single, j_test=j_test,
                   _influence=lambda: _influence(kernel, problem, options, theta, n * bread_inv))
 
 

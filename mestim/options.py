@@ -11,6 +11,8 @@ WEIGHT_TYPES = ("frequency", "sampling")
 CORRECTIONS = (None, "df", "fay")
 SOLVES = ("blockwise", "joint")
 DATA_DTYPES = (None, "float64", "float32")
+ROOT_FINDERS = ("auto", "newton", "lm")
+GMM = (None, "two-step", "iterated")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +27,10 @@ class FitOptions:
         chunk_size: rows per chunk of every sum over rows; None chooses it from the stack's size and the device.
         max_iter, xtol, gtol: solver limits (:mod:`mestim.solve`).
         data_dtype: None/``"float64"``, or ``"float32"`` to store the columns ψ reads in float32.
+        root_finder: ``"auto"``, ``"newton"``, ``"lm"`` (:mod:`mestim.solve`), or a function
+            ``root_finder(fun, jac, x0) -> x`` of host arrays (e.g. a wrapper of ``scipy.optimize.root``) run on
+            each dependency level; mestim checks its answer against ``gtol``.
+        gmm: None, or ``"two-step"``/``"iterated"`` for over-identified equations (:mod:`mestim.gmm`).
     """
 
     weight_type: str = "frequency"
@@ -35,6 +41,8 @@ class FitOptions:
     xtol: float = 1e-10
     gtol: float = 1e-12
     data_dtype: str | None = None
+    root_finder: object = "auto"
+    gmm: str | None = None
 
     def __post_init__(self):
         check_choice("weight_type", self.weight_type, WEIGHT_TYPES)
@@ -43,6 +51,11 @@ class FitOptions:
         dtype = None if self.data_dtype is None else str(getattr(self.data_dtype, "__name__", self.data_dtype))
         check_choice("data_dtype", dtype, DATA_DTYPES)
         object.__setattr__(self, "data_dtype", None if dtype == "float64" else dtype)
+        if not callable(self.root_finder):
+            check_choice("root_finder", self.root_finder, ROOT_FINDERS)
+        check_choice("gmm", self.gmm, GMM)
+        if self.gmm is not None and self.correction == "fay":
+            raise SpecificationError("correction='fay' is not available with gmm=: use None or 'df'")
         if self.chunk_size is not None:
             _positive_int("chunk_size", self.chunk_size)
         _positive_int("max_iter", self.max_iter)
@@ -54,6 +67,11 @@ class FitOptions:
     @property
     def sampling(self) -> bool:
         return self.weight_type == "sampling"
+
+    @property
+    def method(self) -> str:
+        """The built-in root finder's rules (``"auto"`` when the user gave a function)."""
+        return "auto" if callable(self.root_finder) else self.root_finder
 
 
 def _positive_int(name, value):

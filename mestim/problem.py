@@ -52,6 +52,17 @@ class Problem:
         """One block: ``delta`` and labels use a flat θ."""
         return len(self.blocks) == 1
 
+    @property
+    def equation_labels(self) -> tuple[str, ...]:
+        """One label per estimating equation: the parameter's, or ``moment j`` in an over-identified block."""
+        out, offsets = [], self.spec.offsets()
+        for b in self.spec.blocks:
+            if b.equations == b.dim:
+                out += self.labels[offsets[b.name]]
+            else:
+                out += [f"moment {j}" if self.single else f"{b.name}:moment {j}" for j in range(b.equations)]
+        return tuple(out)
+
 
 def as_blocks(estimator, init=None, names=None) -> list[Block]:
     """The estimator as a list of blocks: ``psi(theta, row)`` (with ``init``), a Block, or a list of Blocks."""
@@ -74,11 +85,13 @@ def as_blocks(estimator, init=None, names=None) -> list[Block]:
     return blocks
 
 
-def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=None, levels=None) -> Problem:
+def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=None, levels=None,
+            over_identified: bool = False) -> Problem:
     """Blocks prepared, ψ traced and checked, the columns it reads validated (host arrays only).
 
     ``levels(columns) -> {name: values}`` gives categorical columns their levels before the blocks prepare (the
-    levels several processes agreed on, :mod:`mestim.processes`)."""
+    levels several processes agreed on, :mod:`mestim.processes`); ``over_identified``: a block's ψ may return more
+    values than it has parameters (GMM)."""
     single = callable(estimator) and not isinstance(estimator, Block)
     if init is not None and not single:
         raise SpecificationError("init= is for a single ψ; blocks carry their own starting values")
@@ -111,7 +124,14 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
         labels += [lab if len(blocks) == 1 else f"{b.name}:{lab}" for lab in blabels]
     spec = StackSpec(tuple(specs))
     solve_groups(spec.blocks)  # validates 'reads'
-    reads = traced_columns(spec, all_cols)
+    reads, sizes = traced_columns(spec, all_cols)
+    for b, size in zip(spec.blocks, sizes):
+        if size > b.dim and not over_identified:
+            raise SpecificationError(
+                f"ψ of block '{b.name}' returns shape ({size},) but the block has {b.dim} parameter(s): ψ must "
+                "return one value per parameter; for over-identified estimating equations (more moment conditions "
+                "than parameters) pass gmm='two-step' or gmm='iterated'")
+    spec = StackSpec(tuple(dataclasses.replace(b, equations=size) for b, size in zip(spec.blocks, sizes)))
     used = {}
     for name in sorted(set().union(*reads) - set(masks)):
         values = datamod.require_numeric(all_cols, name)
@@ -175,19 +195,20 @@ class _RecordingRow(Mapping):
         return len(self._row)
 
 
-def traced_columns(spec: StackSpec, cols) -> tuple[frozenset[str], ...]:
-    """The columns each block's ψ reads, found by tracing ψ once on abstract rows (cached per column layout)."""
+def traced_columns(spec: StackSpec, cols) -> tuple[tuple[frozenset[str], ...], tuple[int, ...]]:
+    """The columns each block's ψ reads and how many values it returns, found by tracing ψ once on abstract rows
+    (cached per column layout)."""
     layout = tuple(sorted((k, v.shape[1:], v.dtype.kind in "biuf") for k, v in cols.items()))
     return _traced_columns(spec, layout)
 
 
 @functools.lru_cache(maxsize=256)
-def _traced_columns(spec: StackSpec, layout) -> tuple[frozenset[str], ...]:
+def _traced_columns(spec: StackSpec, layout):
     unusable = {k for k, _, numeric in layout if not numeric}
     row = {k: jax.ShapeDtypeStruct(shape, jnp.float64) for k, shape, numeric in layout if numeric}
     row.update({b.mask: jax.ShapeDtypeStruct((), jnp.float64) for b in spec.blocks if b.mask is not None})
     params = {b.name: jax.ShapeDtypeStruct((b.dim,), jnp.float64) for b in spec.blocks}
-    reads = []
+    reads, sizes = [], []
     for b in spec.blocks:
         used: set[str] = set()
         call = lambda p, r, b=b: b.psi(p[b.name], _RecordingRow(r, used, b.name, unusable),  # noqa: E731
@@ -206,11 +227,11 @@ def _traced_columns(spec: StackSpec, layout) -> tuple[frozenset[str], ...]:
         if b.mask is not None:
             used.add(b.mask)
         reads.append(frozenset(used))
-        _check_output(b, out)
-    return tuple(reads)
+        sizes.append(_output_size(b, out))
+    return tuple(reads), tuple(sizes)
 
 
-def _check_output(b: BlockSpec, out) -> None:
+def _output_size(b: BlockSpec, out) -> int:
     if isinstance(out, (list, tuple)):
         raise SpecificationError(f"ψ of block '{b.name}' returns a Python {type(out).__name__}; return one array: "
                                  "jnp.array([...]) or jnp.stack([...])")
@@ -219,7 +240,8 @@ def _check_output(b: BlockSpec, out) -> None:
         raise SpecificationError(f"ψ of block '{b.name}' returns a {type(out).__name__}, not an array; return "
                                  "jnp.array([...]) with one value per parameter")
     size = int(np.prod(shape))
-    if len(shape) > 1 or size != b.dim:
+    if len(shape) > 1 or size < b.dim:
         raise SpecificationError(
             f"ψ of block '{b.name}' returns shape {shape} but the block has {b.dim} parameter(s): "
             "ψ must return one value per parameter (a 1-D array of the same length as init)")
+    return size

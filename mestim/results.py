@@ -179,6 +179,7 @@ class Result(Estimates):
     bread: np.ndarray | None = None  # A = -Σ w ∂ψ/∂θ (unnormalised)
     meat: np.ndarray | None = None  # Σ w ψψᵀ (unnormalised; corrected if asked)
     flat_theta: bool = True  # g in delta() receives a flat θ (one ψ) or a dict of blocks (a stack)
+    j_test: WaldTest | None = None  # GMM: Hansen's J test of the over-identifying restrictions
     _influence: Callable[[], np.ndarray] | None = dataclasses.field(default=None, compare=False)
 
     @property
@@ -208,6 +209,8 @@ class Result(Estimates):
                  + f"; sandwich correction: {d['correction'] or 'none'}",
                  f"solver: {d['status']} in {d['iterations']} iteration(s); ‖Σψ(θ̂)‖∞ = {d['residual_norm']:.3g}; "
                  f"bread condition number {d['bread_cond']:.3g}"]
+        if self.j_test is not None:
+            lines.append(f"Hansen's J test of the over-identifying restrictions: {self.j_test}")
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)

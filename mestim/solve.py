@@ -15,6 +15,11 @@ points and end with the same status.
   never enters the bread.
 - **Converged** when ‖r‖∞/Σw ≤ gtol, or after an accepted Newton step with ‖δ‖∞ ≤ xtol·(1 + ‖θ‖∞) (that last
   step polishes θ to the last bit; if no trial improves on θ, θ is already converged to machine precision).
+- **More equations than parameters** (GMM, :mod:`mestim.gmm`): the same rules minimise f = ‖r‖², the Newton step
+  being the least-squares (Gauss–Newton) step and every acceptance test relative to the decrease the linear model
+  predicts; f does not reach 0, so the step test ends the solve.
+- ``method``: ``"auto"`` (the above), ``"newton"`` (no Levenberg–Marquardt: a singular J or a failed line search
+  stops the solve) or ``"lm"`` (Levenberg–Marquardt from the first step; λ never returns to 0).
 
 Statuses are values, never raised: :data:`STATUS` gives each one's message and advice, and :mod:`mestim.driver`
 turns a failure into an error that names the block.
@@ -42,10 +47,22 @@ MAX_HALVINGS = 5
 LM_START, LM_MIN, LM_MAX = 1e-2, 1e-6, 1e16
 
 
+METHODS = ("auto", "newton", "lm")
+
+
 class SolverOptions(NamedTuple):
     max_iter: int = 100
     xtol: float = 1e-10
     gtol: float = 1e-12
+    method: str = "auto"  # "auto": Newton, LM where it cannot go on; "newton": Newton only; "lm": LM only
+
+    @property
+    def newton(self) -> bool:
+        return self.method != "lm"
+
+    @property
+    def lm(self) -> bool:
+        return self.method != "newton"
 
 
 class State(NamedTuple):
@@ -87,14 +104,15 @@ def advance(xp, s: State, r_t, jac_t, has_jac, scale, options: SolverOptions) ->
     f0, f_t = _squares(xp, s.r), _squares(xp, r_t)
     newton = s.lam == 0
     lin = s.r + s.jac @ s.delta
-    predicted = f0 - xp.sum(lin * lin)
-    accept = xp.where(newton, f_t <= (1 - 1e-4 * s.alpha) * f0, (f_t < f0) & (f0 - f_t >= 1e-4 * predicted))
+    predicted = f0 - xp.sum(lin * lin)  # the decrease of f the linear model predicts (all of f when J is square)
+    accept = xp.where(newton, f_t <= f0 - 1e-4 * s.alpha * predicted,
+                      (f_t < f0) & (f0 - f_t >= 1e-4 * predicted))
     evaluations = s.evaluations + 1
 
     # accepted: move, adapt λ, and stop if the step was already below xtol
     rho = (f0 - f_t) / xp.where(predicted > 0, predicted, 1.0)
     lam = xp.where(rho > 0.75, s.lam / 10, xp.where(rho < 0.25, 2 * s.lam, s.lam))
-    lam = xp.where(newton | (lam < LM_MIN), 0.0, lam)
+    lam = xp.where(newton, 0.0, xp.where(lam < LM_MIN, 0.0 if options.newton else LM_MIN, lam))
     moved = s._replace(theta=s.trial, r=r_t, jac=xp.where(has_jac, jac_t, s.jac), lam=lam,
                        refresh=~xp.asarray(has_jac), iterations=s.iterations + 1, evaluations=evaluations,
                        status=xp.where(s.small, CONVERGED, RUNNING))
@@ -104,7 +122,7 @@ def advance(xp, s: State, r_t, jac_t, has_jac, scale, options: SolverOptions) ->
     to_lm = newton & (halvings > MAX_HALVINGS)
     done = to_lm & s.small  # no trial improves on θ: converged to machine precision
     lam_r = xp.where(to_lm, LM_START, xp.where(newton, 0.0, 10 * s.lam))
-    stuck = lam_r > LM_MAX
+    stuck = (lam_r > LM_MAX) | (to_lm & (not options.lm))
     status_r = xp.where(done, CONVERGED, xp.where(stuck, xp.where(_newton_ok(xp, s), NO_PROGRESS, SINGULAR),
                                                   RUNNING))
     alpha = s.alpha / 2
@@ -124,14 +142,21 @@ def _propose(xp, s: State, scale, options: SolverOptions) -> State:
         xp.where(s.iterations >= options.max_iter, MAX_ITER, RUNNING)))
     step = -_solve(xp, s.jac, s.r)
     ok = _finite(xp, step)
-    newton = (s.lam == 0) & ok
+    newton = (s.lam == 0) & ok & options.newton
     lam = xp.where(newton, s.lam, xp.where(s.lam == 0, LM_START, s.lam))
+    # more equations than parameters: at the least-squares minimum f > 0; stop when the Gauss–Newton step
+    # could lower f by no more than rounding (its predicted decrease ‖Jδ‖² ≤ 1e-14 f)
+    fitted = s.jac @ xp.where(ok, step, 0.0)
+    flat_enough = (s.jac.shape[0] > s.jac.shape[1]) & ok & (xp.sum(fitted * fitted) <= 1e-14 * _squares(xp, s.r))
+    status = xp.where((status == RUNNING) & flat_enough, CONVERGED, status)
     s = s._replace(lam=lam, delta=step, alpha=xp.asarray(1.0), halvings=xp.asarray(0), trial=s.theta + step,
                    want_jac=xp.asarray(True), status=status,
                    small=newton & (xp.max(xp.abs(step)) <= options.xtol * (1 + xp.max(xp.abs(s.theta)))))
     s = _select(xp, newton, s, _lm_step(xp, s))
     flat = xp.all(s.jac == 0)  # ψ does not vary with θ: no step can help
-    return s._replace(status=xp.where((status == RUNNING) & (flat | ~_finite(xp, s.delta)), SINGULAR, s.status))
+    blocked = ~newton & (not options.lm)  # Newton only, and J is singular
+    return s._replace(status=xp.where((status == RUNNING) & (flat | blocked | ~_finite(xp, s.delta)), SINGULAR,
+                                      s.status))
 
 
 def _lm_step(xp, s: State) -> State:
@@ -149,6 +174,11 @@ def _newton_ok(xp, s: State):
 
 
 def _solve(xp, a, b):
+    """a⁻¹b, or the least-squares solution when a has more rows than columns (over-identified GMM); NaN where a
+    is singular."""
+    if a.shape[0] != a.shape[1]:
+        q, r = xp.linalg.qr(a)
+        return _solve(xp, r, q.T @ b)
     if _is_traced(xp):
         return xp.linalg.solve(a, b)
     try:
