@@ -41,7 +41,7 @@ SLAB_CHUNKS = (1, 8, 64)  # slab capacities, in chunks: a new size of data costs
 # Chunk sizing: rows × (equations × inputs) of the largest block's Jacobian work per chunk, per backend.
 CHUNK_BUDGET = {"cpu": 1 << 17, "default": 1 << 24}
 CHUNK_LIMITS = {"cpu": (64, 4096), "default": (256, 1 << 16)}
-SINGLE_CHUNK = {"cpu": 1 << 22, "default": 1 << 26}  # data up to this many rows × width: one chunk, no loop
+SINGLE_CHUNK = {"cpu": 1 << 24, "default": 1 << 26}  # data up to this many rows × width: one chunk, no loop
 SINGLE_CHUNK_ROWS = 1 << 14
 
 
@@ -128,25 +128,31 @@ class Kernel:
         return block(own, row, upstream)
 
     def _block(self, block, theta, rows, w, mode):
-        """(values (c, k), Σ w ∂ψ/∂inputs (k, n_in)) of one block on one chunk; ``mode``: SKIP/VALUES/JACOBIAN."""
+        """(values (c, k), Σ w ∂ψ/∂inputs (k, n_in)) of one block on one chunk; ``mode``: SKIP/VALUES/JACOBIAN.
+
+        The block's forward pass is written once and its derivative pass once (each is compiled once): a
+        residual-only pass skips the derivative, a pass that does not need the block skips both."""
         u = self._inputs(block, theta)
         k, n_in, c = block.equations, u.shape[0], w.shape[0]
+        zero_jac = jnp.zeros((k, n_in), u.dtype)
+        wanted = mode == JACOBIAN
 
         def values(u):
             return jax.vmap(lambda row: self._call(block, u, row))(rows)
 
-        def jacobian():
+        def computed():
             if _closed_form(block):
-                return block.psi.chunk_sums(u, rows, w)
+                return lax.cond(wanted, lambda: block.psi.chunk_sums(u, rows, w), lambda: (values(u), zero_jac))
             if k <= n_in:  # reverse: row j of Σ w ∂ψ/∂u is the pullback of the cotangent w ⊗ e_j
                 v, pullback = jax.vjp(values, u)
-                return v, jax.vmap(lambda e: pullback(w[:, None] * e)[0])(jnp.eye(k, dtype=u.dtype))
+                eye = jnp.eye(k, dtype=u.dtype)
+                return v, lax.cond(wanted, lambda: jax.vmap(lambda e: pullback(w[:, None] * e)[0])(eye),
+                                   lambda: zero_jac)
             v, tangent = jax.linearize(values, u)  # forward: column i is Σ w ∂ψ/∂u_i
-            return v, jax.vmap(lambda e: w @ tangent(e))(jnp.eye(n_in, dtype=u.dtype)).T
+            eye = jnp.eye(n_in, dtype=u.dtype)
+            return v, lax.cond(wanted, lambda: jax.vmap(lambda e: w @ tangent(e))(eye).T, lambda: zero_jac)
 
-        zero_jac = jnp.zeros((k, n_in), u.dtype)
-        return lax.switch(mode, [lambda: (jnp.zeros((c, k), u.dtype), zero_jac),
-                                 lambda: (values(u), zero_jac), jacobian])
+        return lax.cond(mode == SKIP, lambda: (jnp.zeros((c, k), u.dtype), zero_jac), computed)
 
     def add_chunk(self, acc: Moments, theta, rows, w, plan) -> Moments:
         """``acc`` plus the sums over one chunk of rows (traceable)."""
@@ -248,9 +254,11 @@ def _slab_sums(kernel: Kernel, acc, theta, rows, w, n_chunks, plan) -> Moments:
 
 
 _optimized = jax.jit(_slab_sums, static_argnums=0)
-# A one-chunk slab (small data) is compiled at XLA's lowest optimisation level on a CPU: half the compile time,
-# which is most of a small fit's time, for a pass that takes milliseconds either way.
-_quick = jax.jit(_slab_sums, static_argnums=0, compiler_options={"xla_backend_optimization_level": 0})
+# A one-chunk slab (small data) is compiled for compile speed on a CPU: XLA's lowest optimisation level and its
+# classic fusion code generator compile a stack 3–10× faster (most of a small fit's time is compiling), for a
+# pass that takes milliseconds either way. Large data keep XLA's defaults (a looped slab runs ~2× faster so).
+QUICK_CPU_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+_quick = jax.jit(_slab_sums, static_argnums=0, compiler_options=QUICK_CPU_OPTIONS)
 
 
 def slab_sums(kernel: Kernel, acc, theta, rows, w, n_chunks, plan) -> Moments:
