@@ -233,7 +233,8 @@ def _jsonable(v):
 
 
 EXCLUSION_KINDS = {"missing id": "row(s) with a missing meta-analysis id", "malformed": "malformed row(s)",
-                   "empty arm": "stud(ies) with an empty arm", "no usable study": "meta-analys(es) with no usable study"}
+                   "empty arm": "stud(ies) with an empty arm",
+                   "no usable study": "meta-analys(es) with no usable study"}
 
 
 def exclusion_summary(excluded: list[dict], limit: int = 10) -> list[str]:

@@ -189,7 +189,7 @@ def reml_loglik(tau2, y, v, mask):
 
 
 def _reml_terms(t, y, v, m):
-    """(ℓ_R, score, Fisher information, second derivative, tr P, rounding scale of ℓ_R) at τ² = t.
+    """(ℓ_R, score, Fisher information, second derivative, tr P) at τ² = t.
 
     With P = W − wwᵀ/Σw and e = y − μ̂ (so Py = w∘e): score ∂ℓ_R/∂τ² = ½(yᵀPPy − tr P), Fisher information
     ½ tr(PP), second derivative ½ tr(PP) − yᵀPPPy, where yᵀPPy = Σw²e², tr P = Σw − Σw²/Σw,
@@ -205,50 +205,59 @@ def _reml_terms(t, y, v, m):
     score = 0.5 * ((w ** 2 * e ** 2).sum() - tr_p)
     fisher = 0.5 * (s2 - 2 * s3 / s1 + (s2 / s1) ** 2)
     second = fisher - ((w ** 3 * e ** 2).sum() - (w ** 2 * e).sum() ** 2 / s1)
-    noise = 1e-13 * ((m * jnp.abs(jnp.log(v + t))).sum() + jnp.abs(jnp.log(s1)) + q + 1.0)
-    return ll, score, fisher, second, tr_p, noise
+    return ll, score, fisher, second, tr_p
 
 
-def _reml_ascent(t0, y, v, m, max_iterations):
+def _reml_rounding(y, v, m, upper):
+    """A bound on the rounding error of ℓ_R for τ² in [0, upper] (differences below it are ties):
+    1e-13·(Σ|log(v + τ²)| + |log Σw| + Q(τ²) + 1) with |log(v + τ²)| ≤ L = max(|log min v|, |log(max v + upper)|),
+    |log Σw| ≤ log k + L and Q(τ²) ≤ Q(0)."""
+    k = m.sum()
+    v_min = jnp.min(jnp.where(m > 0, v, jnp.inf))
+    v_max = jnp.max(jnp.where(m > 0, v, 0.0))
+    log_bound = jnp.maximum(jnp.abs(jnp.log(v_min)), jnp.abs(jnp.log(v_max + upper)))
+    return 1e-13 * ((k + 1) * log_bound + jnp.log(jnp.maximum(k, 1.0)) + _q_and_slope(0.0, y, v, m)[0] + 1.0)
+
+
+def _reml_ascent(t0, y, v, m, noise, max_iterations):
     """Maximise ℓ_R over τ² ≥ 0 from t0 (one ``lax.while_loop``: under ``vmap`` each meta-analysis stops at its
     own convergence while the others go on).
 
     Step: Newton (−score/second derivative) where ℓ_R is locally concave, else Fisher scoring
     (score/information, metafor's step); both go uphill. The candidate τ² + step is truncated at 0; if ℓ_R
-    decreases there (beyond rounding), the step is halved (up to ``MAX_HALVINGS`` times) and tried again.
-    Converged when τ² = 0 with a score ≤ 0 (a maximum on the boundary), or at a stationary point: the last
-    change in τ² ≤ TAU2_TOLERANCE·(τ² + min v) and |yᵀPPy − tr P| ≤ GRADIENT_TOLERANCE·tr P. Not converged after
-    ``max_iterations`` accepted steps or when no step up is left. Returns (τ², converged, iterations); a single
-    study (nothing to estimate) is converged at t0.
+    decreases there by more than ``noise`` (its rounding error), the step is halved (up to ``MAX_HALVINGS``
+    times) and tried again. Converged when τ² = 0 with a score ≤ 0 (a maximum on the boundary), or at a
+    stationary point: the last change in τ² ≤ TAU2_TOLERANCE·(τ² + min v) and |yᵀPPy − tr P| ≤
+    GRADIENT_TOLERANCE·tr P. Not converged after ``max_iterations`` accepted steps or when no step up is left.
+    Returns (τ², converged, iterations); a single study (nothing to estimate) is converged at t0.
     """
-
     v_min = jnp.min(jnp.where(m > 0, v, jnp.inf))
 
     def assess(t, change):
-        """(ℓ_R, rounding scale, converged, next step) at τ² = t."""
-        ll, score, fisher, second, tr_p, noise = _reml_terms(t, y, v, m)
+        """(ℓ_R, converged, next step) at τ² = t."""
+        ll, score, fisher, second, tr_p = _reml_terms(t, y, v, m)
         converged = (m.sum() <= 1) | ((t <= 0) & (score <= 0)) | (
             (change <= TAU2_TOLERANCE * (t + v_min)) & (2 * jnp.abs(score) <= GRADIENT_TOLERANCE * tr_p))
         concave = second < 0
         step = jnp.where(concave, -score / jnp.where(concave, second, -1.0), score / fisher)
-        return ll, noise, converged, step
+        return ll, converged, step
 
     def cond(state):
         _, _, _, _, it, halvings, converged = state
-        return ~converged & (it < max_iterations) & (halvings <= MAX_HALVINGS)
+        return ~converged & (it <= max_iterations) & (halvings <= MAX_HALVINGS)
 
     def body(state):
-        t, ll, noise, step, it, halvings, _ = state
-        cand = jnp.maximum(0.0, t + step)
-        ll_c, noise_c, converged_c, step_c = assess(cand, jnp.abs(cand - t))
+        """Evaluate the candidate; accept it if ℓ_R did not decrease, else halve the step; propose the next."""
+        cand, t, ll, step, it, halvings, _ = state
+        ll_c, converged_c, step_c = assess(cand, jnp.abs(cand - t))
         up = ll_c >= ll - noise
-        pick = lambda new, old: jnp.where(up, new, old)  # noqa: E731
-        return (pick(cand, t), pick(ll_c, ll), pick(noise_c, noise), pick(step_c, 0.5 * step),
-                it + up, jnp.where(up, 0, halvings + 1), up & converged_c)
+        t, ll, step = jnp.where(up, cand, t), jnp.where(up, ll_c, ll), jnp.where(up, step_c, 0.5 * step)
+        return jnp.maximum(0.0, t + step), t, ll, step, it + up, jnp.where(up, 0, halvings + 1), up & converged_c
 
-    ll0, noise0, converged0, step0 = assess(t0, jnp.inf)
-    t, _, _, _, it, _, converged = jax.lax.while_loop(cond, body, (t0, ll0, noise0, step0, 0, 0, converged0))
-    return t, converged, it
+    # the first candidate is t0 itself: accepted (ℓ_R > −inf), with no previous iterate (change = inf)
+    state = (jnp.asarray(t0, float), jnp.inf, -jnp.inf, 0.0, 0, 0, False)
+    _, t, _, _, it, _, converged = jax.lax.while_loop(cond, body, state)
+    return t, converged, it - 1
 
 
 def _reml_grid(y, v, m):
@@ -289,12 +298,12 @@ def tau2_reml_fit(y, v, mask, iterations: int = REML_ITERATIONS) -> Tau2Fit:
     y, v, m = _clean(y, v, mask)
     k = m.sum()
     grid = _reml_grid(y, v, m)
-    terms = jax.vmap(lambda t: _reml_terms(t, y, v, m))(grid)
-    ll_grid, noise_grid = terms[0], terms[-1]
-    t, converged, it = _reml_ascent(grid[jnp.argmax(ll_grid)], y, v, m, iterations)
+    ll_grid = jax.vmap(lambda t: _reml_terms(t, y, v, m)[0])(grid)
+    noise = _reml_rounding(y, v, m, grid[-1])
+    t, converged, it = _reml_ascent(grid[jnp.argmax(ll_grid)], y, v, m, noise, iterations)
     single = k <= 1
     return Tau2Fit(jnp.where(single, 0.0, t), single | converged, jnp.where(single, 0, it),
-                   jnp.where(single, 1, _count_modes(ll_grid, noise_grid.max())))
+                   jnp.where(single, 1, _count_modes(ll_grid, noise)))
 
 
 def tau2_reml(y, v, mask, iterations: int = REML_ITERATIONS):
