@@ -37,6 +37,7 @@ Paule–Mandel iterations stop per meta-analysis at convergence; one that did no
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import math
@@ -110,10 +111,11 @@ def _id_values(df, names):
             blank[:, j] |= col.astype(str).str.strip().eq("").to_numpy()
         if pd.api.types.is_float_dtype(col) and np.all(np.mod(col[~blank[:, j]], 1) == 0):
             col = col.astype("Int64")
-        parts.append(np.array([_jsonable(v) for v in col.astype(object)], dtype=object))
+        parts.append(col.astype(object).to_numpy())  # Python scalars, as JSON wants them
     if len(parts) == 1:
         return parts[0], blank, parts
-    return np.array([" | ".join(map(str, row)) for row in zip(*parts)], dtype=object), blank, parts
+    text = [pd.Series(p, dtype=object).astype(str) for p in parts]
+    return text[0].str.cat(text[1:], sep=" | ").to_numpy(dtype=object), blank, parts
 
 
 def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
@@ -242,9 +244,7 @@ def exclusion_summary(excluded: list[dict], limit: int = 10) -> list[str]:
     exclusions and how many more there are (the JSON output lists them all)."""
     if not excluded:
         return []
-    kinds = {}
-    for e in excluded:
-        kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+    kinds = collections.Counter(e["kind"] for e in excluded)
     lines = ["excluded: " + ", ".join(f"{n} {EXCLUSION_KINDS.get(kind, kind)}" for kind, n in kinds.items())
              + (" (to keep rows whose empty id is meaningful, e.g. no subgroup, fill it in)"
                 if "missing id" in kinds else "")]
@@ -384,7 +384,7 @@ def meta_analyses(df: pd.DataFrame, by, measure: str = "RR", columns: dict | Non
         first = tables.drop_duplicates("meta_id").set_index("meta_id")[groups]
         for pos, g in enumerate(groups):
             long.insert(1 + pos, g, first[g].reindex(long["meta_id"]).to_numpy())
-    _report_batch_diagnostics(report, ids, core, measure, methods["causal"]["undefined_reason"])
+    _report_batch_diagnostics(report, ids, core, measure, np.not_equal(methods["causal"]["undefined_reason"], None))
     wide = comparison_table(long, classical, level)
     return long, wide, report
 
@@ -426,7 +426,7 @@ def _long_table(ids, methods: dict, measure: str) -> pd.DataFrame:
     return long.astype({"k": int, "converged": bool})
 
 
-def _report_batch_diagnostics(report: dict, ids, core: dict, measure: str, undefined_reason):
+def _report_batch_diagnostics(report: dict, ids, core: dict, measure: str, undefined):
     """Warnings (non-converged τ²) and notes (undefined causal estimates, multimodal restricted likelihoods) of a
     batch, each naming up to 10 meta-analyses."""
     def named(hit):
@@ -438,7 +438,6 @@ def _report_batch_diagnostics(report: dict, ids, core: dict, measure: str, undef
             message = mc.convergence_message(meth, f" in {named(bad)}")
             report["warnings"].append(message)
             warnings.warn(message, MestimWarning, stacklevel=3)
-    undefined = np.asarray([r is not None for r in undefined_reason])
     if undefined.any():
         report["notes"].append(f"causal {measure} undefined (a pooled risk is 0 or 1) in {named(undefined)}: "
                                "reported as undefined (NaN, with the reason) and not compared")
@@ -452,8 +451,8 @@ def comparison_table(long: pd.DataFrame, classical: str = CLASSICAL_DEFAULT, lev
     """One row per meta-analysis: causal vs ``classical`` estimates, CIs and disagreement flags (null = 0 on the
     analysis scale: RD, log RR, log OR; the rule is :data:`DISCORDANCE_RULE`).
 
-    ``comparable``: both estimates and CIs are finite (an undefined causal ratio is not); the flags are
-    missing (``pd.NA``) where not comparable. ``sign_differs``: the point estimates have opposite signs;
+    ``comparable``: both estimates and CIs are finite (an undefined causal ratio is not) and the classical τ²
+    converged; the flags are missing (``pd.NA``) where not comparable, and ``not_compared_reason`` says why. ``sign_differs``: the point estimates have opposite signs;
     ``significance_differs``: one CI excludes the null and the other does not; ``opposite_significant``: both
     exclude it, on opposite sides; ``conclusion_differs`` (discordant): ``significance_differs`` or
     ``opposite_significant`` — a sign change alone, with both CIs covering the null, is not a different
@@ -477,7 +476,11 @@ def comparison_table(long: pd.DataFrame, classical: str = CLASSICAL_DEFAULT, lev
     wide["classical_converged"] = k["converged"].to_numpy(bool)
     values = wide[["causal", "causal_ci_low", "causal_ci_high", "classical", "classical_ci_low",
                    "classical_ci_high"]].to_numpy(float)
-    comparable = np.isfinite(values).all(axis=1)
+    comparable = np.isfinite(values).all(axis=1) & wide["classical_converged"].to_numpy()
+    not_converged = f"the {classical} τ² did not converge"
+    wide["not_compared_reason"] = np.where(comparable, None, np.where(
+        pd.notna(wide["causal_undefined_reason"]), wide["causal_undefined_reason"],
+        np.where(wide["classical_converged"], "an estimate or CI is not finite", not_converged)))
     sig_c = (wide["causal_ci_low"] > 0) | (wide["causal_ci_high"] < 0)
     sig_k = (wide["classical_ci_low"] > 0) | (wide["classical_ci_high"] < 0)
     sign = np.sign(wide["causal"]) * np.sign(wide["classical"]) < 0
@@ -508,6 +511,24 @@ def discordant(wide: pd.DataFrame) -> pd.DataFrame:
     return hit
 
 
+def not_compared_summary(wide: pd.DataFrame) -> str:
+    """How many meta-analyses were not compared, and why (e.g. "2 not compared: 1 causal estimate undefined, 1
+    classical τ² not converged"); "" when all were."""
+    import pandas as pd
+
+    left_out = wide[~wide["comparable"].to_numpy(bool)]
+    if not len(left_out):
+        return ""
+    undefined = int(pd.notna(left_out["causal_undefined_reason"]).sum())
+    not_converged = int((~left_out["classical_converged"].to_numpy(bool)).sum())
+    other = len(left_out) - undefined - not_converged
+    parts = [(n, what) for n, what in ((undefined, "causal estimate undefined"),
+                                        (not_converged, "classical τ² not converged"),
+                                        (other, "estimate not finite")) if n > 0]
+    why = parts[0][1] if len(parts) == 1 else ", ".join(f"{n} {what}" for n, what in parts)
+    return f"{len(left_out)} not compared: {why}"
+
+
 # ------------------------------------------------------------------------------------------ output
 def _json_row(rec: dict) -> dict:
     """A result record for JSON: NumPy scalars as Python ones, NaN/inf/NA as null, and for ratio measures the
@@ -534,7 +555,8 @@ def results_json(long: pd.DataFrame, report: dict | None = None, wide: pd.DataFr
     "excluded", "notes", "warnings"}: estimates on the analysis scale (log for RR/OR; ``scale`` says which,
     ``exp_*`` give the ratio); NaN/inf become null. With ``wide`` (batch mode, :func:`comparison_table`) also
     "comparison" (the rule, the classical method and the counts), "discordant" (the discordant meta-analyses,
-    each with ``why``) and "undefined" (meta-analyses whose causal estimate is undefined, with the reason)."""
+    each with ``why``), "undefined" (meta-analyses whose causal estimate is undefined, with the reason) and
+    "not_compared" (every meta-analysis left out of the comparison, with the reason)."""
     import pandas as pd
 
     report = report or {}
@@ -545,7 +567,7 @@ def results_json(long: pd.DataFrame, report: dict | None = None, wide: pd.DataFr
         measure = str(wide["measure"].iloc[0]) if len(wide) else "RR"
         level = wide.attrs.get("level", 0.95)
         flagged = discordant(wide)
-        keep = [c for c in flagged.columns if c not in ("comparable", "classical_converged")]
+        keep = [c for c in flagged.columns if c not in ("comparable", "classical_converged", "not_compared_reason")]
         payload["comparison"] = {
             "classical_method": str(wide["classical_method"].iloc[0]) if len(wide) else None, "level": level,
             "rule": discordance_rule(measure, level), "meta_analyses": len(wide),
@@ -553,6 +575,9 @@ def results_json(long: pd.DataFrame, report: dict | None = None, wide: pd.DataFr
             "significance_differs": int(wide["significance_differs"].sum()),
             "opposite_significant": int(wide["opposite_significant"].sum()),
             "not_compared": int((~wide["comparable"]).sum())}
+        left_out = wide[~wide["comparable"].to_numpy(bool)]
+        payload["not_compared"] = [{"meta_id": _jsonable(i), "reason": r} for i, r in
+                                   zip(left_out["meta_id"], left_out["not_compared_reason"])]
         payload["discordant"] = [_json_row(rec) for rec in flagged[keep].to_dict("records")]
         undefined = wide[pd.notna(wide["causal_undefined_reason"])]
         payload["undefined"] = [{"meta_id": _jsonable(i), "reason": r} for i, r in
@@ -636,9 +661,9 @@ def scatter_plot(wide: pd.DataFrame, path: str, title: str | None = None):
             axis.set_tick_params(which="minor", labelsize=7)
     ax.set_xlabel(f"classical ({wide['classical_method'].iloc[0]}) {measure}")
     ax.set_ylabel(f"causal {measure}")
-    left_out = len(wide) - len(shown)
+    left_out = not_compared_summary(wide).replace("not compared", "not plotted")
     ax.set_title(title or f"Causal vs classical meta-analysis\n{len(shown)} meta-analyses"
-                 + (f" ({left_out} not plotted: causal estimate undefined)" if left_out else ""), fontsize=10)
+                 + (f" ({left_out})" if left_out else ""), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -235,18 +235,21 @@ def _not_converged(real_batch_core, meta_index):
 
 
 def test_non_convergence_warning_is_printed_once_on_stderr(run_cli, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(mb, "batch_core", _not_converged(mb.batch_core, 1))
+    monkeypatch.setattr(mb, "batch_core", _not_converged(mb.batch_core, 2))  # the third: "small"
     undefined_rr_table().to_csv(tmp_path / "t.csv", index=False)
     assert run_cli(tmp_path / "t.csv", "--by", "meta", "--json", tmp_path / "o.json") == 0
     captured = capsys.readouterr()
     warned = [line for line in captured.err.splitlines() if "did not converge" in line]
     assert len(warned) == 1 and warned[0].startswith("mestim meta: warning: the REML τ² did not converge in 1")
-    assert "no-control-events" in warned[0] and "did not converge" not in captured.out
+    assert "small" in warned[0] and "last iterate" not in captured.out  # the warning is not repeated on stdout
+    # a meta-analysis whose classical τ² did not converge is not compared either, and the summary says why
+    assert "2 not compared: 1 causal estimate undefined, 1 classical τ² not converged" in captured.out
     payload = json.loads((tmp_path / "o.json").read_text())
     assert len(payload["warnings"]) == 1 and "did not converge" in payload["warnings"][0]
+    assert {d["meta_id"]: d["reason"] for d in payload["not_compared"]}["small"] == "the REML τ² did not converge"
     flags = {(r["meta_id"], r["method"]): r["converged"] for r in payload["results"]}
-    assert flags[("no-control-events", "REML")] is False and flags[("no-control-events", "REML_HK")] is False
-    assert flags[("bcg", "REML")] is True and flags[("no-control-events", "PM")] is True
+    assert flags[("small", "REML")] is False and flags[("small", "REML_HK")] is False
+    assert flags[("bcg", "REML")] is True and flags[("small", "PM")] is True
 
 
 def test_single_meta_analysis_warns_once_and_records_it(monkeypatch):

@@ -143,10 +143,10 @@ def _print_batch(wide, source, args, ratio, level, out):
 
     compared = int(wide["comparable"].sum())
     flagged = mb.discordant(wide)
-    undefined = len(wide) - compared
+    left_out = mb.not_compared_summary(wide)
     print(f"{len(wide)} meta-analyses ({source}), measure {args.measure}, {100 * level:g}% CIs: causal vs "
           f"{args.classical} conclusions differ in {len(flagged)} of {compared} compared"
-          + (f" ({undefined} not compared: causal estimate undefined)" if undefined else ""), file=out)
+          + (f" ({left_out})" if left_out else ""), file=out)
     print(f"rule: {mb.discordance_rule(args.measure, level)}", file=out)
     line = lambda r: (f"  {r['meta_id']!s:<20} k={r['k']:<4} causal {_fmt(r['causal'], ratio):>10} "  # noqa: E731
                       f"[{_fmt(r['causal_ci_low'], ratio)}, {_fmt(r['causal_ci_high'], ratio)}]  classical "
@@ -160,5 +160,5 @@ def _print_batch(wide, source, args, ratio, level, out):
         print("all meta-analyses:", file=out)
         for r in wide.to_dict("records"):
             mark = ("  *differs*" if r["conclusion_differs"] is True else
-                    "  (undefined: not compared)" if not r["comparable"] else "")
+                    f"  (not compared: {r['not_compared_reason']})" if not r["comparable"] else "")
             print(line(r) + mark, file=out)
