@@ -278,11 +278,13 @@ def recorded_warnings(report: dict):
 
 # ------------------------------------------------------------------------------------------ one meta-analysis
 def meta_analysis(df: pd.DataFrame | None = None, measure: str = "RR", columns: dict | None = None,
-                  target_weights=None, invalid: str = "raise", level: float = 0.95) -> tuple[pd.DataFrame, dict]:
+                  target_weights=None, invalid: str = "raise", level: float = 0.95,
+                  use_engine: bool = True) -> tuple[pd.DataFrame, dict]:
     """Classical and causal meta-analysis of one set of 2×2 tables (a DataFrame; BCG if None).
 
-    Returns (results, report): one row per method — causal (engine sandwich SE, with ``se_paper`` and
-    ``se_design`` alongside), FE, DL, REML, PM, DL_HK, REML_HK, PM_HK, MH — with estimate, se, ci_low, ci_high
+    Returns (results, report): one row per method — causal (sandwich SE: the engine's fit of the stack when
+    ``use_engine``, else its closed form, equal to 1e-10; with ``se_paper`` and ``se_design`` alongside), FE, DL,
+    REML, PM, DL_HK, REML_HK, PM_HK, MH — with estimate, se, ci_low, ci_high
     on the analysis scale (log for RR/OR), tau2, I2, Q, k, prediction interval, ``converged`` (False where an
     iterative τ² did not converge) and, for an undefined causal ratio, ``undefined_reason``; and the validation
     report (its ``warnings`` repeat the :class:`MestimWarning` messages raised).
@@ -298,7 +300,8 @@ def meta_analysis(df: pd.DataFrame | None = None, measure: str = "RR", columns: 
     with recorded_warnings(report):
         rows = mc.classical_meta(*counts, measure=measure, level=level)
         try:
-            causal = cm.causal_meta(*counts, measure=measure, target_weights=target_weights, level=level)
+            causal = cm.causal_meta(*counts, measure=measure, target_weights=target_weights, level=level,
+                                    use_engine=use_engine)
             causal["undefined_reason"] = None
         except DataError as e:
             report["notes"].append(f"causal: {e}")

@@ -38,7 +38,7 @@ I² and the Hartung–Knapp CI / prediction interval are undefined (NaN).
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -121,18 +121,30 @@ def effect_sizes(ai, bi, ci, di, measure: str, add: float = 0.5, to: str = "only
 
 
 # ------------------------------------------------------------------------------------------ pooling
+def while_loop(cond, body, state):
+    """``lax.while_loop`` when the state holds JAX arrays (traced: vmaps, one compiled loop), a Python loop on
+    NumPy state (the host path: nothing to compile). The same ``cond`` and ``body`` serve both."""
+    if any(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(state)):
+        return jax.lax.while_loop(cond, body, state)
+    while cond(state):
+        state = body(state)
+    return state
+
+
 def _clean(y, v, mask):
     """Padding made harmless: y = 0, v = 1 where mask = 0 (weights are then multiplied by the mask)."""
-    m = jnp.asarray(mask, float)
-    return jnp.where(m > 0, y, 0.0), jnp.where(m > 0, v, 1.0), m
+    xp = array_module(y, v, mask)
+    m = xp.asarray(mask, float)
+    return xp.where(m > 0, y, 0.0), xp.where(m > 0, v, 1.0), m
 
 
 def weighted_mean(y, v, mask, tau2=0.0):
     """(μ̂, SE) with weights w = mask/(v + τ²): μ̂ = Σwy/Σw, SE = (Σw)^(-1/2)."""
     y, v, m = _clean(y, v, mask)
+    xp = array_module(y, v, m, tau2)
     w = m / (v + tau2)
     s = w.sum()
-    return (w * y).sum() / s, jnp.sqrt(1.0 / s)
+    return (w * y).sum() / s, xp.sqrt(1.0 / s)
 
 
 def cochran_q(y, v, mask):
@@ -145,11 +157,12 @@ def cochran_q(y, v, mask):
 
 def typical_within_variance(v, mask):
     """s² = (k−1)Σw / ((Σw)² − Σw²), w = 1/v (Higgins & Thompson 2002; metafor's I² denominator)."""
-    _, v, m = _clean(jnp.zeros_like(v), v, mask)
+    _, v, m = _clean(v, v, mask)
+    xp = array_module(v, m)
     w = m / v
     k = m.sum()
     s1, s2 = w.sum(), (w ** 2).sum()
-    return jnp.where(k > 1, (k - 1) * s1 / jnp.where(k > 1, s1 ** 2 - s2, 1.0), jnp.nan)
+    return xp.where(k > 1, (k - 1) * s1 / xp.where(k > 1, s1 ** 2 - s2, 1.0), xp.nan)
 
 
 def i_squared(tau2, v, mask):
@@ -161,12 +174,13 @@ def i_squared(tau2, v, mask):
 def tau2_dersimonian_laird(y, v, mask):
     """DerSimonian–Laird (1986) moment estimator: τ̂² = max(0, (Q − (k−1)) / (Σw − Σw²/Σw)), w = 1/v."""
     y, v, m = _clean(y, v, mask)
+    xp = array_module(y, v, m)
     w = m / v
     k = m.sum()
     s1, s2 = w.sum(), (w ** 2).sum()
     q = cochran_q(y, v, m)
-    denom = jnp.where(k > 1, s1 - s2 / s1, 1.0)
-    return jnp.where(k > 1, jnp.maximum(0.0, (q - (k - 1)) / denom), 0.0)
+    denom = xp.where(k > 1, s1 - s2 / s1, 1.0)
+    return xp.where(k > 1, xp.maximum(0.0, (q - (k - 1)) / denom), 0.0)
 
 
 class Tau2Fit(NamedTuple):
@@ -174,10 +188,10 @@ class Tau2Fit(NamedTuple):
     (steps taken) and ``modes`` (REML: local maxima of the restricted likelihood seen on the global grid;
     1 for Paule–Mandel, whose equation has one root)."""
 
-    tau2: jax.Array
-    converged: jax.Array
-    iterations: jax.Array
-    modes: jax.Array
+    tau2: Any
+    converged: Any
+    iterations: Any
+    modes: Any
 
 
 def reml_loglik(tau2, y, v, mask):
@@ -189,22 +203,23 @@ def reml_loglik(tau2, y, v, mask):
 
 
 def _reml_terms(t, y, v, m):
-    """(ℓ_R, score, Fisher information, second derivative, tr P) at τ² = t.
+    """(ℓ_R, score, Fisher information, second derivative, tr P) at τ² = t (a scalar, or an array of τ²).
 
     With P = W − wwᵀ/Σw and e = y − μ̂ (so Py = w∘e): score ∂ℓ_R/∂τ² = ½(yᵀPPy − tr P), Fisher information
     ½ tr(PP), second derivative ½ tr(PP) − yᵀPPPy, where yᵀPPy = Σw²e², tr P = Σw − Σw²/Σw,
     tr(PP) = Σw² − 2Σw³/Σw + (Σw²/Σw)², yᵀPPPy = Σw³e² − (Σw²e)²/Σw (Harville 1977; Viechtbauer 2005).
     """
+    xp = array_module(t, y, v, m)
+    t = xp.asarray(t, float)[..., None]  # a grid of τ² broadcasts against the studies (last axis)
     w = m / (v + t)
-    s1, s2, s3 = w.sum(), (w ** 2).sum(), (w ** 3).sum()
-    e = y - (w * y).sum() / s1
-    log_det = (m * jnp.log(v + t)).sum()
-    q = (w * e ** 2).sum()
-    ll = -0.5 * (log_det + jnp.log(s1) + q)
+    s1, s2, s3 = w.sum(-1), (w ** 2).sum(-1), (w ** 3).sum(-1)
+    e = y - (w * y).sum(-1, keepdims=True) / s1[..., None]
+    q = (w * e ** 2).sum(-1)
+    ll = -0.5 * ((m * xp.log(v + t)).sum(-1) + xp.log(s1) + q)
     tr_p = s1 - s2 / s1
-    score = 0.5 * ((w ** 2 * e ** 2).sum() - tr_p)
+    score = 0.5 * ((w ** 2 * e ** 2).sum(-1) - tr_p)
     fisher = 0.5 * (s2 - 2 * s3 / s1 + (s2 / s1) ** 2)
-    second = fisher - ((w ** 3 * e ** 2).sum() - (w ** 2 * e).sum() ** 2 / s1)
+    second = fisher - ((w ** 3 * e ** 2).sum(-1) - (w ** 2 * e).sum(-1) ** 2 / s1)
     return ll, score, fisher, second, tr_p
 
 
@@ -212,11 +227,12 @@ def _reml_rounding(y, v, m, upper):
     """A bound on the rounding error of ℓ_R for τ² in [0, upper] (differences below it are ties):
     1e-13·(Σ|log(v + τ²)| + |log Σw| + Q(τ²) + 1) with |log(v + τ²)| ≤ L = max(|log min v|, |log(max v + upper)|),
     |log Σw| ≤ log k + L and Q(τ²) ≤ Q(0)."""
+    xp = array_module(y, v, m, upper)
     k = m.sum()
-    v_min = jnp.min(jnp.where(m > 0, v, jnp.inf))
-    v_max = jnp.max(jnp.where(m > 0, v, 0.0))
-    log_bound = jnp.maximum(jnp.abs(jnp.log(v_min)), jnp.abs(jnp.log(v_max + upper)))
-    return 1e-13 * ((k + 1) * log_bound + jnp.log(jnp.maximum(k, 1.0)) + _q_and_slope(0.0, y, v, m)[0] + 1.0)
+    v_min = xp.min(xp.where(m > 0, v, xp.inf))
+    v_max = xp.max(xp.where(m > 0, v, 0.0))
+    log_bound = xp.maximum(xp.abs(xp.log(v_min)), xp.abs(xp.log(v_max + upper)))
+    return 1e-13 * ((k + 1) * log_bound + xp.log(xp.maximum(k, 1.0)) + _q_and_slope(0.0, y, v, m)[0] + 1.0)
 
 
 def _reml_ascent(t0, y, v, m, noise, max_iterations):
@@ -231,15 +247,16 @@ def _reml_ascent(t0, y, v, m, noise, max_iterations):
     GRADIENT_TOLERANCE·tr P. Not converged after ``max_iterations`` accepted steps or when no step up is left.
     Returns (τ², converged, iterations); a single study (nothing to estimate) is converged at t0.
     """
-    v_min = jnp.min(jnp.where(m > 0, v, jnp.inf))
+    xp = array_module(t0, y, v, m, noise)
+    v_min = xp.min(xp.where(m > 0, v, xp.inf))
 
     def assess(t, change):
         """(ℓ_R, converged, next step) at τ² = t."""
         ll, score, fisher, second, tr_p = _reml_terms(t, y, v, m)
         converged = (m.sum() <= 1) | ((t <= 0) & (score <= 0)) | (
-            (change <= TAU2_TOLERANCE * (t + v_min)) & (2 * jnp.abs(score) <= GRADIENT_TOLERANCE * tr_p))
+            (change <= TAU2_TOLERANCE * (t + v_min)) & (2 * xp.abs(score) <= GRADIENT_TOLERANCE * tr_p))
         concave = second < 0
-        step = jnp.where(concave, -score / jnp.where(concave, second, -1.0), score / fisher)
+        step = xp.where(concave, -score / xp.where(concave, second, -1.0), score / fisher)
         return ll, converged, step
 
     def cond(state):
@@ -249,14 +266,14 @@ def _reml_ascent(t0, y, v, m, noise, max_iterations):
     def body(state):
         """Evaluate the candidate; accept it if ℓ_R did not decrease, else halve the step; propose the next."""
         cand, t, ll, step, it, halvings, _ = state
-        ll_c, converged_c, step_c = assess(cand, jnp.abs(cand - t))
+        ll_c, converged_c, step_c = assess(cand, xp.abs(cand - t))
         up = ll_c >= ll - noise
-        t, ll, step = jnp.where(up, cand, t), jnp.where(up, ll_c, ll), jnp.where(up, step_c, 0.5 * step)
-        return jnp.maximum(0.0, t + step), t, ll, step, it + up, jnp.where(up, 0, halvings + 1), up & converged_c
+        t, ll, step = xp.where(up, cand, t), xp.where(up, ll_c, ll), xp.where(up, step_c, 0.5 * step)
+        return xp.maximum(0.0, t + step), t, ll, step, it + up, xp.where(up, 0, halvings + 1), up & converged_c
 
     # the first candidate is t0 itself: accepted (ℓ_R > −inf), with no previous iterate (change = inf)
-    state = (jnp.asarray(t0, float), jnp.inf, -jnp.inf, 0.0, 0, 0, False)
-    _, t, _, _, it, _, converged = jax.lax.while_loop(cond, body, state)
+    state = (xp.asarray(t0, float), xp.inf, -xp.inf, 0.0, 0, 0, xp.asarray(False))
+    _, t, _, _, it, _, converged = while_loop(cond, body, state)
     return t, converged, it - 1
 
 
@@ -266,21 +283,23 @@ def _reml_grid(y, v, m):
         U = (k·R² + max v)/(k − 1),   R = max y − min y,
 
     since a stationary point satisfies τ² = Σw²((y−μ̂)² − v)/Σw² + 1/Σw ≤ R² + (max v + τ²)/k."""
+    xp = array_module(y, v, m)
     k = m.sum()
-    y_hi = jnp.max(jnp.where(m > 0, y, -jnp.inf))
-    y_lo = jnp.min(jnp.where(m > 0, y, jnp.inf))
-    v_max = jnp.max(jnp.where(m > 0, v, 0.0))
-    v_min = jnp.min(jnp.where(m > 0, v, jnp.inf))
-    upper = (k * (y_hi - y_lo) ** 2 + v_max) / jnp.maximum(k - 1, 1.0)
-    lower = 1e-2 * jnp.minimum(v_min, upper)
-    frac = jnp.linspace(0.0, 1.0, REML_GRID_POINTS - 1)
-    return jnp.concatenate([jnp.zeros(1), lower * (upper / lower) ** frac])
+    y_hi = xp.max(xp.where(m > 0, y, -xp.inf))
+    y_lo = xp.min(xp.where(m > 0, y, xp.inf))
+    v_max = xp.max(xp.where(m > 0, v, 0.0))
+    v_min = xp.min(xp.where(m > 0, v, xp.inf))
+    upper = (k * (y_hi - y_lo) ** 2 + v_max) / xp.maximum(k - 1, 1.0)
+    lower = 1e-2 * xp.minimum(v_min, upper)
+    frac = xp.linspace(0.0, 1.0, REML_GRID_POINTS - 1)
+    return xp.concatenate([xp.zeros(1), lower * (upper / lower) ** frac])
 
 
 def _count_modes(ll, noise):
     """Local maxima of a profile sampled on an increasing grid: points above both neighbours by more than
     ``noise`` (the first point: above the second)."""
-    d = jnp.diff(ll)
+    xp = array_module(ll, noise)
+    d = xp.diff(ll)
     return (d[0] < -noise) + ((d[:-1] > noise) & (d[1:] < -noise)).sum()
 
 
@@ -296,14 +315,15 @@ def tau2_reml_fit(y, v, mask, iterations: int = REML_ITERATIONS) -> Tau2Fit:
     meta-analysis). A single study: τ̂² = 0.
     """
     y, v, m = _clean(y, v, mask)
+    xp = array_module(y, v, m)
     k = m.sum()
     grid = _reml_grid(y, v, m)
-    ll_grid = jax.vmap(lambda t: _reml_terms(t, y, v, m)[0])(grid)
+    ll_grid = _reml_terms(grid, y, v, m)[0]
     noise = _reml_rounding(y, v, m, grid[-1])
-    t, converged, it = _reml_ascent(grid[jnp.argmax(ll_grid)], y, v, m, noise, iterations)
+    t, converged, it = _reml_ascent(grid[xp.argmax(ll_grid)], y, v, m, noise, iterations)
     single = k <= 1
-    return Tau2Fit(jnp.where(single, 0.0, t), single | converged, jnp.where(single, 0, it),
-                   jnp.where(single, 1, _count_modes(ll_grid, noise)))
+    return Tau2Fit(xp.where(single, 0.0, t), single | converged, xp.where(single, 0, it),
+                   xp.where(single, 1, _count_modes(ll_grid, noise)))
 
 
 def tau2_reml(y, v, mask, iterations: int = REML_ITERATIONS):
@@ -333,12 +353,13 @@ def tau2_paule_mandel_fit(y, v, mask, iterations: int = PM_ITERATIONS) -> Tau2Fi
     |Q − (k−1)| ≤ GRADIENT_TOLERANCE·(k − 1), or when the bracket is that narrow. Traceable and vmappable.
     """
     y, v, m = _clean(y, v, mask)
+    xp = array_module(y, v, m)
     k = m.sum()
     target = k - 1
     ybar = (m * y).sum() / k
-    upper = 1.01 * (m * (y - ybar) ** 2).sum() / jnp.maximum(k - 1, 1.0) + 1e-300
+    upper = 1.01 * (m * (y - ybar) ** 2).sum() / xp.maximum(k - 1, 1.0) + 1e-300
     positive = (k > 1) & (_q_and_slope(0.0, y, v, m)[0] > target)
-    v_min = jnp.min(jnp.where(m > 0, v, jnp.inf))
+    v_min = xp.min(xp.where(m > 0, v, xp.inf))
 
     def cond(state):
         _, _, _, _, it, running, _ = state
@@ -348,17 +369,17 @@ def tau2_paule_mandel_fit(y, v, mask, iterations: int = PM_ITERATIONS) -> Tau2Fi
         t, lo, hi, change, it, _, _ = state
         q, slope = _q_and_slope(t, y, v, m)
         excess = q - target
-        lo, hi = jnp.where(excess > 0, t, lo), jnp.where(excess > 0, hi, t)
+        lo, hi = xp.where(excess > 0, t, lo), xp.where(excess > 0, hi, t)
         tolerance = TAU2_TOLERANCE * (t + v_min)
-        converged = ((change <= tolerance) & (jnp.abs(excess) <= GRADIENT_TOLERANCE * target)) | (hi - lo <= tolerance)
-        newton = t - excess / jnp.where(slope < 0, slope, -1.0)
-        t_new = jnp.where((newton > lo) & (newton < hi) & (slope < 0), newton, 0.5 * (lo + hi))
-        t_new = jnp.where(converged, t, t_new)
-        return t_new, lo, hi, jnp.abs(t_new - t), it + jnp.where(converged, 0, 1), ~converged, converged
+        converged = ((change <= tolerance) & (xp.abs(excess) <= GRADIENT_TOLERANCE * target)) | (hi - lo <= tolerance)
+        newton = t - excess / xp.where(slope < 0, slope, -1.0)
+        t_new = xp.where((newton > lo) & (newton < hi) & (slope < 0), newton, 0.5 * (lo + hi))
+        t_new = xp.where(converged, t, t_new)
+        return t_new, lo, hi, xp.abs(t_new - t), it + xp.where(converged, 0, 1), ~converged, converged
 
-    init = (jnp.zeros(()), jnp.zeros(()), upper, jnp.inf, 0, positive, ~positive)
-    t, _, _, _, it, _, converged = jax.lax.while_loop(cond, body, init)
-    return Tau2Fit(jnp.where(positive, t, 0.0), converged, it, jnp.ones((), int))
+    init = (xp.zeros(()), xp.zeros(()), upper, xp.inf, 0, positive, ~positive)
+    t, _, _, _, it, _, converged = while_loop(cond, body, init)
+    return Tau2Fit(xp.where(positive, t, 0.0), converged, it, xp.ones((), int))
 
 
 def tau2_paule_mandel(y, v, mask, iterations: int = PM_ITERATIONS):
@@ -373,10 +394,11 @@ ITERATIVE_TAU2 = {"REML": tau2_reml_fit, "PM": tau2_paule_mandel_fit}
 def hartung_knapp_factor(y, v, mask, tau2):
     """q = Σw*(y−μ̂)²/(k−1), w* = 1/(v+τ²): Hartung & Knapp (2001) / Sidik & Jonkman (2002) SE multiplier √q."""
     y, v, m = _clean(y, v, mask)
+    xp = array_module(y, v, m, tau2)
     w = m / (v + tau2)
     mu = (w * y).sum() / w.sum()
     k = m.sum()
-    return jnp.where(k > 1, (w * (y - mu) ** 2).sum() / jnp.maximum(k - 1, 1.0), jnp.nan)
+    return xp.where(k > 1, (w * (y - mu) ** 2).sum() / xp.maximum(k - 1, 1.0), xp.nan)
 
 
 def pool_inverse_variance(y, v, mask):
@@ -387,21 +409,22 @@ def pool_inverse_variance(y, v, mask):
     For the iterative τ² (REML, PM): ``{M}_converged`` (1.0 or 0.0), ``{M}_iterations``, ``{M}_modes``.
     """
     y, v, m = _clean(y, v, mask)
+    xp = array_module(y, v, m)
     k = m.sum()
     q = cochran_q(y, v, m)
     out = {"k": k, "Q": q}
     out["FE_est"], out["FE_se"] = weighted_mean(y, v, m)
-    out["FE_tau2"] = jnp.zeros(())
-    out["FE_I2"] = jnp.where(k > 1, 100.0 * jnp.maximum(0.0, (q - (k - 1)) / jnp.where(q > 0, q, 1.0)), jnp.nan)
-    out["FE_I2"] = jnp.where((k > 1) & (q <= 0), 0.0, out["FE_I2"])
+    out["FE_tau2"] = xp.zeros(())
+    out["FE_I2"] = xp.where(k > 1, 100.0 * xp.maximum(0.0, (q - (k - 1)) / xp.where(q > 0, q, 1.0)), xp.nan)
+    out["FE_I2"] = xp.where((k > 1) & (q <= 0), 0.0, out["FE_I2"])
     out["FE_hk"] = hartung_knapp_factor(y, v, m, 0.0)
     for name in RE_METHODS:
         if name in ITERATIVE_TAU2:
             fit = ITERATIVE_TAU2[name](y, v, m)
             t = fit.tau2
-            out[f"{name}_converged"] = fit.converged.astype(float)
-            out[f"{name}_iterations"] = fit.iterations.astype(float)
-            out[f"{name}_modes"] = fit.modes.astype(float)
+            out[f"{name}_converged"] = xp.asarray(fit.converged, float)
+            out[f"{name}_iterations"] = xp.asarray(fit.iterations, float)
+            out[f"{name}_modes"] = xp.asarray(fit.modes, float)
         else:
             t = TAU2_ESTIMATORS[name](y, v, m)
         out[f"{name}_tau2"] = t
@@ -423,51 +446,49 @@ def mantel_haenszel(ai, bi, ci, di, mask, measure: str):
       RD: ψ̂ = Σ(a n0 − c n1)/n / Σ(n1 n0/n); Var = Σ(a b n0³ + c d n1³)/(n1 n0 n²) / (Σ n1 n0/n)²
           (Greenland & Robins 1985, the large-strata variance used by RevMan).
     """
-    m = jnp.asarray(mask, float)
-    a, b, c, d = (jnp.where(m > 0, jnp.asarray(x, float), 0.0) for x in (ai, bi, ci, di))
+    xp = array_module(ai, bi, ci, di, mask)
+    m = xp.asarray(mask, float)
+    a, b, c, d = (xp.where(m > 0, xp.asarray(x, float), 0.0) for x in (ai, bi, ci, di))
     n1, n0 = a + b, c + d
-    n = jnp.where(m > 0, n1 + n0, 1.0)
+    n = xp.where(m > 0, n1 + n0, 1.0)
     if measure == "OR":
         r, s = a * d / n, b * c / n
         p, q = (a + d) / n, (b + c) / n
         R, S = r.sum(), s.sum()
         var = (p * r).sum() / (2 * R ** 2) + (p * s + q * r).sum() / (2 * R * S) + (q * s).sum() / (2 * S ** 2)
-        return jnp.log(R) - jnp.log(S), jnp.sqrt(var)
+        return xp.log(R) - xp.log(S), xp.sqrt(var)
     if measure == "RR":
         R, S = (a * n0 / n).sum(), (c * n1 / n).sum()
         var = ((n1 * n0 * (a + c) - a * c * n) / n ** 2).sum() / (R * S)
-        return jnp.log(R) - jnp.log(S), jnp.sqrt(var)
+        return xp.log(R) - xp.log(S), xp.sqrt(var)
     if measure == "RD":
         wsum = (n1 * n0 / n).sum()
         est = ((a * n0 - c * n1) / n).sum() / wsum
-        safe = jnp.where(m > 0, n1 * n0, 1.0)
+        safe = xp.where(m > 0, n1 * n0, 1.0)
         var = ((a * b * n0 ** 3 + c * d * n1 ** 3) / (safe * n ** 2)).sum() / wsum ** 2
-        return est, jnp.sqrt(var)
+        return est, xp.sqrt(var)
     raise ValueError(f"measure={measure!r}: use one of {MEASURES}")
 
 
 # ------------------------------------------------------------------------------------------ one meta-analysis
 def classical_summaries(ai, bi, ci, di, mask, measure: str):
-    """All classical summaries of one padded meta-analysis for one measure (traceable; :func:`pool_inverse_variance`
-    on the effect sizes, plus ``MH_est``, ``MH_se``): the one kernel of the single and the batch paths."""
+    """All classical summaries of one padded meta-analysis for one measure (:func:`pool_inverse_variance` on the
+    effect sizes, plus ``MH_est``, ``MH_se``): the one kernel of both paths — NumPy on NumPy input (one
+    meta-analysis: nothing to compile), traced on JAX input (the vmapped batch)."""
     y, v = effect_sizes(ai, bi, ci, di, measure)
     out = pool_inverse_variance(y, v, mask)
     out["MH_est"], out["MH_se"] = mantel_haenszel(ai, bi, ci, di, mask, measure)
     return out
 
 
-_classical_summaries_jit = jax.jit(classical_summaries, static_argnames=("measure",))
-
-
 def classical_core(ai, bi, ci, di, mask=None, measures=MEASURES):
     """The classical summaries of one meta-analysis: {measure: {key: float}} for each of ``measures`` (see
-    :func:`pool_inverse_variance`, plus ``MH_est``, ``MH_se``). Log scale for RR and OR."""
+    :func:`pool_inverse_variance`, plus ``MH_est``, ``MH_se``). Log scale for RR and OR. Computed in NumPy."""
     arrs = [np.atleast_1d(np.asarray(x, float)) for x in (ai, bi, ci, di)]
     mask = np.ones_like(arrs[0]) if mask is None else np.asarray(mask, float)
-    size = 1 << max(0, int(np.ceil(np.log2(arrs[0].size))))  # padded (mask 0) so nearby k share compiled code
-    padded = [np.pad(x, (0, size - x.size)) for x in (*arrs, mask)]
-    return {meas: {key: float(val) for key, val in _classical_summaries_jit(*padded, measure=meas).items()}
-            for meas in measures}
+    with np.errstate(all="ignore"):  # a single study divides 0 by 0 where the result is then masked out
+        return {meas: {key: float(val) for key, val in classical_summaries(*arrs, mask, meas).items()}
+                for meas in measures}
 
 
 def summary_columns(core: dict, measure: str, level: float = 0.95) -> dict:

@@ -273,6 +273,8 @@ def test_single_meta_analysis_warns_once_and_records_it(monkeypatch):
 
 # ------------------------------------------------------------------------------------------ issue 9: host NumPy
 def test_host_helpers_compute_in_numpy_and_compile_nothing():
+    """Each eager jax.numpy call compiles an XLA program; on NumPy input these helpers (and one whole classical
+    meta-analysis, REML and Paule–Mandel iterations included) run in NumPy and compile nothing."""
     compiled = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, duration, **kw: compiled.append(event) if event == "/jax/core/compile/backend_compile_duration"
@@ -284,9 +286,11 @@ def test_host_helpers_compute_in_numpy_and_compile_nothing():
     g = cm.contrast_gradient("RR", 0.2, 0.1)
     c = cm.contrast("OR", np.array([0.2, 0.0]), 0.1)
     cm.undefined_reason("RR", 0.0, 0.1)
+    rows = mc.classical_meta(*counts, measure="OR")  # one meta-analysis: REML and PM loops run in NumPy
     assert len(compiled) == before  # no XLA program for host arithmetic
     for value in (*out.values(), y, v, *g, c):
         assert not isinstance(value, jax.Array)
+    assert {r["method"] for r in rows} >= {"REML", "PM"} and all(r["converged"] for r in rows)
     assert out["estimate"] == pytest.approx(np.log(0.0056793800117474 / (1 - 0.0056793800117474))
                                             - np.log(0.00896440775023283 / (1 - 0.00896440775023283)), rel=1e-12)
     # the same functions still trace (the batch kernel vmaps them)
@@ -303,3 +307,18 @@ def test_meta_modules_import_no_heavy_library_at_module_level():
         names += [n.module for n in top if isinstance(n, ast.ImportFrom) and n.module]
         heavy = [n for n in names if n.split(".")[0] in ("pandas", "scipy", "matplotlib")]
         assert not heavy, (path, heavy)
+
+
+def test_command_line_single_meta_analysis_compiles_nothing(run_cli, tmp_path):
+    """`mestim meta` on one meta-analysis: classical methods in NumPy, the causal sandwich in closed form — equal
+    to the engine's stacked fit (which `meta_analysis(use_engine=True)` runs) to 1e-10."""
+    compiled = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **kw: compiled.append(event) if event == "/jax/core/compile/backend_compile_duration"
+        else None)
+    assert run_cli("--json", tmp_path / "o.json", "--measure", "OR") == 0
+    assert compiled == []
+    cli_causal = next(r for r in json.loads((tmp_path / "o.json").read_text())["results"] if r["method"] == "causal")
+    engine = mb.meta_analysis(None, "OR", use_engine=True)[0].set_index("method").loc["causal"]
+    assert cli_causal["estimate"] == pytest.approx(engine["estimate"], rel=1e-10)
+    assert cli_causal["se"] == pytest.approx(engine["se"], rel=1e-10)
