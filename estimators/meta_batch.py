@@ -589,13 +589,16 @@ def results_json(long: pd.DataFrame, report: dict | None = None, wide: pd.DataFr
 
 
 def forest_plot(studies: pd.DataFrame, results: pd.DataFrame, measure: str, path: str,
-                methods=("FE", "REML", "MH", "causal"), labels=None, title: str | None = None):
-    """Forest plot: per-study estimates (metafor effect sizes, 95% Wald CIs) and the pooled classical and causal
-    rows as diamonds; ratio measures on a log axis."""
+                methods=("FE", "REML", "MH", "causal"), labels=None, title: str | None = None, level: float = 0.95):
+    """Forest plot: per-study estimates (metafor effect sizes, Wald CIs at ``level``, as the pooled rows) and the
+    pooled classical and causal rows as diamonds; ratio measures on a log axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from scipy import stats
+
+    z = stats.norm.ppf(0.5 + mc.check_level(level) / 2)
 
     y, v = mc.effect_sizes(*(studies[c].to_numpy(float) for c in ROLES_2X2), measure)
     y, se = np.asarray(y), np.sqrt(np.asarray(v))
@@ -608,7 +611,7 @@ def forest_plot(studies: pd.DataFrame, results: pd.DataFrame, measure: str, path
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * (k + len(methods)) + 1.6))
     rows = np.arange(k + len(methods) + 1)[::-1]
     for i in range(k):
-        ax.plot([tr(y[i] - 1.96 * se[i]), tr(y[i] + 1.96 * se[i])], [rows[i]] * 2, color="k", lw=1)
+        ax.plot([tr(y[i] - z * se[i]), tr(y[i] + z * se[i])], [rows[i]] * 2, color="k", lw=1)
         ax.plot(tr(y[i]), rows[i], "s", color="k", ms=4)
     colors = {"causal": "tab:red"}
     for j, meth in enumerate(methods):

@@ -4,19 +4,21 @@ Hartung–Knapp, Mantel–Haenszel, heterogeneity (Q, I², τ²) and prediction 
 Notation (metafor's): study i has ``ai`` events and ``bi`` non-events in arm 1 (treated), ``ci`` events and
 ``di`` non-events in arm 0 (control); n1 = ai + bi, n0 = ci + di, n = n1 + n0.
 
-Every core function here is a small pure JAX function of *padded* per-study arrays and a study mask
-(``mask[i] = 1`` for a real study, 0 for padding), so the same code runs on one meta-analysis (``jax.jit``)
-and on thousands at once (``jax.vmap`` over meta-analyses, see :mod:`estimators.meta_batch`). The iterative τ²
-estimators are ``lax.while_loop`` iterations with a convergence test, so under ``vmap`` every meta-analysis stops
-at its own convergence (a per-meta-analysis mask) and the batch gives the one-at-a-time answer:
+Every core function here is a small pure function of *padded* per-study arrays and a study mask (``mask[i] = 1``
+for a real study, 0 for padding), written once for two executors (:func:`array_module`, :func:`while_loop`): on
+NumPy input it runs in NumPy — one meta-analysis, nothing to compile — and on JAX input it traces, so thousands of
+meta-analyses run at once (``jax.vmap``, see :mod:`estimators.meta_batch`). The iterative τ² estimators are
+``while_loop`` iterations with a convergence test, so under ``vmap`` every meta-analysis stops at its own
+convergence (a per-meta-analysis mask) and the batch gives the one-at-a-time answer:
 
-- REML (:func:`tau2_reml_fit`): the global maximiser of the restricted likelihood over τ² ≥ 0 — Newton/Fisher
-  scoring with step-halving and a boundary check at τ² = 0, started from the DerSimonian–Laird estimate and from
-  the best point of a grid spanning every stationary point (the restricted likelihood can be multimodal);
+- REML (:func:`tau2_reml_fit`): the global maximiser of the restricted likelihood over τ² ≥ 0 — a grid spanning
+  every stationary point finds the highest basin (the restricted likelihood can be multimodal), then Newton/Fisher
+  scoring with step-halving and a boundary check at τ² = 0 climbs to its maximum;
 - Paule–Mandel (:func:`tau2_paule_mandel_fit`): the root of Q(τ²) = k − 1 by bracketed Newton; 0 if Q(0) ≤ k − 1.
 
 Both report ``converged`` (never a silent stop); their tolerance is metafor's tight control (a change in τ² of
-1e-12). Critical values that depend on k (t quantiles for Hartung–Knapp) are computed on the host.
+1e-12, relative to τ² + min v). Critical values that depend on k (t quantiles for Hartung–Knapp) are computed on
+the host.
 
 Conventions follow R's metafor (Viechtbauer 2010, *J Stat Softw* 36(3)); the results on the BCG trials equal
 metafor 3.8.1's (control threshold 1e-12) to ≤ 1.3e-10 relative (``tests/test_meta_classical.py``):

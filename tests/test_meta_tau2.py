@@ -272,3 +272,13 @@ def test_restricted_loglik_equals_the_matrix_form():
     y, v = BIMODAL
     for t in (0.0, 0.01, 1.0, 3.0):
         assert float(mc.reml_loglik(t, y, v, np.ones_like(y))) == pytest.approx(ref_loglik(t, y, v), rel=1e-12)
+
+
+def test_paule_mandel_solves_its_equation():
+    """At the PM estimate the generalised Q equals k − 1 (so the Hartung–Knapp factor with PM is 1)."""
+    y, v = BIMODAL
+    ones = np.ones_like(y)
+    t = float(mc.tau2_paule_mandel(y, v, ones))
+    assert float(mc.generalised_q(t, y, v, ones)) == pytest.approx(y.size - 1, rel=1e-10)
+    assert float(mc.generalised_q(0.0, y, v, ones)) == pytest.approx(
+        np.sum((y - np.average(y, weights=1 / v)) ** 2 / v), rel=1e-12)  # Cochran's Q

@@ -120,7 +120,8 @@ def _run(args, level) -> int:
             print(f"causal SE: sandwich {c['se']:.6g} | paper's formula {c['se_paper']:.6g} | design-based "
                   f"{c['se_design']:.6g}", file=out)
         if args.plot:
-            mb.forest_plot(report["studies"], long, args.measure, args.plot, title=f"{source}: {args.measure}")
+            mb.forest_plot(report["studies"], long, args.measure, args.plot, title=f"{source}: {args.measure}",
+                           level=level)
             print(f"forest plot written to {args.plot}", file=out)
     else:
         long, wide, report = mb.meta_analyses(df, args.by, args.measure, columns=columns, invalid=invalid,
