@@ -56,71 +56,100 @@ import numpy as np
 from mestim import Block, fit
 from mestim.errors import DataError
 
+from .meta_classical import array_module, check_level
+
 CAUSAL_MEASURES = ("RD", "RR", "OR", "SR")
 VARIANCES = ("sandwich", "paper", "design")
 
 
 def contrast(measure: str, psi1, psi0):
-    """Φ(ψ₁, ψ₀) on the analysis scale: RD, log RR, log OR or log SR (traceable)."""
-    if measure == "RD":
-        return psi1 - psi0
-    if measure == "RR":
-        return jnp.log(psi1) - jnp.log(psi0)
-    if measure == "OR":
-        return jnp.log(psi1) - jnp.log1p(-psi1) - jnp.log(psi0) + jnp.log1p(-psi0)
-    if measure == "SR":
-        return jnp.log1p(-psi1) - jnp.log1p(-psi0)
+    """Φ(ψ₁, ψ₀) on the analysis scale: RD, log RR, log OR or log SR (NumPy on NumPy input, traceable on JAX
+    input); ±inf or NaN where the measure is not defined (see :func:`undefined_reason`)."""
+    xp = array_module(psi1, psi0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if measure == "RD":
+            return psi1 - psi0
+        if measure == "RR":
+            return xp.log(psi1) - xp.log(psi0)
+        if measure == "OR":
+            return xp.log(psi1) - xp.log1p(-psi1) - xp.log(psi0) + xp.log1p(-psi0)
+        if measure == "SR":
+            return xp.log1p(-psi1) - xp.log1p(-psi0)
     raise DataError(f"measure={measure!r}: use one of {CAUSAL_MEASURES}")
 
 
 def contrast_gradient(measure: str, psi1, psi0):
-    """(∂Φ/∂ψ₁, ∂Φ/∂ψ₀) for :func:`contrast`."""
-    if measure == "RD":
-        return jnp.ones_like(psi1), -jnp.ones_like(psi0)
-    if measure == "RR":
-        return 1 / psi1, -1 / psi0
-    if measure == "OR":
-        return 1 / (psi1 * (1 - psi1)), -1 / (psi0 * (1 - psi0))
-    if measure == "SR":
-        return -1 / (1 - psi1), 1 / (1 - psi0)
+    """(∂Φ/∂ψ₁, ∂Φ/∂ψ₀) for :func:`contrast` (NumPy on NumPy input, traceable on JAX input)."""
+    xp = array_module(psi1, psi0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if measure == "RD":
+            return xp.ones_like(psi1), -xp.ones_like(psi0)
+        if measure == "RR":
+            return 1 / psi1, -1 / psi0
+        if measure == "OR":
+            return 1 / (psi1 * (1 - psi1)), -1 / (psi0 * (1 - psi0))
+        if measure == "SR":
+            return -1 / (1 - psi1), 1 / (1 - psi0)
     raise DataError(f"measure={measure!r}: use one of {CAUSAL_MEASURES}")
+
+
+def undefined_reason(measure: str, psi1, psi0):
+    """Why the causal ``measure`` is not defined at pooled risks (ψ̂₁, ψ̂₀) — a ratio of a risk of 0 (RR, OR) or of
+    1 (OR, SR) is infinite or undefined — as an array of strings, "" where it is defined (NumPy, vectorised)."""
+    psi1, psi0 = np.asarray(psi1, float), np.asarray(psi0, float)
+    bad_value = {"RD": (), "RR": (0.0,), "OR": (0.0, 1.0), "SR": (1.0,)}[measure]
+    words = {0.0: "no events", 1.0: "only events"}
+    reason = np.full(np.broadcast(psi1, psi0).shape, "", dtype=object)
+    for value in bad_value:
+        for psi, arm, name in ((psi1, "treated", "ψ̂₁"), (psi0, "control", "ψ̂₀")):
+            hit = (psi == value) & (reason == "")
+            reason[hit] = (f"pooled risk {name} = {value:g} ({words[value]} in any {arm} arm): "
+                           f"the causal {measure} is not defined")
+    return reason
 
 
 # ------------------------------------------------------------------------------------------ closed forms
 def causal_closed_form(ai, bi, ci, di, mask=None, measure: str = "RD", target_weights=None):
-    """Causal estimate and its three standard errors in closed form (traceable; vmaps over padded tables).
+    """Causal estimate and its three standard errors in closed form (NumPy on NumPy input; traceable and vmappable
+    on JAX input, e.g. padded tables in :func:`estimators.meta_batch.batch_core`).
 
     Returns a dict: ``psi1``, ``psi0``, ``estimate`` (analysis scale), ``se_sandwich``, ``se_paper``,
     ``se_design``, ``cov10_sandwich`` (Cov(ψ̂₁, ψ̂₀)), ``n``, ``k``. Formulas: module docstring. Studies must have
     both arms non-empty where mask = 1 (padding: mask = 0). ``target_weights`` (K,) non-negative, normalised
     here over the masked studies; None means ω_k = n_k/n.
     """
-    ai, bi, ci, di = (jnp.asarray(x, float) for x in (ai, bi, ci, di))
-    m = jnp.ones_like(ai) if mask is None else jnp.asarray(mask, float)
-    ai, bi, ci, di = (jnp.where(m > 0, x, 0.0) for x in (ai, bi, ci, di))
+    xp = array_module(ai, bi, ci, di, mask, target_weights)
+    ai, bi, ci, di = (xp.asarray(x, float) for x in (ai, bi, ci, di))
+    m = xp.ones_like(ai) if mask is None else xp.asarray(mask, float)
+    ai, bi, ci, di = (xp.where(m > 0, x, 0.0) for x in (ai, bi, ci, di))
     n1, n0 = ai + bi, ci + di
     nk = n1 + n0
     n = nk.sum()
-    n1s, n0s = jnp.where(m > 0, n1, 1.0), jnp.where(m > 0, n0, 1.0)
+    n1s, n0s = xp.where(m > 0, n1, 1.0), xp.where(m > 0, n0, 1.0)
     r1, r0 = ai / n1s, ci / n0s
     sample = target_weights is None
-    w = nk / n if sample else jnp.asarray(target_weights, float) * m / (jnp.asarray(target_weights, float) * m).sum()
+    if sample:
+        w = nk / n
+    else:
+        w = xp.asarray(target_weights, float) * m
+        w = w / w.sum()
     psi1, psi0 = (w * r1).sum(), (w * r0).sum()
     g1, g0 = contrast_gradient(measure, psi1, psi0)
-    # design-based: weights fixed
-    vd1 = (w ** 2 * r1 * (1 - r1) / n1s).sum()
-    vd0 = (w ** 2 * r0 * (1 - r0) / n0s).sum()
-    se_design = jnp.sqrt(g1 ** 2 * vd1 + g0 ** 2 * vd0)
-    if sample:
-        s1 = (w * nk / n1s * r1 * (1 - r1)).sum() + (w * r1 ** 2).sum() - psi1 ** 2  # paper σ̂₁²
-        s0 = (w * nk / n0s * r0 * (1 - r0)).sum() + (w * r0 ** 2).sum() - psi0 ** 2
-        c10 = (w * r1 * r0).sum() - psi1 * psi0
-        se_paper = jnp.sqrt((g1 ** 2 * s1 + g0 ** 2 * s0) / n)
-        se_sandwich = jnp.sqrt((g1 ** 2 * s1 + g0 ** 2 * s0 + 2 * g1 * g0 * c10) / n)
-        cov10 = c10 / n
-    else:
-        se_paper = jnp.full_like(se_design, jnp.nan)
-        se_sandwich, cov10 = se_design, jnp.zeros_like(se_design)
+    with np.errstate(invalid="ignore"):
+        # design-based: weights fixed
+        vd1 = (w ** 2 * r1 * (1 - r1) / n1s).sum()
+        vd0 = (w ** 2 * r0 * (1 - r0) / n0s).sum()
+        se_design = xp.sqrt(g1 ** 2 * vd1 + g0 ** 2 * vd0)
+        if sample:
+            s1 = (w * nk / n1s * r1 * (1 - r1)).sum() + (w * r1 ** 2).sum() - psi1 ** 2  # paper σ̂₁²
+            s0 = (w * nk / n0s * r0 * (1 - r0)).sum() + (w * r0 ** 2).sum() - psi0 ** 2
+            c10 = (w * r1 * r0).sum() - psi1 * psi0
+            se_paper = xp.sqrt((g1 ** 2 * s1 + g0 ** 2 * s0) / n)
+            se_sandwich = xp.sqrt((g1 ** 2 * s1 + g0 ** 2 * s0 + 2 * g1 * g0 * c10) / n)
+            cov10 = c10 / n
+        else:
+            se_paper = xp.full_like(se_design, np.nan)
+            se_sandwich, cov10 = se_design, xp.zeros_like(se_design)
     return {"psi1": psi1, "psi0": psi0, "estimate": contrast(measure, psi1, psi0), "se_sandwich": se_sandwich,
             "se_paper": se_paper, "se_design": se_design, "cov10_sandwich": cov10, "n": n, "k": m.sum()}
 
@@ -256,19 +285,22 @@ def causal_meta(ai, bi, ci, di, measure: str = "RR", target_weights=None, level:
                 use_engine: bool = True) -> dict:
     """Causal meta-analysis of one set of 2×2 tables: estimate on the analysis scale (log for RR/OR/SR) with the
     sandwich SE (from the engine's stack when ``use_engine``, else the identical closed form), the paper's SE and
-    the design-based SE, Wald CIs for each, ψ̂₁, ψ̂₀ and Cov(ψ̂₁, ψ̂₀).
+    the design-based SE, Wald CIs for each, ψ̂₁, ψ̂₀ and Cov(ψ̂₁, ψ̂₀). A ratio whose pooled risk is 0 or 1 is not
+    defined: :class:`DataError` saying which (:func:`undefined_reason`).
 
     Reference: Berenfeld et al. (2026), §3; formulas in this module's docstring.
     """
     from scipy import stats
 
+    check_level(level)
     ai, bi, ci, di = _check_tables(ai, bi, ci, di)
     if measure not in CAUSAL_MEASURES:
         raise DataError(f"measure={measure!r}: use one of {CAUSAL_MEASURES}")
     cf = {k: float(v) for k, v in causal_closed_form(ai, bi, ci, di, None, measure, target_weights).items()}
-    if not np.isfinite(cf["estimate"]):
-        raise DataError(f"the causal {measure} is not defined: pooled risks ψ̂₁ = {cf['psi1']:.4g}, "
-                        f"ψ̂₀ = {cf['psi0']:.4g} (a ratio needs both in (0, 1) for OR, > 0 for RR, < 1 for SR)")
+    reason = undefined_reason(measure, cf["psi1"], cf["psi0"]).item()
+    if reason or not np.isfinite(cf["estimate"]):
+        raise DataError(reason or f"the causal {measure} is not defined: pooled risks ψ̂₁ = {cf['psi1']:.4g}, "
+                        f"ψ̂₀ = {cf['psi0']:.4g}")
     out = {"method": "causal", "measure": measure, "estimate": cf["estimate"], "psi1": cf["psi1"],
            "psi0": cf["psi0"], "cov_psi10": cf["cov10_sandwich"], "n": cf["n"], "k": int(cf["k"]),
            "se": cf["se_sandwich"], "se_paper": cf["se_paper"], "se_design": cf["se_design"],

@@ -228,3 +228,21 @@ TRANSPORT_CLI = [
 @pytest.mark.parametrize("case", TRANSPORT_CLI, ids=[c[0] for c in TRANSPORT_CLI])
 def test_cli_bad_transport_option(case, tmp_path, capsys):
     test_cli_bad_input(case, tmp_path, capsys)
+
+
+# ---------------------------------------------------------------------------------------------- meta command line
+META_CLI = [
+    # (id, argv builder (tmp_path -> argv), message pattern): one `error:` line, exit 2
+    ("meta level as a percentage", lambda p: ["meta", "--level", "95"], r"--level 95: .*did you mean 0\.95\?"),
+    ("meta level of 1", lambda p: ["meta", "--level", "1"], r"--level 1: .*between 0 and 1"),
+    ("meta level not a number", lambda p: ["meta", "--level", "high"], r"--level high is not a number"),
+    ("meta --by column absent", lambda p: ["meta", _write(p, _bcg()), "--by", "review,label2"], r"label2"),
+    ("meta --by names a column twice", lambda p: ["meta", _write(p, _bcg()), "--by", "label,label"], r"twice"),
+    ("meta ids all missing", lambda p: ["meta", _write(p, _bcg().assign(review=np.nan)), "--by", "review"],
+     r"no usable study.*id missing"),
+]
+
+
+@pytest.mark.parametrize("case", META_CLI, ids=[c[0] for c in META_CLI])
+def test_meta_cli_bad_input(case, tmp_path, capsys):
+    test_cli_bad_input(case, tmp_path, capsys)

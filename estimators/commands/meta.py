@@ -1,30 +1,40 @@
-"""``mestim meta [TABLES.csv] [--measure RR|OR|RD] [--by META_ID] [--json OUT.json] [--plot OUT.png]``
+"""``mestim meta [TABLES.csv] [--measure RR|OR|RD] [--by META_ID[,...]] [--level 0.95] [--json OUT.json]
+[--plot OUT.png]``
 
 Causal (Berenfeld et al. 2026) and classical meta-analysis of 2×2 tables. Without a file it runs on the bundled
 BCG vaccine trials. Columns: ``ai, bi, ci, di`` (2×2 cells: treated events/non-events, control events/non-events)
 or ``event.e, n.e, event.c, n.c`` (events/totals per arm; also ``event_e, n_e, event_c, n_c`` and metafor's
-``ai, n1i, ci, n2i``); map other names with ``--columns event.e=trt_events,n.e=trt_n,...``. With ``--by`` every
-meta-analysis in the long table is fitted in one vectorised call; ``--plot`` then draws causal vs classical
-(the paper's Figure 4), otherwise a forest plot with the classical and causal pooled rows.
+``ai, n1i, ci, n2i``); map other names with ``--columns event.e=trt_events,n.e=trt_n,...``. With ``--by`` (one id
+column, or several comma-separated: review,comparison,outcome,subgroup) every meta-analysis in the long table is
+fitted in one vectorised call, and the discordant ones (causal vs classical conclusions) are listed with the rule;
+``--plot`` then draws causal vs classical (the paper's Figure 4), otherwise a forest plot with the classical and
+causal pooled rows. Notes go to stdout; warnings (e.g. a τ² that did not converge) to stderr, each once.
+Everything is computed in closed form or NumPy for one meta-analysis (nothing to compile) and in one vectorised
+XLA program for a batch.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import numpy as np
 
 from estimators.io import add_file_options, read_table
-from mestim.errors import DataError
+from mestim.errors import DataError, MestimWarning
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("tables", nargs="?", default=None,
                         help="CSV of 2×2 tables, one row per study (default: the bundled BCG vaccine trials)")
     parser.add_argument("--measure", default="RR", choices=["RR", "OR", "RD"], help="effect measure (default RR)")
-    parser.add_argument("--by", default=None, metavar="META_ID_COLUMN",
-                        help="column identifying meta-analyses: batch mode, one result set per meta-analysis")
+    parser.add_argument("--by", default=None, metavar="META_ID_COLUMN[,...]",
+                        help="column(s) identifying meta-analyses, comma-separated (e.g. review,comparison,outcome,"
+                             "subgroup): batch mode, one result set per meta-analysis; rows with a missing id are "
+                             "excluded and reported")
+    parser.add_argument("--level", default="0.95", metavar="LEVEL",
+                        help="confidence level of the CIs, in (0, 1) (default 0.95)")
     add_file_options(parser)
     parser.add_argument("--json", default=None, metavar="OUT.json", help="write the results as JSON")
     parser.add_argument("--plot", default=None, metavar="OUT.png",
@@ -64,6 +74,25 @@ def _fmt(x, ratio):
 
 
 def run(args) -> int:
+    from estimators.meta_classical import check_level
+
+    level = check_level(args.level, f"--level {args.level}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MestimWarning)
+        code = _run(args, level)
+    sys.stdout.flush()
+    printed = set()
+    for w in caught:  # each warning once, on stderr (the library also lists them in the JSON's "warnings")
+        if issubclass(w.category, MestimWarning):
+            if str(w.message) not in printed:
+                printed.add(str(w.message))
+                print(f"mestim meta: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return code
+
+
+def _run(args, level) -> int:
     from estimators import meta_batch as mb
 
     df, source = _read(args.tables, args.sep, args.encoding)
@@ -71,48 +100,71 @@ def run(args) -> int:
     invalid = "exclude" if args.drop_invalid else "raise"
     ratio = args.measure in ("RR", "OR")
     out = sys.stdout
+    wide = None
     if args.by is None:
-        long, report = mb.meta_analysis(df, args.measure, columns=columns, invalid=invalid)
-        if args.tables is not None:
-            long["meta_id"] = str(args.tables)
-        else:
-            long["meta_id"] = "bcg"
-        print(f"meta-analysis of {source}: {int(long['k'].iloc[0])} studies, measure {args.measure}"
-              + (" (estimates and CIs as ratios; SE on the log scale)" if ratio else ""), file=out)
+        # the causal sandwich in closed form: the engine's stacked fit gives the same SE (tests: to 1e-10) but
+        # compiles its programs first, which would dominate a command-line run
+        long, report = mb.meta_analysis(df, args.measure, columns=columns, invalid=invalid, level=level,
+                                        use_engine=False)
+        long["meta_id"] = str(args.tables) if args.tables is not None else "bcg"
+        print(f"meta-analysis of {source}: {int(long['k'].iloc[0])} studies, measure {args.measure}, "
+              f"{100 * level:g}% CIs" + (" (estimates and CIs as ratios; SE on the log scale)" if ratio else ""),
+              file=out)
         print(f"{'method':<10}{'estimate':>12}{'ci_low':>12}{'ci_high':>12}{'se':>12}{'tau2':>12}{'I2':>8}", file=out)
         for r in long.to_dict("records"):
+            flag = "" if r["converged"] else "  (not converged)"
             print(f"{r['method']:<10}{_fmt(r['estimate'], ratio):>12}{_fmt(r['ci_low'], ratio):>12}"
-                  f"{_fmt(r['ci_high'], ratio):>12}{r['se']:>12.5g}{r['tau2']:>12.4g}{r['I2']:>8.2f}", file=out)
+                  f"{_fmt(r['ci_high'], ratio):>12}{r['se']:>12.5g}{r['tau2']:>12.4g}{r['I2']:>8.2f}{flag}", file=out)
         c = long[long["method"] == "causal"].iloc[0]
         if np.isfinite(c["estimate"]):
             print(f"causal SE: sandwich {c['se']:.6g} | paper's formula {c['se_paper']:.6g} | design-based "
                   f"{c['se_design']:.6g}", file=out)
         if args.plot:
-            mb.forest_plot(report["studies"], long, args.measure, args.plot,
-                           title=f"{source}: {args.measure}")
+            mb.forest_plot(report["studies"], long, args.measure, args.plot, title=f"{source}: {args.measure}",
+                           level=level)
             print(f"forest plot written to {args.plot}", file=out)
     else:
         long, wide, report = mb.meta_analyses(df, args.by, args.measure, columns=columns, invalid=invalid,
-                                              classical=args.classical)
-        n_diff = int(wide["conclusion_differs"].sum())
-        print(f"{len(wide)} meta-analyses ({source}), measure {args.measure}: causal vs {args.classical} "
-              f"conclusions differ in {n_diff}", file=out)
-        if len(wide) <= 50:
-            for r in wide.to_dict("records"):
-                print(f"  {r['meta_id']!s:<20} k={r['k']:<4} causal {_fmt(r['causal'], ratio):>10} "
-                      f"classical {_fmt(r['classical'], ratio):>10}" + ("  *differs*" if r["conclusion_differs"] else ""),
-                      file=out)
+                                              classical=args.classical, level=level)
+        _print_batch(wide, source, args, ratio, level, out)
         if args.plot:
             mb.scatter_plot(wide, args.plot)
             print(f"scatter plot written to {args.plot}", file=out)
-    for e in report["excluded"]:
-        print(f"excluded: meta {e['meta_id']} study {e['study']} (row {e['row']}): {e['reason']}", file=out)
+    for line in mb.exclusion_summary(report["excluded"]):
+        print(line, file=out)
     for n in report["notes"]:
         print(f"note: {n}", file=out)
     if args.json:
-        payload = mb.results_json(long, report)
+        payload = mb.results_json(long, report, wide)
         payload["source"] = source
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=1)
         print(f"results written to {args.json}", file=out)
     return 0
+
+
+def _print_batch(wide, source, args, ratio, level, out):
+    """The batch summary: counts, the rule, every discordant meta-analysis, and (up to 50) all of them."""
+    from estimators import meta_batch as mb
+
+    compared = int(wide["comparable"].sum())
+    flagged = mb.discordant(wide)
+    left_out = mb.not_compared_summary(wide)
+    print(f"{len(wide)} meta-analyses ({source}), measure {args.measure}, {100 * level:g}% CIs: causal vs "
+          f"{args.classical} conclusions differ in {len(flagged)} of {compared} compared"
+          + (f" ({left_out})" if left_out else ""), file=out)
+    print(f"rule: {mb.discordance_rule(args.measure, level)}", file=out)
+    line = lambda r: (f"  {r['meta_id']!s:<20} k={r['k']:<4} causal {_fmt(r['causal'], ratio):>10} "  # noqa: E731
+                      f"[{_fmt(r['causal_ci_low'], ratio)}, {_fmt(r['causal_ci_high'], ratio)}]  classical "
+                      f"{_fmt(r['classical'], ratio):>10} [{_fmt(r['classical_ci_low'], ratio)}, "
+                      f"{_fmt(r['classical_ci_high'], ratio)}]")
+    if len(flagged):
+        print(f"discordant ({len(flagged)}):", file=out)
+        for r in flagged.to_dict("records"):
+            print(line(r) + f"  {r['why']}", file=out)
+    if len(wide) <= 50:
+        print("all meta-analyses:", file=out)
+        for r in wide.to_dict("records"):
+            mark = ("  *differs*" if r["conclusion_differs"] is True else
+                    f"  (not compared: {r['not_compared_reason']})" if not r["comparable"] else "")
+            print(line(r) + mark, file=out)
