@@ -49,7 +49,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
-from scipy.stats import norm as _normal
+from statistics import NormalDist
 
 from mestim import Block, Prepared
 from mestim.data import require_numeric
@@ -75,7 +75,8 @@ NORMS = {"huber": (_huber, 1.345), "tukey": (_tukey, 4.685)}  # ψ_c(r, c, xp) a
 
 def proposal2_kappa(d: float, n: int, p: int) -> float:
     """κ = (n − p)/n · E_Φ[min(Z², d²)/2] = (n − p)/n · [d² + (1 − d²)Φ(d) − ½ − d φ(d)]."""
-    return (n - p) / n * (d**2 + (1 - d**2) * _normal.cdf(d) - 0.5 - d * _normal.pdf(d))
+    normal = NormalDist()
+    return (n - p) / n * (d**2 + (1 - d**2) * normal.cdf(d) - 0.5 - d * normal.pdf(d))
 
 
 @dataclasses.dataclass(frozen=True)

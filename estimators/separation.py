@@ -38,7 +38,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.optimize import linprog
 
 from mestim.errors import MestimWarning, SeparationError
 
@@ -99,6 +98,8 @@ def separation(x: np.ndarray, classes: np.ndarray, n_classes: int, fractional=No
         # Konis' program on the margins still zero: its solution is one separating direction; adding directions
         # (the feasible set is a cone) grows the set of positive margins until it is the largest possible, i.e.
         # every row that is fitted with probability 1 in the limit (one program if the data are not separated).
+        from scipy.optimize import linprog  # only when a fit looks separated
+
         res = linprog(-(counts[~positive, None] * margins[~positive]).sum(axis=0), A_ub=-margins,
                       b_ub=np.zeros(len(margins)), A_eq=equality,
                       b_eq=None if equality is None else np.zeros(len(equality)), bounds=[(-1.0, 1.0)] * n_dir,

@@ -105,7 +105,7 @@ def _run(args, level) -> int:
         # the causal sandwich in closed form: the engine's stacked fit gives the same SE (tests: to 1e-10) but
         # compiles its programs first, which would dominate a command-line run
         long, report = mb.meta_analysis(df, args.measure, columns=columns, invalid=invalid, level=level,
-                                        use_engine=False)
+                                        use_engine=True)
         long["meta_id"] = str(args.tables) if args.tables is not None else "bcg"
         print(f"meta-analysis of {source}: {int(long['k'].iloc[0])} studies, measure {args.measure}, "
               f"{100 * level:g}% CIs" + (" (estimates and CIs as ratios; SE on the log scale)" if ratio else ""),
