@@ -56,20 +56,44 @@ class WaldTest(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Estimates:
-    """Estimates θ̂ with joint covariance V; every inference below is read off V."""
+    """Estimates θ̂ with joint covariance V; every inference below is read off V.
+
+    ``scale="log"`` (from ``delta(..., exponentiate=True)``): θ̂ and V are logarithms of ratios; :meth:`ci`,
+    :meth:`table` and :meth:`summary` report the ratios exp(θ̂) with the CIs exp(θ̂ ± z·SE), and z and p test
+    ratio = 1 (θ = 0), as for odds and risk ratios.
+    """
 
     theta: np.ndarray
     vcov: np.ndarray
     labels: tuple[str, ...]
+    scale: str = "identity"
 
     @property
     def se(self) -> np.ndarray:
         return np.sqrt(np.diag(self.vcov))
 
     def ci(self, level: float = 0.95) -> np.ndarray:
-        """Wald CIs θ̂ ± z_{1-α/2}·SE, shape (p, 2)."""
+        """Wald CIs θ̂ ± z_{1-α/2}·SE, shape (p, 2) (exponentiated on the log scale)."""
         z = z_crit(level)
-        return np.column_stack([self.theta - z * self.se, self.theta + z * self.se])
+        ci = np.column_stack([self.theta - z * self.se, self.theta + z * self.se])
+        return np.exp(ci) if self.scale == "log" else ci
+
+    @property
+    def estimate(self) -> np.ndarray:
+        """θ̂, or the ratios exp(θ̂) on the log scale."""
+        return np.exp(self.theta) if self.scale == "log" else self.theta
+
+    def conf_int(self, level: float = 0.95):
+        """:meth:`ci` as a pandas DataFrame indexed by the parameter labels (as statsmodels' ``conf_int``)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.ci(level), index=list(self.labels), columns=["ci_low", "ci_high"])
+
+    def cov_params(self):
+        """The covariance as a pandas DataFrame labelled by parameter (as statsmodels' ``cov_params``)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.vcov, index=list(self.labels), columns=list(self.labels))
 
     @property
     def z(self) -> np.ndarray:
@@ -96,11 +120,13 @@ class Estimates:
     def _g_input(self, theta):
         return theta
 
-    def delta(self, g: Callable, labels: Sequence[str] | None = None) -> "Estimates":
+    def delta(self, g: Callable, labels: Sequence[str] | None = None, *, exponentiate: bool = False) -> "Estimates":
         """Delta method: estimates g(θ̂) with covariance ∇g V ∇gᵀ, ∇g by autodiff.
 
         ``g`` takes θ in the form the fit was specified in (a flat array for one ψ, a dict of block arrays
-        for a stack) and returns a scalar or vector.
+        for a stack) and returns a scalar or vector. ``exponentiate=True``: g is the logarithm of a ratio (log RR,
+        log OR, a difference of log means); the result reports exp(g) with its CI from the log scale and a test
+        of ratio = 1 (``scale="log"``).
         """
         import jax
         import jax.numpy as jnp
@@ -112,7 +138,7 @@ class Estimates:
         labels = tuple(labels) if labels is not None else tuple(f"g[{i}]" for i in range(value.size))
         if len(labels) != value.size:
             raise SpecificationError(f"{len(labels)} labels given for {value.size} transformed estimates")
-        return Estimates(value, grad @ self.vcov @ grad.T, labels)
+        return Estimates(value, grad @ self.vcov @ grad.T, labels, "log" if exponentiate else "identity")
 
     def wald_test(self, hypothesis, rhs=None) -> WaldTest:
         """Wald χ² test of H₀: Lθ = c (``hypothesis`` a (q, p) matrix) or g(θ) = c (a function, via delta).
@@ -147,14 +173,19 @@ class Estimates:
         import pandas as pd
 
         ci = self.ci(level)
-        return pd.DataFrame({"param": list(self.labels), "estimate": self.theta, "se": self.se,
-                             "ci_low": ci[:, 0], "ci_high": ci[:, 1], "z": self.z, "p": self.p_values})
+        se = "se(log)" if self.scale == "log" else "se"
+        return pd.DataFrame({"param": list(self.labels), "estimate": self.estimate, se: self.se,
+                             "ci_low": ci[:, 0], "ci_high": ci[:, 1], "z": self.z, "p": self.p_values},
+                            index=list(self.labels))
 
     def summary(self, level: float = 0.95) -> str:
         import pandas as pd
 
         with pd.option_context("display.width", 200, "display.max_rows", 500, "display.float_format", "{:.6g}".format):
-            return self.table(level).to_string(index=False)
+            text = self.table(level).to_string(index=False)
+        if self.scale == "log":
+            text += "\nratios exp(θ̂) with CIs from the log scale; SE on the log scale; z and p test ratio = 1"
+        return text
 
     def __repr__(self):
         return f"{type(self).__name__}(p={self.theta.size})\n{self.summary()}"

@@ -185,3 +185,25 @@ def test_closed_form_glm_jacobian_equals_autodiff(logit_df, family):
     assert callable(problem.spec.blocks[0].psi.chunk_sums)
     np.testing.assert_allclose(closed.jac, auto.jac, rtol=1e-11, atol=1e-9)
     np.testing.assert_allclose(closed.psi, auto.psi, rtol=1e-12, atol=1e-10)
+
+
+def test_ratio_by_exponentiated_delta_method(logit_df):
+    """An odds ratio: exp(β) with its CI from the log scale and a test of OR = 1 (the Wald test of β = 0)."""
+    res = mestim.fit([est.logistic("lg", "y", ["x1", "x2"])], logit_df)
+    odds = res.delta(lambda t: t[1], labels=["OR x1"], exponentiate=True)  # one block: a flat θ
+    lo, hi = res.ci()[1]
+    np.testing.assert_allclose(odds.ci()[0], np.exp([lo, hi]), rtol=1e-12)
+    table = odds.table()
+    assert table.loc["OR x1", "estimate"] == pytest.approx(np.exp(res.theta[1]), rel=1e-14)
+    assert table.loc["OR x1", "se(log)"] == pytest.approx(res.se[1], rel=1e-12)
+    assert table.loc["OR x1", "p"] == pytest.approx(res.p_values[1], rel=1e-12)
+    assert "test ratio = 1" in odds.summary()
+
+
+def test_intervals_and_covariance_come_labelled(logit_df):
+    res = mestim.fit([est.logistic("lg", "y", ["x1", "x2"])], logit_df)
+    ci, cov = res.conf_int(0.9), res.cov_params()
+    assert list(ci.index) == list(res.labels) == list(cov.columns)
+    np.testing.assert_array_equal(ci.to_numpy(), res.ci(0.9))
+    assert cov.loc["lg:x1", "lg:x2"] == res.vcov[1, 2]
+    assert res.table().loc["lg:x2", "se"] == res.se[2]
