@@ -205,5 +205,5 @@ def test_intervals_and_covariance_come_labelled(logit_df):
     ci, cov = res.conf_int(0.9), res.cov_params()
     assert list(ci.index) == list(res.labels) == list(cov.columns)
     np.testing.assert_array_equal(ci.to_numpy(), res.ci(0.9))
-    assert cov.loc["lg:x1", "lg:x2"] == res.vcov[1, 2]
-    assert res.table().loc["lg:x2", "se"] == res.se[2]
+    assert cov.loc["x1", "x2"] == res.vcov[1, 2]  # one block: labels without the block's name
+    assert res.table().loc["x2", "se"] == res.se[2]
