@@ -59,7 +59,7 @@ def formula_design(frame, formula: str, reference=None):
     rhs = formula.split("~", 1)[1] if "~" in formula else formula
     if not isinstance(frame, pd.DataFrame):
         agreed = getattr(frame, "levels", {})
-        frame = pd.DataFrame({k: pd.Categorical(v, categories=agreed[k]) if k in agreed and v.dtype.kind == "O" else v
+        frame = pd.DataFrame({k: pd.Categorical(v, categories=agreed[k]) if k in agreed and v.dtype.kind in "OUS" else v
                               for k, v in frame.items() if np.ndim(v) == 1})
     try:
         if reference is not None:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mestim import Block, Prepared
-from mestim.data import require_numeric
+from mestim.data import levels, require_numeric
 from mestim.errors import DataError
 
 from .design import clean_in_mask, row_mask
@@ -86,7 +86,7 @@ def multinomial(name: str, y: str, X=None, *, formula=None, mask=None, intercept
         if yv.dtype.kind == "f":
             from mestim.data import check_finite
             check_finite(yv, y, where=m)
-        classes = list(np.unique(yv[m]))
+        classes = list(levels(cols, y, yv[m]))  # the classes agreed across processes when they fit together
         if reference is not None:
             if reference not in classes:
                 raise DataError(f"reference class {reference!r} of block '{name}' does not occur in '{y}'")

@@ -28,17 +28,17 @@ WORKER = textwrap.dedent("""
     import numpy as np, mestim
     import jax.experimental.multihost_utils
     sys.path.insert(0, TESTS_DIR)
-    from test_processes import data, stack
+    from test_processes import categorical_stack, data, stack
     d = data()
     half = slice(0, 1100) if rank == 0 else slice(1100, None)  # unequal parts
     mine = {k: v[half] for k, v in d.items()}
     if case == "died" and rank == 1:
         os._exit(0)  # this process dies before the fit
     covariates = ["x1", "x2"] if case != "mismatch" or rank == 0 else ["x1"]
+    blocks = categorical_stack() if case == "levels" else stack(covariates)
     start = time.monotonic()
     try:
-        res = mestim.fit(stack(covariates), mine, devices="all", weights="w",
-                         cluster="g" if case == "cluster" else None)
+        res = mestim.fit(blocks, mine, devices="all", weights="w", cluster="g" if case == "cluster" else None)
         out = dict(theta=res.theta.tolist(), vcov=res.vcov.tolist(), n_rows=res.n_rows, n=res.n,
                    n_clusters=res.n_clusters)
     except mestim.MestimError as e:
@@ -55,7 +55,14 @@ def data(n=2000, seed=11):
     x1, x2 = rng.normal(size=n), rng.normal(size=n)
     y = 1.0 + 0.5 * x1 - x2 + rng.normal(size=n)
     a = (rng.random(n) < 1 / (1 + np.exp(-(0.2 + x1)))).astype(float)
-    return {"x1": x1, "x2": x2, "y": y, "a": a, "w": rng.uniform(0.5, 2.0, n), "g": rng.integers(0, 40, n)}
+    site = np.where(np.arange(n) < 1100, rng.choice(["north", "south"], n), rng.choice(["east", "north"], n))
+    grade = np.where(np.arange(n) < 1100, rng.integers(0, 2, n), rng.integers(1, 3, n)).astype(float)
+    return {"x1": x1, "x2": x2, "y": y, "a": a, "w": rng.uniform(0.5, 2.0, n), "g": rng.integers(0, 40, n),
+            "site": site, "grade": grade}  # each process lacks a site and a grade the other has
+
+
+def categorical_stack():
+    return [est.linear("out", "y", formula="~ x1 + C(site)"), est.multinomial("grade", "grade", ["x1"])]
 
 
 def _effect(t, row, out, ps):
@@ -101,6 +108,14 @@ def test_two_processes_equal_one_process(one_process):
         np.testing.assert_allclose(out["theta"], one_process.theta, rtol=0, atol=1e-10)
         np.testing.assert_allclose(out["vcov"], one_process.vcov, rtol=1e-8, atol=1e-8 * np.abs(one_process.vcov).max())
         assert out["n_rows"] == 2000 and out["n"] == pytest.approx(one_process.n, rel=1e-12)
+
+
+def test_categories_and_classes_are_agreed_across_processes():
+    ref = mestim.fit(categorical_stack(), data(), weights="w")
+    for out in _two_processes("levels"):
+        assert "theta" in out, out
+        np.testing.assert_allclose(out["theta"], ref.theta, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(out["vcov"], ref.vcov, rtol=1e-8, atol=1e-8 * np.abs(ref.vcov).max())
 
 
 def test_two_processes_clustered_equal_one_process():
