@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from benchmarks.harness import hardware
+from benchmarks.harness import hardware, results_dir
 
 
 def tables(m: int, seed: int = 0) -> pd.DataFrame:
@@ -95,9 +96,9 @@ def main(argv=None):
                      "compared": int(ok.sum()), "not_compared": int((~ok).sum())})
         print(json.dumps(rows[-1], indent=1), flush=True)
     meta = {"hardware": hardware(), "what": __doc__}
-    with open("benchmarks/results/bench_meta_batch.json", "w") as fh:
+    with open(os.path.join(results_dir(), "bench_meta_batch.json"), "w") as fh:
         json.dump({"meta": meta, "rows": rows}, fh, indent=1)
-    with open("benchmarks/results/bench_meta_batch.md", "w") as fh:
+    with open(os.path.join(results_dir(), "bench_meta_batch.md"), "w") as fh:
         fh.write("# W4: batch meta-analysis (RR)\n\n" + f"Hardware: {meta['hardware']}\n\n")
         fh.write("| M | studies | batch core cold / warm | meta_analyses cold / warm | statsmodels loop warm | ratio |\n")
         fh.write("|---|---|---|---|---|---|\n")

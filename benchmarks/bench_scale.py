@@ -75,7 +75,7 @@ def bandwidth(gib=4, reps=10) -> float:
     import jax
     import jax.numpy as jnp
 
-    x = jnp.ones(gib * 2**30 // 4, jnp.float32)
+    x = jnp.ones(int(gib * 2**30) // 4, jnp.float32)
     f = jax.jit(lambda v: jnp.sum(v, dtype=jnp.float32))
     f(x).block_until_ready()
     best = float("inf")
@@ -113,7 +113,7 @@ def gpu(a):
     dev = jax.devices()[0]
     meta = dict(hardware=harness.hardware(), device=str(dev), device_kind=dev.device_kind, n_devices=jax.device_count(),
                 started=time.strftime("%Y-%m-%d %H:%M:%S"))
-    meta["bandwidth_GBps"] = bw = bandwidth() / 1e9
+    meta["bandwidth_GBps"] = bw = bandwidth(a.bandwidth_gib) / 1e9
     print(f"device {dev.device_kind}: measured read bandwidth {bw:.0f} GB/s", flush=True)
     rows = []
     for n in a.gpu_ns:
@@ -207,6 +207,7 @@ def main(argv=None):
     p.add_argument("--gpu-ns", type=int, nargs="+", default=[10**6, 10**7, 10**8])
     p.add_argument("--dtype", default=None, help="GPU mode: data dtype (float32 for the float32 data path)")
     p.add_argument("--chunk", type=int, default=None, help="GPU mode: rows per chunk (default: mestim's choice)")
+    p.add_argument("--bandwidth-gib", type=float, default=4, help="GPU mode: size of the bandwidth probe (GiB)")
     p.add_argument("--stream-n", type=float, default=0, help="GPU mode: rows of the streamed W2 fit (e.g. 1e9)")
     p.add_argument("--batch", type=int, default=1 << 23, help="streamed fit: rows per host batch")
     p.add_argument("--pool", type=int, default=4, help="streamed fit: distinct host batches cycled")

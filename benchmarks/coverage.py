@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -225,7 +226,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicates", type=int, default=2000)
     parser.add_argument("--only", nargs="*", help="case names (substring match)")
-    parser.add_argument("--out", default="benchmarks/results/coverage")
+    parser.add_argument("--out", default=os.path.join(os.environ.get("MESTIM_BENCH_RESULTS") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results"), "coverage"))
     args = parser.parse_args(argv)
     rows = []
     for name in CASES:

@@ -60,8 +60,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--replicates", type=int, default=1000)
     p.add_argument("--n", type=int, default=500)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                 "gmm_coverage"))
+    p.add_argument("--out", default=os.path.join(os.environ.get("MESTIM_BENCH_RESULTS") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results"), "gmm_coverage"))
     a = p.parse_args(argv)
     rows = [run(a.replicates, a.n, method) for method in ("two-step", "iterated")]
     with open(a.out + ".json", "w") as fh:

@@ -178,8 +178,14 @@ def markdown(rows, reference="mestim") -> str:
     return "\n".join(lines)
 
 
+def results_dir() -> str:
+    """Where results go: ``$MESTIM_BENCH_RESULTS`` (the smoke tests point it at a temporary folder), else
+    ``benchmarks/results``."""
+    return os.environ.get("MESTIM_BENCH_RESULTS") or os.path.join(ROOT, "benchmarks", "results")
+
+
 def write_results(name, rows, meta, table_md, notes=""):
-    out = os.path.join(ROOT, "benchmarks", "results")
+    out = results_dir()
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"{name}.json"), "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)

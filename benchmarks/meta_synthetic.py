@@ -62,11 +62,17 @@ def true_causal(rng, draws=4_000_000):
                                                      for k in per}})
 
 
-def main():
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=REPS)
+    a = p.parse_args(argv)
+    out = os.environ.get("MESTIM_BENCH_RESULTS") or OUT
     t0 = time.time()
     rng = np.random.default_rng(SEED)
     recs = []
-    for r in range(REPS):
+    for r in range(a.reps):
         for row in simulate_tables(rng):
             recs.append({"rep": r, **row})
     tables = pd.DataFrame(recs)
@@ -90,13 +96,13 @@ def main():
         summary[measure]["truth_causal"] = float(np.exp(truth[measure]) if measure != "RD" else truth[measure])
     elapsed = time.time() - t0
     payload = {"experiment": "Berenfeld et al. (2026) Section 4.1 / Appendix A", "n_per_meta_analysis": N,
-               "repetitions": REPS, "seed": SEED, "scale": "RD as is; RR and OR as ratios (exp of log-scale mean)",
+               "repetitions": a.reps, "seed": SEED, "scale": "RD as is; RR and OR as ratios (exp of log-scale mean)",
                "truth": {k: float(v) for k, v in truth.items()}, "truth_detail": truth_detail,
                "summary": summary, "seconds": elapsed}
-    os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, "meta_synthetic.json"), "w") as f:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "meta_synthetic.json"), "w") as f:
         json.dump(payload, f, indent=1, default=float)
-    plot(estimates, truth, os.path.join(OUT, "meta_synthetic.png"))
+    plot(estimates, truth, os.path.join(out, "meta_synthetic.png"))
     for measure, s in summary.items():
         print(measure, "truth", round(s["truth_causal"], 4),
               {m: round(s[m]["mean_estimate"], 4) for m in METHODS})

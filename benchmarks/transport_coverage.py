@@ -76,8 +76,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=200)
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                 "transport_coverage"))
+    p.add_argument("--out", default=os.path.join(os.environ.get("MESTIM_BENCH_RESULTS") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results"), "transport_coverage"))
     args = p.parse_args(argv)
     df = run(args.reps, args.scenarios.split(","))
     summ = summarise(df)

@@ -1,0 +1,244 @@
+"""Issue 9 benchmarks: how fast a fit starts (cold, fresh processes) and runs (warm), against peers in the same run.
+
+    python -m benchmarks.bench_engine                  # cold and warm, ~10 min on 2 cores
+    python -m benchmarks.bench_engine --only cold      # or: --only warm
+
+**Cold** (every number a fresh Python process, measured from its start to its exit, median of ``--repeats``
+runs interleaved tool by tool; ``MESTIM_CACHE_DIR=off`` is an empty compilation cache, "filled" a cache that a
+first process wrote):
+
+- a user-written logistic ψ (p = 11) on n = 1e4 rows, against delicatessen's default ``MEstimator`` on the same
+  data (``ee_regression``, solver "lm", its finite-difference bread) and against ``python -c "import jax"``;
+- ``mestim meta`` and ``mestim transport`` on the bundled data, against ``import jax``;
+- the programs each mestim process compiled (:func:`mestim.compilations`).
+
+**Warm** (one process per n; median of ``--repeats`` fits after a first one): W2 written by a user as one ψ of 27
+parameters (:func:`benchmarks.workloads.w2_user_psi`) at n = 1e4, 1e5, 1e6, against the one-jit yardstick of
+``shared/spec/performance.md`` (:func:`benchmarks.workloads.one_jit_fit`: vmap ψ, jacrev of Σψ, 8 Newton steps,
+sandwich, data already on the device) and delicatessen (n ≤ 1e5, exact-derivative mode off: its defaults); beside
+it the same estimator as registered blocks (``workloads.mestim_stack("W2")``: closed-form GLM Jacobians).
+
+Results: ``benchmarks/results/bench_engine.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import harness  # noqa: E402
+from benchmarks import workloads as W  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------- cold children
+def logistic_data(n: int):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 10))
+    y = (rng.random(n) < 1 / (1 + np.exp(-(0.2 + X @ np.linspace(-0.4, 0.4, 10))))).astype(float)
+    return X, y
+
+
+def child(kind: str, n: int) -> dict:
+    """One cold run inside a fresh process: what a new user's script does."""
+    if kind == "mestim":
+        import jax
+        import jax.numpy as jnp
+
+        import mestim
+
+        X, y = logistic_data(n)
+        data = {f"x{j + 1}": X[:, j] for j in range(10)}
+        data["y"] = y
+
+        def psi(theta, row):
+            x = jnp.array([1.0] + [row[f"x{j}"] for j in range(1, 11)])
+            return (row["y"] - jax.nn.sigmoid(x @ theta)) * x
+
+        with mestim.compilations() as count:
+            res = mestim.fit(psi, data, init=np.zeros(11))
+        return {"theta": res.theta.tolist(), "se": res.se.tolist(), "programs": count.programs,
+                "loaded": count.loaded}
+    if kind == "delicatessen":
+        from delicatessen import MEstimator
+        from delicatessen.estimating_equations import ee_regression
+
+        X, y = logistic_data(n)
+        Xd = np.column_stack([np.ones(n), X])
+        est = MEstimator(lambda theta: ee_regression(theta, X=Xd, y=y, model="logistic"), init=[0.0] * 11)
+        est.estimate()
+        return {"theta": list(est.theta), "se": np.sqrt(np.diag(est.variance)).tolist()}
+    if kind in ("meta", "transport"):
+        import io
+        from contextlib import redirect_stderr, redirect_stdout
+
+        import mestim
+        from estimators.cli import main
+
+        with mestim.compilations() as count, redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            code = main([kind])
+        return {"exit": code, "programs": count.programs, "loaded": count.loaded}
+    raise SystemExit(f"unknown child {kind}")
+
+
+def run_child(argv: list[str], cache: str | None) -> tuple[float, dict]:
+    env = dict(os.environ, PYTHONPATH=ROOT, MESTIM_CACHE_DIR=cache or "off")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(f"{argv} failed: {out.stderr[-2000:]}")
+    lines = out.stdout.strip().splitlines()
+    return wall, (json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {})
+
+
+def cold(a) -> list[dict]:
+    import tempfile
+
+    me = ["-m", "benchmarks.bench_engine", "--child"]
+    cases = {
+        "python -c 'import jax'": (["-c", "import jax"], None),
+        f"delicatessen, logistic ψ, n={a.n_cold:,}": ([*me, "delicatessen", "--n", str(a.n_cold)], None),
+        f"mestim, user logistic ψ, n={a.n_cold:,}, empty cache": ([*me, "mestim", "--n", str(a.n_cold)], None),
+        f"mestim, user logistic ψ, n={a.n_cold:,}, filled cache": ([*me, "mestim", "--n", str(a.n_cold)], "filled"),
+        "mestim meta (bundled BCG), empty cache": ([*me, "meta"], None),
+        "mestim meta (bundled BCG), filled cache": ([*me, "meta"], "filled"),
+        "mestim transport (bundled), empty cache": ([*me, "transport"], None),
+        "mestim transport (bundled), filled cache": ([*me, "transport"], "filled"),
+    }
+    with tempfile.TemporaryDirectory() as filled:
+        for argv, cache in cases.values():  # fill the cache once for the "filled" cases
+            if cache:
+                run_child(argv, filled)
+        times = {name: [] for name in cases}
+        info = {}
+        for _ in range(a.repeats):  # interleaved: the machine's load hits every tool alike
+            for name, (argv, cache) in cases.items():
+                wall, out = run_child(argv, filled if cache else None)
+                times[name].append(wall)
+                info[name] = out
+    base = statistics.median(times["python -c 'import jax'"])
+    rows = []
+    for name, ts in times.items():
+        rows.append({"case": name, "median_s": statistics.median(ts), "runs": ts, "x_import_jax": statistics.median(ts) / base,
+                     "programs": info[name].get("programs"), "loaded": info[name].get("loaded")})
+        print(f"cold {name}: {rows[-1]['median_s']:.2f} s ({rows[-1]['x_import_jax']:.1f}× import jax), "
+              f"programs {rows[-1]['programs']}", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- warm
+def warm_child(n: int, repeats: int, with_delicatessen: bool) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import mestim
+
+    cols = W.pooled_data(n)
+    used = {k: cols[k] for k in W.XCOLS + W.TRIALS + ["R", "A", "Y"]}
+    out = {"n": n}
+
+    def timed(f):
+        f()  # the first call compiles
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts)
+
+    res = mestim.fit(W.w2_user_psi, used, init=np.zeros(27))
+    out["mestim_user_psi_s"] = timed(lambda: mestim.fit(W.w2_user_psi, used, init=np.zeros(27)))
+    out["mestim_iterations"] = res.iterations
+    out["mestim_registered_blocks_s"] = timed(lambda: W.mestim_fit("W2", cols))
+    yard = W.one_jit_fit(W.w2_user_psi)
+    device = jax.device_put(used)
+    out["one_jit_s"] = timed(lambda: jax.block_until_ready(yard(jnp.zeros(27), device)))
+    theta, vcov = yard(jnp.zeros(27), device)
+    out["max_dtheta_vs_one_jit"] = float(np.max(np.abs(np.asarray(theta) - res.theta)))
+    out["max_rel_dse_vs_one_jit"] = float(np.max(np.abs(np.sqrt(np.diag(np.asarray(vcov))) / res.se - 1)))
+    if with_delicatessen:
+        t = time.perf_counter()
+        theta_d, se_d = W.delicatessen_fit("W2", cols)
+        out["delicatessen_s"] = time.perf_counter() - t
+        out["max_dtheta_vs_delicatessen"] = float(np.max(np.abs(theta_d - res.theta)))
+    return out
+
+
+def warm(a) -> list[dict]:
+    rows = []
+    for n in a.ns:
+        argv = ["-m", "benchmarks.bench_engine", "--warm-child", str(n), "--repeats", str(a.repeats)]
+        if n <= a.delicatessen_max:
+            argv.append("--with-delicatessen")
+        _, row = run_child(argv, None)
+        rows.append(row)
+        ratio = row["mestim_user_psi_s"] / row["one_jit_s"]
+        print(f"warm n={n:,}: mestim user ψ {row['mestim_user_psi_s']:.3f} s, one-jit {row['one_jit_s']:.3f} s "
+              f"(mestim ÷ one-jit {ratio:.2f}), registered blocks {row['mestim_registered_blocks_s']:.3f} s"
+              + (f", delicatessen {row['delicatessen_s']:.1f} s ({row['delicatessen_s'] / row['mestim_user_psi_s']:.0f}× "
+                 "mestim)" if "delicatessen_s" in row else ""), flush=True)
+    return rows
+
+
+def markdown(cold_rows, warm_rows) -> str:
+    lines = []
+    if cold_rows:
+        lines += ["## Cold: fresh processes, start to exit (median)", "",
+                  "| case | time | × `import jax` | programs compiled (loaded from cache) |", "|---|---|---|---|"]
+        for r in cold_rows:
+            progs = "" if r["programs"] is None else f"{r['programs']} ({r['loaded']})"
+            lines.append(f"| {r['case']} | {r['median_s']:.2f} s | {r['x_import_jax']:.1f}× | {progs} |")
+    if warm_rows:
+        lines += ["", "## Warm: W2 as one user ψ (27 parameters), median of repeated fits", "",
+                  "| n | mestim user ψ | one-jit yardstick | mestim ÷ one-jit | mestim registered blocks | "
+                  "delicatessen | delicatessen ÷ mestim |", "|---|---|---|---|---|---|---|"]
+        for r in warm_rows:
+            d, m = r.get("delicatessen_s"), r["mestim_user_psi_s"]
+            peer = (harness._fmt(d), f"{d / m:.0f}×") if d else ("—", "—")
+            lines.append(f"| {r['n']:,} | {harness._fmt(m)} | {harness._fmt(r['one_jit_s'])} | {m / r['one_jit_s']:.2f} | "
+                         f"{harness._fmt(r['mestim_registered_blocks_s'])} | {peer[0]} | {peer[1]} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=["cold", "warm"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--n-cold", type=int, default=10_000)
+    p.add_argument("--ns", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--delicatessen-max", type=int, default=100_000, help="largest n delicatessen runs at (warm)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=10_000, help=argparse.SUPPRESS)
+    p.add_argument("--warm-child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--with-delicatessen", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(child(a.child, a.n)))
+        return
+    if a.warm_child:
+        print(json.dumps(warm_child(a.warm_child, a.repeats, a.with_delicatessen)))
+        return
+    meta = dict(hardware=harness.hardware(), started=time.strftime("%Y-%m-%d %H:%M:%S"), budget="n/a",
+                repeats=a.repeats)
+    cold_rows = cold(a) if a.only in (None, "cold") else []
+    warm_rows = warm(a) if a.only in (None, "warm") else []
+    meta["load_average_end"] = os.getloadavg()
+    notes = ("Peers in the same run: `python -c 'import jax'`; delicatessen "
+             f"{meta['hardware']['versions'].get('delicatessen')} (`MEstimator` defaults); the one-jit yardstick of "
+             "`shared/spec/performance.md`. Ratios within this run are what to compare; the machine is shared.")
+    out = harness.write_results("bench_engine", cold_rows + warm_rows, meta, markdown(cold_rows, warm_rows), notes)
+    print(f"results in {out}/bench_engine.md")
+
+
+if __name__ == "__main__":
+    main()
