@@ -56,7 +56,9 @@ import numpy as np
 from mestim import Block, fit
 from mestim.errors import DataError
 
-from .meta_classical import array_module, check_level
+from mestim.results import check_level, z_crit
+
+from .meta_classical import array_module
 
 CAUSAL_MEASURES = ("RD", "RR", "OR", "SR")
 VARIANCES = ("sandwich", "paper", "design")
@@ -290,7 +292,6 @@ def causal_meta(ai, bi, ci, di, measure: str = "RR", target_weights=None, level:
 
     Reference: Berenfeld et al. (2026), §3; formulas in this module's docstring.
     """
-    from scipy import stats
 
     check_level(level)
     ai, bi, ci, di = _check_tables(ai, bi, ci, di)
@@ -309,6 +310,6 @@ def causal_meta(ai, bi, ci, di, measure: str = "RR", target_weights=None, level:
         res = fit_causal_meta(ai, bi, ci, di, measure, "sandwich", target_weights)
         out["estimate"] = float(res["contrast"][0])
         out["se"] = float(res.se[res.index("contrast")][0])
-    z = stats.norm.ppf(0.5 + level / 2)
+    z = z_crit(level)
     out["ci_low"], out["ci_high"] = out["estimate"] - z * out["se"], out["estimate"] + z * out["se"]
     return out

@@ -50,6 +50,7 @@ import jax
 import numpy as np
 
 from mestim.errors import DataError, MestimWarning
+from mestim.results import z_crit
 
 from . import causal_meta as cm
 from . import meta_classical as mc
@@ -370,8 +371,6 @@ def meta_analyses(df: pd.DataFrame, by, measure: str = "RR", columns: dict | Non
     (:func:`batch_core`). REML/PM τ² that did not converge: ``converged`` False, a :class:`MestimWarning` naming
     the meta-analyses, and ``report["warnings"]``.
     """
-    import pandas as pd
-
     if measure not in mc.MEASURES:
         raise DataError(f"measure={measure!r}: use one of {mc.MEASURES}")
     if classical not in METHODS[1:]:
@@ -396,9 +395,7 @@ def causal_columns(core: dict, measure: str, level: float = 0.95) -> dict:
     """The causal rows of M meta-analyses as columns {field: array (M,)} from :func:`batch_core`'s output: estimate,
     sandwich SE and Wald CI, the paper's and the design-based SE, ψ̂₁, ψ̂₀, n, k and ``undefined_reason``
     (None where defined; an undefined estimate, SE and CI are NaN)."""
-    from scipy import stats
-
-    z = stats.norm.ppf(0.5 + level / 2)
+    z = z_crit(level)
     reason = cm.undefined_reason(measure, core["causal_psi1"], core["causal_psi0"])
     undefined = reason != ""
     nan_if = lambda x: np.where(undefined, np.nan, x)  # noqa: E731
@@ -596,9 +593,7 @@ def forest_plot(studies: pd.DataFrame, results: pd.DataFrame, measure: str, path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy import stats
-
-    z = stats.norm.ppf(0.5 + mc.check_level(level) / 2)
+    z = z_crit(mc.check_level(level))
 
     y, v = mc.effect_sizes(*(studies[c].to_numpy(float) for c in ROLES_2X2), measure)
     y, se = np.asarray(y), np.sqrt(np.asarray(v))

@@ -46,7 +46,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mestim.errors import MestimWarning, SpecificationError
+from mestim.errors import MestimWarning
+from mestim.results import check_level, z_crit
 
 MEASURES = ("RD", "RR", "OR")
 RE_METHODS = ("DL", "REML", "PM")
@@ -57,22 +58,6 @@ TAU2_TOLERANCE = 1e-12  # convergence: a change in τ² ≤ 1e-12·(τ² + min v
 GRADIENT_TOLERANCE = 1e-8  # |score| relative to its scale at convergence (REML: tr P; PM: k − 1)
 MAX_HALVINGS = 60  # step-halvings before a REML step gives up (2⁻⁶⁰: nothing left to halve)
 REML_GRID_POINTS = 100  # the global check: ℓ_R on 0 and 99 geometric points up to the bound on its maxima
-
-
-def check_level(level, label: str | None = None) -> float:
-    """The confidence level as a float in (0, 1), or a :class:`SpecificationError` that says what to give
-    (a percentage such as 95 gets "did you mean 0.95?"). ``label`` names the value in the message (default
-    ``level=<value>``)."""
-    label = label or f"level={level!r}"
-    try:
-        value = float(level)
-    except (TypeError, ValueError):
-        raise SpecificationError(f"{label} is not a number: give a confidence level in (0, 1), e.g. 0.95") from None
-    if not 0 < value < 1:
-        hint = f"; did you mean {value / 100:g}?" if 1 < value < 100 else ""
-        raise SpecificationError(f"{label}: a confidence level must lie strictly between 0 and 1 (e.g. 0.95)"
-                                 + hint)
-    return value
 
 
 def array_module(*arrays):
@@ -501,7 +486,7 @@ def summary_columns(core: dict, measure: str, level: float = 0.95) -> dict:
     from scipy import stats
 
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        z = stats.norm.ppf(0.5 + level / 2)
+        z = z_crit(level)
         k = np.asarray(core["k"], float)
         t = np.where(k > 1, stats.t.ppf(0.5 + level / 2, np.maximum(k - 1, 1)), np.nan)
         q = np.asarray(core["Q"], float)

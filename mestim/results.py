@@ -25,10 +25,19 @@ def z_crit(level: float) -> float:
     return NormalDist().inv_cdf(0.5 + level / 2)
 
 
-def check_level(level) -> None:
-    if not isinstance(level, (int, float, np.floating)) or not 0 < level < 1:
-        hint = f"; did you mean {level / 100:g}?" if isinstance(level, (int, float)) and 1 < level < 100 else ""
-        raise SpecificationError(f"level={level!r}: a confidence level lies between 0 and 1 (e.g. 0.95){hint}")
+def check_level(level, label: str | None = None) -> float:
+    """The confidence level as a float in (0, 1), or a :class:`SpecificationError` that says what to give (a
+    percentage such as 95 gets "did you mean 0.95?"). ``label`` names the value in the message."""
+    label = label or f"level={level!r}"
+    try:
+        value = float(level)
+    except (TypeError, ValueError):
+        raise SpecificationError(f"{label} is not a number: give a confidence level in (0, 1), e.g. 0.95") from None
+    if not 0 < value < 1:
+        hint = f"; did you mean {value / 100:g}?" if 1 < value < 100 else ""
+        raise SpecificationError(f"{label}: a confidence level must lie strictly between 0 and 1 (e.g. 0.95)"
+                                 + hint)
+    return value
 
 
 def normal_two_sided_p(z) -> np.ndarray:

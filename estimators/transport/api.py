@@ -28,6 +28,7 @@ import pandas as pd
 import mestim
 from mestim import Block
 from mestim.errors import DataError, SpecificationError
+from mestim.results import check_level
 
 from .data import TransportData, as_frame, label, missing_column, prepare_data
 from .iterated import IteratedOutcome, iterated_blocks
@@ -244,18 +245,6 @@ class TransportStack:
 
     def fit(self) -> mestim.Result:
         return mestim.fit(self.blocks, self.data_for_fit, weights=self.weights, cluster=self.cluster, solve=self.solve)
-
-
-def check_level(level) -> float:
-    """A confidence level must lie in (0, 1); a percentage such as 95 gets "did you mean 0.95?"."""
-    try:
-        value = float(level)
-    except (TypeError, ValueError):
-        raise SpecificationError(f"level={level!r}: give a confidence level in (0, 1), e.g. 0.95") from None
-    if not 0 < value < 1:
-        hint = f"; did you mean {value / 100:g}?" if 1 < value < 100 else ""
-        raise SpecificationError(f"level={value:g}: a confidence level must lie in (0, 1){hint}")
-    return value
 
 
 def check_bias_grid(grid) -> np.ndarray:

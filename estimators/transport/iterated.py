@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from estimators.regression import linear, logistic
 
 from .data import label
-from .outcome import arm_design, interaction_columns
+from .outcome import Outcome, arm_design, interaction_columns
 
 
 def observed_arm_design(x, zhot):
@@ -48,19 +47,11 @@ def observed_arm_design(x, zhot):
 
 
 @dataclasses.dataclass(frozen=True)
-class IteratedOutcome:
+class IteratedOutcome(Outcome):
     """Predictions of the per-protocol outcome regressions q1 (inner) and q2 (outer); hashable.
 
-    The same interface as :class:`~estimators.transport.outcome.Outcome` (``trial_mean``, ``pooled_mean``,
+    The interface of :class:`~estimators.transport.outcome.Outcome` (``trial_mean``, ``pooled_mean``,
     ``*_blocks``, ``*_residuals``), so the outcome-model and doubly robust estimators take either."""
-
-    family: str  # "linear" | "logistic"
-    n_arms: int
-    m: int
-    trial_effects: bool
-
-    def link_inverse(self, eta):
-        return jax.nn.sigmoid(eta) if self.family == "logistic" else eta
 
     def trial_blocks(self) -> tuple[str, ...]:
         return tuple(f"pp_{stage}_s{j}" for j in range(1, self.m + 1) for stage in ("inner", "outer"))
