@@ -10,7 +10,7 @@ smoothing, the expectation of the step when the compared difference d = a − b 
 
 Smoothed ψ is smooth in θ: Newton converges to the root θ̂_h of the smoothed equation and autodiff gives its
 bread. For a quantile, −Σ∂ψ/∂θ = Σ φ((θ − y_i)/h)/h = n·f̂_h(θ), the Gaussian kernel density estimate of
-bandwidth h, so the SE rests on f̂_h (:doc:`docs/nonsmooth.md`: bias, variance and how to choose h).
+bandwidth h, so the SE rests on f̂_h (docs/nonsmooth.md: bias, variance and how to choose h).
 
 **What is smoothed.** ψ is traced to a jaxpr (:func:`jax.make_jaxpr`) and evaluated by a small interpreter that
 replaces these equations, and only these, when at least one compared side depends on the parameters (the block's
