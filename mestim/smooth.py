@@ -164,10 +164,7 @@ class _Context:
 
     def check_sites(self) -> None:
         if not self.sites:
-            raise SpecificationError(
-                f"block '{self.block}' has smooth= but its ψ has no indicator or sign that depends on θ (a "
-                "comparison a ≤ b turned into a number, jnp.where(a ≤ b, u, v), jnp.sign): nothing to smooth; "
-                "remove smooth= from this block")
+            raise _nothing_to_smooth(self.block)
         if isinstance(self.bandwidth, tuple) and len(self.bandwidth) != len(self.sites):
             raise SpecificationError(
                 f"block '{self.block}': smooth= gives {len(self.bandwidth)} bandwidths but ψ smooths "
@@ -212,6 +209,12 @@ class _Context:
             "smoothing cannot replace: it smooths a comparison only when it becomes a float ((a <= b) * 1.0, "
             ".astype(float), jnp.mean of booleans) or chooses between numbers in jnp.where; write 1{a < y ≤ b} as "
             "(y <= b) * 1.0 - (y <= a) * 1.0, and count with jnp.mean or jnp.sum(... * 1.0)")
+
+
+def _nothing_to_smooth(block: str) -> SpecificationError:
+    return SpecificationError(
+        f"block '{block}' has smooth= but its ψ has no indicator or sign that depends on θ (a comparison a ≤ b "
+        "turned into a number, jnp.where(a ≤ b, u, v), jnp.sign): nothing to smooth; remove smooth= from this block")
 
 
 def _evaluate(ctx: _Context, jaxpr, consts, const_flags, args, arg_flags):
@@ -353,19 +356,18 @@ def _auto_bandwidths(block, psi, own_init, upstream_inits, columns, rows):
     layout = tuple((k, columns[k].shape[1:]) for k in names)
     batched = _site_layout(psi, block.name, own, upstream, layout)
     if not batched:
-        _Context(block.name, None).check_sites()  # raises: nothing to smooth
+        raise _nothing_to_smooth(block.name)
     per_row = max([int(np.prod(shape)) for shape, b in batched if b] or [1])
     take = rows[np.linspace(0, rows.size - 1, min(rows.size, max(AUTO_VALUES // per_row, 1))).astype(int)]
     padded = 1 << max(int(take.size) - 1, 0).bit_length()  # power-of-two rows: one program per size class
     data = {k: np.concatenate([np.asarray(columns[k][take], float), np.full((padded - take.size,) + shape, np.nan)])
             for k, shape in layout}
     per_site, once = _site_differences(psi, block.name, tuple(b for _, b in batched), own, data, upstream)
-    per_site, once = list(per_site), list(once)
+    per_site, once = iter(per_site), iter(once)
     out = []
     for number, (_, b) in enumerate(batched):
-        d = np.asarray(per_site.pop(0) if b else once.pop(0), float).ravel()
-        d = d[np.isfinite(d)]
-        out.append(_silverman(block.name, number, d, rows.size))
+        d = np.asarray(next(per_site if b else once), float).ravel()
+        out.append(_silverman(block.name, number, d[np.isfinite(d)], rows.size))
     return tuple(out), rows.size
 
 
