@@ -55,6 +55,7 @@ from .errors import SpecificationError
 AUTO = "auto"
 RATE = 1 / 3  # smooth="auto": h = min(sd, IQR/1.34) · n^(−RATE)
 AUTO_VALUES = 1 << 22  # differences pooled per site by the automatic rule at most (rows evenly spaced)
+FLAT = 8  # Φ'(8) ≈ 5e-15: a smoothed ψ whose differences are all beyond FLAT·h has no usable slope
 
 COMPARISONS = {"lt": -1, "le": -1, "gt": 1, "ge": 1}  # a OP b is the event s·(a − b) > 0
 CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
@@ -367,7 +368,14 @@ def _auto_bandwidths(block, psi, own_init, upstream_inits, columns, rows):
     out = []
     for number, (_, b) in enumerate(batched):
         d = np.asarray(next(per_site if b else once), float).ravel()
-        out.append(_silverman(block.name, number, d[np.isfinite(d)], rows.size))
+        d = d[np.isfinite(d)]
+        out.append(_silverman(block.name, number, d, rows.size))
+        if not np.any(np.abs(d) < FLAT * out[-1]):
+            raise SpecificationError(
+                f"block '{block.name}': at the starting values every compared difference of smoothed comparison "
+                f"{number + 1} is more than {FLAT}·h = {FLAT * out[-1]:.3g} from 0, where the smoothed ψ is flat "
+                "(its derivative underflows) and Newton cannot move: start θ inside the data (a quantile at the "
+                "sample quantile, a median at the median)")
     return tuple(out), rows.size
 
 

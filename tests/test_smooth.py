@@ -358,6 +358,12 @@ def test_clear_errors(psi, smooth, error, words):
     assert "'b'" in str(info.value)
 
 
+def test_auto_refuses_starting_values_where_the_smoothed_psi_is_flat():
+    far = mestim.Block("m", quantile_psi(0.5), init=[50.0], smooth="auto")
+    with pytest.raises(SpecificationError, match="start θ inside the data"):
+        mestim.fit(far, Y)
+
+
 def test_auto_needs_the_blocks_it_reads_first():
     later = mestim.Block("resid", lambda t, r, loc: jnp.atleast_1d(0.5 - (r["y"] - loc[0] <= t[0])), init=[0.0],
                          reads=("loc",), smooth="auto")
