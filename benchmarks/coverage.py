@@ -1,12 +1,14 @@
 """Coverage of nominal 95% Wald CIs by simulation: 2000 replicates per estimator, vmapped on one compiled fit.
 
-    python benchmarks/coverage.py [--replicates 2000] [--only NAME ...] [--out benchmarks/results/coverage]
+    python benchmarks/coverage.py [--replicates 2000] [--only NAME ...] [--out benchmarks/results/coverage] [--merge]
 
 Each case simulates `replicates` data sets of one shape on the host (seeded), prepares their columns, and fits
 them all with one `jax.vmap` of the pure fit (:func:`mestim.pure.fit_function`). Coverage is the share of CIs
 θ̂ ± 1.96·SE that contain the true value; its Monte Carlo SE at 2000 replicates is 0.49 points, so [94%, 96%]
 is about ±2 MCSE. A small-sample case shows where the sandwich under-covers and what the finite-sample
-corrections (`"df"`, `"fay"`) do there. Results: `<out>.json` and `<out>.md`.
+corrections (`"df"`, `"fay"`) do there. The sample median (n = 200, normal and exponential data) is fitted with
+its estimating function smoothed (`Block(..., smooth="auto")`, docs/nonsmooth.md; the bandwidth is chosen once,
+on the first replicate). Results: `<out>.json` and `<out>.md` (`--merge`: replace only this run's cases there).
 
 Transport (Dahabreh et al.): `transport_stack(...)` builds the whole stack (working models + estimands) on
 `simulate_trials(...)` data sets of one fixed shape (same trial and target sizes; seeds differ), and one compiled
@@ -82,6 +84,23 @@ def poisson_case():
     return [est.poisson("po", "y", ["x"])], None, simulate, {0: 0.5, 1: 0.4}
 
 
+def _median_psi(theta, row):
+    return jnp.atleast_1d(0.5 - (row["y"] <= theta[0]))
+
+
+@case("median, smoothed, normal (n=200)")
+def median_normal_case():
+    """The sample median's estimating function 1/2 − 1{y ≤ θ}, smoothed (bandwidth from the first replicate)."""
+    return mestim.Block("median", _median_psi, init=[0.5], smooth="auto"), None, \
+        lambda rng: {"y": rng.normal(size=200)}, {0: 0.0}
+
+
+@case("median, smoothed, exponential (n=200)")
+def median_exponential_case():
+    return mestim.Block("median", _median_psi, init=[0.5], smooth="auto"), None, \
+        lambda rng: {"y": rng.exponential(size=200)}, {0: float(np.log(2))}
+
+
 def run_case(name, replicates, seed=2026, batch=250):
     estimator, init, simulate, truth = CASES[name]()
     rng = np.random.default_rng(seed)
@@ -98,8 +117,11 @@ def run_case(name, replicates, seed=2026, batch=250):
     seconds = time.perf_counter() - start
     idx = np.array(sorted(truth))
     cov = coverage(theta[ok][:, idx], vcov[ok][:, idx][:, :, idx], np.array([truth[i] for i in idx]))
+    se = np.sqrt(np.diagonal(vcov[ok], axis1=1, axis2=2))
     return [{"case": name, "param": problem.labels[i], "truth": truth[i], "coverage": float(c),
-             "replicates": int(ok.sum()), "failed": int((~ok).sum()), "seconds": round(seconds, 2)}
+             "replicates": int(ok.sum()), "failed": int((~ok).sum()), "seconds": round(seconds, 2),
+             "bias": float(theta[ok, i].mean() - truth[i]), "sd": float(theta[ok, i].std(ddof=1)),
+             "mean_se": float(se[:, i].mean()), "notes": "; ".join(problem.notes)}
             for i, c in zip(idx, cov)]
 
 
@@ -228,6 +250,8 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", help="case names (substring match)")
     parser.add_argument("--out", default=os.path.join(os.environ.get("MESTIM_BENCH_RESULTS") or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results"), "coverage"))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other cases' rows (and notes) already in <out>.json/.md; replace this run's")
     args = parser.parse_args(argv)
     rows = []
     for name in CASES:
@@ -246,16 +270,34 @@ def main(argv=None):
         got = transport_coverage(name, args.replicates)
         rows += got
         print(pd.DataFrame(got).to_string(index=False), flush=True)
-    table = pd.DataFrame(rows)
     meta = {"replicates": args.replicates, "machine": platform.processor() or platform.machine(),
             "cpus": jax.device_count(), "jax": jax.__version__, "level": 0.95,
             "mc_se_at_2000": 0.0049}
+    after_table = ""
+    if args.merge:
+        rows, meta, after_table = _merged(args.out, rows, meta)
+    table = pd.DataFrame(rows)
     with open(args.out + ".json", "w") as fh:
         json.dump({"meta": meta, "results": rows}, fh, indent=1)
     with open(args.out + ".md", "w") as fh:
         fh.write(f"# Coverage of nominal 95% CIs ({args.replicates} replicates)\n\n")
-        fh.write(markdown_table(table))
+        fh.write(markdown_table(table.drop(columns="notes", errors="ignore")) + after_table)
     print(table.to_string(index=False))
+
+
+def _merged(out, rows, meta):
+    """This run's rows merged into ``<out>.json`` (rows of the cases run now replaced), its meta kept (a note
+    added), and the text after the table in ``<out>.md``."""
+    with open(out + ".json") as fh:
+        old = json.load(fh)
+    ran = {r["case"] for r in rows}
+    kept = [r for r in old["results"] if r["case"] not in ran]
+    merged_meta = {**old["meta"], "note": (old["meta"].get("note", "") + f"; {sorted(ran)} from a later run of "
+                                           f"this script ({meta['replicates']} replicates, --merge)").lstrip("; ")}
+    with open(out + ".md") as fh:
+        text = fh.read()
+    parts = text.split("\n\n", 2)  # the title, the table, any text below it
+    return kept + rows, merged_meta, ("\n" + parts[2] if len(parts) > 2 else "")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ from .errors import (  # noqa: E402
     SpecificationError)
 from .estimate import fit, sandwich  # noqa: E402
 from .results import Estimates, Result, WaldTest  # noqa: E402
+from .smooth import Smoothed  # noqa: E402
 
 __all__ = ["Block", "Prepared", "fit", "sandwich", "Estimates", "Result", "WaldTest", "MestimError",
            "DataError", "SpecificationError", "ConvergenceError", "SingularBreadError", "SeparationError",
-           "MestimWarning", "enable_compilation_cache", "compilations"]
+           "MestimWarning", "enable_compilation_cache", "compilations", "Smoothed"]
 __version__ = "0.1.0"

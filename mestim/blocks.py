@@ -56,6 +56,12 @@ class Block:
         check: optional ``check(theta, columns) -> list[str]`` run after solving; returns warnings, or raises.
         mask: rows the block uses (a column name, non-zero = used, or a boolean array): elsewhere ψ counts as 0
             and the columns it reads may hold NaN (a target sample without outcomes).
+        smooth: for a non-smooth ψ (quantiles ``q - (y <= θ)``, ``jnp.where(y <= θ, 1.0, 0.0)``, ``jnp.sign``):
+            every indicator and sign in ψ whose sides depend on θ is replaced by its Gaussian smoothing,
+            1{a ≤ b} → Φ((b − a)/h), sign(x) → 2Φ(x/h) − 1, so Newton and autodiff see a smooth ψ
+            (:mod:`mestim.smooth`). A bandwidth h > 0 in the units of the compared quantities, a tuple of them
+            (one per smoothed comparison), or ``"auto"`` (h = min(sd, IQR/1.34)·n^(−1/3) of each compared difference
+            at the starting values). None (default): ψ as written.
     """
 
     name: str
@@ -66,6 +72,7 @@ class Block:
     prepare: Callable[[dict], Prepared] | None = None
     check: Callable[..., list] | None = None
     mask: Any = None
+    smooth: Any = None
 
     def __post_init__(self):
         if not self.name.isidentifier():
@@ -95,7 +102,7 @@ class BlockSpec:
     def __call__(self, own, row, upstream):
         """ψ of one row, its mask applied: ψ counts as 0 outside the mask (where NaN in the columns it reads
         were replaced by 0 on the host, :mod:`mestim.problem`)."""
-        value = jnp.atleast_1d(self.psi(own, row, **upstream))
+        value = jnp.atleast_1d(self.psi(own, row, **upstream)).astype(own.dtype)
         return value if self.mask is None else jnp.where(row[self.mask] > 0, value, 0.0)
 
 

@@ -86,8 +86,9 @@ def raise_for_status(state, level, labels, scale, nonfinite_rows=None) -> None:
         raise SingularBreadError(
             f"block(s) {names}: ψ does not vary with {zero} (its derivative is zero at θ = "
             f"{np.round(np.asarray(state.theta), 4).tolist()[:8]}): an estimating function built from indicators "
-            "or step functions (a quantile, 1{y ≤ θ}) has a zero derivative almost everywhere, so Newton's method "
-            "and the bread need another derivative; otherwise check that ψ uses these parameters")
+            "or step functions (a quantile, 1{y ≤ θ}) has a zero derivative almost everywhere: give its block "
+            "smooth='auto' or a bandwidth (docs/nonsmooth.md); if it is smoothed already, start θ inside the data "
+            "(e.g. at the sample quantile); otherwise check that ψ uses these parameters")
     if int(state.status) == SINGULAR:
         from .covariance import BreadFactor
 

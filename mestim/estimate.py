@@ -72,6 +72,10 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
     source = InMemory(kernel_for(problem, options, mesh), problem.used, problem.w, dtype=options.data_dtype)
     notes = ()
     if group is not None:
+        auto = [b.name for b in problem.blocks if isinstance(b.smooth, str)]
+        if auto:
+            raise SpecificationError(f"block(s) {auto}: smooth='auto' chooses the bandwidth from each process's "
+                                     "own rows; across processes give smooth=h (a number)")
         start, n_rows, sum_w = processes.agree(group, problem)
         problem = dataclasses.replace(problem, init=start)
         source = processes.Distributed(source, group, n_rows, sum_w)

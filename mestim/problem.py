@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import data as datamod
+from . import smooth
 from .blocks import Block, BlockSpec, StackSpec, solve_groups
 from .errors import DataError, SpecificationError
 
@@ -119,6 +120,10 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
             masks[mask] = datamod.row_mask(all_cols, b.mask, n)
             if not masks[mask].any():
                 raise DataError(f"block '{b.name}' has no rows: its mask selects none of the {n} rows")
+        if b.smooth is not None:  # indicators and signs in ψ replaced by their Gaussian smoothing
+            psi, note = smooth.smoothed(b, psi, start, {s.name: i for s, i in zip(specs, inits)}, all_cols,
+                                        masks.get(mask))
+            notes.append(f"{b.name}: {note}")
         specs.append(BlockSpec(b.name, psi, b.reads, start.size, mask=mask))
         inits.append(start)
         labels += [lab if len(blocks) == 1 else f"{b.name}:{lab}" for lab in blabels]
