@@ -23,7 +23,7 @@ from .options import FitOptions
 from .problem import Problem, prepare
 from .results import Result, WaldTest
 from .sources import InMemory, device_mesh
-from .sums import Kernel, Moments, chunk_rows, plan
+from .sums import Kernel, Moments, chunk_rows, plan, quick_compile
 
 EXTREME_WEIGHT = 1e6  # a row weighing this many times the median row: almost surely a data error
 DOMINANT_SHARE = 0.5  # one row carrying this share of the total weight, among ≥ 10 rows
@@ -130,7 +130,9 @@ def kernel_for(problem: Problem, options: FitOptions, mesh=None) -> Kernel:
     the stack, the device and the rows per device."""
     platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
     rows = -(-problem.n_rows // (1 if mesh is None else mesh.size))
-    return Kernel(problem.spec, options.chunk_size or chunk_rows(problem.spec, platform, rows), mesh, platform)
+    quick = quick_compile(problem.spec, platform, rows)
+    return Kernel(problem.spec, options.chunk_size or chunk_rows(problem.spec, platform, rows), mesh, quick,
+                  hoist=not quick and mesh is None and platform == "cpu")
 
 
 def assemble(problem: Problem, source, theta, moments: Moments, options: FitOptions, *, iterations: int,

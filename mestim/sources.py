@@ -15,9 +15,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from . import hoist
 from .errors import SpecificationError
 
-from .sums import Kernel, Moments, row_leverages, row_nonfinite, row_values, slab_chunks, slab_sums
+from .sums import JACOBIAN, Kernel, Moments, row_leverages, row_nonfinite, row_values, slab_chunks, slab_sums
 
 
 def device_mesh(devices="all") -> Mesh:
@@ -94,7 +95,8 @@ def run_slabs(kernel: Kernel, device_slabs, theta, plan, acc=None):
 
 
 class InMemory:
-    """Rows held on the device(s) as slabs, summed by the stack's compiled program on every pass."""
+    """Rows held on the device(s) as slabs, summed by the stack's compiled program on every pass; with
+    ``kernel.hoist``, the work that does not depend on θ is done once here (:mod:`mestim.hoist`)."""
 
     def __init__(self, kernel: Kernel, columns: dict, w: np.ndarray, *, dtype=None):
         self.kernel, self.n_rows, self.sum_w, self.passes = kernel, int(w.shape[0]), float(np.sum(w)), 0
@@ -102,10 +104,31 @@ class InMemory:
         parts = 1 if kernel.mesh is None else kernel.mesh.size
         host, self._sizes = layout(columns, np.asarray(w, float), kernel.chunk, parts)
         self._slabs = place(kernel, host)
+        self._layout = tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in columns.items()))
+        self._hoisted = {}  # plan → residuals of every slab (None: not worth it)
+
+    def _residuals(self, plan: tuple):
+        """The residuals of the θ-free work of ``plan``'s passes, per slab, made on its first pass; None when the
+        kernel does not hoist, the plan is not a full Jacobian pass, or they would not fit the budget."""
+        if plan not in self._hoisted:
+            full = all(mode == JACOBIAN for mode in plan[:len(self.kernel.spec.blocks)])
+            s = hoist.split(self.kernel, self._layout, plan) if self.kernel.hoist and full else None
+            fits = s is not None and hoist.residual_bytes(s, self.kernel.chunk, self.n_rows) <= hoist.HOIST_BUDGET
+            self._hoisted[plan] = [hoist.residuals_program(self.kernel, self._layout, plan, rows, w)
+                                   for rows, w, _ in self._slabs] if fits else None
+        return self._hoisted[plan]
 
     def sums(self, theta, plan) -> Moments:
         """The row sums at ``theta`` (host arrays), one pass over the device slabs."""
-        acc = run_slabs(self.kernel, self._slabs, jax.device_put(np.asarray(theta, float)), plan)
+        theta = jax.device_put(np.asarray(theta, float))
+        key = tuple(int(m) for m in plan)
+        residuals = self._residuals(key)
+        if residuals is None:
+            acc = run_slabs(self.kernel, self._slabs, theta, plan)
+        else:
+            acc = self.kernel.zeros()
+            for res, (_, _, n_chunks) in zip(residuals, self._slabs):
+                acc = hoist.sums_program(self.kernel, self._layout, key, acc, theta, res, n_chunks)
         self.passes += 1
         return Moments(*jax.device_get(acc))
 

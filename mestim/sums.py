@@ -39,10 +39,9 @@ from .blocks import StackSpec
 SKIP, VALUES, JACOBIAN = 0, 1, 2  # what a pass computes for a block
 SLAB_CHUNKS = (1, 8, 64)  # slab capacities, in chunks: a new size of data costs at most one compilation per size
 # Chunk sizing: rows × (equations × inputs) of the largest block's Jacobian work per chunk, per backend.
-CHUNK_BUDGET = {"cpu": 1 << 17, "default": 1 << 24}
-CHUNK_LIMITS = {"cpu": (64, 4096), "default": (256, 1 << 16)}
-SINGLE_CHUNK = {"cpu": 1 << 24, "default": 1 << 26}  # data up to this many rows × width: one chunk, no loop
-SINGLE_CHUNK_ROWS = 1 << 14
+CHUNK_BUDGET = {"cpu": 1 << 20, "default": 1 << 24}
+CHUNK_LIMITS = {"cpu": (64, 8192), "default": (256, 1 << 16)}
+QUICK_WORK = 1 << 23  # rows × width of a pass up to which a CPU program is compiled for compile speed
 
 
 class Moments(NamedTuple):
@@ -59,21 +58,25 @@ def plan(spec: StackSpec, values=(), jacobian=(), meat=False, sampling=False) ->
 
 
 def chunk_rows(spec: StackSpec, platform: str, n_rows: int | None = None) -> int:
-    """Rows per chunk, a power of two.
-
-    Data that fit in one chunk of at most ``SINGLE_CHUNK`` (rows × the largest block's k_b × inputs_b) are summed
-    as one chunk of the next power of two rows: no loop, the quickest program to compile (padding costs at most
-    as many rows again). Larger data are cut into chunks that keep a block's Jacobian work within a cache-sized
-    budget on a CPU, and large on an accelerator (fewer, fuller kernels).
-    """
+    """Rows per chunk, a power of two: a block's Jacobian work on a chunk (rows × k_b × inputs_b of the largest
+    block) stays within a cache-sized budget on a CPU, and is large on an accelerator (fewer, fuller kernels).
+    Data that fit in one chunk are one chunk of the next power of two rows (a program with no loop; padding costs
+    at most as many rows again)."""
     key = platform if platform in CHUNK_BUDGET else "default"
     lo, hi = CHUNK_LIMITS[key]
-    width = max(max(b.equations * _n_inputs(spec, b) for b in spec.blocks), 1)
-    if n_rows is not None:
-        whole = _pow2_ceil(max(n_rows, lo))
-        if whole * width <= SINGLE_CHUNK[key] and whole <= SINGLE_CHUNK_ROWS:
-            return whole
-    return int(min(max(_pow2_floor(CHUNK_BUDGET[key] // width), lo), hi))
+    chunk = int(min(max(_pow2_floor(CHUNK_BUDGET[key] // width(spec)), lo), hi))
+    return chunk if n_rows is None else min(chunk, _pow2_ceil(max(n_rows, lo)))
+
+
+def quick_compile(spec: StackSpec, platform: str, n_rows: int) -> bool:
+    """Compile for compile speed (:data:`QUICK_CPU_OPTIONS`) when a pass is little work: on a CPU, up to
+    ``QUICK_WORK`` rows × width. Most of a small fit's time is compiling; a large fit runs many passes."""
+    return platform == "cpu" and _pow2_ceil(max(n_rows, 1)) * width(spec) <= QUICK_WORK
+
+
+def width(spec: StackSpec) -> int:
+    """The Jacobian work of one row in the largest block: k_b equations × n_in inputs."""
+    return max(max(b.equations * _n_inputs(spec, b) for b in spec.blocks), 1)
 
 
 def _pow2_floor(x: int) -> int:
@@ -101,7 +104,8 @@ class Kernel:
     spec: StackSpec
     chunk: int
     mesh: object = None  # jax.sharding.Mesh whose devices each sum their own rows (None: one device)
-    platform: str = "cpu"
+    quick: bool = False  # compile for compile speed (small data on a CPU, :func:`quick_compile`)
+    hoist: bool = False  # in-memory sources do the work that does not depend on θ once (:mod:`mestim.hoist`)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -128,31 +132,31 @@ class Kernel:
         return block(own, row, upstream)
 
     def _block(self, block, theta, rows, w, mode):
-        """(values (c, k), Σ w ∂ψ/∂inputs (k, n_in)) of one block on one chunk; ``mode``: SKIP/VALUES/JACOBIAN.
+        """(values (c, k), Σ w ∂ψ/∂inputs (k, n_in)) of one block on one chunk; ``mode``: SKIP/VALUES/JACOBIAN, a
+        traced value (one program for every plan) or a number (a program for one plan, :mod:`mestim.hoist`).
 
-        The block's forward pass is written once and its derivative pass once (each is compiled once): a
-        residual-only pass skips the derivative, a pass that does not need the block skips both."""
+        A residual-only pass skips the derivative; a pass that does not need the block skips both."""
         u = self._inputs(block, theta)
         k, n_in, c = block.equations, u.shape[0], w.shape[0]
         zero_jac = jnp.zeros((k, n_in), u.dtype)
-        wanted = mode == JACOBIAN
 
         def values(u):
             return jax.vmap(lambda row: self._call(block, u, row))(rows)
 
-        def computed():
+        def with_jacobian():
             if _closed_form(block):
-                return lax.cond(wanted, lambda: block.psi.chunk_sums(u, rows, w), lambda: (values(u), zero_jac))
-            if k <= n_in:  # reverse: row j of Σ w ∂ψ/∂u is the pullback of the cotangent w ⊗ e_j
-                v, pullback = jax.vjp(values, u)
-                eye = jnp.eye(k, dtype=u.dtype)
-                return v, lax.cond(wanted, lambda: jax.vmap(lambda e: pullback(w[:, None] * e)[0])(eye),
-                                   lambda: zero_jac)
-            v, tangent = jax.linearize(values, u)  # forward: column i is Σ w ∂ψ/∂u_i
-            eye = jnp.eye(n_in, dtype=u.dtype)
-            return v, lax.cond(wanted, lambda: jax.vmap(lambda e: w @ tangent(e))(eye).T, lambda: zero_jac)
+                return block.psi.chunk_sums(u, rows, w)
+            # Σ w ∂ψ/∂u as the Jacobian of the weighted chunk sum u ↦ Σ w ψ(u) (its per-row values ride along):
+            # reverse mode when the block has no more equations than inputs, forward mode otherwise
+            weighted = jax.jacrev if k <= n_in else jax.jacfwd
+            jac, v = weighted(lambda u: (w @ (v := values(u)), v), has_aux=True)(u)
+            return v, jac
 
-        return lax.cond(mode == SKIP, lambda: (jnp.zeros((c, k), u.dtype), zero_jac), computed)
+        skip = lambda: (jnp.zeros((c, k), u.dtype), zero_jac)  # noqa: E731
+        only_values = lambda: (values(u), zero_jac)  # noqa: E731
+        if isinstance(mode, (int, np.integer)):
+            return (skip, only_values, with_jacobian)[int(mode)]()
+        return lax.switch(mode, [skip, only_values, with_jacobian])
 
     def add_chunk(self, acc: Moments, theta, rows, w, plan) -> Moments:
         """``acc`` plus the sums over one chunk of rows (traceable)."""
@@ -161,6 +165,7 @@ class Kernel:
         n_blocks = len(self.spec.blocks)
         values, jac = [], acc.jac
         eq = self.spec.equation_offsets()
+        static = isinstance(plan, np.ndarray)  # a program for one plan: no branches on it
         for b, block in enumerate(self.spec.blocks):
             v, j = self._block(block, theta, rows, w, plan[b])
             values.append(v)
@@ -170,7 +175,9 @@ class Kernel:
                 at += z - a
         v = jnp.concatenate(values, axis=1)
         a = w * jnp.where(plan[n_blocks + 1] > 0, w, 1.0)
-        meat = lax.cond(plan[n_blocks] > 0, lambda: acc.meat + (v * a[:, None]).T @ v, lambda: acc.meat)
+        with_meat = lambda: acc.meat + (v * a[:, None]).T @ v  # noqa: E731
+        meat = (with_meat() if plan[n_blocks] else acc.meat) if static else lax.cond(
+            plan[n_blocks] > 0, with_meat, lambda: acc.meat)
         return Moments(acc.psi + w @ v, jac, meat, acc.sum_w + w.sum())
 
     # ------------------------------------------------------------------------------------------ one slab
@@ -254,17 +261,16 @@ def _slab_sums(kernel: Kernel, acc, theta, rows, w, n_chunks, plan) -> Moments:
 
 
 _optimized = jax.jit(_slab_sums, static_argnums=0)
-# A one-chunk slab (small data) is compiled for compile speed on a CPU: XLA's lowest optimisation level and its
-# classic fusion code generator compile a stack 3–10× faster (most of a small fit's time is compiling), for a
-# pass that takes milliseconds either way. Large data keep XLA's defaults (a looped slab runs ~2× faster so).
+# Small data on a CPU (:func:`quick_compile`): XLA's lowest optimisation level and its classic fusion code
+# generator compile a stack 3–10× faster, for passes that take milliseconds either way. Large data keep XLA's
+# defaults (its passes run up to 2× faster so).
 QUICK_CPU_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 _quick = jax.jit(_slab_sums, static_argnums=0, compiler_options=QUICK_CPU_OPTIONS)
 
 
 def slab_sums(kernel: Kernel, acc, theta, rows, w, n_chunks, plan) -> Moments:
     """:meth:`Kernel.slab_sums`, compiled once per kernel and slab shape: every pass of every fit runs it."""
-    quick = kernel.platform == "cpu" and w.shape[0] == kernel.chunk
-    return (_quick if quick else _optimized)(kernel, acc, theta, rows, w, n_chunks, plan)
+    return (_quick if kernel.quick else _optimized)(kernel, acc, theta, rows, w, n_chunks, plan)
 
 
 @functools.partial(jax.jit, static_argnums=0)

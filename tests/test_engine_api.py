@@ -136,10 +136,10 @@ def test_first_fit_of_a_new_psi_compiles_one_program_and_other_sizes_reuse_it():
         x1, x2 = rng.normal(size=n), rng.normal(size=n)
         return {"x1": x1, "x2": x2, "y": (rng.random(n) < 1 / (1 + np.exp(-x1))).astype(float)}
     with mestim.compilations() as first:
-        mestim.fit(_user_logistic, data(40_000), init=np.zeros(3))
+        mestim.fit(_user_logistic, data(200_000), init=np.zeros(3))
     assert first.programs <= 3, first
-    with mestim.compilations() as other_sizes:  # same size bucket (≥ 8 chunks): nothing new
-        for n in (35_000, 60_000, 250_000):
+    with mestim.compilations() as other_sizes:  # the same size bucket (large data: full slabs): nothing new
+        for n in (180_000, 300_000, 450_000):
             mestim.fit(_user_logistic, data(n), init=np.zeros(3))
     assert other_sizes.programs == 0, other_sizes
 
