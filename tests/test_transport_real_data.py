@@ -122,8 +122,9 @@ def test_known_probabilities_as_fractions(small):
     assert a.estimate("weighting").estimate == b.estimate("weighting").estimate
 
 
-@pytest.mark.parametrize("level, pattern", [(95, r"level=95: a confidence level must lie in \(0, 1\); did you mean "
-                                                  r"0\.95\?"), (1.0, r"level=1:"), (0, r"level=0:"),
+@pytest.mark.parametrize("level, pattern", [(95, r"level=95: a confidence level must lie strictly between 0 and 1 "
+                                                  r"\(e\.g\. 0\.95\); did you mean 0\.95\?"), (1.0, r"level=1\.0:"),
+                                            (0, r"level=0:"),
                                             (float("nan"), "level=nan"), ("high", "level='high'")])
 def test_level_must_lie_in_0_1(small, level, pattern):
     with pytest.raises(SpecificationError, match=pattern):
