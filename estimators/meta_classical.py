@@ -483,12 +483,12 @@ def summary_columns(core: dict, measure: str, level: float = 0.95) -> dict:
     FE, DL, REML, PM, their Hartung–Knapp versions (``DL_HK``, ``REML_HK``, ``PM_HK``) and MH, with estimate, se,
     Wald z CI (t_{k−1} for HK), τ², I², prediction interval, ``converged`` (False where an iterative τ² did not
     converge), Q and k. Analysis scale (log for RR/OR)."""
-    from scipy import stats
+    from scipy.special import stdtrit  # t quantiles (scipy.stats would cost half a second to import)
 
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         z = z_crit(level)
         k = np.asarray(core["k"], float)
-        t = np.where(k > 1, stats.t.ppf(0.5 + level / 2, np.maximum(k - 1, 1)), np.nan)
+        t = np.where(k > 1, stdtrit(np.maximum(k - 1, 1), 0.5 + level / 2), np.nan)
         q = np.asarray(core["Q"], float)
         common = {"Q": q, "k": k.astype(int)}
         cols = {}
