@@ -11,8 +11,8 @@ solved jointly as one group (Tarjan's strongly connected components).
 
 Groups that do not depend on each other (say, the outcome models of different trials) are solved together, one
 dependency level at a time (:func:`solve_levels`): their joint Jacobian is block-diagonal, so one Newton on the
-level gives each group's own solution, while one pass over the rows serves them all and one program is compiled
-per level instead of per group.
+level gives each group's own solution, while one pass over the rows serves them all (and one compiled program
+serves every level, :mod:`mestim.sums`).
 
 ``prepare(columns) -> Prepared`` lets a registered block add its own columns (a design matrix, a cleaned outcome
 with NaN replaced where the mask excludes the row) and pick a starting value from the data.

@@ -11,16 +11,18 @@ Everything the engine needs from the data is a weighted sum over rows:
 accumulator. A slab holds a fixed number of chunks (``SLAB_CHUNKS``: 1, 8 or 64 chunks of ``chunk`` rows), the
 last chunk padded with zero-weight rows, and its number of filled chunks is an argument: the compiled shapes do
 not depend on n, so data sets of any size (and every batch of a stream) reuse one program and the persistent
-compilation cache. What a pass computes is an argument too (a :data:`plan` per block: skip it, its values, or
+compilation cache. What a pass computes is an argument too (:func:`plan`, per block: skip it, its values, or
 its values and Jacobian; meat or not), so the Newton passes of every dependency level, the residual-only passes
-and the sandwich all run the same program.
+and the sandwich all run the same program. (:mod:`mestim.hoist` derives a second program from it for the full
+Jacobian passes of large in-memory data.)
 
 **Jacobians block by block, never an (n, p, p) tangent.** Block b's rows of Σw∂ψ/∂θ are non-zero only in the
 columns of its own parameters and of the blocks it reads; they are taken with respect to those columns alone, on
-each chunk of rows, by reverse mode (k_b backward passes through block b, batched by vmap) when the block has no
-more equations than inputs, by forward mode otherwise, or in closed form when the block's ψ offers
-``chunk_sums(own, rows, w) -> (values, Σ w ∂ψ/∂own)`` (GLM scores: one matrix product). The chunk is sized so
-that a block's batched pullback stays in cache (:func:`chunk_rows`).
+each chunk of rows, as the Jacobian of the weighted chunk sum u ↦ Σ w ψ(u): reverse mode (k_b backward passes,
+batched) when the block has no more equations than inputs, forward mode otherwise, or in closed form when the
+block's ψ offers ``chunk_sums(own, rows, w) -> (values, Σ w ∂ψ/∂own)`` (GLM scores: one matrix product). The
+chunk is sized so that a block's Jacobian work stays in cache (:func:`chunk_rows`); small data are one chunk,
+compiled for compile speed (:func:`quick_compile`).
 """
 
 from __future__ import annotations
