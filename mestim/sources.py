@@ -48,10 +48,11 @@ def device_mesh(devices="all") -> Mesh:
 def layout(columns: dict, w: np.ndarray, chunk: int, parts: int = 1, capacity: int | None = None):
     """Host slabs ``(rows, w, n_chunks)`` and the row count of each part.
 
-    The rows are split into ``parts`` contiguous parts (one per device), each padded to a whole number of slabs
-    of ``capacity`` chunks (default: the smallest capacity that holds a part) by repeating a real row with weight
-    0 (a repeated row keeps ψ finite where a zero row could give log(0) or 0/0, and 0·NaN is NaN). ``n_chunks``
-    has one entry per part: the chunks of that part's slab holding real rows.
+    The rows are split into ``parts`` contiguous parts (one per device), each cut into slabs of ``capacity`` chunks
+    (default: the smallest capacity that holds a part). A part's last slab is padded by repeating a real row with
+    weight 0 (a repeated row keeps ψ finite where a zero row could give log(0) or 0/0, and 0·NaN is NaN); the other
+    slabs are views of the columns. ``n_chunks`` has one entry per part: the chunks of that part's slab holding
+    real rows.
     """
     n = w.shape[0]
     bounds = np.linspace(0, n, parts + 1).astype(int)
@@ -59,22 +60,27 @@ def layout(columns: dict, w: np.ndarray, chunk: int, parts: int = 1, capacity: i
     capacity = capacity or slab_chunks(-(-int(sizes.max()) // chunk))
     size = capacity * chunk
     n_slabs = max(1, -(-int(sizes.max()) // size))
-    padded = [_pad_part(columns, w, a, b, n_slabs * size) for a, b in zip(bounds[:-1], bounds[1:])]
     out = []
     for i in range(n_slabs):
-        cut = slice(i * size, (i + 1) * size)
-        rows = {k: np.concatenate([p[0][k][cut] for p in padded]) for k in columns}
-        weights = np.concatenate([p[1][cut] for p in padded])
+        pieces = [_slab_of_part(columns, w, a + i * size, min(a + (i + 1) * size, b), size, a)
+                  for a, b in zip(bounds[:-1], bounds[1:])]
+        rows = pieces[0][0] if parts == 1 else {k: np.concatenate([p[0][k] for p in pieces]) for k in columns}
+        weights = pieces[0][1] if parts == 1 else np.concatenate([p[1] for p in pieces])
         filled = np.clip(sizes - i * size, 0, size)
         out.append((rows, weights, (-(-filled // chunk)).astype(np.int32)))
     return out, sizes
 
 
-def _pad_part(columns, w, a, b, total):
-    first = a if b > a else 0  # an empty part repeats row 0 with weight 0
-    extra = total - (b - a)
-    rows = {k: np.concatenate([v[a:b], np.repeat(v[first:first + 1], extra, axis=0)]) for k, v in columns.items()}
-    return rows, np.concatenate([w[a:b], np.zeros(extra, w.dtype)])
+def _slab_of_part(columns, w, start, stop, size, first):
+    """Rows [start, stop) as one slab of ``size`` rows: views when full, else padded with weight-0 copies of a row
+    of the part (row ``first``; row 0 for an empty part)."""
+    stop = max(stop, start)
+    if stop - start == size:
+        return {k: v[start:stop] for k, v in columns.items()}, w[start:stop]
+    copy = first if first < w.shape[0] else 0
+    extra = size - (stop - start)
+    rows = {k: np.concatenate([v[start:stop], np.repeat(v[copy:copy + 1], extra, axis=0)]) for k, v in columns.items()}
+    return rows, np.concatenate([w[start:stop], np.zeros(extra, w.dtype)])
 
 
 def place(kernel: Kernel, host_slabs):
@@ -108,24 +114,31 @@ class InMemory:
         self._hoisted = {}  # plan → residuals of every slab (None: not worth it)
 
     def _residuals(self, plan: tuple):
-        """The residuals of the θ-free work of ``plan``'s passes, per slab, made on its first pass; None when the
-        kernel does not hoist, the plan is not a full Jacobian pass, or they would not fit the budget."""
-        if plan not in self._hoisted:
-            full = all(mode == JACOBIAN for mode in plan[:len(self.kernel.spec.blocks)])
-            s = hoist.split(self.kernel, self._layout, plan) if self.kernel.hoist and full else None
-            fits = s is not None and hoist.residual_bytes(s, self.kernel.chunk, self.n_rows) <= hoist.HOIST_BUDGET
-            self._hoisted[plan] = [hoist.residuals_program(self.kernel, self._layout, plan, rows, w)
-                                   for rows, w, _ in self._slabs] if fits else None
-        return self._hoisted[plan]
+        """(the plan to run, the residuals of its θ-free work per slab) for a requested ``plan``, or None.
+
+        The first full Jacobian pass (every block's Jacobian) makes the residuals of its plan; a later pass that
+        needs no more (a residual-only backtracking step) runs that plan too (it computes a little more, with no
+        further program to compile). None when the kernel does not hoist or the residuals would not fit."""
+        n_blocks = len(self.kernel.spec.blocks)
+        for hoisted, residuals in self._hoisted.items():
+            if all(m <= h for m, h in zip(plan[:n_blocks], hoisted[:n_blocks])):
+                return (hoisted, residuals) if residuals is not None else None
+        if not self.kernel.hoist or not all(mode == JACOBIAN for mode in plan[:n_blocks]):
+            return None
+        s = hoist.split(self.kernel, self._layout, plan)
+        fits = s is not None and hoist.residual_bytes(s, self.kernel.chunk, self.n_rows) <= hoist.HOIST_BUDGET
+        self._hoisted[plan] = [hoist.residuals_program(self.kernel, self._layout, plan, rows, w)
+                               for rows, w, _ in self._slabs] if fits else None
+        return (plan, self._hoisted[plan]) if fits else None
 
     def sums(self, theta, plan) -> Moments:
         """The row sums at ``theta`` (host arrays), one pass over the device slabs."""
         theta = jax.device_put(np.asarray(theta, float))
-        key = tuple(int(m) for m in plan)
-        residuals = self._residuals(key)
-        if residuals is None:
+        hoisted = self._residuals(tuple(int(m) for m in plan))
+        if hoisted is None:
             acc = run_slabs(self.kernel, self._slabs, theta, plan)
         else:
+            key, residuals = hoisted
             acc = self.kernel.zeros()
             for res, (_, _, n_chunks) in zip(residuals, self._slabs):
                 acc = hoist.sums_program(self.kernel, self._layout, key, acc, theta, res, n_chunks)

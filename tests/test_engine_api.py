@@ -138,8 +138,8 @@ def test_first_fit_of_a_new_psi_compiles_one_program_and_other_sizes_reuse_it():
     with mestim.compilations() as first:
         mestim.fit(_user_logistic, data(200_000), init=np.zeros(3))
     assert first.programs <= 3, first
-    with mestim.compilations() as other_sizes:  # the same size bucket (large data: full slabs): nothing new
-        for n in (180_000, 300_000, 450_000):
+    with mestim.compilations() as other_sizes:  # the same size bucket (2¹⁷ < n ≤ 2¹⁸ rows): nothing new
+        for n in (140_000, 180_000, 250_000):
             mestim.fit(_user_logistic, data(n), init=np.zeros(3))
     assert other_sizes.programs == 0, other_sizes
 
