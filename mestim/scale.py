@@ -312,10 +312,10 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
         open_pass = lambda: [frame.partitions[0].head(batch_rows, compute=True)]  # noqa: E731
     else:
         open_pass = chunk_reader(source, batch_rows, columns)
-    first_batch = next(read_batches(open_pass, batch_rows, layout_, "reading the first batch"), None)
+    first_batch = next(read_batches(open_pass, batch_rows, layout_, "pass 1"), None)
     if first_batch is None:
         raise DataError("the streamed source has no rows")
-    first = prepared(blocks, first_batch, weights, None, "the first batch")  # spec, labels, starting values
+    first = prepared(blocks, first_batch, weights, None, "pass 1")  # spec, labels, starting values
     mesh = None if devices is None else device_mesh(devices)
     kernel = kernel_for(first, options, mesh)
     if dask_frame:
