@@ -56,7 +56,7 @@ from .estimate import assemble, kernel_for
 from .options import FitOptions
 from .problem import Problem, as_blocks, prepare
 from .readers import Batch, Layout, chunk_reader, host_columns, read_batches
-from .sources import device_mesh, layout, place, run_slabs
+from .sources import centres, device_mesh, layout, place, run_slabs, store
 from .sums import SLAB_CHUNKS, Kernel, Moments, slab_chunks
 
 __all__ = ["fit_stream", "batches", "device_mesh", "Streamed", "DaskRows"]
@@ -100,15 +100,16 @@ def changed(before: dict, now: dict) -> str | None:
     return next((k for k in before if not np.array_equal(before[k], now.get(k), equal_nan=True)), None)
 
 
-def add_rows(kernel: Kernel, capacity: int, problem: Problem, theta, plan, acc, dtype):
+def add_rows(kernel: Kernel, capacity: int, problem: Problem, theta, plan, acc, dtype, centre):
     """``acc`` plus the row sums of a prepared batch, sent to the device one slab (``capacity`` chunks per
-    device) at a time: the host holds one slab's copy, and at most ``IN_FLIGHT`` slabs wait on the device."""
+    device) at a time: the host holds one slab's copy, and at most ``IN_FLIGHT`` slabs wait on the device.
+    ``dtype``, ``centre``: how the columns are stored (:func:`mestim.sources.store`)."""
     parts = 1 if kernel.mesh is None else kernel.mesh.size
     step, pending = capacity * kernel.chunk * parts, []
     for a in range(0, problem.n_rows, step):
-        used = {k: v[a:a + step].astype(dtype, copy=False) for k, v in problem.used.items()}
+        used = store({k: v[a:a + step] for k, v in problem.used.items()}, dtype, centre)
         host, _ = layout(used, problem.w[a:a + step], kernel.chunk, parts, capacity)
-        acc = run_slabs(kernel, place(kernel, host), theta, plan, acc)
+        acc = run_slabs(kernel, place(kernel, host), theta, plan, acc, centre)
         pending.append(acc)
         if len(pending) > IN_FLIGHT:
             pending.pop(0).psi.block_until_ready()
@@ -174,6 +175,7 @@ class Streamed(_Checked):
         super().__init__(progress)
         self.kernel, self.blocks, self.first, self.open_pass, self.layout = kernel, blocks, first, open_pass, layout_
         self.weights, self.batch_rows, self.dtype = weights, batch_rows, dtype or np.float64
+        self.centre = centres(first.used) if dtype == "float32" else None  # the first batch's, for every batch
         parts = 1 if kernel.mesh is None else kernel.mesh.size
         self.capacity = slab_chunks(-(-batch_rows // (kernel.chunk * parts)))  # one slab shape for every batch
 
@@ -189,7 +191,7 @@ class Streamed(_Checked):
     def _add_batch(self, i, batch, theta, plan, acc, label):
         problem = prepared(self.blocks, batch, self.weights, self.first.spec, label)
         self.check_piece(i, fingerprint(problem), batch.where())
-        acc = add_rows(self.kernel, self.capacity, problem, theta, plan, acc, self.dtype)
+        acc = add_rows(self.kernel, self.capacity, problem, theta, plan, acc, self.dtype, self.centre)
         return acc, problem.n_rows, float(problem.w.sum())
 
 
@@ -205,6 +207,7 @@ class _PartitionJob:
     chunk: int
     capacity: int
     dtype: object
+    centre: dict | None
     _kernel: Kernel | None = None
 
     def kernel(self) -> Kernel:
@@ -219,7 +222,8 @@ def _partition_sums(frame, job: _PartitionJob, theta, plan, label: str, index: i
     batch = Batch(job.layout.check(host_columns(frame, where), where), start, ((index, start),), "partition")
     problem = prepared(job.blocks, batch, job.weights, job.spec, label)
     kernel = job.kernel()
-    acc = add_rows(kernel, job.capacity, problem, jax.device_put(theta), plan, kernel.zeros(), job.dtype)
+    acc = add_rows(kernel, job.capacity, problem, jax.device_put(theta), plan, kernel.zeros(), job.dtype,
+                   job.centre)
     return Moments(*jax.device_get(acc)), fingerprint(problem)
 
 
@@ -236,7 +240,8 @@ class DaskRows(_Checked):
         lengths = np.asarray(dask.compute(frame.map_partitions(len))[0], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         capacity = slab_chunks(-(-int(max(lengths.max(), 1)) // kernel.chunk))
-        job = _PartitionJob(tuple(blocks), weights, first.spec, layout_, kernel.chunk, capacity, dtype or np.float64)
+        job = _PartitionJob(tuple(blocks), weights, first.spec, layout_, kernel.chunk, capacity, dtype or np.float64,
+                            centres(first.used) if dtype == "float32" else None)
         client = _dask_client()
         self.job = job if client is None else client.scatter(job, broadcast=True, hash=False)
 
