@@ -6,10 +6,11 @@ Table or Dataset, a polars DataFrame or LazyFrame (collected in streaming batche
 arrays in host memory, a Dask DataFrame (partitions computed one at a time; a streamed *fit* of a Dask frame
 instead sums on the workers, :class:`mestim.scale.DaskRows`), or a function returning a fresh iterator of chunks.
 
-**Memory.** Parquet is read one record batch at a time with pyarrow's read-ahead off: its defaults (``pre_buffer``
-and a readahead of 16 batches) buffer the whole file, so memory grew with the rows; here the reader holds one
-batch of ``batch_rows`` rows (plus the row group being decoded). Page checksums are verified where the file has
-them (``write_page_checksum=True``).
+**Memory.** Parquet files are read one by one with ``pyarrow.parquet.ParquetFile`` (no pre-buffering), which
+decodes a record batch when asked: pyarrow's defaults pre-buffer the whole file, and its Dataset scanner decodes
+ahead of a slower consumer without bound (even with its read-ahead set to 0), so memory grew with the rows. The
+reader holds one batch of ``batch_rows`` rows plus the row group being decoded. Page checksums are verified where
+the file has them (written with ``write_page_checksum=True``).
 
 **Integrity.** Every chunk is checked where it arrives, and an error names the pass, the chunk and the rows of
 the source it holds (0-based, counted over the whole source): a chunk that is not a table, columns of different
@@ -20,6 +21,7 @@ chunk but not in this one, a Parquet file that fails its checksums or cannot be 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -120,7 +122,10 @@ def chunk_reader(source, batch_rows: int, columns=None) -> Callable[[], Iterable
     if kind == "arrow-dataset":
         return lambda: _dataset_chunks(source, columns, batch_rows)
     if kind == "arrow-table":
-        table = source.select(columns) if columns is not None else source
+        import pyarrow as pa
+
+        table = pa.Table.from_batches([source]) if isinstance(source, pa.RecordBatch) else source
+        table = table.select(columns) if columns is not None else table
         return lambda: table.to_batches(max_chunksize=batch_rows)
     if kind == "polars-lazy":
         frame = source.select(columns) if columns is not None else source
@@ -165,8 +170,10 @@ def _kind(source) -> str | None:
     if module.startswith("polars"):
         import polars as pl
 
-        return "polars-lazy" if isinstance(source, pl.LazyFrame) else "polars" if isinstance(source, pl.DataFrame) \
-            else None
+        if isinstance(source, pl.LazyFrame):
+            return "polars-lazy"
+        if isinstance(source, pl.DataFrame):
+            return "polars"
     if module.startswith("dask"):
         import dask.dataframe as dd
 
@@ -180,41 +187,42 @@ def _dataset_chunks(dataset, columns, batch_rows) -> Iterator:
     its read-ahead set to 0, so its memory grew with the rows. Other datasets (filtered, or not Parquet) are
     scanned."""
     import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
     try:
         fragments = list(dataset.get_fragments()) if isinstance(dataset.format, ds.ParquetFileFormat) else None
     except ValueError:  # a filtered dataset
         fragments = None
     if fragments is None:
-        yield from dataset.to_batches(columns=columns, batch_size=batch_rows, batch_readahead=0,
-                                      fragment_readahead=1)
+        with _reading("the dataset"):
+            yield from dataset.to_batches(columns=columns, batch_size=batch_rows, batch_readahead=0,
+                                          fragment_readahead=1)
         return
     names = list(columns) if columns is not None else dataset.schema.names
     for fragment in fragments:
-        keys = ds.get_partition_keys(fragment.partition_expression)  # hive-style directory keys
-        yield from _parquet_file_chunks(fragment.path, dataset.filesystem, [n for n in names if n not in keys],
-                                        batch_rows, {k: keys[k] for k in names if k in keys})
-
-
-def _parquet_file_chunks(path, filesystem, columns, batch_rows, constants) -> Iterator:
-    """Record batches of one Parquet file (page checksums verified), with the dataset's partition keys as
-    constant columns; a corrupt or unreadable file is a DataError naming it."""
-    import pyarrow.parquet as pq
-
-    try:
-        reader = pq.ParquetFile(path, filesystem=filesystem, pre_buffer=False, page_checksum_verification=True)
-        for batch in reader.iter_batches(batch_size=batch_rows, columns=columns, use_threads=True):
-            if not constants:
+        keys = ds.get_partition_keys(fragment.partition_expression)  # hive-style directory keys: constant columns
+        constants = {k: keys[k] for k in names if k in keys}
+        with _reading(f"the Parquet file '{fragment.path}'"):
+            reader = pq.ParquetFile(fragment.path, filesystem=dataset.filesystem, pre_buffer=False,
+                                    page_checksum_verification=True)
+            for batch in reader.iter_batches(batch_size=batch_rows, columns=[n for n in names if n not in keys]):
+                if constants:
+                    batch = dict({n: batch.column(n).to_numpy(zero_copy_only=False) for n in batch.column_names},
+                                 **{k: np.full(batch.num_rows, v) for k, v in constants.items()})
                 yield batch
-                continue
-            cols = {n: batch.column(n).to_numpy(zero_copy_only=False) for n in batch.column_names}
-            yield dict(cols, **{k: np.full(batch.num_rows, v) for k, v in constants.items()})
+
+
+@contextlib.contextmanager
+def _reading(what: str):
+    """Arrow's read errors as DataErrors naming the file: a page that fails its checksum means a corrupt file."""
+    try:
+        yield
     except OSError as e:
         text = _first_line(e)
         if "checksum" in text.lower():
-            raise DataError(f"the Parquet file '{path}' is corrupt: a page failed its checksum ({text}); restore "
-                            "the file from a good copy or write it again") from None
-        raise DataError(f"the Parquet file '{path}' could not be read: {text}") from None
+            raise DataError(f"{what} is corrupt: a page failed its checksum ({text}); restore the file from a good "
+                            "copy or write it again") from None
+        raise DataError(f"{what} could not be read: {text}") from None
 
 
 def host_columns(chunk, where: str) -> dict:
@@ -244,8 +252,9 @@ def host_columns(chunk, where: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- batches
-def read_batches(open_pass: Callable[[], Iterable], batch_rows: int, layout: Layout, label: str = "") -> Iterator[Batch]:
-    """One pass over a source: chunks checked as they arrive (against ``layout``), cut into :class:`Batch` es of
+def read_batches(open_pass: Callable[[], Iterable], batch_rows: int, layout: Layout,
+                 label: str = "") -> Iterator[Batch]:
+    """One pass over a source: chunks checked as they arrive (against ``layout``), cut into batches of
     ``batch_rows`` rows. ``label`` (e.g. ``"pass 2"``) starts every error message."""
     return _rebatch(_checked(open_pass, layout, label), batch_rows)
 

@@ -61,7 +61,7 @@ from .sums import SLAB_CHUNKS, Kernel, Moments, slab_chunks
 
 __all__ = ["fit_stream", "batches", "device_mesh", "Streamed", "DaskRows"]
 
-DEFAULT_BATCH = 1 << 16  # host rows per streamed batch (65,536: ~1 KB a row while prepared, ~70 MB for W2)
+DEFAULT_BATCH = 1 << 16  # host rows per streamed batch (65,536: ~2 KB a row while prepared for W2, ~130 MB)
 IN_FLIGHT = 2  # slabs dispatched to the device ahead of the host
 
 

@@ -115,4 +115,18 @@ def test_parquet_reading_holds_one_batch_not_the_file(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     rows, arrow_peak = json.loads(out.stdout.strip().splitlines()[-1])
     assert rows == n
-    assert arrow_peak < 0.25 * table.nbytes, f"pyarrow held {arrow_peak / 1e6:.1f} MB reading a {table.nbytes / 1e6:.1f} MB file"
+    assert arrow_peak < 0.25 * table.nbytes, f"pyarrow held {arrow_peak / 1e6:.1f} MB of {table.nbytes / 1e6:.1f} MB"
+
+
+def test_hive_partitioned_dataset(data, reference, tmp_path):
+    """Partition keys (directory names ``site=k``) come back as columns; the rows, regrouped by site, give the
+    same fit."""
+    site = np.arange(N) % 3
+    pq.write_to_dataset(pa.table(dict(data, site=site)), tmp_path, partition_cols=["site"])
+    dataset = ds.dataset(tmp_path, format="parquet", partitioning="hive")
+    read = list(batches(dataset, 700, columns=["x1", "site"]))
+    x1, sites = (np.concatenate([b[k] for b in read]) for k in ("x1", "site"))
+    mine, theirs = np.argsort(x1), np.argsort(data["x1"])  # the same rows, each with its own site
+    np.testing.assert_array_equal(x1[mine], data["x1"][theirs])
+    np.testing.assert_array_equal(sites[mine], site[theirs])
+    _same(fit_stream(_stack(), dataset, weights="w", batch_rows=BATCH, chunk_size=CHUNK), reference)
