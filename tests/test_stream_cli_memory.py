@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import subprocess
 import sys
 
@@ -57,9 +56,13 @@ def test_memory_error_during_the_analysis_is_the_same_clear_error(tmp_path, monk
     assert "is too large to analyse in memory" in capsys.readouterr().err
 
 
-def _limit_address_space():
-    limit = 4 * 2**30  # JAX alone reserves ~1.6 GB of address space
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+_LIMITED_CLI = """
+import resource, runpy, sys
+limit = 4 * 2**30  # ulimit -v 4 GB (JAX alone reserves ~1.6 GB of address space)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.argv = ["mestim"] + sys.argv[1:]
+runpy.run_module("estimators.cli", run_name="__main__")
+"""
 
 
 def test_address_space_limit_gives_one_clear_line(tmp_path):
@@ -67,9 +70,8 @@ def test_address_space_limit_gives_one_clear_line(tmp_path):
     MemoryError traceback inside the engine."""
     path = tmp_path / "big.csv"
     _transport_table(1_000_000).to_csv(path, index=False)
-    out = subprocess.run([sys.executable, "-m", "estimators.cli", "transport", str(path), "--covariates",
-                          "X1,X2,X3"], preexec_fn=_limit_address_space, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
+    out = subprocess.run([sys.executable, "-c", _LIMITED_CLI, "transport", str(path), "--covariates", "X1,X2,X3"],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     assert out.stderr.startswith("mestim transport: error: ") and "too large to analyse in memory" in out.stderr
