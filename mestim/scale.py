@@ -230,7 +230,8 @@ def _partition_sums(frame, job: _PartitionJob, theta, plan, label: str, index: i
 class DaskRows(_Checked):
     """A Dask DataFrame as a row source, summed where it lives: on every pass each partition is prepared and
     summed on a Dask worker (the client's ``distributed.Client`` when there is one, else Dask's own scheduler) by
-    the same compiled program, and the client adds the partitions' sums in partition order."""
+    the same compiled program, and the client adds the partitions' sums in partition order. Each partition's
+    rows are counted once, before pass 1, so that errors raised on a worker name rows of the whole frame."""
 
     def __init__(self, kernel, blocks, first, frame, layout_, *, weights, dtype, progress):
         import dask
