@@ -65,6 +65,12 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except MemoryError:  # the size check before reading a file is an estimate: an analysis may still run out
+        from estimators.io import out_of_memory
+
+        path = getattr(args, "data", None) or getattr(args, "tables", None) or "the bundled data"
+        print(f"mestim {args.command}: error: {out_of_memory(str(path))}", file=sys.stderr)
+        return 2
     except (MestimError, OSError) as e:
         print(f"mestim {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -3,11 +3,18 @@
 A CSV's delimiter is detected from its first lines (comma, semicolon, tab or pipe; European exports use ';'),
 unless ``sep`` names it; its encoding is UTF-8 (with or without a byte-order mark), else Windows-1252/Latin-1,
 unless ``encoding`` names it. Every failure is a :class:`~mestim.errors.DataError` that says what to do.
+
+The command line holds the whole table in memory. Before reading, the table's size as numbers (a Parquet file's
+rows × columns from its metadata; a CSV's estimated from its size and its first lines) times what the command
+needs beyond the table is compared with the memory this process can still use (``/proc/meminfo``, the cgroup
+limit, ``ulimit -v``): a file too large fails at once with what to do instead (stream it from Parquet with
+:func:`mestim.scale.fit_stream`), not with a ``MemoryError`` part-way through.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 
 from mestim.errors import DataError
 
@@ -23,17 +30,24 @@ def add_file_options(parser) -> None:
     parser.add_argument("--encoding", default=None, help="CSV text encoding (default: UTF-8, else Latin-1)")
 
 
-def read_table(path: str, sep: str | None = None, encoding: str | None = None):
-    """A CSV or Parquet file as a pandas DataFrame, or a :class:`DataError` saying why it cannot be read."""
+def read_table(path: str, sep: str | None = None, encoding: str | None = None, *, working_memory: float = 1.0):
+    """A CSV or Parquet file as a pandas DataFrame, or a :class:`DataError` saying why it cannot be read.
+
+    ``working_memory``: the memory the command needs, as a multiple of the table's size as float64 numbers;
+    a file whose table would not fit is refused before it is read (:func:`check_memory`)."""
     import pandas as pd
 
     path = str(path)
     try:
         if path.endswith((".parquet", ".pq")):
+            check_memory(path, _parquet_shape(path), working_memory)
             return pd.read_parquet(path)
         encoding = encoding or _encoding(path)
         sep = sep if sep is not None else _delimiter(path, encoding)
+        check_memory(path, _csv_shape(path, encoding, _unescape(sep)), working_memory)
         return pd.read_csv(path, sep=_unescape(sep), encoding=encoding)
+    except DataError:  # too large for memory
+        raise
     except FileNotFoundError:
         raise DataError(f"file '{path}' does not exist") from None
     except IsADirectoryError:
@@ -43,11 +57,100 @@ def read_table(path: str, sep: str | None = None, encoding: str | None = None):
     except UnicodeDecodeError:
         raise DataError(f"'{path}' is not a text file in encoding {encoding!r}: give --encoding") from None
     except MemoryError:
-        raise DataError(f"'{path}' does not fit in memory: convert it to Parquet and stream it with "
-                        "mestim.scale.fit_stream, or analyse a subset") from None
+        raise out_of_memory(path) from None
     except (ValueError, OSError, pd.errors.ParserError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"could not read '{path}': {first}") from None
+
+
+def out_of_memory(path: str, detail: str = "") -> DataError:
+    """The error for a file too large to analyse in memory, with what to do instead."""
+    if path.endswith((".parquet", ".pq")):
+        todo = f"fit it in batches from Python with mestim.scale.fit_stream(estimator, '{path}')"
+    else:
+        todo = (f"convert it to Parquet in one streaming pass (e.g. with polars: pl.scan_csv('{path}')"
+                ".sink_parquet('data.parquet')), then fit it in batches from Python with "
+                "mestim.scale.fit_stream(estimator, 'data.parquet')")
+    return DataError(f"'{path}' is too large to analyse in memory{detail}: the command line holds the whole table "
+                     f"in memory; {todo} (README: 'Data larger than memory'), or analyse a subset of the rows")
+
+
+def check_memory(path: str, shape: tuple[int, int], working_memory: float) -> None:
+    """A :func:`out_of_memory` error when a table of ``shape`` (rows, columns) needs more than the memory left."""
+    rows, columns = shape
+    needed = rows * columns * 8 * working_memory
+    left = available_memory()
+    if left is not None and needed > left:
+        raise out_of_memory(path, f" (about {rows:,} rows × {columns} columns: {needed / 1e9:.1f} GB needed, "
+                                  f"{left / 1e9:.1f} GB available)")
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the least of the memory the system has available, what the
+    cgroup's limit leaves, and what the address-space limit (``ulimit -v``) leaves; None where none is known."""
+    left = [_meminfo("MemAvailable")]
+    limit, used = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and used is not None:
+        left.append(limit - used)
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            left.append(soft - _status("VmSize"))
+    except (ImportError, OSError, TypeError):
+        pass
+    known = [b for b in left if b is not None]
+    return min(known) if known else None
+
+
+def _meminfo(key: str) -> int | None:
+    return _kib_field("/proc/meminfo", key)
+
+
+def _status(key: str) -> int | None:
+    return _kib_field("/proc/self/status", key)
+
+
+def _kib_field(path: str, key: str) -> int | None:
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip())  # "max" (no limit) is not an int
+    except (OSError, ValueError):
+        return None
+
+
+def _parquet_shape(path: str) -> tuple[int, int]:
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    return meta.num_rows, meta.num_columns
+
+
+def _csv_shape(path: str, encoding: str, sep: str) -> tuple[int, int]:
+    """(rows, columns) of a CSV, the rows estimated from the file's size and the length of its first lines."""
+    with open(path, "rb") as fh:
+        head = fh.read(SAMPLE_BYTES)
+    lines = head.splitlines(keepends=True)
+    if len(lines) > 2 and len(head) == SAMPLE_BYTES:
+        lines = lines[:-1]  # the last line of a sample may be cut
+    if not lines:
+        return 0, 0
+    columns = lines[0].decode(encoding, errors="replace").count(sep) + 1
+    body = lines[1:]
+    per_row = sum(map(len, body)) / len(body) if body else max(len(lines[0]), 1)
+    return int((os.path.getsize(path) - len(lines[0])) / per_row), columns
 
 
 def _encoding(path: str) -> str:

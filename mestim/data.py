@@ -7,6 +7,8 @@ the columns an estimator actually reads (found by tracing ψ once, see :mod:`mes
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Mapping
 
 import numpy as np
@@ -26,6 +28,20 @@ def levels(cols, name: str, values: np.ndarray) -> np.ndarray:
     agreed = getattr(cols, "levels", {}).get(name)
     return np.asarray(agreed, dtype=values.dtype if values.dtype.kind in "biuf" else object) if agreed is not None \
         else np.unique(values)
+
+
+_FIRST_ROW = contextvars.ContextVar("first_row", default=0)
+
+
+@contextlib.contextmanager
+def rows_numbered_from(first_row: int):
+    """Row numbers in the errors raised inside count from ``first_row``: a streamed batch is a window of a larger
+    source, and a user looks for the row in the source, not in the batch."""
+    token = _FIRST_ROW.set(int(first_row))
+    try:
+        yield
+    finally:
+        _FIRST_ROW.reset(token)
 
 
 def as_columns(data) -> Columns:
@@ -99,10 +115,13 @@ def check_finite(arr: np.ndarray, name: str, where: np.ndarray | None = None) ->
     if bad.any():
         rows = np.flatnonzero(bad)
         kind = "NaN" if np.isnan(arr.reshape(arr.shape[0], -1)[rows[0]]).any() else "inf"
-        raise DataError(
-            f"column '{name}' has {rows.size} non-finite value(s) ({kind} first at row {rows[0]}) in rows "
+        first = _FIRST_ROW.get() + int(rows[0])
+        error = DataError(
+            f"column '{name}' has {rows.size} non-finite value(s) ({kind} first at row {first:,}) in rows "
             "the estimator uses; drop or impute those rows, or restrict the block with a mask"
         )
+        error.row = first  # the row a stream names the source's chunk by
+        raise error
 
 
 def row_mask(cols: Columns, mask, n: int | None = None) -> np.ndarray:

@@ -125,11 +125,13 @@ def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="f
                     status="not solved (sandwich at the given θ)")
 
 
-def kernel_for(problem: Problem, options: FitOptions, mesh=None) -> Kernel:
+def kernel_for(problem: Problem, options: FitOptions, mesh=None, streamed: bool = False) -> Kernel:
     """The stack's kernel: chunks of ``options.chunk_size`` rows, or chosen by :func:`mestim.sums.chunk_rows` from
-    the stack, the device and the rows per device."""
+    the stack, the device and the rows per device (a stream's rows are many: ``problem`` is its first batch)."""
     platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
-    rows = -(-problem.n_rows // (1 if mesh is None else mesh.size))
+    rows = None if streamed else -(-problem.n_rows // (1 if mesh is None else mesh.size))
+    if streamed:
+        return Kernel(problem.spec, options.chunk_size or chunk_rows(problem.spec, platform), mesh)
     quick = quick_compile(problem.spec, platform, rows)
     return Kernel(problem.spec, options.chunk_size or chunk_rows(problem.spec, platform, rows), mesh, quick,
                   hoist=not quick and mesh is None and platform == "cpu")

@@ -30,15 +30,16 @@ HOIST_BUDGET = 1 << 30  # bytes of residuals an in-memory source may keep on the
 
 
 class Split(NamedTuple):
-    known: object  # ClosedJaxpr: (row columns..., w) → residuals
+    known: object  # ClosedJaxpr: (row columns..., w, column centres...) → residuals
     unknown: object  # ClosedJaxpr: (residuals..., acc leaves..., θ) → Moments leaves
     residuals: tuple  # avals of the residuals of one chunk
 
 
 @functools.lru_cache(maxsize=64)
-def split(kernel, layout: tuple, plan: tuple) -> Split | None:
+def split(kernel, layout: tuple, plan: tuple, centred: bool = False) -> Split | None:
     """The chunk program of ``kernel`` for the fixed ``plan``, unzipped by data dependence, for rows of ``layout``
-    ((name, shape per row, dtype) per column); None where JAX's partial evaluation is unavailable or fails."""
+    ((name, shape per row, dtype) per column; ``centred``: float32 columns stored less their centres);
+    None where JAX's partial evaluation is unavailable or fails."""
     try:
         from jax._src.interpreters import partial_eval as pe
     except ImportError:
@@ -49,14 +50,15 @@ def split(kernel, layout: tuple, plan: tuple) -> Split | None:
     theta = jax.ShapeDtypeStruct((p,), jnp.float64)
     rows = {name: jax.ShapeDtypeStruct((c,) + tuple(shape), np.dtype(dtype)) for name, shape, dtype in layout}
     w = jax.ShapeDtypeStruct((c,), jnp.float64)
+    centre = {name: jax.ShapeDtypeStruct(tuple(shape), jnp.float64) for name, shape, _ in layout} if centred else None
 
-    def chunk(acc, theta, rows, w):
+    def chunk(acc, theta, rows, w, centre):
         from .sums import Moments
 
-        return tuple(kernel.add_chunk(Moments(*acc), theta, rows, w, np.asarray(plan, np.int32)))
+        return tuple(kernel.add_chunk(Moments(*acc), theta, rows, w, np.asarray(plan, np.int32), centre))
 
     try:
-        closed = jax.make_jaxpr(chunk)(acc, theta, rows, w)
+        closed = jax.make_jaxpr(chunk)(acc, theta, rows, w, centre)
         n_unknown = len(acc) + 1
         unknowns = [True] * n_unknown + [False] * (len(closed.in_avals) - n_unknown)
         known, unknown, _, residuals = pe.partial_eval_jaxpr_nounits(closed, unknowns, instantiate=True)
@@ -79,7 +81,7 @@ def _eval(closed, *args):
     return eval_jaxpr(closed.jaxpr, closed.consts, *args)
 
 
-def slab_residuals(s: Split, kernel, rows, w):
+def slab_residuals(s: Split, kernel, rows, w, centre=None):
     """The residuals of every chunk of a slab, stacked along a leading chunk axis (traceable)."""
     c = kernel.chunk
     n_chunks = w.shape[0] // c
@@ -87,7 +89,7 @@ def slab_residuals(s: Split, kernel, rows, w):
 
     def one(args):
         rows, w = args
-        return tuple(_eval(s.known, *jax.tree.leaves(rows), w))
+        return tuple(_eval(s.known, *jax.tree.leaves(rows), w, *jax.tree.leaves(centre)))
 
     return jax.lax.map(one, shaped)
 
@@ -103,12 +105,12 @@ def slab_sums(s: Split, acc, theta, residuals, n_chunks):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def residuals_program(kernel, layout, plan, rows, w):
+def residuals_program(kernel, layout, plan, rows, w, centre):
     """:func:`slab_residuals`, compiled once per kernel, plan and slab shape (once per fit's source)."""
-    return slab_residuals(split(kernel, layout, plan), kernel, rows, w)
+    return slab_residuals(split(kernel, layout, plan, centre is not None), kernel, rows, w, centre)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def sums_program(kernel, layout, plan, acc, theta, residuals, n_chunks):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def sums_program(kernel, layout, plan, centred, acc, theta, residuals, n_chunks):
     """:func:`slab_sums`, compiled once per kernel, plan and slab shape: the hoisted passes run it."""
-    return slab_sums(split(kernel, layout, plan), acc, theta, residuals, n_chunks)
+    return slab_sums(split(kernel, layout, plan, centred), acc, theta, residuals, n_chunks)

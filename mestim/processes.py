@@ -182,20 +182,21 @@ def _short(value) -> str:
 
 
 class Distributed:
-    """A row source over every process: the local source's sums added across processes on every pass."""
+    """A row source over every process: the local source's sums added across processes on every pass. The global
+    row count and weight total are given (in-memory rows) or learnt on the first pass (streams)."""
 
-    def __init__(self, local, group: Group, n_rows: int, sum_w: float):
+    def __init__(self, local, group: Group, n_rows: int | None = None, sum_w: float | None = None):
         self.local, self.group, self.kernel = local, group, local.kernel
         self.n_rows, self.sum_w, self.passes = n_rows, sum_w, 0
 
     def sums(self, theta, plan) -> Moments:
-        try:
-            local = self.local.sums(theta, plan)
-        except MestimError:
-            raise
+        local = self.local.sums(theta, plan)
         total = self.group.allsum(local, f"its sums of pass {self.passes + 1}")
         self.passes += 1
-        if not np.isclose(float(total.sum_w), self.sum_w, rtol=1e-12, atol=0):
+        if self.n_rows is None:
+            self.n_rows = sum(self.group.allgather_json(self.local.n_rows, "its row count"))
+            self.sum_w = float(total.sum_w)
+        elif not np.isclose(float(total.sum_w), self.sum_w, rtol=1e-12, atol=0):
             raise DataError(f"pass {self.passes} summed a total weight of {float(total.sum_w):.17g} over all processes, "
                             f"not the {self.sum_w:.17g} they agreed on: a process's rows changed during the fit")
         return total

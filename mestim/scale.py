@@ -1,4 +1,4 @@
-"""Scale: rows sharded over devices, and fits streamed from host memory or Parquet/Arrow files.
+"""Scale: rows sharded over devices, and fits streamed from sources larger than memory.
 
 Both are row sources for the one solve loop (:mod:`mestim.driver`) and run the stack's one compiled program
 (:mod:`mestim.sums`), so an in-memory, a sharded and a streamed fit compute the same sums and agree to rounding
@@ -9,14 +9,24 @@ device (:mod:`mestim.sources`); each device sums its own part and ``psum`` adds 
 sums are replicated; the data never move between devices. To try it on a CPU, set
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before JAX is imported.
 
-**Streaming** (:func:`fit_stream`): for data larger than device (or host) memory. The source is read in host
-batches of ``batch_rows`` rows (a pandas DataFrame or dict of arrays held in host memory, a Parquet file or
-directory read with pyarrow, a pyarrow Table, or a function returning a fresh iterator of chunks). Each batch is
-prepared and validated on the host exactly as ``fit`` prepares a table (:func:`mestim.problem.prepare`), cut into
-slabs of the largest fixed shape and summed on the device by the same compiled program; at most two slabs are in
-flight, so host memory stays bounded while the host prepares the next batch. A Newton iteration costs one pass
+**Streaming** (:func:`fit_stream`): for data larger than device (or host) memory. The source (a Parquet file or
+directory, a pyarrow Table or Dataset, a polars LazyFrame, a DataFrame or dict in host memory, a function
+returning a fresh iterator of chunks: :mod:`mestim.readers`) is read anew on every pass, in host batches of
+``batch_rows`` rows. Each batch is prepared and validated on the host exactly as ``fit`` prepares a table
+(:func:`mestim.problem.prepare`), then cut into slabs of one fixed shape that go to the device one at a time and
+are summed by the same compiled program; at most ``IN_FLIGHT`` slabs wait on the device while the host prepares
+the next. Host memory is O(batch_rows × columns), whatever the number of rows. A Newton iteration costs one pass
 over the source when the full step is accepted; the last pass of the solve also gives the bread and meat.
-Every pass checks that it saw the same number of rows and the same total weight as the first.
+
+A **Dask DataFrame** is summed where it lives (:class:`DaskRows`): on every pass each Dask worker prepares its
+own partitions and sums them with the same compiled program, and the client adds one small set of sums per
+partition. The stack is sent to the workers once per fit.
+
+**Integrity, on every pass.** Each chunk is checked where it arrives (:mod:`mestim.readers`); each batch is
+checked against the same batch of pass 1 (its row count, total weight and the sums of every column ψ reads), so a
+source that changes between passes fails at the batch that changed; every pass must read the same number of rows
+and the same total weight. Each fault is a :class:`~mestim.errors.DataError` naming the pass, the chunk (or Dask
+partition) and the rows of the source, counted from 0 over the whole source.
 
 What differs from :func:`mestim.fit` in a streamed fit:
 
@@ -31,10 +41,9 @@ What differs from :func:`mestim.fit` in a streamed fit:
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -43,130 +52,107 @@ from . import data as datamod
 from .blocks import Block
 from .driver import solve_stack
 from .errors import DataError, SpecificationError
-from .estimate import assemble, kernel_for
+from . import processes
+from .estimate import assemble, kernel_for, local_mesh
 from .options import FitOptions
-from .problem import as_blocks, prepare
-from .sources import device_mesh, layout, place, run_slabs
-from .sums import SLAB_CHUNKS, Moments
+from .problem import Problem, as_blocks, prepare
+from .readers import Batch, Layout, chunk_reader, host_columns, read_batches
+from .sources import centres, device_mesh, layout, place, run_slabs, store
+from .sums import Kernel, Moments, slab_chunks
 
-__all__ = ["fit_stream", "batches", "device_mesh", "Streamed"]
+__all__ = ["fit_stream", "batches", "device_mesh", "Streamed", "DaskRows"]
 
-DEFAULT_BATCH = 1 << 18  # host rows per streamed batch (262,144: ~60 MB for a 30-column float64 design)
+DEFAULT_BATCH = 1 << 16  # host rows per streamed batch (65,536: ~2 KB a row while prepared for W2, ~130 MB)
 IN_FLIGHT = 2  # slabs dispatched to the device ahead of the host
 
 
-# ---------------------------------------------------------------------------------------------- sources
 def batches(source, batch_rows: int = DEFAULT_BATCH, columns=None) -> Iterator[dict]:
     """Host batches ``{name: np.ndarray}`` of exactly ``batch_rows`` rows (the last may be shorter) from
-    ``source`` (see :func:`fit_stream`). Reading a Parquet source holds one batch (plus one row group) in memory."""
-    return _rebatch(_open(source, batch_rows, columns), batch_rows)
+    ``source`` (see :func:`fit_stream`), each chunk checked as in a fit. Reading holds one batch in memory."""
+    return (b.columns for b in read_batches(chunk_reader(source, batch_rows, columns), batch_rows, Layout(columns)))
 
 
-def _open(source, batch_rows, columns) -> Iterable:
-    if isinstance(source, (str, os.PathLike)):
-        import pyarrow.dataset as ds
-
-        path = os.fspath(source)
-        if not os.path.exists(path):
-            raise DataError(f"Parquet source '{path}' does not exist")
-        return ds.dataset(path, format="parquet").to_batches(columns=columns, batch_size=batch_rows)
-    if type(source).__module__.startswith("pyarrow") and hasattr(source, "to_batches"):  # Table, Dataset
-        return source.to_batches(columns=columns, batch_size=batch_rows) if hasattr(source, "files") else (
-            source.select(columns) if columns else source).to_batches(batch_rows)
-    if callable(source):
-        it = source()
-        if not isinstance(it, Iterable):
-            raise SpecificationError("a callable source must return an iterator of chunks (dicts of arrays, "
-                                     "DataFrames or Arrow record batches)")
-        return it
-    if isinstance(source, Iterator):
-        raise SpecificationError("a streamed fit reads the source once per Newton iteration: pass a function "
-                                 "returning a fresh iterator (e.g. lambda: my_chunks()), not a one-shot iterator")
-    if hasattr(source, "columns") or isinstance(source, Mapping):  # in host memory: a DataFrame or dict of arrays
-        cols = _host_columns(source, columns)
-        n = datamod.n_rows(cols)
-        return ({k: v[i:i + batch_rows] for k, v in cols.items()} for i in range(0, n, batch_rows))
-    raise DataError(f"cannot stream from a {type(source).__name__}: give a DataFrame, a dict of arrays, a Parquet "
-                    "path, a pyarrow Table, or a function returning an iterator of chunks")
+# ---------------------------------------------------------------------------------------------- one batch
+def prepared(blocks, batch: Batch, weights, spec, label: str) -> Problem:
+    """``batch`` prepared as ``fit`` prepares a table, its errors naming ``label`` (the pass), the chunk and the
+    row of the source; ``spec``: the stack every batch must prepare (None for the first batch)."""
+    with datamod.rows_numbered_from(batch.start):
+        try:
+            problem = prepare(blocks, batch.columns, weights=weights)
+        except DataError as e:
+            raise DataError(f"{label}, {batch.where(getattr(e, 'row', None))}: {e}") from None
+    if spec is not None and problem.spec != spec:
+        raise DataError(f"{label}, {batch.where()}: its blocks prepared different estimating functions or columns "
+                        "than the first batch (e.g. a category missing from this batch): use larger or shuffled "
+                        "batches, or code categories as indicator columns")
+    return problem
 
 
-def _host_columns(chunk, columns=None) -> dict:
-    if hasattr(chunk, "schema") and hasattr(chunk, "column_names"):  # pyarrow RecordBatch / Table
-        names = columns or chunk.column_names
-        return {n: np.asarray(chunk.column(n).to_numpy(zero_copy_only=False)) for n in names}
-    if hasattr(chunk, "columns") and not isinstance(chunk, Mapping):  # pandas / polars
-        names = columns or [str(c) for c in chunk.columns]
-        return {n: np.asarray(chunk[n].to_numpy()) for n in names}
-    if isinstance(chunk, Mapping):
-        names = columns or list(chunk)
-        return {str(n): np.asarray(chunk[n]) for n in names}
-    raise DataError(f"a chunk of type {type(chunk).__name__} is not a table: yield dicts of arrays, DataFrames or "
-                    "Arrow record batches")
+def fingerprint(problem: Problem) -> dict:
+    """What a later pass must reproduce for this batch: its row count, total weight and the sum of every column ψ
+    reads (cheap beside ψ; equal sums of equal rows are bit-identical)."""
+    out = {"row count": np.array([problem.n_rows]), "total weight": np.array([problem.w.sum()])}
+    out.update({f"column '{k}'": np.asarray(v.sum(axis=0)).ravel() for k, v in problem.used.items()})
+    return out
 
 
-def _rebatch(chunks: Iterable, size: int) -> Iterator[dict]:
-    buf, have = [], 0
-    for chunk in chunks:
-        cols = _host_columns(chunk)
-        if not cols:
-            continue
-        buf.append(cols)
-        have += datamod.n_rows(cols)
-        while have >= size:
-            joined = buf[0] if len(buf) == 1 else {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
-            yield {k: v[:size] for k, v in joined.items()}
-            have -= size
-            buf = [{k: v[size:] for k, v in joined.items()}] if have else []
-    if have:
-        yield buf[0] if len(buf) == 1 else {k: np.concatenate([b[k] for b in buf]) for k in buf[0]}
+def changed(before: dict, now: dict) -> str | None:
+    """What differs between two fingerprints of a batch (None: nothing)."""
+    return next((k for k in before if not np.array_equal(before[k], now.get(k), equal_nan=True)), None)
 
 
-# ---------------------------------------------------------------------------------------------- streamed source
-class Streamed:
-    """A row source read anew on every pass: batches prepared like ``fit``'s table, summed slab by slab."""
+def add_rows(kernel: Kernel, capacity: int, problem: Problem, theta, plan, acc, dtype, centre):
+    """``acc`` plus the row sums of a prepared batch, sent to the device one slab (``capacity`` chunks per
+    device) at a time: the host holds one slab's copy, and at most ``IN_FLIGHT`` slabs wait on the device.
+    ``dtype``, ``centre``: how the columns are stored (:func:`mestim.sources.store`)."""
+    parts = 1 if kernel.mesh is None else kernel.mesh.size
+    step, pending = capacity * kernel.chunk * parts, []
+    for a in range(0, problem.n_rows, step):
+        used = store({k: v[a:a + step] for k, v in problem.used.items()}, dtype, centre)
+        host, _ = layout(used, problem.w[a:a + step], kernel.chunk, parts, capacity)
+        acc = run_slabs(kernel, place(kernel, host), theta, plan, acc, centre)
+        pending.append(acc)
+        if len(pending) > IN_FLIGHT:
+            pending.pop(0).psi.block_until_ready()
+    return acc
 
-    def __init__(self, kernel, blocks, first, source, *, weights, batch_rows, columns, dtype, progress):
-        self.kernel, self.blocks, self.first, self.source = kernel, blocks, first, source
-        self.weights, self.batch_rows, self.columns = weights, batch_rows, columns
-        self.dtype, self.progress = dtype or np.float64, progress
-        self.n_rows, self.sum_w, self.passes = None, None, 0
 
-    def _batches(self):
-        for b, raw in enumerate(batches(self.source, self.batch_rows, self.columns)):
-            try:
-                problem = prepare(self.blocks, raw, weights=self.weights)
-            except DataError as e:
-                raise DataError(f"batch {b} of the streamed source: {e}") from None
-            if problem.spec != self.first.spec:
-                raise DataError(f"batch {b} of the streamed source: its blocks prepared different estimating "
-                                "functions or columns than the first batch (e.g. a category missing from this "
-                                "batch): use larger or shuffled batches, or code categories as indicator columns")
-            yield problem
+# ---------------------------------------------------------------------------------------------- row sources
+class _Checked:
+    """Pass bookkeeping shared by the streamed sources: every pass must reproduce pass 1, piece by piece."""
 
-    def sums(self, theta, plan) -> Moments:
-        start, n_rows, sum_w = time.perf_counter(), 0, 0.0
-        parts = 1 if self.kernel.mesh is None else self.kernel.mesh.size
-        acc, theta, pending = self.kernel.zeros(), jax.device_put(np.asarray(theta, float)), []
-        for problem in self._batches():
-            used = {k: v.astype(self.dtype, copy=False) for k, v in problem.used.items()}
-            host, _ = layout(used, problem.w, self.kernel.chunk, parts, SLAB_CHUNKS[-1])
-            for slab in place(self.kernel, host):
-                acc = run_slabs(self.kernel, [slab], theta, plan, acc)
-                pending.append(acc)
-                if len(pending) > IN_FLIGHT:  # bound the host memory held by queued transfers
-                    pending.pop(0).psi.block_until_ready()
-            n_rows += problem.n_rows
-            sum_w += float(problem.w.sum())
+    def __init__(self, progress):
+        self.progress, self.passes, self.n_rows, self.sum_w = progress, 0, None, None
+        self._prints: list[dict] = []
+
+    @property
+    def label(self) -> str:
+        return f"pass {self.passes + 1}"
+
+    def check_piece(self, i: int, print_: dict, where: str):
+        """Piece ``i`` of this pass (a batch, or a Dask partition; its :func:`fingerprint`) against piece ``i`` of
+        pass 1."""
+        if self.passes == 0:
+            self._prints.append(print_)
+            return
+        if i >= len(self._prints):
+            raise DataError(f"{self.label}, {where}: the source has more rows than on pass 1, which read "
+                            f"{self.n_rows:,} rows; a source must give the same rows on every pass")
+        what = changed(self._prints[i], print_)
+        if what is not None:
+            raise DataError(f"{self.label}, {where}: the source changed since pass 1 (the {what} of these rows "
+                            "differs); a source must give the same rows, in the same order, on every pass")
+
+    def end_pass(self, n_rows: int, sum_w: float, start: float, out: Moments) -> Moments:
         if not n_rows:
             raise DataError("the streamed source has no rows")
-        self.passes += 1
         if self.n_rows is None:
             self.n_rows, self.sum_w = n_rows, sum_w
         elif n_rows != self.n_rows or not np.isclose(sum_w, self.sum_w, rtol=1e-12, atol=0):
-            raise DataError(f"the streamed source changed between passes: pass {self.passes} read {n_rows:,} rows "
-                            f"(total weight {sum_w:.17g}), pass 1 read {self.n_rows:,} rows (total weight "
+            raise DataError(f"the streamed source changed between passes: {self.label} read {n_rows:,} rows (total "
+                            f"weight {sum_w:.17g}), pass 1 read {self.n_rows:,} rows (total weight "
                             f"{self.sum_w:.17g}); a source must give the same rows on every pass")
-        out = Moments(*jax.device_get(acc))
+        self.passes += 1
         self._report(start, n_rows, out)
         return out
 
@@ -182,6 +168,117 @@ class Streamed:
                   f"max|Σψ|/Σw = {info['residual']:.3g}", file=sys.stderr, flush=True)
 
 
+class Streamed(_Checked):
+    """A row source read anew on every pass: batches prepared like ``fit``'s table, checked against pass 1,
+    summed slab by slab on the device."""
+
+    def __init__(self, kernel, blocks, first, open_pass, layout_, *, weights, batch_rows, dtype, progress):
+        super().__init__(progress)
+        self.kernel, self.blocks, self.first, self.open_pass, self.layout = kernel, blocks, first, open_pass, layout_
+        self.weights, self.batch_rows, self.dtype = weights, batch_rows, dtype or np.float64
+        self.centre = centres(first.used) if dtype == "float32" else None  # the first batch's, for every batch
+        parts = 1 if kernel.mesh is None else kernel.mesh.size
+        self.capacity = slab_chunks(-(-batch_rows // (kernel.chunk * parts)))  # one slab shape for every batch
+
+    def sums(self, theta, plan) -> Moments:
+        start, label, n_rows, sum_w = time.perf_counter(), self.label, 0, 0.0
+        acc, theta = self.kernel.zeros(), jax.device_put(np.asarray(theta, float))
+        for i, batch in enumerate(read_batches(self.open_pass, self.batch_rows, self.layout, label)):
+            acc, rows, weight = self._add_batch(i, batch, theta, plan, acc, label)
+            n_rows, sum_w = n_rows + rows, sum_w + weight
+            del batch  # let go of this batch before the reader builds the next: one batch in memory at a time
+        return self.end_pass(n_rows, sum_w, start, Moments(*jax.device_get(acc)))
+
+    def _add_batch(self, i, batch, theta, plan, acc, label):
+        problem = prepared(self.blocks, batch, self.weights, self.first.spec, label)
+        self.check_piece(i, fingerprint(problem), batch.where())
+        acc = add_rows(self.kernel, self.capacity, problem, theta, plan, acc, self.dtype, self.centre)
+        return acc, problem.n_rows, float(problem.w.sum())
+
+
+@dataclasses.dataclass
+class _PartitionJob:
+    """What a Dask worker needs to sum a partition; sent to each worker once per fit (scattered), so the kernel
+    it builds is built once per worker and its compiled program is reused on every pass."""
+
+    blocks: tuple
+    weights: str | None
+    spec: object
+    layout: Layout
+    chunk: int
+    capacity: int
+    dtype: object
+    centre: dict | None
+    _kernel: Kernel | None = None
+
+    def kernel(self) -> Kernel:
+        if self._kernel is None:
+            self._kernel = Kernel(self.spec, self.chunk, None, jax.devices()[0].platform)
+        return self._kernel
+
+
+def _partition_sums(frame, job: _PartitionJob, theta, plan, label: str, index: int, start: int):
+    """On a Dask worker: one partition's row sums and fingerprint (host arrays: a few kB go back)."""
+    where = f"{label}, partition {index} (from row {start:,} of the source)"
+    batch = Batch(job.layout.check(host_columns(frame, where), where), start, ((index, start),), "partition")
+    problem = prepared(job.blocks, batch, job.weights, job.spec, label)
+    kernel = job.kernel()
+    acc = add_rows(kernel, job.capacity, problem, jax.device_put(theta), plan, kernel.zeros(), job.dtype,
+                   job.centre)
+    return Moments(*jax.device_get(acc)), fingerprint(problem)
+
+
+class DaskRows(_Checked):
+    """A Dask DataFrame as a row source, summed where it lives: on every pass each partition is prepared and
+    summed on a Dask worker (the client's ``distributed.Client`` when there is one, else Dask's own scheduler) by
+    the same compiled program, and the client adds the partitions' sums in partition order. Each partition's
+    rows are counted once, before pass 1, so that errors raised on a worker name rows of the whole frame."""
+
+    def __init__(self, kernel, blocks, first, frame, layout_, *, weights, dtype, progress):
+        import dask
+
+        super().__init__(progress)
+        self.kernel, self.first, self.frame = kernel, first, frame
+        lengths = np.asarray(dask.compute(frame.map_partitions(len))[0], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        capacity = slab_chunks(-(-int(max(lengths.max(), 1)) // kernel.chunk))
+        job = _PartitionJob(tuple(blocks), weights, first.spec, layout_, kernel.chunk, capacity, dtype or np.float64,
+                            centres(first.used) if dtype == "float32" else None)
+        client = _dask_client()
+        self.job = job if client is None else client.scatter(job, broadcast=True, hash=False)
+
+    def sums(self, theta, plan) -> Moments:
+        import dask
+
+        start, label = time.perf_counter(), self.label
+        parts = self.frame.to_delayed()
+        if len(parts) != len(self.starts):
+            raise DataError(f"{label}: the Dask frame has {len(parts)} partitions, it had {len(self.starts)} on "
+                            "pass 1; a source must give the same rows on every pass")
+        theta = np.asarray(theta, float)
+        tasks = [dask.delayed(_partition_sums, pure=False)(part, self.job, theta, plan, label, i, int(row))
+                 for i, (part, row) in enumerate(zip(parts, self.starts))]
+        acc, n_rows, sum_w = self.kernel.zeros(), 0, 0.0
+        for i, (moments, print_) in enumerate(dask.compute(*tasks)):
+            self.check_piece(i, print_, f"partition {i} (from row {int(self.starts[i]):,} of the source)")
+            acc = Moments(*(a + m for a, m in zip(acc, moments)))
+            n_rows += int(print_["row count"][0])
+            sum_w += float(print_["total weight"][0])
+        return self.end_pass(n_rows, sum_w, start, acc)
+
+
+def _dask_client():
+    try:
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        return default_client()
+    except ValueError:  # no client: Dask's own scheduler runs the tasks
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- fit_stream
 def fit_stream(estimator, source, init=None, *, names=None, columns=None, weights=None,
                weight_type: str = "frequency", correction: str | None = None, solve: str = "blockwise",
                batch_rows: int = DEFAULT_BATCH, chunk_size: int | None = None, devices=None, data_dtype=None,
@@ -190,13 +287,14 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
     """:func:`mestim.fit` on data read in batches from ``source``; the same :class:`~mestim.Result`.
 
     Args:
-        source: a pandas DataFrame or dict of arrays (host memory), a Parquet file or directory path, a pyarrow
-            Table, or a function returning a fresh iterator of chunks (dicts of arrays, DataFrames or Arrow record
-            batches of any sizes; the fit calls it once per pass).
+        source: a Parquet file or directory path, a pyarrow Table or Dataset, a polars LazyFrame (collected in
+            streaming batches) or DataFrame, a pandas DataFrame or dict of arrays (host memory), a Dask DataFrame
+            (summed on the Dask workers, :class:`DaskRows`), or a function returning a fresh iterator of chunks
+            (dicts of arrays, DataFrames or Arrow record batches of any sizes; the fit calls it once per pass).
         columns: the raw columns to read (default all; reading fewer is faster for wide Parquet files).
-        batch_rows: rows per host batch (host memory: O(batch_rows · columns)).
+        batch_rows: rows per host batch (host memory: O(batch_rows · columns)); a Dask fit reads partitions.
         chunk_size: rows per chunk inside the compiled program (memory: O(chunk · p²)), as in ``fit``.
-        devices: also shard each batch over devices (see :func:`device_mesh`).
+        devices: also shard each batch over devices (see :func:`device_mesh`); not with a Dask source.
         progress: True prints one line per pass to stderr; a function receives a dict per pass
             (passes, rows, seconds, residual).
         Other arguments as :func:`mestim.fit` (``weights`` must be a column name).
@@ -208,18 +306,61 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
         raise SpecificationError("weights= of a streamed fit must be a column name of the source")
     if not isinstance(batch_rows, int) or batch_rows < 1:
         raise SpecificationError(f"batch_rows={batch_rows!r}: give a positive whole number")
-    mesh = None if devices is None else device_mesh(devices)
     if init is not None and not (callable(estimator) and not isinstance(estimator, Block)):
         raise SpecificationError("init= is for a single ψ; blocks carry their own starting values")
     blocks = as_blocks(estimator, init, names)
-    first_batch = next(iter(batches(source, batch_rows, columns)), None)
+    layout_ = Layout(columns)
+    dask_frame = _is_dask(source)
+    if dask_frame:
+        if devices is not None:
+            raise SpecificationError("devices= shards a fit within one process; a Dask fit sums on each worker's "
+                                     "own device: leave devices=None")
+        frame = source[columns] if columns is not None else source
+        open_pass = lambda: [frame.partitions[0].head(batch_rows, compute=True)]  # noqa: E731
+    else:
+        open_pass = chunk_reader(source, batch_rows, columns)
+    first_batch = next(read_batches(open_pass, batch_rows, layout_, "pass 1"), None)
     if first_batch is None:
         raise DataError("the streamed source has no rows")
-    first = prepare(blocks, first_batch, weights=weights)  # spec, labels, starting values: from the first batch
-    stream = Streamed(kernel_for(first, options, mesh), blocks, first, source, weights=weights,
-                      batch_rows=batch_rows, columns=columns, dtype=options.data_dtype, progress=progress)
+    mesh = None if devices is None else device_mesh(devices)
+    group = processes.Group() if mesh is not None and processes.several() else None
+    if group is not None:
+        if dask_frame:
+            raise SpecificationError("a Dask DataFrame is already summed on its cluster's workers: fit it from one "
+                                     "process, not from several JAX processes")
+        mesh = local_mesh(mesh)
+    first = prepared(blocks, first_batch, weights, None, "pass 1")  # spec, labels, starting values
+    notes = ()
+    if group is not None:  # every process streams its own rows: agree on the stack and the start
+        start, _, _ = processes.agree(group, first)
+        first = dataclasses.replace(first, init=start)
+        notes = (f"streamed by {group.size} processes (this is process {group.rank}; starting values from process "
+                 "0's first batch)",)
+    kernel = kernel_for(first, options, mesh, streamed=True)
+    if dask_frame:
+        stream = DaskRows(kernel, blocks, first, frame, layout_, weights=weights, dtype=options.data_dtype,
+                          progress=progress)
+        how = f"{len(stream.starts):,} Dask partitions summed on the workers"
+    else:
+        stream = Streamed(kernel, blocks, first, open_pass, layout_, weights=weights, batch_rows=batch_rows,
+                          dtype=options.data_dtype, progress=progress)
+        how = f"batches of {batch_rows:,}"
+    if group is not None:
+        stream = processes.Distributed(stream, group)
     theta, moments, iterations = solve_stack(stream, first.init, first.labels, options)
-    note = (f"streamed: {stream.n_rows:,} rows in batches of {batch_rows:,}, {stream.passes} passes over the "
-            "source; starting values from the first batch")
+    note = (f"streamed: {stream.n_rows:,} rows in {how}, {stream.passes} passes over the source; starting values "
+            "from the first batch")
     first = dataclasses.replace(first, notes=tuple(f"{n} (first batch)" for n in first.notes))
-    return assemble(first, stream, theta, moments, options, iterations=iterations, notes=(note,), checks=False)
+    result = assemble(first, stream, theta, moments, options, iterations=iterations, notes=(note,) + notes,
+                      checks=False)
+    if group is not None:
+        group.barrier("the end of the fit")
+    return result
+
+
+def _is_dask(source) -> bool:
+    if not type(source).__module__.startswith("dask"):
+        return False
+    import dask.dataframe as dd
+
+    return isinstance(source, dd.DataFrame)

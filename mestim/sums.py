@@ -164,9 +164,9 @@ class Kernel:
             return (skip, only_values, with_jacobian)[int(mode)]()
         return lax.switch(mode, [skip, only_values, with_jacobian])
 
-    def add_chunk(self, acc: Moments, theta, rows, w, plan) -> Moments:
-        """``acc`` plus the sums over one chunk of rows (traceable)."""
-        rows = {name: v.astype(theta.dtype) for name, v in rows.items()}  # float32 storage, float64 arithmetic
+    def add_chunk(self, acc: Moments, theta, rows, w, plan, centre=None) -> Moments:
+        """``acc`` plus the sums over one chunk of rows (traceable; ``centre``: see :func:`widen`)."""
+        rows = widen(rows, centre, theta.dtype)  # float32 storage, float64 arithmetic
         w = w.astype(theta.dtype)
         n_blocks = len(self.spec.blocks)
         values, jac = [], acc.jac
@@ -187,49 +187,49 @@ class Kernel:
         return Moments(acc.psi + w @ v, jac, meat, acc.sum_w + w.sum())
 
     # ------------------------------------------------------------------------------------------ one slab
-    def slab_sums(self, acc: Moments, theta, rows, w, n_chunks, plan) -> Moments:
-        """``acc`` plus the sums over the first ``n_chunks`` chunks of a slab (traceable; rows: leading axis)."""
+    def slab_sums(self, acc: Moments, theta, rows, w, n_chunks, plan, centre=None) -> Moments:
+        """``acc`` plus the sums over the first ``n_chunks`` chunks of a slab (traceable; rows: leading axis;
+        ``centre``: the columns' centres when they are stored centred, see :func:`widen`)."""
         if self.mesh is None:
-            return self._local_slab(acc, theta, rows, w, n_chunks, plan)
+            return self._local_slab(acc, theta, rows, w, n_chunks, plan, centre)
         from jax.sharding import PartitionSpec as P
 
         rep, split = P(), P(self.mesh.axis_names)
 
-        def per_device(theta, rows, w, n_chunks, plan):
+        def per_device(theta, rows, w, n_chunks, plan, centre):
             zero = Moments(*(jnp.zeros(x.shape, x.dtype) for x in acc))
-            local = self._local_slab(zero, theta, rows, w, n_chunks[0], plan)
+            local = self._local_slab(zero, theta, rows, w, n_chunks[0], plan, centre)
             return lax.psum(local, self.mesh.axis_names)
 
-        total = jax.shard_map(per_device, mesh=self.mesh, in_specs=(rep, split, split, split, rep), out_specs=rep,
-                              check_vma=False)(theta, rows, w, n_chunks, plan)
+        total = jax.shard_map(per_device, mesh=self.mesh, in_specs=(rep, split, split, split, rep, rep),
+                              out_specs=rep, check_vma=False)(theta, rows, w, n_chunks, plan, centre)
         return jax.tree.map(jnp.add, acc, total)
 
-    def _local_slab(self, acc, theta, rows, w, n_chunks, plan):
+    def _local_slab(self, acc, theta, rows, w, n_chunks, plan, centre=None):
         c = self.chunk
         if w.shape[0] == c:  # a one-chunk slab needs no loop (padding and empty parts have weight 0)
-            return self.add_chunk(acc, theta, rows, w, plan)
+            return self.add_chunk(acc, theta, rows, w, plan, centre)
 
         def body(i, acc):
             cut = lambda a: lax.dynamic_slice_in_dim(a, i * c, c)  # noqa: E731
-            return self.add_chunk(acc, theta, jax.tree.map(cut, rows), cut(w), plan)
+            return self.add_chunk(acc, theta, jax.tree.map(cut, rows), cut(w), plan, centre)
 
         return lax.fori_loop(0, n_chunks, body, acc)
 
-    def _per_row(self, theta, rows, per_chunk):
+    def _per_row(self, theta, rows, per_chunk, centre=None):
         """(rows, K) outputs of ``per_chunk(theta, chunk_rows) -> (chunk, K)`` over a slab, chunk by chunk."""
         n = jax.tree.leaves(rows)[0].shape[0]
         shaped = jax.tree.map(lambda a: a.reshape((n // self.chunk, self.chunk) + a.shape[1:]), rows)
-        cast = lambda r: {name: v.astype(theta.dtype) for name, v in r.items()}  # noqa: E731
-        return lax.map(lambda r: per_chunk(theta, cast(r)), shaped).reshape(n, -1)
+        return lax.map(lambda r: per_chunk(theta, widen(r, centre, theta.dtype)), shaped).reshape(n, -1)
 
-    def row_values(self, theta, rows):
+    def row_values(self, theta, rows, centre=None):
         """(rows, K) per-row ψ of the whole stack on a slab (influence functions, cluster totals)."""
         def chunk(theta, rows):
             return jnp.concatenate([jax.vmap(lambda row: self._call(b, self._inputs(b, theta), row))(rows)
                                     for b in self.spec.blocks], axis=1)
-        return self._per_row(theta, rows, chunk)
+        return self._per_row(theta, rows, chunk, centre)
 
-    def row_leverages(self, theta, rows, j_inv):
+    def row_leverages(self, theta, rows, j_inv, centre=None):
         """(rows, K) per-row diag(J_i J⁻¹), J_i = ∂ψ_i/∂θ, J⁻¹ given (Fay's correction), block by block."""
         eq = self.spec.equation_offsets()
 
@@ -244,7 +244,7 @@ class Kernel:
         return self._per_row(theta, rows, chunk)
 
 
-    def row_nonfinite(self, theta, rows):
+    def row_nonfinite(self, theta, rows, centre=None):
         """(rows, 2) per row: does ψ_i, does ∂ψ_i/∂θ hold NaN or inf? (to name the rows where a fit fails)"""
         def chunk(theta, rows):
             bad_value, bad_jac = [], []
@@ -255,15 +255,23 @@ class Kernel:
                 jac = jax.vmap(jax.jacfwd(one), (None, 0))(u, rows)
                 bad_jac.append(~jnp.all(jnp.isfinite(jac), axis=(1, 2)))
             return jnp.stack([jnp.any(jnp.stack(bad_value), 0), jnp.any(jnp.stack(bad_jac), 0)], axis=1)
-        return self._per_row(theta, rows, chunk)
+        return self._per_row(theta, rows, chunk, centre)
+
+
+def widen(rows, centre, dtype):
+    """The stored columns as ψ reads them: in ``dtype`` (float64), plus each column's centre when they are stored
+    centred in float32 (:func:`mestim.sources.store`): ψ sees x = c + (x − c), computed in float64."""
+    if centre is None:
+        return {name: v.astype(dtype) for name, v in rows.items()}
+    return {name: v.astype(dtype) + centre[name] for name, v in rows.items()}
 
 
 def _closed_form(block) -> bool:
     return not block.reads and block.mask is None and callable(getattr(block.psi, "chunk_sums", None))
 
 
-def _slab_sums(kernel: Kernel, acc, theta, rows, w, n_chunks, plan) -> Moments:
-    return kernel.slab_sums(acc, theta, rows, w, n_chunks, plan)
+def _slab_sums(kernel: Kernel, acc, theta, rows, w, n_chunks, plan, centre) -> Moments:
+    return kernel.slab_sums(acc, theta, rows, w, n_chunks, plan, centre)
 
 
 _optimized = jax.jit(_slab_sums, static_argnums=0)
@@ -274,24 +282,24 @@ QUICK_CPU_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_em
 _quick = jax.jit(_slab_sums, static_argnums=0, compiler_options=QUICK_CPU_OPTIONS)
 
 
-def slab_sums(kernel: Kernel, acc, theta, rows, w, n_chunks, plan) -> Moments:
+def slab_sums(kernel: Kernel, acc, theta, rows, w, n_chunks, plan, centre=None) -> Moments:
     """:meth:`Kernel.slab_sums`, compiled once per kernel and slab shape: every pass of every fit runs it."""
-    return (_quick if kernel.quick else _optimized)(kernel, acc, theta, rows, w, n_chunks, plan)
+    return (_quick if kernel.quick else _optimized)(kernel, acc, theta, rows, w, n_chunks, plan, centre)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def row_values(kernel: Kernel, theta, rows):
+def row_values(kernel: Kernel, theta, rows, centre=None):
     """:meth:`Kernel.row_values`, compiled on demand (influence functions, clustered meat)."""
-    return kernel.row_values(theta, rows)
+    return kernel.row_values(theta, rows, centre)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def row_nonfinite(kernel: Kernel, theta, rows):
+def row_nonfinite(kernel: Kernel, theta, rows, centre=None):
     """:meth:`Kernel.row_nonfinite`, compiled only when a fit fails on non-finite values."""
-    return kernel.row_nonfinite(theta, rows)
+    return kernel.row_nonfinite(theta, rows, centre)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def row_leverages(kernel: Kernel, theta, rows, j_inv):
+def row_leverages(kernel: Kernel, theta, rows, j_inv, centre=None):
     """:meth:`Kernel.row_leverages`, compiled on demand (Fay's correction)."""
-    return kernel.row_leverages(theta, rows, j_inv)
+    return kernel.row_leverages(theta, rows, j_inv, centre)

@@ -38,7 +38,11 @@ WORKER = textwrap.dedent("""
     blocks = categorical_stack() if case == "levels" else stack(covariates)
     start = time.monotonic()
     try:
-        res = mestim.fit(blocks, mine, devices="all", weights="w", cluster="g" if case == "cluster" else None)
+        if case == "stream":  # each process streams its own rows in batches
+            from mestim.scale import fit_stream
+            res = fit_stream(blocks, mine, devices="all", weights="w", batch_rows=300)
+        else:
+            res = mestim.fit(blocks, mine, devices="all", weights="w", cluster="g" if case == "cluster" else None)
         out = dict(theta=res.theta.tolist(), vcov=res.vcov.tolist(), n_rows=res.n_rows, n=res.n,
                    n_clusters=res.n_clusters)
     except mestim.MestimError as e:
@@ -104,6 +108,14 @@ def one_process():
 
 def test_two_processes_equal_one_process(one_process):
     for out in _two_processes("equal"):
+        assert "theta" in out, out
+        np.testing.assert_allclose(out["theta"], one_process.theta, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(out["vcov"], one_process.vcov, rtol=1e-8, atol=1e-8 * np.abs(one_process.vcov).max())
+        assert out["n_rows"] == 2000 and out["n"] == pytest.approx(one_process.n, rel=1e-12)
+
+
+def test_two_processes_streaming_their_own_rows_equal_one_process(one_process):
+    for out in _two_processes("stream"):
         assert "theta" in out, out
         np.testing.assert_allclose(out["theta"], one_process.theta, rtol=0, atol=1e-10)
         np.testing.assert_allclose(out["vcov"], one_process.vcov, rtol=1e-8, atol=1e-8 * np.abs(one_process.vcov).max())

@@ -1,0 +1,68 @@
+"""A Dask DataFrame is a row source summed where it lives: on the workers of a real ``distributed`` cluster (two
+worker processes), equal to the in-memory fit to 1e-10, with integrity faults named by pass, partition and row."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mestim
+import test_scale
+from mestim.errors import DataError
+from mestim.scale import fit_stream
+from test_scale import CHUNK, N, _data, _same, _stack
+
+dd = pytest.importorskip("dask.dataframe")
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def client():
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(test_scale)  # the stack's ψ lives in a test module the workers lack
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+    cloudpickle.unregister_pickle_by_value(test_scale)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _data()
+
+
+@pytest.fixture(scope="module")
+def reference(data):
+    return mestim.fit(_stack(), data, weights="w", chunk_size=CHUNK)
+
+
+def test_dask_frame_summed_on_the_workers_equals_in_memory(client, data, reference):
+    frame = dd.from_pandas(pd.DataFrame(data), npartitions=5).persist()  # the rows live on the workers
+    seen = []
+    with distributed.get_task_stream(client) as tasks:
+        res = fit_stream(_stack(), frame, weights="w", batch_rows=700, chunk_size=CHUNK, progress=seen.append)
+    _same(res, reference)
+    assert res.n_rows == N and "5 Dask partitions summed on the workers" in res.notes[-1]
+    sums = [t for t in tasks.data if str(t["key"]).startswith("_partition_sums")]
+    assert len(sums) == 5 * len(seen)  # every partition on every pass, as a task
+    assert {t["worker"] for t in sums} == set(client.scheduler_info()["workers"])  # on both worker processes
+
+
+def test_dask_parquet_directory_equals_in_memory(client, data, reference, tmp_path):
+    pd.DataFrame(data).to_parquet(tmp_path / "pooled.parquet", row_group_size=600)
+    frame = dd.read_parquet(tmp_path / "pooled.parquet", split_row_groups=True)  # read on the workers, each pass
+    _same(fit_stream(_stack(), frame, weights="w", chunk_size=CHUNK), reference)
+
+
+def test_dask_partition_faults_name_the_partition_and_row(client, data):
+    bad = pd.DataFrame(data)
+    bad.loc[1523, "x1"] = np.nan
+    frame = dd.from_pandas(bad, npartitions=5)  # partitions of 500 rows: row 1523 is in partition 3
+    with pytest.raises(DataError) as info:
+        fit_stream(_stack(), frame, weights="w", chunk_size=CHUNK)
+    assert re.search(r"^pass 1, partition 3: .*NaN first at row 1,523\)", str(info.value)), str(info.value)
