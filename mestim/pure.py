@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import linalg
 from .blocks import solve_levels
 from .covariance import SINGULAR_COND
 from .errors import SpecificationError
@@ -81,8 +82,10 @@ def fit_function(estimator, data, init=None, *, names=None, solve: str = "blockw
         final = sums(theta, sandwich_plan)
         bread = -final.jac
         scale = jnp.sqrt(jnp.abs(jnp.diag(bread))) + 1e-300
-        singular = jnp.linalg.cond(bread / scale[:, None] / scale[None, :]) > SINGULAR_COND
-        inv = jnp.linalg.inv(bread)
+        equilibrated = bread / scale[:, None] / scale[None, :]
+        inv_eq = linalg.inv(equilibrated)  # no LAPACK under vmap (mestim.linalg)
+        singular = linalg.condition(equilibrated, inv_eq) > SINGULAR_COND
+        inv = inv_eq / scale[:, None] / scale[None, :]
         vcov = jnp.where(singular, jnp.nan, inv @ final.meat @ inv.T)
         status = jnp.where((status == CONVERGED) & singular, SINGULAR, status)
         return PureFit(theta, (vcov + vcov.T) / 2, status == CONVERGED, iterations, status)

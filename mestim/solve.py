@@ -175,12 +175,14 @@ def _newton_ok(xp, s: State):
 
 def _solve(xp, a, b):
     """a⁻¹b, or the least-squares solution when a has more rows than columns (over-identified GMM); NaN where a
-    is singular."""
-    if a.shape[0] != a.shape[1]:
-        q, r = xp.linalg.qr(a)
-        return _solve(xp, r, q.T @ b)
+    is singular. Traced, without LAPACK (:mod:`mestim.linalg`: vmapped LAPACK can hang XLA's CPU thread pool)."""
     if _is_traced(xp):
-        return xp.linalg.solve(a, b)
+        from . import linalg
+
+        return linalg.solve(a, b) if a.shape[0] == a.shape[1] else linalg.solve(a.T @ a, a.T @ b)
+    if a.shape[0] != a.shape[1]:
+        q, r = np.linalg.qr(a)
+        return _solve(xp, r, q.T @ b)
     try:
         return np.linalg.solve(a, b)
     except np.linalg.LinAlgError:
