@@ -16,7 +16,10 @@ writes no data, since Linux starts a child's ``ru_maxrss`` from its parent's RSS
   smallest n, for the per-batch-row cost of the bound); rows/s = rows × passes ÷ time;
 - ``fit in memory``: ``mestim.fit`` on the whole file (smallest n): the reference the streamed fits must equal;
 - ``Dask``: ``fit_stream`` on ``dask.dataframe.read_parquet(path)`` with a ``distributed.LocalCluster`` of 2
-  worker processes × 1 thread (smallest n): the partitions are read and summed on the workers.
+  worker processes × 1 thread (smallest n): the partitions are read and summed on the workers;
+- ``two processes``: ``fit_stream(..., devices="all")`` in two processes joined by ``jax.distributed`` (smallest n),
+  each streaming every other batch of the file: time from launch to both results (start-up included), each
+  process's own fit time and peak RSS beside it.
 
 Results: ``benchmarks/results/bench_stream.{json,md}``.
 """
@@ -92,6 +95,8 @@ def child(kind: str, path: str, batch: int, dtype: str | None) -> dict:
         for b in batches(path, batch):
             rows += len(b["x1"])
         out.update(seconds=time.perf_counter() - t, rows=rows, passes=1)
+    elif kind == "two processes":
+        return two_processes(path, batch, dtype)
     else:
         import mestim
         from benchmarks.workloads import mestim_stack
@@ -130,6 +135,62 @@ def child(kind: str, path: str, batch: int, dtype: str | None) -> dict:
                    theta=res.theta.tolist(), vcov=res.vcov.tolist(), se=res.se.tolist())
     out["rss_peak_mb"], out["vm_hwm_mb"] = peak_mb(), hwm_mb()
     return out
+
+
+def two_processes(path: str, batch: int, dtype: str | None) -> dict:
+    """Launch two ranks (``--child rank``) that fit together; rank 0's result, timed from launch to both done."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    cmd = [sys.executable, "-m", "benchmarks.bench_stream", "--child", "rank", "--path", path, "--batch", str(batch),
+           "--port", port] + (["--dtype", dtype] if dtype else [])
+    env = dict(os.environ, PYTHONPATH=harness.ROOT, JAX_PLATFORMS="cpu")
+    t = time.perf_counter()
+    procs = [subprocess.Popen(cmd + ["--rank", str(rank)], cwd=harness.ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    ranks = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=1800)
+        line = next((ln for ln in stdout.splitlines() if ln.startswith("{")), None)
+        if line is None:
+            raise RuntimeError(f"a rank of the two-process fit failed: {stderr[-2000:]}")
+        ranks.append(json.loads(line))
+    out = dict(ranks[0], seconds=time.perf_counter() - t, rank_fit_seconds=[r["seconds"] for r in ranks],
+               rank_peak_mb=[r["rss_peak_mb"] for r in ranks])
+    out["rss_peak_mb"] = max(r["rss_peak_mb"] for r in ranks)  # the larger rank's
+    out["rss_base_mb"] = max(r["rss_base_mb"] for r in ranks)
+    return out
+
+
+def rank(path: str, batch: int, dtype: str | None, rank_id: int, port: str) -> None:
+    """One of the two processes: streams batches rank_id, rank_id + 2, … of the file and prints its result."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=rank_id)
+    import jax.experimental.multihost_utils
+    import pyarrow.parquet as pq
+
+    from benchmarks.workloads import mestim_stack
+    from mestim.scale import fit_stream
+
+    def my_batches():
+        for i, b in enumerate(pq.ParquetFile(path).iter_batches(batch_size=batch)):
+            if i % 2 == rank_id:
+                yield b
+
+    out = dict(kind="two processes", batch_rows=batch, data_dtype=dtype or "float64", rss_base_mb=peak_mb())
+    t, seen = time.perf_counter(), []
+    res = fit_stream(mestim_stack("W2"), my_batches, batch_rows=batch, data_dtype=dtype, devices="all",
+                     progress=seen.append)
+    out.update(seconds=time.perf_counter() - t, rows=res.n_rows, passes=len(seen), iterations=res.iterations,
+               theta=res.theta.tolist(), vcov=res.vcov.tolist(), se=res.se.tolist(), rss_peak_mb=peak_mb(),
+               vm_hwm_mb=hwm_mb())
+    print(json.dumps(out), flush=True)
+    jax.experimental.multihost_utils.sync_global_devices("printed")  # both have printed before rank 0 leaves
+    os._exit(0)  # skip JAX's shutdown barrier
 
 
 def run(kind, path, n, batch, dtype=None, timeout=1800) -> dict:
@@ -176,6 +237,9 @@ def table(rows) -> str:
             continue
         what = r["kind"] + (f" (workers' peak RSS {' and '.join(f'{m:.0f}' for m in r['worker_peak_mb'])} MB)"
                             if "worker_peak_mb" in r else "")
+        if "rank_fit_seconds" in r:
+            what += (f" (each fits in {' and '.join(f'{x:.1f}' for x in r['rank_fit_seconds'])} s, peak RSS "
+                     f"{' and '.join(f'{m:.0f}' for m in r['rank_peak_mb'])} MB)")
         cells = [f"{r['n']:,}", f"{r['file_mb']:.0f} MB", what, r["data_dtype"],
                  "" if r["kind"] in ("fit in memory", "Dask") else f"{r['batch_rows']:,}", f"{r['seconds']:.1f} s",
                  str(r.get("passes") or ""), f"{r['rows_per_s']:,.0f}" if "rows_per_s" in r else "",
@@ -208,11 +272,16 @@ def main(argv=None):
     p.add_argument("--other-batches", type=int, nargs="*", default=[1 << 14, 1 << 18])
     p.add_argument("--root", default=os.environ.get("MESTIM_BENCH_DATA", "/tmp/mestim_bench_data"))
     p.add_argument("--no-dask", action="store_true")
+    p.add_argument("--no-processes", action="store_true", help="skip the two-process fit")
     p.add_argument("--write", type=int, help="write the Parquet file of this many rows (in its own process)")
     p.add_argument("--child")
     p.add_argument("--path")
     p.add_argument("--dtype", default=None)
+    p.add_argument("--rank", type=int)
+    p.add_argument("--port")
     a = p.parse_args(argv)
+    if a.child == "rank":
+        rank(a.path, a.batch, a.dtype, a.rank, a.port)
     if a.write:
         parquet_file(a.write, a.root)
         return
@@ -236,6 +305,8 @@ def main(argv=None):
             rows += [run("fit_stream W2", path, n, b) for b in a.other_batches]
             if not a.no_dask:
                 rows.append(run("Dask", path, n, a.batch))
+            if not a.no_processes:
+                rows.append(run("two processes", path, n, a.batch))
     agreement(rows)
     for r in rows:
         for k in ("theta", "vcov", "se"):
@@ -245,8 +316,9 @@ def main(argv=None):
     notes = ("Every row is a fresh process started by a parent that holds no data (ru_maxrss counts the forking "
              "parent's RSS); peak RSS = ru_maxrss (interpreter, JAX and the compiled program included; VmHWM in the "
              "JSON agrees); 'above imports' = peak RSS − RSS after importing the libraries; a Dask row's peak RSS "
-             "is the client's, its workers' are given beside it. rows/s = rows × passes ÷ wall time (a fit's time "
-             "includes tracing and compiling). Agreement: against `mestim.fit` on all rows in memory (float64). "
+             "is the client's, its workers' are given beside it; a two-process row's time runs from launch to both "
+             "results (start-up included), its peak RSS is the larger rank's. rows/s = rows × passes ÷ wall time "
+             "(a fit's time includes tracing and compiling). Agreement: against `mestim.fit` on all rows in memory (float64). "
              + (f"Peak RSS of the float64 streamed fits at n = {smallest:,} ≈ "
                 f"{meta['bound']['rss_intercept_mb']:.0f} MB + {meta['bound']['rss_bytes_per_batch_row']:.0f} bytes "
                 "× batch_rows." if meta["bound"] else ""))

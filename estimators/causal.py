@@ -56,7 +56,7 @@ from mestim import Block, Prepared
 from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError
 
-from .design import clean_in_mask, row_mask
+from .design import clean_design, clean_in_mask, row_mask
 from .glm import FAMILIES, LINKS, GLMScore
 
 IPW_ESTIMATORS = ("hajek", "horvitz-thompson")
@@ -188,8 +188,8 @@ class _CausalPrepare:
                                 f"and 1; {int(bad.sum())} row(s) do not (first: row {int(np.flatnonzero(bad)[0])})")
             return {f"{n}.e": np.where(m, e, 0.5)}
         design = self.propensity.prepare
-        w, _ = design.design(cols)
-        return {f"{n}.W": clean_in_mask(w, m, f"{n} propensity design"),
+        w, labels = design.design(cols)
+        return {f"{n}.W": clean_design(cols, w, labels, m),
                 f"{n}.Woff": np.where(m, design.offset_values(cols, m), _safe_eta(self.score.propensity.score))}
 
     def _outcome_columns(self, cols, m):
@@ -201,8 +201,9 @@ class _CausalPrepare:
             raise DataError(f"treatment '{self.treatment}' is not in the data; available columns: {sorted(cols)}")
         at = {}
         for key, value in (("X1", a1), ("X0", a0)):
-            x, _ = design.design({**cols, self.treatment: np.full(m.size, value, float)}, reference=cols)
-            at[f"{n}.{key}"] = clean_in_mask(x, m, f"{n} outcome design")
+            counterfactual = {**cols, self.treatment: np.full(m.size, value, float)}
+            x, labels = design.design(counterfactual, reference=cols)
+            at[f"{n}.{key}"] = clean_design(counterfactual, x, labels, m)
         observed, _ = design.design(cols)
         if at[f"{n}.X1"].shape[1] != observed.shape[1] or np.allclose(at[f"{n}.X1"], at[f"{n}.X0"]):
             raise SpecificationError(f"block '{n}': the outcome model '{self.outcome.name}' does not use the "

@@ -9,6 +9,8 @@ NaN (a target sample has no outcome): they are replaced by 0 *before* anything i
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from mestim.data import check_finite, require_numeric, row_mask  # noqa: F401  (row_mask: part of this module's API)
@@ -83,6 +85,37 @@ def clean_in_mask(values: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray
     check_finite(values, name, where=mask)
     out = np.where(mask.reshape((-1,) + (1,) * (values.ndim - 1)), values, 0.0)
     return out.astype(float)
+
+
+def clean_design(cols, x: np.ndarray, labels, mask: np.ndarray) -> np.ndarray:
+    """A design matrix with rows outside ``mask`` set to 0, after checking rows inside are finite.
+
+    A non-finite entry is reported by the data column it comes from (a column the design's labels name that is
+    missing or non-finite at the first bad row: ``age`` for ``age`` or ``np.log(age)``), else by the design's
+    label, so a user reads the name of their own column rather than the block's internal matrix."""
+    bad = mask & ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        for name, col in cols.items():
+            col = np.asarray(col)
+            if col.ndim != 1 or not any(re.search(rf"(?<![\w.]){re.escape(str(name))}(?!\w)", lab) for lab in labels):
+                continue
+            missing = _missing(col)
+            if missing[row]:
+                check_finite(np.where(missing, np.nan, 0.0), name, where=mask)
+        j = int(np.flatnonzero(~np.isfinite(x[row]))[0])
+        check_finite(x[:, j], labels[j], where=mask)
+    return np.where(mask[:, None], x, 0.0).astype(float)
+
+
+def _missing(col: np.ndarray) -> np.ndarray:
+    """Rows where a data column is missing: NaN/inf in numbers, None/NaN in text or objects."""
+    if col.dtype.kind in "fc":
+        return ~np.isfinite(col)
+    if col.dtype.kind == "O":
+        import pandas as pd
+        return np.asarray(pd.isna(col), bool)
+    return np.zeros(col.shape, bool)
 
 
 def binary_outcome(cols, y: str, mask: np.ndarray, block: str) -> np.ndarray:

@@ -68,7 +68,7 @@ from mestim import Block, Prepared
 from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError
 
-from .design import clean_in_mask, design_matrix, row_mask
+from .design import clean_design, clean_in_mask, design_matrix, row_mask
 from .separation import raise_if_separated, suspicious
 
 
@@ -248,7 +248,7 @@ def prepared_design(name, cols, X, formula, intercept, mask):
     if not m.any():
         raise DataError(f"block '{name}' has no rows: its mask selects none of the {n} rows")
     x, labels = design_matrix(cols, X, formula, intercept)
-    return m, clean_in_mask(x, m, f"{name} design"), labels
+    return m, clean_design(cols, x, labels, m), labels
 
 
 class GLMDesign:

@@ -40,7 +40,7 @@ from mestim import Block, Prepared
 from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError
 
-from .design import clean_in_mask, design_matrix, row_mask
+from .design import clean_design, clean_in_mask, design_matrix, row_mask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +94,8 @@ def iv(name: str, y: str, endogenous, instruments, exogenous=None, *, intercept:
         if not m.any():
             raise DataError(f"block '{name}' has no rows: its mask selects none of the rows")
         x, labels = design_matrix(cols, exog + endog, intercept=intercept)
-        z, _ = design_matrix(cols, exog + instr, intercept=intercept)
-        x, z = clean_in_mask(x, m, f"{name} regressors"), clean_in_mask(z, m, f"{name} instruments")
+        z, z_labels = design_matrix(cols, exog + instr, intercept=intercept)
+        x, z = clean_design(cols, x, labels, m), clean_design(cols, z, z_labels, m)
         yv = clean_in_mask(require_numeric(cols, y, what="outcome"), m, y)
         # the IV estimate itself when just identified; 2SLS, (XᵀP_Z X)⁻¹XᵀP_Z y, when over-identified
         fitted, *_ = np.linalg.lstsq(z[m], x[m], rcond=None)

@@ -58,11 +58,11 @@ from .options import FitOptions
 from .problem import Problem, as_blocks, prepare
 from .readers import Batch, Layout, chunk_reader, host_columns, read_batches
 from .sources import centres, device_mesh, layout, place, run_slabs, store
-from .sums import Kernel, Moments, slab_chunks
+from .sums import Kernel, Moments, batch_slab_chunks
 
 __all__ = ["fit_stream", "batches", "device_mesh", "Streamed", "DaskRows"]
 
-DEFAULT_BATCH = 1 << 16  # host rows per streamed batch (65,536: ~2 KB a row while prepared for W2, ~130 MB)
+DEFAULT_BATCH = 1 << 16  # host rows per streamed batch (65,536: ~2.4 KB a row while prepared for W2, ~160 MB)
 IN_FLIGHT = 2  # slabs dispatched to the device ahead of the host
 
 
@@ -178,7 +178,7 @@ class Streamed(_Checked):
         self.weights, self.batch_rows, self.dtype = weights, batch_rows, dtype or np.float64
         self.centre = centres(first.used) if dtype == "float32" else None  # the first batch's, for every batch
         parts = 1 if kernel.mesh is None else kernel.mesh.size
-        self.capacity = slab_chunks(-(-batch_rows // (kernel.chunk * parts)))  # one slab shape for every batch
+        self.capacity = batch_slab_chunks(-(-batch_rows // (kernel.chunk * parts)))  # one slab shape for all
 
     def sums(self, theta, plan) -> Moments:
         start, label, n_rows, sum_w = time.perf_counter(), self.label, 0, 0.0
@@ -241,7 +241,7 @@ class DaskRows(_Checked):
         self.kernel, self.first, self.frame = kernel, first, frame
         lengths = np.asarray(dask.compute(frame.map_partitions(len))[0], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        capacity = slab_chunks(-(-int(max(lengths.max(), 1)) // kernel.chunk))
+        capacity = batch_slab_chunks(-(-int(max(lengths.max(), 1)) // kernel.chunk))
         job = _PartitionJob(tuple(blocks), weights, first.spec, layout_, kernel.chunk, capacity, dtype or np.float64,
                             centres(first.used) if dtype == "float32" else None)
         client = _dask_client()

@@ -98,6 +98,13 @@ def slab_chunks(n_chunks: int) -> int:
     return next((c for c in SLAB_CHUNKS if c >= n_chunks), SLAB_CHUNKS[-1])
 
 
+def batch_slab_chunks(n_chunks: int) -> int:
+    """The slab capacity for batches of up to ``n_chunks`` chunks streamed one after another: the largest that
+    does not exceed a batch, so a full batch is whole slabs with no padding (a batch of 16 chunks padded to a
+    slab of 64 held 4× its rows on the host and the device)."""
+    return max((c for c in SLAB_CHUNKS if c <= n_chunks), default=SLAB_CHUNKS[0])
+
+
 def _n_inputs(spec: StackSpec, block) -> int:
     dims = {b.name: b.dim for b in spec.blocks}
     return block.dim + sum(dims[r] for r in block.reads)

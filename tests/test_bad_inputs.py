@@ -31,6 +31,15 @@ def _logit(**cols):
     return [est.logistic("lg", "y", list(cols.get("X", ["x"])))]
 
 
+def _with_missing():
+    """A table with a NaN age at row 5 and a missing text level at row 7 ('stage' contains 'age': not confused)."""
+    frame = pd.DataFrame({"y": Y01, "x": X, "age": 40 + 10 * RNG.random(120), "stage": RNG.normal(size=120),
+                          "sex": RNG.choice(["f", "m"], 120).astype(object)})
+    frame.loc[5, "age"] = np.nan
+    frame.loc[7, "sex"] = None
+    return frame
+
+
 LIBRARY = [
     # (id, call, expected error, message pattern)
     ("missing column", lambda: mestim.fit(lambda t, r: jnp.atleast_1d(r["z"] - t[0]), {"y": X}, init=[0.0]),
@@ -74,6 +83,18 @@ LIBRARY = [
     ("NaN inside a block's mask", lambda: mestim.fit([est.mean("m", "y", mask="s")],
                                                       {"y": np.r_[np.nan, X[1:]], "s": np.ones(120)}),
      DataError, "column 'y' has 1 non-finite"),
+    # a NaN in a registered block's covariate names the user's column, not the block's internal design matrix
+    ("NaN covariate of a registered block", lambda: mestim.fit(_logit(X=["stage", "age"]), _with_missing()),
+     DataError, r"column 'age' has 1 non-finite value\(s\) \(NaN first at row 5\)"),
+    ("NaN inside a formula's function", lambda: mestim.fit([est.logistic("lg", "y", formula="~ stage + np.log(age)")],
+                                                            _with_missing()),
+     DataError, r"column 'age' has 1 non-finite value\(s\) \(NaN first at row 5\)"),
+    ("missing level of a text covariate", lambda: mestim.fit([est.logistic("lg", "y", formula="~ stage + C(sex)")],
+                                                              _with_missing().assign(age=1.0)),
+     DataError, r"column 'sex' has 1 non-finite value\(s\) \(NaN first at row 7\)"),
+    ("NaN instrument", lambda: mestim.fit([est.iv("iv", "y", ["x"], ["age"], ["stage"])],
+                                          _with_missing()),
+     DataError, r"column 'age' has 1 non-finite"),
     ("unknown block read", lambda: mestim.fit([mestim.Block("a", _mean, init=[0.0], reads=("b",))], {"y": X}),
      SpecificationError, r"reads \['b'\]"),
 ]

@@ -21,13 +21,15 @@ SCRIPTS = {
     "meta_synthetic": ["--reps", "3"],
     "transport_coverage": ["--reps", "3", "--scenarios", "correct"],
     "gmm_coverage": ["--replicates", "4", "--n", "300"],
+    "bench_stream": ["--ns", "20000", "--batch", "4096", "--other-batches", "--no-dask"],  # two processes included
 }
 
 
 @pytest.mark.parametrize("name", list(SCRIPTS))
 def test_benchmark_script_runs(name, tmp_path):
     module = "benchmarks." + name.split()[0]
-    env = dict(os.environ, PYTHONPATH=ROOT, MESTIM_BENCH_RESULTS=str(tmp_path), MESTIM_CACHE_DIR="off")
+    env = dict(os.environ, PYTHONPATH=ROOT, MESTIM_BENCH_RESULTS=str(tmp_path), MESTIM_BENCH_DATA=str(tmp_path),
+               MESTIM_CACHE_DIR="off")
     out = subprocess.run([sys.executable, "-m", module, *SCRIPTS[name]], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -116,6 +116,26 @@ def test_stream_iterator_and_parquet_equal_in_memory(data, reference, tmp_path):
         fit_stream(_stack(), chunks(), weights="w", batch_rows=BATCH)
 
 
+def test_streamed_slabs_hold_no_more_rows_than_a_batch(data, reference, monkeypatch):
+    """A batch is cut into whole slabs, not padded up to a larger one (a 16-chunk batch in a 64-chunk slab held 4×
+    its rows on the host and the device: +250 MB at the default batch of the W2 benchmark)."""
+    import mestim.scale as scale
+    from mestim.sums import SLAB_CHUNKS
+
+    slab_rows = []
+
+    def spy(columns, w, chunk, parts=1, capacity=None):
+        slab_rows.append(capacity * chunk)
+        return layout(columns, w, chunk, parts, capacity)
+    layout = scale.layout
+    monkeypatch.setattr(scale, "layout", spy)
+    for batch in (BATCH, 16 * CHUNK, 100 * CHUNK):
+        slab_rows.clear()
+        _same(fit_stream(_stack(), data, weights="w", batch_rows=batch, chunk_size=CHUNK), reference)
+        allowed = max((c for c in SLAB_CHUNKS if c * CHUNK <= batch), default=1) * CHUNK
+        assert set(slab_rows) == {allowed}
+
+
 def test_stream_does_not_recompile(data):
     fit_stream(_stack(), data, weights="w", batch_rows=BATCH, chunk_size=CHUNK)
     other = _data(seed=7)  # new values, same shapes
