@@ -318,7 +318,8 @@ def main(argv=None):
              "JSON agrees); 'above imports' = peak RSS − RSS after importing the libraries; a Dask row's peak RSS "
              "is the client's, its workers' are given beside it; a two-process row's time runs from launch to both "
              "results (start-up included), its peak RSS is the larger rank's. rows/s = rows × passes ÷ wall time "
-             "(a fit's time includes tracing and compiling). Agreement: against `mestim.fit` on all rows in memory (float64). "
+             "(a fit's time includes tracing and compiling). Agreement: against `mestim.fit` on all rows in memory "
+             "(float64). "
              + (f"Peak RSS of the float64 streamed fits at n = {smallest:,} ≈ "
                 f"{meta['bound']['rss_intercept_mb']:.0f} MB + {meta['bound']['rss_bytes_per_batch_row']:.0f} bytes "
                 "× batch_rows." if meta["bound"] else ""))

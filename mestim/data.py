@@ -92,12 +92,12 @@ def require_numeric(cols: Columns, name: str, *, what: str = "column") -> np.nda
         raise DataError(f"{what} '{name}' is not in the data; available columns: {sorted(cols)}")
     arr = cols[name]
     if arr.dtype.kind != "f":
-        bad = next((v for v in arr.ravel() if not _is_number(v)), None)
+        bad = next((v for v in arr.ravel() if not is_number(v)), None)
         raise DataError(f"{what} '{name}' is not numeric (found value {bad!r}); convert or recode it")
     return arr
 
 
-def _is_number(v) -> bool:
+def is_number(v) -> bool:
     try:
         float(v)
         return True

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from .data import is_number
 from .errors import DataError, SpecificationError
 
 
@@ -96,7 +97,7 @@ class Layout:
             self.numeric = {n for n, v in out.items() if v.dtype.kind in "biuf"}
         for n in self.numeric:
             if out[n].dtype.kind not in "biuf":
-                bad = next((v for v in out[n].ravel() if not _is_number(v)), None)
+                bad = next((v for v in out[n].ravel() if not is_number(v)), None)
                 if bad is not None:
                     raise DataError(f"{where}: column '{n}' holds {bad!r}, not a number (it is numeric in the first "
                                     "chunk); fix the source or recode the column")
@@ -307,14 +308,6 @@ def _take(buf: list[_Piece], size: int) -> Batch:
 
 def _length(cols: dict) -> int:
     return next(iter(cols.values())).shape[0] if cols else 0
-
-
-def _is_number(v) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def _first_line(e: Exception) -> str:
