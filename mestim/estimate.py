@@ -17,8 +17,8 @@ import numpy as np
 from . import processes
 from .covariance import WARN_COND, BreadFactor, df_factor, fay_meat, sandwich_covariance
 from .driver import solve_stack
-from .gmm import solve_gmm
 from .errors import DataError, MestimWarning, SpecificationError
+from .gmm import solve_gmm
 from .options import FitOptions
 from .problem import Problem, prepare
 from .results import Result, WaldTest
@@ -129,9 +129,9 @@ def kernel_for(problem: Problem, options: FitOptions, mesh=None, streamed: bool 
     """The stack's kernel: chunks of ``options.chunk_size`` rows, or chosen by :func:`mestim.sums.chunk_rows` from
     the stack, the device and the rows per device (a stream's rows are many: ``problem`` is its first batch)."""
     platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
-    rows = None if streamed else -(-problem.n_rows // (1 if mesh is None else mesh.size))
     if streamed:
         return Kernel(problem.spec, options.chunk_size or chunk_rows(problem.spec, platform), mesh)
+    rows = -(-problem.n_rows // (1 if mesh is None else mesh.size))  # per device
     quick = quick_compile(problem.spec, platform, rows)
     return Kernel(problem.spec, options.chunk_size or chunk_rows(problem.spec, platform, rows), mesh, quick,
                   hoist=not quick and mesh is None and platform == "cpu")

@@ -248,8 +248,7 @@ class Kernel:
                 jac = jax.vmap(one, in_axes=(None, 0))(theta[idx], rows)  # (chunk, k_b, n_in)
                 out.append(jnp.einsum("cel,le->ce", jac, j_inv[idx][:, eq[b.name]]))
             return jnp.concatenate(out, axis=1)
-        return self._per_row(theta, rows, chunk)
-
+        return self._per_row(theta, rows, chunk, centre)
 
     def row_nonfinite(self, theta, rows, centre=None):
         """(rows, 2) per row: does ψ_i, does ∂ψ_i/∂θ hold NaN or inf? (to name the rows where a fit fails)"""

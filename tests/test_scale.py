@@ -9,11 +9,12 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import mestim
-from estimators import logistic
+from estimators import linear, logistic
 from mestim import Block
 from mestim.errors import SpecificationError
 from mestim.scale import batches, fit_stream
@@ -161,6 +162,23 @@ def test_float32_data_path_accuracy(data):
     # float32 storage rounds the data (relative 6e-8); ψ and the sums stay float64
     assert np.max(np.abs(res.theta - reference.theta) / reference.se) < 1e-4
     np.testing.assert_allclose(res.se, reference.se, rtol=1e-5)
+
+
+
+def test_float32_data_path_fay_leverages_read_the_data_not_its_centred_storage():
+    """Fay's leverages diag(J_i J⁻¹) come from ψ's derivative on each row: float32 columns must be widened to
+    c + (x − c) there too (they were read as x − c, off by 99.9% for a covariate 1000 + N(0, 1))."""
+    rng = np.random.default_rng(0)
+    x = 1000 + rng.normal(size=500)
+    d = {"x": x, "y": 2 * (x - 1000) + rng.normal(size=500)}
+
+    def psi(t, r):
+        e = r["y"] - t[0] - t[1] * r["x"]
+        return jnp.array([e, e * r["x"]])
+    for estimator, init in (([linear("m", "y", ["x"])], None), (psi, [0.0, 0.0])):
+        ref = mestim.fit(estimator, d, init=init, correction="fay")
+        res = mestim.fit(estimator, d, init=init, correction="fay", data_dtype="float32")
+        np.testing.assert_allclose(res.se, ref.se, rtol=1e-6)
 
 
 _SHARDED = textwrap.dedent("""
