@@ -55,22 +55,23 @@ def formula_design(frame, formula: str, reference=None):
     would let it pass as data; as NaN it meets the same missing-value checks as a missing number.
     ``reference``: as in :func:`design_matrix`.
     """
-    import pandas as pd
+    import warnings
+
     from formulaic import model_matrix
+    from formulaic.errors import DataMismatchWarning
 
     rhs = formula.split("~", 1)[1] if "~" in formula else formula
-    if not isinstance(frame, pd.DataFrame):
-        agreed = getattr(frame, "levels", {})
-        frame = pd.DataFrame({k: pd.Categorical(v, categories=agreed[k]) if k in agreed and v.dtype.kind in "OUS" else v
-                              for k, v in frame.items() if np.ndim(v) == 1})
+    frame = _frame(frame)
     try:
         if reference is not None:
-            spec = model_matrix(rhs, pd.DataFrame({k: v for k, v in reference.items() if v.ndim == 1}),
-                                na_action="ignore").model_spec
-            mm = spec.get_model_matrix(frame, na_action="ignore")
+            spec = model_matrix(rhs, _frame(reference), na_action="ignore").model_spec
+            with warnings.catch_warnings():
+                # a value outside the levels learnt from the reference would be coded as the reference level
+                warnings.simplefilter("error", DataMismatchWarning)
+                mm = spec.get_model_matrix(frame, na_action="ignore")
         else:
             mm = model_matrix(rhs, frame, na_action="ignore")
-    except Exception as e:  # formulaic reports unknown names and syntax errors with its own types
+    except Exception as e:  # formulaic reports unknown names, syntax errors and unseen levels with its own types
         raise DataError(f"formula '{formula}' could not be built on this data: {e}") from None
     matrix, labels = np.asarray(mm, dtype=float), list(mm.columns)
     variables = sorted(v for v in mm.model_spec.required_variables if v in frame.columns)
@@ -78,6 +79,18 @@ def formula_design(frame, formula: str, reference=None):
     if missing.any():
         matrix[np.ix_(missing, [j for j, lab in enumerate(labels) if lab not in ("Intercept", "(Intercept)")])] = np.nan
     return matrix, labels, variables
+
+
+def _frame(cols):
+    """A pandas DataFrame of the 1-D columns; text columns become categoricals with the levels several processes
+    agreed on (``cols.levels``), so every process codes them alike."""
+    import pandas as pd
+
+    if isinstance(cols, pd.DataFrame):
+        return cols
+    agreed = getattr(cols, "levels", {})
+    return pd.DataFrame({k: pd.Categorical(v, categories=agreed[k]) if k in agreed and v.dtype.kind in "OUS" else v
+                         for k, v in cols.items() if np.ndim(v) == 1})
 
 
 def clean_in_mask(values: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:

@@ -26,9 +26,9 @@ The scale σ is, by ``scale=``:
   order for symmetric errors (ψ_β is odd in r, so ∂E[ψ_β]/∂σ = 0), not for skewed ones — prefer ``"huber"`` there.
   (The MAD itself is not smooth in the data, so it is not stacked.)
 
-Tukey's ψ redescends, so Σψ = 0 has several roots: the block starts from the Huber fit (computed on the host by
-iteratively reweighted least squares at the MAD scale), the usual and statsmodels-compatible choice when the Huber
-fit is near the LS fit. The Jacobian is autodiff's (ψ_c has a kink at |r| = c, a null set).
+Huber's ψ is monotone: the block starts from least squares. Tukey's redescends, so Σψ = 0 has several roots: the
+block starts from the Huber fit (computed on the host by iteratively reweighted least squares at the MAD scale, or
+the fixed one), the usual and statsmodels-compatible choice when the Huber fit is near the LS fit. The Jacobian is autodiff's (ψ_c has a kink at |r| = c, a null set).
 
 Example (a line with 5% gross outliers)::
 
@@ -56,7 +56,7 @@ from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError
 
 from .design import clean_in_mask
-from .glm import prepared_design
+from .glm import _least_squares, prepared_design
 
 HUBER_SCALE_D = 2.5  # tuning constant of proposal 2's χ (statsmodels' HuberScale default)
 MAD_NORMAL = 0.6744897501960817  # Φ⁻¹(3/4): median |Z| of a standard normal
@@ -81,38 +81,48 @@ def proposal2_kappa(d: float, n: int, p: int) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class RobustScore:
-    """ψ of a robust regression block; ``scale`` None: log σ stacked (proposal 2 with constant ``kappa``)."""
+    """ψ of a robust regression block: log σ stacked (proposal 2, constant κ in column ``{name}.kappa``) or σ
+    fixed (column ``{name}.scale``). Hashable with no data-dependent field, so a refit compiles nothing new."""
 
     name: str
     norm: str
     c: float
-    scale: float | None = None
-    kappa: float = 0.0
+    stacked: bool
 
     def __call__(self, theta, row):
         n = self.name
         x, y, m = row[f"{n}.X"], row[f"{n}.y"], row[f"{n}.mask"]
-        beta, sigma = (theta, self.scale) if self.scale is not None else (theta[:-1], jnp.exp(theta[-1]))
+        beta, sigma = (theta[:-1], jnp.exp(theta[-1])) if self.stacked else (theta, row[f"{n}.scale"])
         r = (y - x @ beta) / sigma
         psi = m * NORMS[self.norm][0](r, self.c, jnp) * x
-        if self.scale is not None:
+        if not self.stacked:
             return psi
         chi = 0.5 * jnp.minimum(r * r, HUBER_SCALE_D**2)
-        return jnp.append(psi, m * (chi - self.kappa))
+        return jnp.append(psi, m * (chi - row[f"{n}.kappa"]))
 
 
 def _mad(residuals):
     return float(np.median(np.abs(residuals)) / MAD_NORMAL)
 
 
-def _huber_start(x, y, sigma, max_iter=100):
-    """Huber's β at a fixed σ by iteratively reweighted least squares (weights ψ_c(r)/r), from least squares."""
+def _positive_mad(name, residuals, y) -> float:
+    """The residuals' normalised MAD, or a DataError where it is 0 (to rounding: more than half the rows fitted
+    exactly), since every scaled residual would then be infinite."""
+    sigma = _mad(residuals)
+    if not sigma > 1e-12 * max(1.0, float(np.max(np.abs(y)))):
+        raise DataError(f"block '{name}': more than half the rows are fitted exactly by least squares (MAD of the "
+                        f"residuals {sigma:.3g}), so the residual scale is 0; robust regression needs a positive "
+                        "scale: give scale= a number")
+    return sigma
+
+
+def _huber_start(x, y, beta, sigma, max_iter=100):
+    """Huber's β at a fixed σ by iteratively reweighted least squares (weights ψ_c(r)/r), from ``beta``."""
     huber, c = NORMS["huber"]
-    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
     for _ in range(max_iter):
         r = (y - x @ beta) / sigma
         w = np.sqrt(np.divide(huber(r, c, np), r, out=np.ones_like(r), where=r != 0))
-        new, *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
+        new = _least_squares(x * w[:, None], y * w)
         if np.max(np.abs(new - beta)) <= 1e-10 * (1 + np.max(np.abs(beta))):
             return new
         beta = new
@@ -144,24 +154,25 @@ def robust_regression(name: str, y: str, X=None, *, formula: str | None = None, 
         m, x, labels = prepared_design(name, cols, X, formula, intercept, mask)
         yv = clean_in_mask(require_numeric(cols, y, what="outcome"), m, y)
         xm, ym = x[m], yv[m]
-        if m.sum() <= x.shape[1]:
-            raise DataError(f"block '{name}' has {int(m.sum())} rows for {x.shape[1]} coefficients")
-        ls, *_ = np.linalg.lstsq(xm, ym, rcond=None)
-        sigma0 = _mad(ym - xm @ ls)
-        if sigma0 <= 0:
-            raise DataError(f"block '{name}': more than half the rows are fitted exactly by least squares (MAD of "
-                            "the residuals is 0), so the residual scale is 0; robust regression needs a positive "
-                            "scale: give scale= a number")
-        beta0 = _huber_start(xm, ym, sigma0)
+        n, p = int(m.sum()), x.shape[1]
+        if n <= p:
+            raise DataError(f"block '{name}' has {n} rows for {p} coefficients")
+        beta0 = _least_squares(xm, ym)
+        # σ: the fixed scale given, or the MAD of the least-squares residuals (scale='mad'; the others' start)
+        sigma0 = float(scale) if not isinstance(scale, str) else _positive_mad(name, ym - xm @ beta0, ym)
+        if norm == "tukey":  # a redescending ψ has several roots: start from Huber's fit
+            beta0 = _huber_start(xm, ym, beta0, sigma0)
+        out = {f"{name}.X": x, f"{name}.y": yv, f"{name}.mask": m.astype(float)}
         if scale == "huber":
-            psi = RobustScore(name, norm, float(c), None, proposal2_kappa(HUBER_SCALE_D, int(m.sum()), x.shape[1]))
-            init, extra, how = np.append(beta0, np.log(_mad(ym - xm @ beta0))), ("log(scale)",), "stacked (proposal 2)"
+            out[f"{name}.kappa"] = np.full(m.size, proposal2_kappa(HUBER_SCALE_D, n, p))
+            init = np.append(beta0, np.log(_positive_mad(name, ym - xm @ beta0, ym)))
+            extra, how = ("log(scale)",), "stacked (proposal 2)"
         else:
-            fixed = sigma0 if scale == "mad" else float(scale)
-            psi = RobustScore(name, norm, float(c), fixed)
-            init, extra, how = beta0, (), f"fixed at {fixed:.6g}" + (" (MAD of LS residuals)" if scale == "mad" else "")
-        note = f"{norm} regression of {y} (c = {c:g}), scale {how}, {int(m.sum())} rows"
-        return Prepared({f"{name}.X": x, f"{name}.y": yv, f"{name}.mask": m.astype(float)}, init,
-                        tuple(labels) + extra, (note,), psi=psi)
+            out[f"{name}.scale"] = np.full(m.size, sigma0)
+            init, extra = beta0, ()
+            how = f"fixed at {sigma0:.6g}" + (" (MAD of LS residuals)" if scale == "mad" else "")
+        note = f"{norm} regression of {y} (c = {c:g}), scale {how}, {n} rows"
+        return Prepared(out, init, tuple(labels) + extra, (note,), psi=RobustScore(name, norm, float(c),
+                                                                                    scale == "huber"))
 
     return Block(name, None, prepare=prepare)

@@ -127,3 +127,22 @@ def test_tukey_root_is_the_one_next_to_the_huber_fit():
 def test_bad_robust_options(kwargs, match):
     with pytest.raises(SpecificationError, match=match):
         est.robust_regression("rr", "y", ["x"], **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"scale": "mad"}, {"norm": "tukey", "mask": "keep"}])
+def test_refit_on_other_data_compiles_nothing(contaminated, kwargs):
+    """κ and a fixed σ depend on the data: they travel as columns, not in ψ's hashed fields."""
+    df = contaminated.fillna({"y": 0.0})
+    other = df.assign(y=df.y + np.random.default_rng(1).normal(size=len(df)), keep=1.0 - (df.index % 7 == 0))
+    mestim.fit([est.robust_regression("rr", "y", ["x1", "x2"], **kwargs)], df)
+    with mestim.compilations() as count:
+        mestim.fit([est.robust_regression("rr", "y", ["x1", "x2"], **kwargs)], other)
+    assert count.programs == 0
+
+
+def test_zero_scale_is_refused_only_where_the_mad_is_used():
+    x = np.arange(20.0)
+    fixed = mestim.fit([est.robust_regression("rr", "y", ["x"], scale=2.0)], {"x": x, "y": np.full(20, 3.0)})
+    np.testing.assert_allclose(fixed.theta, [3.0, 0.0], atol=1e-12)
+    with pytest.raises(mestim.DataError, match=r"MAD of the residuals .*e-1\d\), so the residual scale is 0"):
+        mestim.fit([est.robust_regression("rr", "y", ["x"])], {"x": x, "y": 1.0 + 2.0 * x})  # rounding, not 0
