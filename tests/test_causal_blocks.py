@@ -129,6 +129,30 @@ def test_gformula_over_a_subset_and_a_categorical_treatment(obs):
     np.testing.assert_allclose(res["att"], [pred(1).mean(), pred(0).mean(), (pred(1) - pred(0)).mean()], rtol=1e-10)
 
 
+def test_gformula_value_outside_the_categorical_coding_is_an_error(obs):
+    """A value the formula's categories never saw (C(a) learnt from 0/1) was coded as the reference level, so
+    E[Y(2)] came out as E[Y(0)]; it is refused, naming the value."""
+    om = est.linear("om", "y", formula="~ C(a) + w1")
+    with pytest.raises(DataError, match=r"could not be built.*2\.0"):
+        mestim.fit([om, est.gformula("g", "a", outcome=om, values=(2, 1))], obs)
+
+
+def test_counterfactual_design_codes_text_columns_with_the_agreed_levels(obs):
+    """Several processes agree on a text column's levels before preparing; the counterfactual design must use
+    them too (a process whose rows lack a level had one column fewer than its outcome model)."""
+    from mestim.data import Columns
+
+    cols = Columns({k: v.to_numpy() for k, v in obs.items()})
+    cols["site"] = np.where(obs.w1.to_numpy() > 0, "A", "B").astype(object)
+    cols.levels = {"site": ["A", "B", "C"]}  # 'C' lives in another process's rows
+    om = est.linear("om", "y", formula="~ a + w1 + C(site)")
+    g = est.gformula("g", "a", outcome=om)
+    model = om.prepare(cols)
+    cols.update(model.columns)
+    design = g.prepare(cols).columns
+    assert design["g.X1"].shape[1] == design["g.X0"].shape[1] == len(model.labels) == 5
+
+
 def test_ipw_with_known_propensities_closed_forms(obs):
     """A trial with known P(A = 1 | W): no propensity block; HT and Hájek means and variances in closed form."""
     rng = np.random.default_rng(1)
