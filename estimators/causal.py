@@ -56,8 +56,8 @@ from mestim import Block, Prepared
 from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError
 
-from .design import clean_design, clean_in_mask, row_mask
-from .glm import FAMILIES, LINKS, GLMScore
+from .design import block_rows, clean_design, clean_in_mask, level_label
+from .glm import GLMScore
 
 IPW_ESTIMATORS = ("hajek", "horvitz-thompson")
 
@@ -147,11 +147,6 @@ def _check_truncate(truncate, estimator):
     return lo, hi
 
 
-def _safe_eta(score: GLMScore) -> float:
-    """A linear predictor with a valid mean, for rows outside the mask (their ψ is multiplied by 0)."""
-    return float(LINKS[score.link].link(FAMILIES[score.family].safe_mean))
-
-
 class _CausalPrepare:
     """Host side of a causal block: treatment, outcome, mask, the nuisance models' designs on its rows."""
 
@@ -161,9 +156,7 @@ class _CausalPrepare:
 
     def __call__(self, cols) -> Prepared:
         s, n = self.score, self.score.name
-        m = row_mask(cols, self.mask)
-        if not m.any():
-            raise DataError(f"block '{n}' has no rows: its mask selects none of the rows")
+        m = block_rows(cols, self.mask, n)
         out = {f"{n}.mask": m.astype(float)}
         if s.kind != "gformula":
             a = clean_in_mask(require_numeric(cols, self.treatment, what="treatment"), m, self.treatment)
@@ -190,7 +183,7 @@ class _CausalPrepare:
         design = self.propensity.prepare
         w, labels = design.design(cols)
         return {f"{n}.W": clean_design(cols, w, labels, m),
-                f"{n}.Woff": np.where(m, design.offset_values(cols, m), _safe_eta(self.score.propensity.score))}
+                f"{n}.Woff": np.where(m, design.offset_values(cols, m), self.score.propensity.score.safe_eta)}
 
     def _outcome_columns(self, cols, m):
         """The outcome model's design on this block's rows with the treatment set to each value (formulas keep
@@ -208,7 +201,7 @@ class _CausalPrepare:
         if at[f"{n}.X1"].shape[1] != observed.shape[1] or np.allclose(at[f"{n}.X1"], at[f"{n}.X0"]):
             raise SpecificationError(f"block '{n}': the outcome model '{self.outcome.name}' does not use the "
                                      f"treatment '{self.treatment}' (its design is the same under both values)")
-        at[f"{n}.Xoff"] = np.where(m, design.offset_values(cols, m), _safe_eta(self.score.outcome.score))
+        at[f"{n}.Xoff"] = np.where(m, design.offset_values(cols, m), self.score.outcome.score.safe_eta)
         return at
 
     def _start(self, out, cols, m):
@@ -225,7 +218,7 @@ class _CausalPrepare:
         return np.array([mu1, mu0, mu1 - mu0])
 
     def _labels(self):
-        a1, a0 = (_value_label(v) for v in self.values)
+        a1, a0 = (level_label(v) for v in self.values)
         return (f"E[Y({a1})]", f"E[Y({a0})]", "ATE")
 
     def _note(self, m):
@@ -242,10 +235,6 @@ class _CausalPrepare:
         if s.truncate is not None:
             parts.append(f"propensities truncated to [{s.truncate[0]:g}, {s.truncate[1]:g}]")
         return "; ".join(parts)
-
-
-def _value_label(v) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
 def ipw(name: str, y: str, treatment: str, *, propensity, estimator: str = "hajek", mask=None,

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from mestim.data import check_finite, require_numeric, row_mask  # noqa: F401  (row_mask: part of this module's API)
+from mestim.data import check_finite, require_numeric, row_mask
 from mestim.errors import DataError
 
 
@@ -93,6 +93,19 @@ def _frame(cols):
                          for k, v in cols.items() if np.ndim(v) == 1})
 
 
+def block_rows(cols, mask, block: str) -> np.ndarray:
+    """The rows a block uses (:func:`mestim.data.row_mask`), or a DataError naming the block when there are none."""
+    m = row_mask(cols, mask)
+    if not m.any():
+        raise DataError(f"block '{block}' has no rows: its mask selects none of the {m.size} rows")
+    return m
+
+
+def level_label(value) -> str:
+    """A level as a label: 1.0 → '1', 'f' → 'f' (treatment values, classes)."""
+    return str(int(value)) if isinstance(value, (int, float, np.number)) and float(value).is_integer() else str(value)
+
+
 def clean_in_mask(values: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
     """``values`` with rows outside ``mask`` set to 0, after checking rows inside are finite."""
     check_finite(values, name, where=mask)
@@ -129,13 +142,3 @@ def _missing(col: np.ndarray) -> np.ndarray:
         import pandas as pd
         return np.asarray(pd.isna(col), bool)
     return np.zeros(col.shape, bool)
-
-
-def binary_outcome(cols, y: str, mask: np.ndarray, block: str) -> np.ndarray:
-    """The 0/1 outcome ``y`` on the masked rows, or a DataError naming the values that are not 0/1."""
-    vals = clean_in_mask(require_numeric(cols, y, what="outcome"), mask, y)
-    bad = np.setdiff1d(np.unique(vals[mask]), [0.0, 1.0])
-    if bad.size:
-        raise DataError(f"block '{block}' is a logistic model but '{y}' takes values {bad[:5].tolist()} besides 0/1 "
-                        "on the rows it uses; recode it as 0/1 or use a linear/multinomial model")
-    return vals

@@ -68,7 +68,7 @@ from mestim import Block, Prepared
 from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError
 
-from .design import clean_design, clean_in_mask, design_matrix, row_mask
+from .design import block_rows, clean_design, clean_in_mask, design_matrix
 from .separation import raise_if_separated, suspicious
 
 
@@ -181,6 +181,11 @@ class GLMScore:
         stacked = (self.family == "gamma" and self.shape) or (self.family == "negative_binomial" and self.alpha is None)
         return int(stacked)
 
+    @property
+    def safe_eta(self) -> float:
+        """A linear predictor with a valid mean, for rows outside a mask (their ψ is multiplied by 0)."""
+        return float(LINKS[self.link].link(FAMILIES[self.family].safe_mean))
+
     def split(self, theta):
         """(β, a): a = log α for a stacked extra parameter, else None."""
         return (theta[:-1], theta[-1]) if self.n_extra else (theta, None)
@@ -243,10 +248,7 @@ class GLMScore:
 
 def prepared_design(name, cols, X, formula, intercept, mask):
     """(mask, design with rows outside the mask zeroed, labels) of a registered block; errors name the block."""
-    n = next(iter(cols.values())).shape[0]
-    m = row_mask(cols, mask, n)
-    if not m.any():
-        raise DataError(f"block '{name}' has no rows: its mask selects none of the {n} rows")
+    m = block_rows(cols, mask, name)
     x, labels = design_matrix(cols, X, formula, intercept)
     return m, clean_design(cols, x, labels, m), labels
 
@@ -271,7 +273,7 @@ class GLMDesign:
 
     def __call__(self, cols) -> Prepared:
         s = self.score
-        family, link = FAMILIES[s.family], LINKS[s.link]
+        family = FAMILIES[s.family]
         m, x, labels = prepared_design(s.name, cols, self.X, self.formula, self.intercept, self.mask)
         self.labels = tuple(labels)
         prior = np.ones(m.size)
@@ -285,7 +287,7 @@ class GLMDesign:
         off = self.offset_values(cols, m)
         # Rows outside the mask get a valid mean (x = 0, so η = offset), keeping ψ finite where it is multiplied by 0.
         y[~m] = family.safe_mean
-        off[~m] = float(link.link(family.safe_mean))
+        off[~m] = s.safe_eta
         init = self._start(x[m], y[m], off[m])
         note = (f"{s.family} GLM ({s.link} link) of {self.y} on {len(labels)} design column(s), {int(m.sum())} rows"
                 + (f", α fixed at {s.alpha:g}" if s.alpha is not None else ""))
@@ -322,15 +324,18 @@ class GLMDesign:
             target = link.link(family.start_mean(y))
             if not np.all(np.isfinite(target)):  # the start is outside the link's range: a constant η = g(ȳ)
                 target = np.full(y.size, link.link(np.mean(y)))
+        if not np.all(np.isfinite(target)):
+            raise DataError(f"block '{s.name}': a {s.family} model with the {s.link} link needs a mean inside the "
+                            f"link's range, but '{self.y}' has mean {np.mean(y):.4g} (range {np.min(y):.4g} to "
+                            f"{np.max(y):.4g}) on the rows it uses: choose another link, or give init=")
         beta = _least_squares(x, target - offset)
         if not s.n_extra:
             return beta
         mu = link.inverse(x @ beta + offset, np)
         if s.family == "gamma":
-            log_extra = -np.log(max(np.mean(((y - mu) / mu) ** 2), 1e-8))
-        else:  # a judgement call: α₀ ≥ 0.05 keeps the start away from the Poisson boundary α = 0
-            log_extra = np.log(max(np.mean(((y - mu) ** 2 - mu) / mu**2), 0.05))
-        return np.append(beta, log_extra)
+            return np.append(beta, -np.log(max(np.mean(((y - mu) / mu) ** 2), 1e-8)))
+        # a judgement call: α₀ ≥ 0.05 keeps the start away from the Poisson boundary α = 0
+        return np.append(beta, np.log(max(np.mean(((y - mu) ** 2 - mu) / mu**2), 0.05)))
 
 
 def _least_squares(x, y):

@@ -163,7 +163,7 @@ def _encoding(path: str) -> str:
             head.decode(encoding)
             return encoding
         except UnicodeDecodeError as e:
-            if e.start >= len(head) - 4:  # a multi-byte character cut by the sample's end is still UTF-8
+            if len(head) == SAMPLE_BYTES and e.start >= len(head) - 4:  # a character cut by the sample's end
                 return encoding
     return FALLBACK_ENCODINGS[-1]
 

@@ -38,9 +38,9 @@ import numpy as np
 
 from mestim import Block, Prepared
 from mestim.data import require_numeric
-from mestim.errors import DataError, SpecificationError
+from mestim.errors import SpecificationError
 
-from .design import clean_design, clean_in_mask, design_matrix, row_mask
+from .design import block_rows, clean_design, clean_in_mask, design_matrix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +90,7 @@ def iv(name: str, y: str, endogenous, instruments, exogenous=None, *, intercept:
             "regressor(s); each endogenous regressor needs an instrument")
 
     def prepare(cols):
-        m = row_mask(cols, mask)
-        if not m.any():
-            raise DataError(f"block '{name}' has no rows: its mask selects none of the rows")
+        m = block_rows(cols, mask, name)
         x, labels = design_matrix(cols, exog + endog, intercept=intercept)
         z, z_labels = design_matrix(cols, exog + instr, intercept=intercept)
         x, z = clean_design(cols, x, labels, m), clean_design(cols, z, z_labels, m)

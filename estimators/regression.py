@@ -27,7 +27,7 @@ from mestim import Block, Prepared
 from mestim.data import levels, require_numeric
 from mestim.errors import DataError
 
-from .design import clean_in_mask, row_mask
+from .design import block_rows, clean_in_mask, level_label
 from .glm import GLMScore, glm, prepared_design
 from .separation import raise_if_separated, suspicious
 
@@ -95,7 +95,7 @@ def multinomial(name: str, y: str, X=None, *, formula=None, mask=None, intercept
         if len(classes) < 2:
             raise DataError(f"block '{name}': '{y}' has a single class {classes} on the rows used")
         onehot = np.stack([(yv == c) & m for c in classes[1:]], axis=1).astype(float)
-        plabels = tuple(f"{_class_label(c)}:{lab}" for c in classes[1:] for lab in labels)
+        plabels = tuple(f"{level_label(c)}:{lab}" for c in classes[1:] for lab in labels)
         prepared["labels"] = plabels
         note = f"multinomial logistic regression of {y} ({len(classes)} classes, reference {classes[0]!r})"
         return Prepared({f"{name}.X": x, f"{name}.Y": onehot, f"{name}.mask": m.astype(float)},
@@ -120,15 +120,10 @@ def mean(name: str, y: str, *, mask=None) -> Block:
     """Mean of ``y`` over the rows in ``mask``: ψ = m (y − μ)."""
 
     def prepare(cols):
-        m = row_mask(cols, mask)
-        if not m.any():
-            raise DataError(f"block '{name}' has no rows: its mask selects none of the rows")
+        m = block_rows(cols, mask, name)
         yv = clean_in_mask(require_numeric(cols, y, what="outcome"), m, y)
         return Prepared({f"{name}.y": yv, f"{name}.mask": m.astype(float)}, np.array([yv[m].mean()]), (y,),
                         (f"mean of {y} over {int(m.sum())} rows",))
 
     return Block(name, MeanScore(name), prepare=prepare)
 
-
-def _class_label(c) -> str:
-    return str(int(c)) if isinstance(c, (float, np.floating)) and float(c).is_integer() else str(c)

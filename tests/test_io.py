@@ -35,6 +35,14 @@ def test_named_delimiter_and_latin1_text(trials, tmp_path):
     assert read_table(path).shape == df.shape  # detected: semicolons and Latin-1
 
 
+def test_small_cp1252_file_ending_in_an_accent(tmp_path):
+    """A file shorter than the encoding sample whose last bytes are not UTF-8 is not UTF-8 (only a sample cut
+    mid-character may end that way)."""
+    path = tmp_path / "small.csv"
+    path.write_bytes(b"name,y\nabc,1\nRen\xe9,2\n")
+    assert list(read_table(path).name) == ["abc", "René"]
+
+
 def test_binary_file_is_a_clear_error(tmp_path):
     path = tmp_path / "data.csv"
     path.write_bytes(b"\x00\x01\x02garbage")
