@@ -76,8 +76,10 @@ def _external_root(root_finder, evaluate, start, scale, gtol):
     return State(x, r, jac, 0.0, np.zeros_like(x), 1.0, 0, False, False, 0, 1, CONVERGED, x, False)
 
 
-def raise_for_status(state, level, labels, scale, nonfinite_rows=None) -> None:
-    """The error for a level that did not converge, naming its blocks, its last θ and what to try."""
+def raise_for_status(state, level, labels, scale, nonfinite_rows=None, equation_labels=None) -> None:
+    """The error for a level that did not converge, naming its blocks, its last θ and what to try
+    (``equation_labels``: of the residuals, where there are more equations than parameters)."""
+    equation_labels = labels if equation_labels is None else equation_labels
     names = ", ".join(f"'{g}'" for g in level)
     text, advice = STATUS[int(state.status)]
     residual = float(state.residual) if np.all(np.isfinite(state.r)) else float("inf")
@@ -92,7 +94,9 @@ def raise_for_status(state, level, labels, scale, nonfinite_rows=None) -> None:
     if int(state.status) == SINGULAR:
         from .covariance import BreadFactor
 
-        factor = BreadFactor.of(-np.asarray(state.jac), labels) if np.all(np.isfinite(state.jac)) else None
+        jac = np.asarray(state.jac)
+        square = jac if jac.shape[0] == jac.shape[1] else jac.T @ jac  # GMM: GᵀG shares G's null directions
+        factor = BreadFactor.of(-square, labels) if np.all(np.isfinite(jac)) else None
         cond = f" (condition number {factor.condition:.3g})" if factor is not None else ""
         involved = factor.involved if factor is not None else labels
         raise SingularBreadError(
@@ -101,7 +105,7 @@ def raise_for_status(state, level, labels, scale, nonfinite_rows=None) -> None:
     where = ""
     if int(state.status) == NONFINITE:
         bad = sorted({labels[j] for j in np.argwhere(~np.isfinite(np.asarray(state.jac)))[:, 1]})
-        bad_r = [labels[j] for j in np.flatnonzero(~np.isfinite(np.asarray(state.r)))]
+        bad_r = [equation_labels[j] for j in np.flatnonzero(~np.isfinite(np.asarray(state.r)))]
         where = (f"; ψ is non-finite for {bad_r}" if bad_r else "") + (
             f"; its derivative is non-finite with respect to {bad}" if bad else "")
         if nonfinite_rows is not None:

@@ -85,7 +85,10 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
         theta, moments, iterations = solve_stack(source, problem.init, problem.labels, options)
         weight = None
     else:
-        theta, moments, iterations, weight = solve_gmm(source, problem.init, problem.labels, options)
+        clustered = None if problem.cluster is None else (  # clusters weight the moments by their totals' covariance
+            lambda theta, _: (lambda u: u.T @ u)(_cluster_totals(source, problem, theta)))
+        theta, moments, iterations, weight = solve_gmm(source, problem.init, problem.labels,
+                                                       problem.equation_labels, options, meat=clustered)
     result = assemble(problem, source, theta, moments, options, iterations=iterations, notes=notes,
                       checks=group is None, weight=weight)
     if group is not None:

@@ -56,6 +56,9 @@ class FitOptions:
         check_choice("gmm", self.gmm, GMM)
         if self.gmm is not None and self.correction == "fay":
             raise SpecificationError("correction='fay' is not available with gmm=: use None or 'df'")
+        if self.gmm is not None and callable(self.root_finder):
+            raise SpecificationError("a root_finder function solves Σψ = 0, which has no solution with gmm=: use "
+                                     "root_finder='auto', 'newton' or 'lm'")
         if self.chunk_size is not None:
             _positive_int("chunk_size", self.chunk_size)
         _positive_int("max_iter", self.max_iter)

@@ -182,6 +182,9 @@ def _solve(xp, a, b):
         return linalg.solve(a, b) if a.shape[0] == a.shape[1] else linalg.solve(a.T @ a, a.T @ b)
     if a.shape[0] != a.shape[1]:
         q, r = np.linalg.qr(a)
+        d = np.abs(np.diag(r))
+        if not d.min() > 1e-13 * d.max():  # rank-deficient: some parameters are not identified
+            return np.full(a.shape[1:], np.nan)
         return _solve(xp, r, q.T @ b)
     try:
         return np.linalg.solve(a, b)

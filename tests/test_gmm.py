@@ -50,6 +50,54 @@ def test_two_step_gmm_equals_the_hand_computation():
     assert "Hansen's J" in res.summary()
 
 
+def test_clustered_two_step_gmm_weights_by_the_cluster_totals():
+    """With cluster=, the efficient weight and Hansen's J use the covariance of the cluster totals of the moments
+    (they used the rows': J rejected valid instruments in 68% of clustered samples)."""
+    d = _iv_data(seed=9)
+    n = d["y"].size
+    g = np.arange(n) % 150
+    X = np.column_stack([np.ones(n), d["w"], d["a"]])
+    Z = np.column_stack([np.ones(n), d["w"], d["z1"], d["z2"]])
+    ZX, Zy = Z.T @ X, Z.T @ d["y"]
+
+    def cluster_meat(e):
+        totals = np.zeros((150, 4))
+        np.add.at(totals, g, Z * e[:, None])
+        return totals.T @ totals
+    b1 = np.linalg.solve(ZX.T @ ZX, ZX.T @ Zy)
+    W = np.linalg.inv(cluster_meat(d["y"] - X @ b1))
+    b2 = np.linalg.solve(ZX.T @ W @ ZX, ZX.T @ W @ Zy)
+    moments = Z.T @ (d["y"] - X @ b2)
+    res = mestim.fit([est.iv("iv", "y", "a", ["z1", "z2"], exogenous="w")], {**d, "g": g}, gmm="two-step",
+                     cluster="g")
+    np.testing.assert_allclose(res.theta, b2, rtol=1e-10)
+    assert res.j_test.statistic == pytest.approx(float(moments @ W @ moments), rel=1e-8)
+
+
+def test_gmm_failures_name_the_moments_and_unidentified_parameters():
+    data = {"x": np.linspace(1, 2, 50)}
+
+    def nan_psi(t, r):
+        return jnp.array([jnp.log(t[0]) - r["x"], t[0] - r["x"], t[0] ** 2 - r["x"] ** 2])
+    with pytest.raises(mestim.ConvergenceError, match=r"non-finite for \['whitened moment 0'"):
+        mestim.fit(nan_psi, data, init=[-1.0], gmm="two-step")
+
+    def unidentified(t, r):  # only θ₀ + θ₁ is identified
+        return jnp.array([t[0] + t[1] - r["x"], (t[0] + t[1]) * r["x"] - r["x"] ** 2, (t[0] + t[1]) - r["x"] ** 0.5])
+    with pytest.raises(mestim.SingularBreadError, match="not identified"):
+        mestim.fit(unidentified, data, init=[0.0, 0.0], gmm="two-step")
+    with pytest.raises(mestim.SpecificationError, match="no solution with gmm="):
+        mestim.fit(unidentified, data, init=[0.0, 0.0], gmm="two-step", root_finder=lambda f, j, x0: x0)
+
+
+def test_iterated_gmm_that_does_not_settle_says_so(monkeypatch):
+    import mestim.gmm
+
+    monkeypatch.setattr(mestim.gmm, "MAX_STEPS", 2)  # one weight update cannot settle from W = I
+    with pytest.raises(mestim.ConvergenceError, match="did not settle in 2 weight updates"):
+        mestim.fit([est.iv("iv", "y", "a", ["z1", "z2"], exogenous="w")], _iv_data(seed=3), gmm="iterated")
+
+
 def test_iterated_gmm_is_a_fixed_point_of_the_weight_update():
     d = _iv_data(seed=3)
     res = mestim.fit([est.iv("iv", "y", "a", ["z1", "z2"], exogenous="w")], d, gmm="iterated")
