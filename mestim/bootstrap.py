@@ -10,13 +10,12 @@ over rows or replicates. Replicates start from θ̂ (fast, and the usual practic
 from __future__ import annotations
 
 import dataclasses
-
+import functools
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from . import data as datamod
 from .errors import MestimWarning, SpecificationError
@@ -66,26 +65,26 @@ def bootstrap(estimator, data, init=None, *, replicates: int = 1000, seed: int =
     cols = datamod.as_columns(data)
     n = datamod.n_rows(cols)
     w = datamod.row_weights(problem.columns, weights, n)
-    theta_hat = result.theta
     if cluster is not None:
         codes, g = datamod.cluster_codes(problem.columns, cluster, n)
-        draw = _cluster_draw(codes, g, w)
+        draw, draw_args = functools.partial(_cluster_draw, g=g), (codes, w)
     elif weights is not None:
-        draw = _unit_draw(w)
+        draw, draw_args = functools.partial(_unit_draw, total=int(round(float(w.sum())))), (np.cumsum(w),)
     else:
-        draw = _row_draw(n)
+        draw, draw_args = _row_draw, (w,)
 
     batch = min(batch, replicates)
     n_batches = -(-replicates // batch)
 
     @jax.jit
-    def run(seed, start):  # keys drawn inside the compiled call: no eager jax.random on the host
-        keys = jax.random.split(jax.random.key(seed), n_batches * batch)
-        return jax.vmap(lambda k: f(columns, draw(k), theta_hat))(lax.dynamic_slice_in_dim(keys, start, batch))
+    def run(columns, draw_args, theta_hat, seed, start):
+        # the data are arguments, not constants baked into the program; replicate r's key is fold_in(key, r)
+        keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(seed), r))(start + jnp.arange(batch))
+        return jax.vmap(lambda k: f(columns, draw(k, *draw_args), theta_hat))(keys)
 
     thetas, oks = [], []
     for start in range(0, n_batches * batch, batch):  # batches of replicates bound the memory; rows never looped
-        out = run(np.uint32(seed), np.int32(start))
+        out = run(columns, draw_args, result.theta, np.int64(seed), np.int64(start))
         thetas.append(np.asarray(out.theta))
         oks.append(np.asarray(out.converged) & np.all(np.isfinite(np.asarray(out.theta)), axis=1))
     thetas, oks = np.concatenate(thetas)[:replicates], np.concatenate(oks)[:replicates]
@@ -96,20 +95,20 @@ def bootstrap(estimator, data, init=None, *, replicates: int = 1000, seed: int =
     return BootstrapResult(result, thetas[oks], failed)
 
 
-def _row_draw(n):
-    return lambda key: jnp.zeros(n).at[jax.random.randint(key, (n,), 0, n)].add(1.0)
+def _row_draw(key, w):
+    """n rows drawn with replacement: row i's weight is how often it was drawn."""
+    n = w.shape[0]
+    return jnp.zeros(n).at[jax.random.randint(key, (n,), 0, n)].add(1.0)
 
 
-def _unit_draw(w: np.ndarray):
-    """Frequency weights: draw Σw units with probabilities w/Σw; a row's weight is how often it was drawn."""
-    total = int(round(float(w.sum())))
-    with np.errstate(divide="ignore"):
-        logits = np.log(w)
-    return lambda key: jnp.zeros(w.shape[0]).at[jax.random.categorical(key, logits, shape=(total,))].add(1.0)
+def _unit_draw(key, cumulative_w, total):
+    """Frequency weights: ``total`` = Σw units drawn with probabilities w/Σw (by inverting the cumulative
+    weights: memory O(Σw), not O(Σw · n)); a row's weight is how often it was drawn."""
+    u = jax.random.uniform(key, (total,)) * cumulative_w[-1]
+    rows = jnp.searchsorted(cumulative_w, u, side="right")
+    return jnp.zeros(cumulative_w.shape[0]).at[rows].add(1.0)
 
 
-def _cluster_draw(codes: np.ndarray, g: int, w: np.ndarray):
-    def draw(key):
-        counts = jnp.zeros(g).at[jax.random.randint(key, (g,), 0, g)].add(1.0)
-        return w * counts[codes]
-    return draw
+def _cluster_draw(key, codes, w, g):
+    counts = jnp.zeros(g).at[jax.random.randint(key, (g,), 0, g)].add(1.0)
+    return w * counts[codes]

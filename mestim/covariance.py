@@ -47,9 +47,7 @@ class BreadFactor:
             bad = sorted({labels[j] for j in np.argwhere(~np.isfinite(bread))[:, 1]})
             raise SingularBreadError(f"the bread has non-finite entries for parameter(s) {bad}: ψ or its derivative "
                                      "is NaN or infinite at θ̂ for some rows")
-        diag = np.abs(np.diag(bread))
-        cross = np.sqrt(np.max(np.abs(bread), axis=0) * np.max(np.abs(bread), axis=1))
-        scale = np.sqrt(np.where(diag > 0, diag, np.where(cross > 0, cross, 1.0)))
+        scale = equilibration(bread, np)
         u, s, vt = np.linalg.svd(bread / scale[:, None] / scale[None, :])
         return cls(scale, u, s, vt, labels)
 
@@ -72,6 +70,14 @@ class BreadFactor:
 
     def inverse(self) -> np.ndarray:
         return (self.vt.T / self.s) @ self.u.T / self.scale[:, None] / self.scale[None, :]
+
+
+def equilibration(bread, xp):
+    """s with A = D E D, D = diag(s): s_j = √|A_jj|, or √ of the row and column scale where A_jj = 0 (numpy or
+    jax.numpy ``xp``: the host fit and the traced, vmapped fit equilibrate alike)."""
+    diag = xp.abs(xp.diag(bread))
+    cross = xp.sqrt(xp.max(xp.abs(bread), axis=0) * xp.max(xp.abs(bread), axis=1))
+    return xp.sqrt(xp.where(diag > 0, diag, xp.where(cross > 0, cross, 1.0)))
 
 
 def sandwich_covariance(bread_inv: np.ndarray, meat: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import linalg
 from .blocks import solve_levels
-from .covariance import SINGULAR_COND
+from .covariance import SINGULAR_COND, equilibration
 from .errors import SpecificationError
 from .estimate import kernel_for
 from .options import FitOptions
@@ -81,7 +81,7 @@ def fit_function(estimator, data, init=None, *, names=None, solve: str = "blockw
             iterations = iterations + out.iterations
         final = sums(theta, sandwich_plan)
         bread = -final.jac
-        scale = jnp.sqrt(jnp.abs(jnp.diag(bread))) + 1e-300
+        scale = equilibration(bread, jnp)
         equilibrated = bread / scale[:, None] / scale[None, :]
         inv_eq = linalg.inv(equilibrated)  # no LAPACK under vmap (mestim.linalg)
         singular = linalg.condition(equilibrated, inv_eq) > SINGULAR_COND

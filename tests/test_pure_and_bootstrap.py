@@ -54,3 +54,31 @@ def test_cluster_and_weighted_bootstrap_run():
     w = bootstrap([est.logistic("lg", "y", ["x"])], d, replicates=200, weights="w", seed=1)
     for r in (c, w):
         assert r.failed == 0 and 0.75 < float(np.mean(r.se / r.fit.se)) < 1.25
+
+
+def test_pure_fit_equilibrates_a_bread_with_zeros_on_its_diagonal_as_fit_does():
+    """ψ = (θ₁ − y, θ₀ − x): a regular bread with a zero diagonal (the pure fit called it singular)."""
+    d = _data(3).assign(y=lambda t: t.y + t.x)
+
+    def psi(t, r):
+        return jnp.stack([t[1] - r["y"], t[0] - r["x"]])
+    ref = mestim.fit(psi, d, init=[0.0, 0.0])
+    columns, f, _ = fit_function(psi, d, init=[0.0, 0.0])
+    out = jax.jit(f)(columns, jnp.ones(len(d)))
+    assert bool(out.converged)
+    np.testing.assert_allclose(out.vcov, ref.vcov, rtol=1e-10)
+
+
+def test_weighted_bootstrap_draws_units_in_memory_linear_in_the_units():
+    """Σw units are drawn by inverting the cumulative weights: no (Σw × n) array anywhere (the categorical draw
+    made one), and any integer seed works."""
+    from mestim.bootstrap import _unit_draw
+
+    w = np.arange(1.0, 301.0)  # Σw = 45,150 units over 300 rows
+    jaxpr = jax.make_jaxpr(lambda k, c: _unit_draw(k, c, total=45150))(jax.random.key(0), np.cumsum(w))
+    sizes = [int(np.prod(v.aval.shape)) for e in jaxpr.eqns for v in e.outvars]
+    assert max(sizes) <= 45150
+    counts = np.asarray(_unit_draw(jax.random.key(1), np.cumsum(w), total=45150))
+    assert counts.sum() == 45150 and np.corrcoef(counts, w)[0, 1] > 0.9
+    d = _data(4, 300).assign(w=np.tile([1.0, 2.0, 3.0], 100))
+    assert bootstrap([est.logistic("lg", "y", ["x"])], d, replicates=10, weights="w", seed=-1).failed == 0
