@@ -22,6 +22,15 @@ def default_fit(bundled):
 
 
 # ------------------------------------------------------------------------------------------- outputs
+def test_a_second_transport_call_compiles_nothing(bundled, default_fit):
+    """Every program of a transport call (the stack's, the positivity diagnostics') is reused by the next call."""
+    import mestim
+
+    with mestim.compilations() as count:
+        transport(bundled, covariates=COVS)
+    assert count.programs == 0
+
+
 def test_bundled_default_table_and_tests(default_fit):
     res = default_fit
     t = res.table

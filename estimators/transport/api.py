@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -28,7 +27,7 @@ import pandas as pd
 import mestim
 from mestim import Block
 from mestim.errors import DataError, SpecificationError
-from mestim.results import check_level
+from mestim.results import check_level, z_crit
 
 from .data import TransportData, as_frame, label, missing_column, prepare_data
 from .iterated import IteratedOutcome, iterated_blocks
@@ -584,7 +583,7 @@ def _result(stack: TransportStack, fit: mestim.Result) -> TransportResult:
     allest = _delta(fit, items, extra_idx, labels)
     est = mestim.Estimates(allest.theta[:n_items], allest.vcov[:n_items, :n_items], tuple(labels[:n_items]))
 
-    z = NormalDist().inv_cdf(0.5 + level / 2)
+    z = z_crit(level)
     rows = []
     for i, (e, trial, ci, scale, _, _, n) in enumerate(items):
         value, se = float(est.theta[i]), float(np.sqrt(est.vcov[i, i]))

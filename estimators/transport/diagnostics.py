@@ -26,6 +26,8 @@ functions at the fitted parameters, the summaries from NumPy reductions over row
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 import pandas as pd
@@ -54,10 +56,16 @@ def inverse_odds_weights(stack, fit):
     part, armw = stack.participation, stack.arm_weights
     rows = {k: v for k, v in cols.items()
             if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim >= 1 and v.shape[0] == n}
-    blocks = {name: (sl.start, sl.stop) for name, sl in fit.blocks.items()}
+    blocks = tuple((name, sl.start, sl.stop) for name, sl in fit.blocks.items())
+    res = [np.asarray(r) for r in _weights(part, armw, blocks, pooled, per_trial, rows, np.asarray(fit.theta, float))]
+    return (res.pop(0) if pooled else None), (res.pop(0) if per_trial else None)
 
-    def one(row, theta):
-        up = {name: theta[a:b] for name, (a, b) in blocks.items()}
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _weights(part, armw, blocks, pooled, per_trial, rows, theta):
+    """Every row's inverse-odds weights (compiled once per stack: the models and flags are static)."""
+    def one(row):
+        up = {name: theta[a:b] for name, a, b in blocks}
         arm = armw(up, row)  # (C,) I(Z=z)/e(z; X, S)  (0 off the row's arm)
         out = []
         if pooled:
@@ -66,8 +74,7 @@ def inverse_odds_weights(stack, fit):
             out.append(row["tr.Shot"][:, None] * part.trial_odds(up, row)[:, None] * arm[None, :])
         return tuple(out)
 
-    res = [np.asarray(r) for r in jax.jit(jax.vmap(one, in_axes=(0, None)))(rows, np.asarray(fit.theta, float))]
-    return (res.pop(0) if pooled else None), (res.pop(0) if per_trial else None)
+    return jax.vmap(one)(rows)
 
 
 def weight_summary(w: np.ndarray, member: np.ndarray) -> dict:
