@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from mestim.data import check_finite, require_numeric, row_mask
+from mestim.data import check_finite, missing_values, require_numeric, row_mask
 from mestim.errors import DataError
 
 
@@ -126,19 +126,9 @@ def clean_design(cols, x: np.ndarray, labels, mask: np.ndarray) -> np.ndarray:
             col = np.asarray(col)
             if col.ndim != 1 or not any(re.search(rf"(?<![\w.]){re.escape(str(name))}(?!\w)", lab) for lab in labels):
                 continue
-            missing = _missing(col)
+            missing = missing_values(col)
             if missing[row]:
                 check_finite(np.where(missing, np.nan, 0.0), name, where=mask)
         j = int(np.flatnonzero(~np.isfinite(x[row]))[0])
         check_finite(x[:, j], labels[j], where=mask)
     return np.where(mask[:, None], x, 0.0).astype(float)
-
-
-def _missing(col: np.ndarray) -> np.ndarray:
-    """Rows where a data column is missing: NaN/inf in numbers, None/NaN in text or objects."""
-    if col.dtype.kind in "fc":
-        return ~np.isfinite(col)
-    if col.dtype.kind == "O":
-        import pandas as pd
-        return np.asarray(pd.isna(col), bool)
-    return np.zeros(col.shape, bool)

@@ -30,6 +30,17 @@ def levels(cols, name: str, values: np.ndarray) -> np.ndarray:
         else np.unique(values)
 
 
+def missing_values(values: np.ndarray) -> np.ndarray:
+    """Rows where a column is missing: NaN/inf in numbers; None, NaN, pd.NA or NaT in text and objects."""
+    if values.dtype.kind in "fc":
+        return ~np.isfinite(values)
+    if values.dtype.kind == "O":
+        import pandas as pd
+
+        return np.asarray(pd.isna(values), bool)
+    return np.zeros(values.shape, bool)
+
+
 _FIRST_ROW = contextvars.ContextVar("first_row", default=0)
 
 

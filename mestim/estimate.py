@@ -128,13 +128,18 @@ def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="f
                     status="not solved (sandwich at the given θ)")
 
 
-def kernel_for(problem: Problem, options: FitOptions, mesh=None, streamed: bool = False) -> Kernel:
+def kernel_for(problem: Problem, options: FitOptions, mesh=None, streamed: bool = False,
+               batch_rows: int | None = None) -> Kernel:
     """The stack's kernel: chunks of ``options.chunk_size`` rows, or chosen by :func:`mestim.sums.chunk_rows` from
-    the stack, the device and the rows per device (a stream's rows are many: ``problem`` is its first batch)."""
+    the stack, the device and the rows per device (a stream's rows are many: ``problem`` is its first batch; a
+    chunk holds no more than a batch of ``batch_rows``, which would only pad it)."""
     platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+    devices = 1 if mesh is None else mesh.size
     if streamed:
-        return Kernel(problem.spec, options.chunk_size or chunk_rows(problem.spec, platform), mesh)
-    rows = -(-problem.n_rows // (1 if mesh is None else mesh.size))  # per device
+        rows = None if batch_rows is None else -(-batch_rows // devices)
+        return Kernel(problem.spec, options.chunk_size or chunk_rows(problem.spec, platform, rows, one_chunk=False),
+                      mesh)
+    rows = -(-problem.n_rows // devices)
     quick = quick_compile(problem.spec, platform, rows)
     return Kernel(problem.spec, options.chunk_size or chunk_rows(problem.spec, platform, rows), mesh, quick,
                   hoist=not quick and mesh is None and platform == "cpu")

@@ -67,6 +67,8 @@ class Problem:
 
 def as_blocks(estimator, init=None, names=None) -> list[Block]:
     """The estimator as a list of blocks: ``psi(theta, row)`` (with ``init``), a Block, or a list of Blocks."""
+    if init is not None and not (callable(estimator) and not isinstance(estimator, Block)):
+        raise SpecificationError("init= is for a single ψ; blocks carry their own starting values")
     if isinstance(estimator, Block):
         return [estimator]
     if callable(estimator):
@@ -93,9 +95,6 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
     ``levels(columns) -> {name: values}`` gives categorical columns their levels before the blocks prepare (the
     levels several processes agreed on, :mod:`mestim.processes`); ``over_identified``: a block's ψ may return more
     values than it has parameters (GMM)."""
-    single = callable(estimator) and not isinstance(estimator, Block)
-    if init is not None and not single:
-        raise SpecificationError("init= is for a single ψ; blocks carry their own starting values")
     blocks = as_blocks(estimator, init, names)
     cols = datamod.as_columns(data)
     n = datamod.n_rows(cols)

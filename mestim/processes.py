@@ -29,6 +29,7 @@ import time
 import jax
 import numpy as np
 
+from .data import missing_values
 from .errors import DataError, MestimError, SpecificationError
 from .sums import Moments
 
@@ -122,9 +123,16 @@ def agree_levels(group: Group, cols: dict) -> dict:
     for name, values in cols.items():
         if values.ndim != 1:
             continue
-        kept = values[~_missing(values)]
-        uniq = np.unique(kept.astype(str) if values.dtype.kind not in "biuf" else kept)
-        local[name] = None if uniq.size > MAX_LEVELS else [v.item() if hasattr(v, "item") else v for v in uniq]
+        kept = values[~missing_values(values)]
+        if kept.dtype.kind == "O":  # the values themselves (1 stays 1, not '1'): designs match categories to them
+            import pandas as pd
+
+            uniq = [v.item() if hasattr(v, "item") else v for v in pd.unique(kept)]
+            if not all(isinstance(v, (str, int, float, bool)) for v in uniq):
+                continue  # values JSON cannot carry: no agreed levels for this column
+        else:
+            uniq = [v.item() for v in np.unique(kept)]
+        local[name] = None if len(uniq) > MAX_LEVELS else uniq
     everyone = group.allgather_json(local, "the levels of its categorical columns")
     out = {}
     for name in local:
@@ -132,14 +140,6 @@ def agree_levels(group: Group, cols: dict) -> dict:
         if all(s is not None for s in sets):
             out[name] = sorted(set().union(*map(set, sets)), key=lambda v: (isinstance(v, str), v))
     return out
-
-
-def _missing(values: np.ndarray) -> np.ndarray:
-    if values.dtype.kind == "f":
-        return np.isnan(values)
-    if values.dtype.kind == "O":
-        return np.array([v is None or (isinstance(v, float) and np.isnan(v)) for v in values], bool)
-    return np.zeros(values.shape, bool)
 
 
 def signature(problem) -> dict:

@@ -119,7 +119,7 @@ def chunk_reader(source, batch_rows: int, columns=None) -> Callable[[], Iterable
         except (OSError, ValueError) as e:
             raise DataError(f"'{path}' could not be opened as Parquet: {_first_line(e)}") from None
         return lambda: _dataset_chunks(dataset, columns, batch_rows)
-    kind = _kind(source)
+    kind = source_kind(source)
     if kind == "arrow-dataset":
         return lambda: _dataset_chunks(source, columns, batch_rows)
     if kind == "arrow-table":
@@ -158,7 +158,8 @@ def chunk_reader(source, batch_rows: int, columns=None) -> Callable[[], Iterable
                     "returning an iterator of chunks")
 
 
-def _kind(source) -> str | None:
+def source_kind(source) -> str | None:
+    """What a non-path source is: 'arrow-dataset', 'arrow-table', 'polars-lazy', 'polars', 'dask' or None."""
     module = type(source).__module__
     if module.startswith("pyarrow"):
         import pyarrow as pa

@@ -40,6 +40,7 @@ What differs from :func:`mestim.fit` in a streamed fit:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import sys
 import time
@@ -49,14 +50,13 @@ import jax
 import numpy as np
 
 from . import data as datamod
-from .blocks import Block
+from . import processes
 from .driver import solve_stack
 from .errors import DataError, SpecificationError
-from . import processes
 from .estimate import assemble, kernel_for, local_mesh
 from .options import FitOptions
 from .problem import Problem, as_blocks, prepare
-from .readers import Batch, Layout, chunk_reader, host_columns, read_batches
+from .readers import Batch, Layout, chunk_reader, host_columns, read_batches, source_kind
 from .sources import centres, device_mesh, layout, place, run_slabs, store
 from .sums import Kernel, Moments, batch_slab_chunks
 
@@ -101,19 +101,21 @@ def changed(before: dict, now: dict) -> str | None:
     return next((k for k in before if not np.array_equal(before[k], now.get(k), equal_nan=True)), None)
 
 
-def add_rows(kernel: Kernel, capacity: int, problem: Problem, theta, plan, acc, dtype, centre):
+def add_rows(kernel: Kernel, capacity: int, problem: Problem, theta, plan, acc, dtype, centre, pending=None):
     """``acc`` plus the row sums of a prepared batch, sent to the device one slab (``capacity`` chunks per
-    device) at a time: the host holds one slab's copy, and at most ``IN_FLIGHT`` slabs wait on the device.
+    device) at a time: the host holds one slab's copy, and at most ``IN_FLIGHT`` slabs wait on the device
+    (``pending``: the slabs in flight, kept across the batches of a pass).
     ``dtype``, ``centre``: how the columns are stored (:func:`mestim.sources.store`)."""
     parts = 1 if kernel.mesh is None else kernel.mesh.size
-    step, pending = capacity * kernel.chunk * parts, []
+    step = capacity * kernel.chunk * parts
+    pending = collections.deque() if pending is None else pending
     for a in range(0, problem.n_rows, step):
         used = store({k: v[a:a + step] for k, v in problem.used.items()}, dtype, centre)
         host, _ = layout(used, problem.w[a:a + step], kernel.chunk, parts, capacity)
         acc = run_slabs(kernel, place(kernel, host), theta, plan, acc, centre)
         pending.append(acc)
         if len(pending) > IN_FLIGHT:
-            pending.pop(0).psi.block_until_ready()
+            pending.popleft().psi.block_until_ready()
     return acc
 
 
@@ -144,14 +146,15 @@ class _Checked:
                             "differs); a source must give the same rows, in the same order, on every pass")
 
     def end_pass(self, n_rows: int, sum_w: float, start: float, out: Moments) -> Moments:
-        if not n_rows:
-            raise DataError("the streamed source has no rows")
+        """Pass 1 learns the row count and total weight; later passes matched pass 1 piece by piece
+        (:meth:`check_piece`), so what is left to catch is a pass that ends early."""
         if self.n_rows is None:
+            if not n_rows:
+                raise DataError("the streamed source has no rows")
             self.n_rows, self.sum_w = n_rows, sum_w
-        elif n_rows != self.n_rows or not np.isclose(sum_w, self.sum_w, rtol=1e-12, atol=0):
-            raise DataError(f"the streamed source changed between passes: {self.label} read {n_rows:,} rows (total "
-                            f"weight {sum_w:.17g}), pass 1 read {self.n_rows:,} rows (total weight "
-                            f"{self.sum_w:.17g}); a source must give the same rows on every pass")
+        elif n_rows != self.n_rows:
+            raise DataError(f"the streamed source changed between passes: {self.label} read {n_rows:,} rows, pass 1 "
+                            f"read {self.n_rows:,}; a source must give the same rows on every pass")
         self.passes += 1
         self._report(start, n_rows, out)
         return out
@@ -182,47 +185,40 @@ class Streamed(_Checked):
 
     def sums(self, theta, plan) -> Moments:
         start, label, n_rows, sum_w = time.perf_counter(), self.label, 0, 0.0
-        acc, theta = self.kernel.zeros(), jax.device_put(np.asarray(theta, float))
+        acc, theta, pending = self.kernel.zeros(), jax.device_put(np.asarray(theta, float)), collections.deque()
         for i, batch in enumerate(read_batches(self.open_pass, self.batch_rows, self.layout, label)):
-            acc, rows, weight = self._add_batch(i, batch, theta, plan, acc, label)
+            acc, rows, weight = self._add_batch(i, batch, theta, plan, acc, label, pending)
             n_rows, sum_w = n_rows + rows, sum_w + weight
             del batch  # let go of this batch before the reader builds the next: one batch in memory at a time
         return self.end_pass(n_rows, sum_w, start, Moments(*jax.device_get(acc)))
 
-    def _add_batch(self, i, batch, theta, plan, acc, label):
+    def _add_batch(self, i, batch, theta, plan, acc, label, pending):
         problem = prepared(self.blocks, batch, self.weights, self.first.spec, label)
         self.check_piece(i, fingerprint(problem), batch.where())
-        acc = add_rows(self.kernel, self.capacity, problem, theta, plan, acc, self.dtype, self.centre)
+        acc = add_rows(self.kernel, self.capacity, problem, theta, plan, acc, self.dtype, self.centre, pending)
         return acc, problem.n_rows, float(problem.w.sum())
 
 
 @dataclasses.dataclass
 class _PartitionJob:
-    """What a Dask worker needs to sum a partition; sent to each worker once per fit (scattered), so the kernel
-    it builds is built once per worker and its compiled program is reused on every pass."""
+    """What a Dask worker needs to sum a partition; sent to each worker once per fit (scattered): the client's
+    kernel, whose compiled program each worker builds once and reuses on every pass."""
 
     blocks: tuple
     weights: str | None
-    spec: object
+    kernel: Kernel
     layout: Layout
-    chunk: int
     capacity: int
     dtype: object
     centre: dict | None
-    _kernel: Kernel | None = None
-
-    def kernel(self) -> Kernel:
-        if self._kernel is None:
-            self._kernel = Kernel(self.spec, self.chunk, None, jax.devices()[0].platform)
-        return self._kernel
 
 
 def _partition_sums(frame, job: _PartitionJob, theta, plan, label: str, index: int, start: int):
     """On a Dask worker: one partition's row sums and fingerprint (host arrays: a few kB go back)."""
     where = f"{label}, partition {index} (from row {start:,} of the source)"
     batch = Batch(job.layout.check(host_columns(frame, where), where), start, ((index, start),), "partition")
-    problem = prepared(job.blocks, batch, job.weights, job.spec, label)
-    kernel = job.kernel()
+    problem = prepared(job.blocks, batch, job.weights, job.kernel.spec, label)
+    kernel = job.kernel
     acc = add_rows(kernel, job.capacity, problem, jax.device_put(theta), plan, kernel.zeros(), job.dtype,
                    job.centre)
     return Moments(*jax.device_get(acc)), fingerprint(problem)
@@ -242,7 +238,7 @@ class DaskRows(_Checked):
         lengths = np.asarray(dask.compute(frame.map_partitions(len))[0], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         capacity = batch_slab_chunks(-(-int(max(lengths.max(), 1)) // kernel.chunk))
-        job = _PartitionJob(tuple(blocks), weights, first.spec, layout_, kernel.chunk, capacity, dtype or np.float64,
+        job = _PartitionJob(tuple(blocks), weights, kernel, layout_, capacity, dtype or np.float64,
                             centres(first.used) if dtype == "float32" else None)
         client = _dask_client()
         self.job = job if client is None else client.scatter(job, broadcast=True, hash=False)
@@ -306,19 +302,19 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
         raise SpecificationError("weights= of a streamed fit must be a column name of the source")
     if not isinstance(batch_rows, int) or batch_rows < 1:
         raise SpecificationError(f"batch_rows={batch_rows!r}: give a positive whole number")
-    if init is not None and not (callable(estimator) and not isinstance(estimator, Block)):
-        raise SpecificationError("init= is for a single ψ; blocks carry their own starting values")
     blocks = as_blocks(estimator, init, names)
+    auto = [b.name for b in blocks if isinstance(b.smooth, str)]
+    if auto:
+        raise SpecificationError(f"block(s) {auto}: smooth='auto' would choose a bandwidth from each batch's rows; "
+                                 "a streamed fit needs smooth=h (a number), e.g. the bandwidth fit() notes on a sample")
     layout_ = Layout(columns)
-    dask_frame = _is_dask(source)
+    dask_frame = source_kind(source) == "dask"
+    open_pass = chunk_reader(source, batch_rows, columns)
     if dask_frame:
         if devices is not None:
             raise SpecificationError("devices= shards a fit within one process; a Dask fit sums on each worker's "
                                      "own device: leave devices=None")
         frame = source[columns] if columns is not None else source
-        open_pass = lambda: [frame.partitions[0].head(batch_rows, compute=True)]  # noqa: E731
-    else:
-        open_pass = chunk_reader(source, batch_rows, columns)
     first_batch = next(read_batches(open_pass, batch_rows, layout_, "pass 1"), None)
     if first_batch is None:
         raise DataError("the streamed source has no rows")
@@ -336,7 +332,7 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
         first = dataclasses.replace(first, init=start)
         notes = (f"streamed by {group.size} processes (this is process {group.rank}; starting values from process "
                  "0's first batch)",)
-    kernel = kernel_for(first, options, mesh, streamed=True)
+    kernel = kernel_for(first, options, mesh, streamed=True, batch_rows=None if dask_frame else batch_rows)
     if dask_frame:
         stream = DaskRows(kernel, blocks, first, frame, layout_, weights=weights, dtype=options.data_dtype,
                           progress=progress)
@@ -357,10 +353,3 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
         group.barrier("the end of the fit")
     return result
 
-
-def _is_dask(source) -> bool:
-    if not type(source).__module__.startswith("dask"):
-        return False
-    import dask.dataframe as dd
-
-    return isinstance(source, dd.DataFrame)

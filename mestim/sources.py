@@ -145,7 +145,9 @@ class InMemory:
         further program to compile). None when the kernel does not hoist or the residuals would not fit."""
         n_blocks = len(self.kernel.spec.blocks)
         for hoisted, residuals in self._hoisted.items():
-            if all(m <= h for m, h in zip(plan[:n_blocks], hoisted[:n_blocks])):
+            # a hoisted program computes no less for every block and the meat (weighted alike, if asked for)
+            meat_ok = plan[n_blocks] <= hoisted[n_blocks] and (not plan[n_blocks] or plan[-1] == hoisted[-1])
+            if meat_ok and all(m <= h for m, h in zip(plan[:n_blocks], hoisted[:n_blocks])):
                 return (hoisted, residuals) if residuals is not None else None
         if not self.kernel.hoist or not all(mode == JACOBIAN for mode in plan[:n_blocks]):
             return None

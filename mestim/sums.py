@@ -59,16 +59,17 @@ def plan(spec: StackSpec, values=(), jacobian=(), meat=False, sampling=False) ->
     return np.array(modes + [int(meat), int(sampling)], np.int32)
 
 
-def chunk_rows(spec: StackSpec, platform: str, n_rows: int | None = None) -> int:
-    """Rows per chunk, a power of two.
+def chunk_rows(spec: StackSpec, platform: str, n_rows: int | None = None, one_chunk: bool = True) -> int:
+    """Rows per chunk, a power of two, for passes of ``n_rows`` rows (a stream's batch: ``one_chunk=False``).
 
     Small data (a pass of at most ``QUICK_WORK`` rows × width on a CPU) are one chunk of the next power of two rows:
     a program with no loop, compiled for compile speed (:func:`quick_compile`); padding costs at most as many rows
     again. Otherwise a block's Jacobian work on a chunk (rows × k_b × inputs_b of the largest block) stays within a
-    cache-sized budget on a CPU, and is large on an accelerator (fewer, fuller kernels)."""
+    cache-sized budget on a CPU, and is large on an accelerator (fewer, fuller kernels); never more rows than a
+    pass has."""
     key = platform if platform in CHUNK_BUDGET else "default"
     lo, hi = CHUNK_LIMITS[key]
-    if n_rows is not None and quick_compile(spec, platform, n_rows):
+    if n_rows is not None and one_chunk and quick_compile(spec, platform, n_rows):
         return _pow2_ceil(max(n_rows, lo))
     chunk = int(min(max(_pow2_floor(CHUNK_BUDGET[key] // width(spec)), lo), hi))
     return chunk if n_rows is None else min(chunk, _pow2_ceil(max(n_rows, lo)))

@@ -168,3 +168,19 @@ def test_a_dead_process_ends_the_others_promptly():
     assert survivor.get("returncode") not in (None, 0), survivor
     assert "another task died" in survivor["crashed"] or "did not send" in survivor.get("message", "")
     assert survivor["seconds"] < 60
+
+
+def test_agreed_levels_keep_values_as_designs_see_them():
+    """pd.NA is missing, not a level '<NA>'; an object column of integers keeps 1, 2 (not '1', '2', which would
+    match no row); the union over processes is taken."""
+    import pandas as pd
+
+    from mestim.processes import agree_levels
+
+    class TwoProcesses:  # this process's levels and another's
+        def allgather_json(self, local, what):
+            return [local, {"site": ["c"], "mixed": [3]}]
+
+    cols = {"site": pd.Series(["a", None, "b"], dtype="string").to_numpy(),
+            "mixed": np.array([1, 2, 2], dtype=object)}
+    assert agree_levels(TwoProcesses(), cols) == {"site": ["a", "b", "c"], "mixed": [1, 2, 3]}
