@@ -159,9 +159,10 @@ def test_stream_rejects_unsupported(data):
 def test_float32_data_path_accuracy(data):
     reference = mestim.fit(logistic("part", "R", ["x1", "x2"]), data, weights="w", chunk_size=CHUNK)
     res = mestim.fit(logistic("part", "R", ["x1", "x2"]), data, weights="w", chunk_size=CHUNK, data_dtype="float32")
-    # float32 storage rounds the data (relative 6e-8); ψ and the sums stay float64
-    assert np.max(np.abs(res.theta - reference.theta) / reference.se) < 1e-4
-    np.testing.assert_allclose(res.se, reference.se, rtol=1e-5)
+    # float32 storage rounds the data (relative 6e-8); ψ and the sums stay float64 (measured: θ̂ moves 3.5e-8 SE,
+    # the SEs 3.8e-10 relative)
+    assert np.max(np.abs(res.theta - reference.theta) / reference.se) < 1e-6
+    np.testing.assert_allclose(res.se, reference.se, rtol=1e-8)
 
 
 
