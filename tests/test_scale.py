@@ -202,7 +202,7 @@ _SHARDED = textwrap.dedent("""
     refc = mestim.fit(_stack(), d, weights="w", chunk_size=CHUNK, cluster="site")
     shc = mestim.fit(_stack(), d, weights="w", chunk_size=CHUNK, cluster="site", devices=4)
     out["clustered sharded"] = diff(shc, refc)
-    out["influence rows"] = list(shc.influence().shape) if callable(getattr(shc, "influence", None)) else None
+    out["influence rows"] = list(shc.influence().shape)
     print(json.dumps(out))
 """)
 
@@ -217,8 +217,7 @@ def test_sharded_8_devices_equals_streamed_and_in_memory():
         dtheta, dvcov, n_rows = res[name]
         assert dtheta < TOL and dvcov < TOL, (name, res[name])
         assert n_rows == 2501
-    if res["influence rows"] is not None:
-        assert res["influence rows"][0] == 2501
+    assert res["influence rows"][0] == 2501
 
 
 def test_persistent_compilation_cache_reused_by_second_process(tmp_path):
