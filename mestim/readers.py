@@ -322,20 +322,21 @@ def host_columns(chunk, where: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- batches
-def read_batches(open_pass: Callable[[], Iterable], batch_rows: int, layout: Layout,
-                 label: str = "") -> Iterator[Batch]:
+def read_batches(open_pass: Callable[[], Iterable], batch_rows: int, layout: Layout, label: str = "",
+                 noun: str = "chunk") -> Iterator[Batch]:
     """One pass over a source: chunks checked as they arrive (against ``layout``), cut into batches of
-    ``batch_rows`` rows. ``label`` (e.g. ``"pass 2"``) starts every error message."""
-    return _rebatch(_checked(open_pass, layout, label), batch_rows)
+    ``batch_rows`` rows. ``label`` (e.g. ``"pass 2"``) starts every error message; ``noun``: what the source
+    calls its chunks (a Dask frame's are partitions)."""
+    return _rebatch(_checked(open_pass, layout, label, noun), batch_rows, noun)
 
 
-def _checked(open_pass, layout: Layout, label: str) -> Iterator[_Piece]:
+def _checked(open_pass, layout: Layout, label: str, noun: str) -> Iterator[_Piece]:
     prefix = f"{label}, " if label else ""
     with source_errors(f"{label or 'reading'}, opening the source"):
         chunks = iter(open_pass())
     number, row = 0, 0
     while True:
-        where = f"{prefix}chunk {number} (from row {row:,} of the source)"
+        where = f"{prefix}{noun} {number} (from row {row:,} of the source)"
         with source_errors(where):
             chunk = next(chunks, _END)
         if chunk is _END:
@@ -347,19 +348,19 @@ def _checked(open_pass, layout: Layout, label: str) -> Iterator[_Piece]:
             yield piece
 
 
-def _rebatch(pieces: Iterable[_Piece], size: int) -> Iterator[Batch]:
+def _rebatch(pieces: Iterable[_Piece], size: int, noun: str) -> Iterator[Batch]:
     """Batches of ``size`` rows. Nothing is held between yields but the pieces not yet batched, so a consumer
     that lets go of a batch frees it before the next is read."""
     buf: list[_Piece] = []
     for piece in pieces:
         buf.append(piece)
         while sum(p.n_rows for p in buf) >= size:
-            yield _take(buf, size)
+            yield _take(buf, size, noun)
     if buf:
-        yield _take(buf, sum(p.n_rows for p in buf))
+        yield _take(buf, sum(p.n_rows for p in buf), noun)
 
 
-def _take(buf: list[_Piece], size: int) -> Batch:
+def _take(buf: list[_Piece], size: int, noun: str) -> Batch:
     """The first ``size`` rows of the buffered pieces as a batch (a view when one piece holds them); ``buf``
     keeps the rest."""
     taken, need = [], size
@@ -372,7 +373,7 @@ def _take(buf: list[_Piece], size: int) -> Batch:
         need -= piece.n_rows
     cols = taken[0].columns if len(taken) == 1 else {
         k: np.concatenate([p.columns[k] for p in taken]) for k in taken[0].columns}
-    return Batch(cols, taken[0].start, tuple((p.chunk, p.start) for p in taken))
+    return Batch(cols, taken[0].start, tuple((p.chunk, p.start) for p in taken), noun)
 
 
 def _length(cols: dict) -> int:

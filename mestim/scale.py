@@ -366,7 +366,8 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
             raise SpecificationError("devices= shards a fit within one process; a Dask fit sums on each worker's "
                                      "own device: leave devices=None")
         frame = source[columns] if columns is not None else source
-    first_batch = next(read_batches(open_pass, batch_rows, layout_, "pass 1"), None)
+    first_batch = next(read_batches(open_pass, batch_rows, layout_, "pass 1", "partition" if dask_frame else "chunk"),
+                       None)
     if first_batch is None:
         raise DataError("the streamed source has no rows")
     mesh = None if devices is None else device_mesh(devices)
