@@ -220,7 +220,7 @@ def _parquet_file_batches(path: str, filesystem, names: list, batch_rows: int) -
     """The record batches of one Parquet file, row group by row group, each row group's rows counted against
     the footer. Column chunks are read through a buffer of ``READ_BUFFER`` bytes, not whole: a file written as
     one row group (older pyarrow's default) otherwise held a whole column chunk per column, memory growing with
-    the rows (989 MB against 293 MB at 3e6 rows)."""
+    the rows (peak RSS reading 1e7 rows of 7 columns: 571 MB, now 309 MB, as for 3e6 rows)."""
     import pyarrow.parquet as pq
 
     what = f"the Parquet file '{path}'"

@@ -26,7 +26,10 @@ partition. The stack is sent to the workers once per fit.
 checked against the same batch of pass 1 (its row count, total weight and the sums of every column ψ reads), so a
 source that changes between passes fails at the batch that changed; every pass must read the same number of rows
 and the same total weight. Each fault is a :class:`~mestim.errors.DataError` naming the pass, the chunk (or Dask
-partition) and the rows of the source, counted from 0 over the whole source.
+partition) and the rows of the source, counted from 0 over the whole source; so is every exception a reader or a
+Dask worker raises (a file deleted, rewritten or truncated mid-fit, workers lost). A batch or partition with no
+rows, or whose weights are all zero, adds nothing, as such rows add nothing to ``fit``'s sums; the whole source
+must have rows and a positive total weight.
 
 What differs from :func:`mestim.fit` in a streamed fit:
 
@@ -56,7 +59,8 @@ from .errors import DataError, MestimError, SpecificationError
 from .estimate import assemble, kernel_for, local_mesh
 from .options import FitOptions
 from .problem import Problem, as_blocks, prepare
-from .readers import Batch, Layout, chunk_reader, host_columns, read_batches, source_error, source_kind
+from .readers import (Batch, Layout, chunk_reader, host_columns, read_batches, source_error, source_errors,
+                      source_kind)
 from .sources import centres, device_mesh, layout, place, run_slabs, store
 from .sums import Kernel, Moments, batch_slab_chunks
 
@@ -250,7 +254,8 @@ class DaskRows(_Checked):
 
         super().__init__(progress)
         self.kernel, self.first, self.frame = kernel, first, frame
-        lengths = np.asarray(dask.compute(frame.map_partitions(len))[0], dtype=np.int64)
+        with source_errors("pass 1, counting the rows of the partitions"):
+            lengths = np.asarray(dask.compute(frame.map_partitions(len))[0], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         capacity = batch_slab_chunks(-(-int(max(lengths.max(), 1)) // kernel.chunk))
         job = _PartitionJob(tuple(blocks), weights, kernel, layout_, capacity, dtype or np.float64,
