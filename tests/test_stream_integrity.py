@@ -138,8 +138,8 @@ def _corrupt_page(path, row_group: int):
 def test_corrupt_parquet_page_is_a_data_error_naming_the_file(data, tmp_path):
     path = tmp_path / "pooled.parquet"
     pq.write_table(pa.table(data), path, row_group_size=400, write_page_checksum=True, compression="none")
-    _corrupt_page(path, 4)  # rows 1600–1999 (chunk 4: a file is read row group by row group), beyond batch 1
-    message = _raises(str(path), r"^pass 1, chunk 4 \(from row 1,600 of the source\): the Parquet file",
+    _corrupt_page(path, 4)  # rows 1600–1999: beyond the first batch
+    message = _raises(str(path), r"^pass 1, chunk 2 \(from row 1,400 of the source\): the Parquet file",
                       r"is corrupt: a page failed its checksum")
     assert str(path) in message
 
@@ -172,7 +172,7 @@ def test_truncated_file_in_a_parquet_directory(data, tmp_path, when):
     with pytest.raises(DataError) as info:
         fit_stream(_small_stack(), str(tmp_path / "parts"), weights="w", batch_rows=BATCH, chunk_size=CHUNK,
                    progress=_after_pass(1, lambda: _truncate(paths[1])))
-    assert re.search(rf"^pass {when + 1}, chunk 3 \(from row 1,000 of the source\): the Parquet file "
+    assert re.search(rf"^pass {when + 1}, chunk 2 \(from row 1,000 of the source\): the Parquet file "
                      rf"'{re.escape(str(paths[1]))}' could not be read \(ArrowInvalid", str(info.value)), info.value
 
 
