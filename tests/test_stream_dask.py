@@ -80,6 +80,14 @@ def test_empty_partitions_of_a_filtered_frame(client, data, dropped):
     assert res.n_rows == len(kept)
 
 
+def test_partition_of_zero_weights(client, data):
+    """A partition whose weights are all zero was refused ('w are all zero'); fit accepts such rows."""
+    table = pd.DataFrame(data)
+    table.loc[1000:1499, "w"] = 0.0  # partition 2
+    reference = mestim.fit(_stack(), table, weights="w", chunk_size=CHUNK)
+    _same(fit_stream(_stack(), dd.from_pandas(table, npartitions=5), weights="w", chunk_size=CHUNK), reference)
+
+
 def test_dask_file_deleted_mid_fit(client, data, tmp_path):
     """dd.read_parquet reads the files on the workers on every pass: a file deleted after pass 1 raised the
     worker's FileNotFoundError."""
