@@ -218,9 +218,10 @@ def _dataset_chunks(dataset, columns, batch_rows) -> Iterator:
 
 def _parquet_file_batches(path: str, filesystem, names: list, batch_rows: int) -> Iterator:
     """The record batches of one Parquet file, its footer's row counts checked before (:func:`_check_footer`)
-    and its rows read counted against them after. Column chunks are read through a buffer of ``READ_BUFFER`` bytes, not whole: a file written as
-    one row group (older pyarrow's default) otherwise held a whole column chunk per column, memory growing with
-    the rows (peak RSS reading 1e7 rows of 7 columns: 571 MB, now 309 MB, as for 3e6 rows)."""
+    and its rows read counted against them after. Column chunks are read through a buffer of ``READ_BUFFER``
+    bytes, not whole: a file written as one row group (older pyarrow's default) otherwise held a whole column
+    chunk per column, memory growing with the rows (peak RSS reading 1e7 rows of 7 columns: 571 MB, now 311 MB,
+    as for 3e6 rows)."""
     import pyarrow.parquet as pq
 
     what = f"the Parquet file '{path}'"
