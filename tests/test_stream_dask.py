@@ -112,7 +112,7 @@ def test_all_dask_workers_killed_mid_fit(data):
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(test_scale)  # as the module's client does (which unregisters it)
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
     try:
         with distributed.Client(cluster) as c:
             def kill(seen):
