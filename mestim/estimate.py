@@ -30,7 +30,7 @@ DOMINANT_SHARE = 0.5  # one row carrying this share of the total weight, among �
 
 
 def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weights=None,
-        weight_type: str = "frequency", cluster=None, correction: str | None = None, solve: str = "blockwise",
+        weight_type: str = "frequency", cluster=None, correction: str | None = None, solve: str | None = None,
         chunk_size: int | None = None, max_iter: int = 100, xtol: float = 1e-10, gtol: float = 1e-12,
         devices=None, data_dtype=None, root_finder="auto", gmm: str | None = None) -> Result:
     """Solve Σ_i w_i ψ(θ; row_i) = 0 and return θ̂ with its sandwich covariance.
@@ -45,7 +45,8 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
             ``"sampling"`` (inverse-probability weights: meat Σ w² ψψᵀ, n = number of rows).
         cluster: column name or array of cluster labels: meat Σ_g U_g U_gᵀ over cluster totals U_g = Σ_{i∈g} w ψ.
         correction: None, ``"df"`` (n/(n−p)) or ``"fay"`` (Fay's bias-corrected meat, b = 0.75).
-        solve: ``"blockwise"`` (one solve per dependency level, see :mod:`mestim.blocks`) or ``"joint"``.
+        solve: ``"blockwise"`` (one solve per dependency level, see :mod:`mestim.blocks`) or ``"joint"``; default
+            blockwise, joint with ``gmm=`` (``"blockwise"`` with ``gmm=`` is refused).
         chunk_size: rows per chunk in every sum over rows (memory is O(chunk · p²)); default: chosen from the
             stack's size and the device (:func:`mestim.sums.chunk_rows`).
         max_iter, xtol, gtol: solver limits (see :mod:`mestim.solve`).
@@ -87,8 +88,8 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
     else:
         clustered = None if problem.cluster is None else (  # clusters weight the moments by their totals' covariance
             lambda theta, _: (lambda u: u.T @ u)(_cluster_totals(source, problem, theta)))
-        theta, moments, iterations, weight = solve_gmm(source, problem.init, problem.labels,
-                                                       problem.equation_labels, options, meat=clustered)
+        theta, moments, iterations, weight, gmm_notes = solve_gmm(source, problem, options, meat=clustered)
+        notes = notes + gmm_notes
     result = assemble(problem, source, theta, moments, options, iterations=iterations, notes=notes,
                       checks=group is None, weight=weight)
     if group is not None:

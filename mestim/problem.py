@@ -39,6 +39,7 @@ class Problem:
     cluster: np.ndarray | None  # cluster code of each row
     cluster_labels: np.ndarray | None  # the label each code stands for
     notes: tuple[str, ...]
+    instruments: dict = dataclasses.field(default_factory=dict)  # block name → its instruments' column (GMM)
 
     @property
     def n_clusters(self) -> int:
@@ -100,13 +101,15 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
     n = datamod.n_rows(cols)
     all_cols = datamod.Columns(cols)
     all_cols.levels = levels(cols) if levels is not None else {}
-    specs, labels, inits, notes, masks = [], [], [], [], {}
+    specs, labels, inits, notes, masks, instruments = [], [], [], [], {}, {}
     for b in blocks:
         prep = b.prepare(all_cols) if b.prepare is not None else None
         if prep is not None:
             all_cols.update(prep.columns)
             notes += [f"{b.name}: {t}" for t in prep.notes]
         start = _start(b, prep)
+        if prep is not None and prep.instruments is not None:
+            instruments[b.name] = prep.instruments
         blabels = b.labels or (prep.labels if prep is not None else None) or tuple(str(i) for i in range(start.size))
         if len(blabels) != start.size:
             raise SpecificationError(f"block '{b.name}' has {len(blabels)} labels for {start.size} parameters")
@@ -148,7 +151,7 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
     w = datamod.row_weights(cols, weights, n)  # the user's own columns (not the blocks' prepared ones)
     codes, cluster_labels = (None, None) if cluster is None else datamod.cluster_labels(cols, cluster, n)
     return Problem(spec, tuple(blocks), tuple(labels), np.concatenate(inits), all_cols, used, w, codes,
-                   cluster_labels, tuple(notes))
+                   cluster_labels, tuple(notes), instruments)
 
 
 def _start(block: Block, prep) -> np.ndarray:

@@ -17,7 +17,8 @@ points and end with the same status.
   step polishes θ to the last bit; if no trial improves on θ, θ is already converged to machine precision).
 - **More equations than parameters** (GMM, :mod:`mestim.gmm`): the same rules minimise f = ‖r‖², the Newton step
   being the least-squares (Gauss–Newton) step and every acceptance test relative to the decrease the linear model
-  predicts; f does not reach 0, so the step test ends the solve.
+  predicts; f does not reach 0, so the step test ends the solve, or the point where no step lowers f (a minimum
+  of f to rounding: the GMM objective's, never a root).
 - ``method``: ``"auto"`` (the above), ``"newton"`` (no Levenberg–Marquardt: a singular J or a failed line search
   stops the solve) or ``"lm"`` (Levenberg–Marquardt from the first step; λ never returns to 0).
 
@@ -123,8 +124,10 @@ def advance(xp, s: State, r_t, jac_t, has_jac, scale, options: SolverOptions) ->
     done = to_lm & s.small  # no trial improves on θ: converged to machine precision
     lam_r = xp.where(to_lm, LM_START, xp.where(newton, 0.0, 10 * s.lam))
     stuck = (lam_r > LM_MAX) | (to_lm & (not options.lm))
-    status_r = xp.where(done, CONVERGED, xp.where(stuck, xp.where(_newton_ok(xp, s), NO_PROGRESS, SINGULAR),
-                                                  RUNNING))
+    # more equations than parameters: no step lowers f = ‖r‖² (Newton's nor a gradient step of any length): θ is
+    # a minimum of f to rounding, which is the answer; with as many, it is a minimum that is not a root
+    minimum = xp.where(s.jac.shape[0] > s.jac.shape[1], CONVERGED, NO_PROGRESS)
+    status_r = xp.where(done, CONVERGED, xp.where(stuck, xp.where(_newton_ok(xp, s), minimum, SINGULAR), RUNNING))
     alpha = s.alpha / 2
     retry = s._replace(lam=lam_r, alpha=alpha, halvings=halvings, trial=s.theta + alpha * s.delta,
                        want_jac=xp.asarray(False), evaluations=evaluations, status=status_r)
