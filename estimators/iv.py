@@ -102,6 +102,6 @@ def iv(name: str, y: str, endogenous, instruments, exogenous=None, *, intercept:
                 f"over-identified: {z.shape[1]} moments for {x.shape[1]} parameters, fit with gmm=")
         note = f"IV regression of {y} on {labels} with instruments {instr} for {endog}, {int(m.sum())} rows ({kind})"
         return Prepared({f"{name}.X": x, f"{name}.Z": z, f"{name}.y": yv, f"{name}.mask": m.astype(float)}, start,
-                        tuple(labels), (note,), instruments=f"{name}.Z")
+                        tuple(labels), (note,), rows=m, instruments=f"{name}.Z")
 
     return Block(name, IVMoments(name), prepare=prepare)

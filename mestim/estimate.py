@@ -70,6 +70,8 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
     problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster,
                       levels=None if group is None else (lambda cols: processes.agree_levels(group, cols)),
                       over_identified=gmm is not None)
+    if group is None:  # across processes each holds a part of the rows
+        problem.check_rows()
     source = InMemory(kernel_for(problem, options, mesh), problem.used, problem.w, dtype=options.data_dtype)
     notes = ()
     if group is not None:
@@ -116,6 +118,7 @@ def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="f
     options = FitOptions(weight_type, correction, chunk_size=chunk_size)
     problem = prepare(estimator, data, theta if _single(estimator) else None, names=names, weights=weights,
                       cluster=cluster)
+    problem.check_rows()
     if isinstance(theta, Mapping):
         theta = np.concatenate([np.atleast_1d(np.asarray(theta[b.name], float)) for b in problem.spec.blocks])
     theta = np.asarray(theta, float).ravel()
@@ -180,7 +183,7 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
     vcov = sandwich_covariance(bread_inv, meat)
     if options.correction == "df":
         vcov = vcov * df_factor(n_clusters or n, theta.size)
-    warnings = _warnings_for(problem, factor, theta, checks)
+    warnings = _warnings_for(problem, factor, theta, checks) + _zero_variance(labels, theta, vcov)
     for message in warnings:
         _warnings.warn(message, MestimWarning, stacklevel=3)
     kernel = source.kernel
@@ -234,6 +237,18 @@ def _warnings_for(problem: Problem, factor: BreadFactor, theta, checks: bool) ->
             if b.check is not None:
                 out += list(b.check(np.asarray(theta)[offs[b.name]], problem.columns) or [])
     return out
+
+
+def _zero_variance(labels, theta, vcov) -> list[str]:
+    """A standard error of 0 to rounding (SE ≤ 10⁻¹⁰|θ̂|): ψ does not vary between rows in that direction."""
+    variance = np.diag(vcov)
+    zero = [lab for lab, v, t in zip(labels, variance, np.asarray(theta)) if not v > (1e-10 * t) ** 2]
+    if not zero:
+        return []
+    return [f"the standard error of {zero[:8]}{'…' if len(zero) > 8 else ''} is zero (to rounding) or not a number: "
+            "ψ does not vary between rows in that direction at θ̂ (a constant outcome, a model that fits every row "
+            "exactly, a subgroup with no more rows than parameters), so their CIs and tests mean nothing; check the "
+            "data the block uses"]
 
 
 def _weight_warnings(w: np.ndarray, factor: BreadFactor) -> list[str]:
