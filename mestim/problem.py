@@ -20,7 +20,7 @@ import numpy as np
 from . import data as datamod
 from . import smooth
 from .blocks import Block, BlockSpec, StackSpec, solve_groups
-from .errors import DataError, SpecificationError
+from .errors import DataError, SpecificationError, untraceable
 
 MASK_PREFIX = "mask:"  # device column holding a user block's row mask
 
@@ -241,12 +241,9 @@ def _traced_columns(spec: StackSpec, layout):
                                        **{name: p[name] for name in b.reads})
         try:
             out = jax.eval_shape(call, params, row)
-        except (jax.errors.TracerBoolConversionError, jax.errors.ConcretizationTypeError,
-                jax.errors.TracerIntegerConversionError):
-            raise SpecificationError(
-                f"ψ of block '{b.name}' uses Python control flow (if, and/or, min/max, a comparison) on a value "
-                "that depends on θ or the data; ψ is traced by JAX, so write it with jnp.where(condition, a, b), "
-                "jnp.clip, jnp.minimum/jnp.maximum or jnp.abs instead") from None
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError,
+                jax.errors.TracerArrayConversionError) as e:  # TracerBoolConversionError is a ConcretizationTypeError
+            raise untraceable(b.name, e) from None
         except KeyError as e:
             raise SpecificationError(f"block '{b.name}': ψ failed with KeyError {e} (does it read a block it does "
                                      "not declare in reads=?)") from None

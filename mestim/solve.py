@@ -38,8 +38,8 @@ STATUS = {
     MAX_ITER: ("reached the iteration limit", "try better init= values or a larger max_iter="),
     SINGULAR: ("singular Jacobian", "the parameters are not identified: look for a constant or collinear "
                "covariate, an empty subset of rows, or perfect separation"),
-    NONFINITE: ("non-finite ψ or Jacobian", "ψ is NaN or infinite at the starting values: check ψ for log(0), "
-                "1/0 or overflow, and give init= values inside its domain"),
+    NONFINITE: ("non-finite ψ or Jacobian", "ψ is NaN or infinite {at}: check ψ for log(0), 1/0 or overflow, and "
+                "give init= values inside its domain"),
     NO_PROGRESS: ("line search failed to reduce the residual", "no step reduces ‖Σψ‖: θ sits at a local minimum of "
                   "‖Σψ‖ that is not a root, or ψ is not smooth; try other init= values"),
 }
@@ -156,10 +156,12 @@ def _propose(xp, s: State, scale, options: SolverOptions) -> State:
                    want_jac=xp.asarray(True), status=status,
                    small=newton & (xp.max(xp.abs(step)) <= options.xtol * (1 + xp.max(xp.abs(s.theta)))))
     s = _select(xp, newton, s, _lm_step(xp, s))
-    flat = xp.all(s.jac == 0)  # ψ does not vary with θ: no step can help
+    # ψ does not vary with θ: no step can help, and a root there (a step function started where Σψ = 0) has no
+    # bread either
+    flat = xp.all(s.jac == 0)
     blocked = ~newton & (not options.lm)  # Newton only, and J is singular
-    return s._replace(status=xp.where((status == RUNNING) & (flat | blocked | ~_finite(xp, s.delta)), SINGULAR,
-                                      s.status))
+    singular = ((status == RUNNING) & (blocked | ~_finite(xp, s.delta))) | (flat & (status != NONFINITE))
+    return s._replace(status=xp.where(singular, SINGULAR, s.status))
 
 
 def _lm_step(xp, s: State) -> State:
@@ -223,11 +225,12 @@ def solve_host(evaluate, theta0, scale, options: SolverOptions) -> State:
     theta = np.asarray(theta0, float)
     r, jac = evaluate(theta, True)
     scale = scale() if callable(scale) else scale
-    s = start(np, theta, r, jac, scale, options)
-    while s.status == RUNNING:
-        point = s.theta if s.refresh else s.trial
-        r, jac = evaluate(point, bool(s.want_jac or s.refresh))
-        s = advance(np, s, r, s.jac if jac is None else jac, jac is not None, scale, options)
+    with np.errstate(all="ignore"):  # the rules judge non-finite values by status; numpy need not warn
+        s = start(np, theta, r, jac, scale, options)
+        while s.status == RUNNING:
+            point = s.theta if s.refresh else s.trial
+            r, jac = evaluate(point, bool(s.want_jac or s.refresh))
+            s = advance(np, s, r, s.jac if jac is None else jac, jac is not None, scale, options)
     return s
 
 
