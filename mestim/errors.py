@@ -47,16 +47,18 @@ def untraceable(block: str, error: Exception) -> SpecificationError:
         os.path.abspath(f.filename).startswith(ours) or re.search(r"[/\\](jax|jaxlib)[/\\]", f.filename))]
     line = (frames[-1].line or "").strip() if frames else ""
     where = f" (at {frames[-1].filename}:{frames[-1].lineno}: {line})" if frames else ""
-    called = re.search(r"\b(math|np|numpy)\.(\w+)", line)
+    kind = type(error).__name__
+    # numpy turns a tracer into an array; math.f and float() into a number; if/and/or/min into a bool
+    called = re.search(r"\b(np|numpy)\.(\w+)" if kind == "TracerArrayConversionError" else r"\b(math)\.(\w+)", line)
     same = (f"jnp.{called.group(2)}" if called and hasattr(jnp, called.group(2)) else
             "its jax.numpy counterpart (jnp.exp, jnp.log, jnp.sqrt, jnp.array, …)")
     data = "a value that depends on θ or the data"
-    if called and called.group(1) == "math":
-        what, fix = f"uses the math module ({called.group(0)}) on {data}", f"use {same} (import jax.numpy as jnp)"
-    elif type(error).__name__ == "TracerArrayConversionError":
+    if kind == "TracerArrayConversionError":
         construct = called.group(0) if called else "np.array, np.asarray or a numpy function"
         what, fix = f"uses numpy ({construct}) on {data}", f"use {same} (import jax.numpy as jnp)"
-    elif type(error).__name__ == "TracerBoolConversionError":
+    elif called:
+        what, fix = f"uses the math module ({called.group(0)}) on {data}", f"use {same} (import jax.numpy as jnp)"
+    elif kind == "TracerBoolConversionError":
         what = f"uses Python control flow (if, and/or, min/max, a comparison) on {data}"
         fix = "write it with jnp.where(condition, a, b), jnp.clip, jnp.minimum/jnp.maximum or jnp.abs instead"
     else:  # ConcretizationTypeError, TracerIntegerConversionError
