@@ -88,3 +88,14 @@ def test_the_cli_names_the_arm(tmp_path, capsys):
     assert main(["transport", str(path), "--covariates", ",".join(COVS)]) == 2
     assert "trial S=2, arm Z=1 has 4 rows" in capsys.readouterr().err
     assert main(["transport", str(path), "--covariates", ",".join(COVS), "--pooled-only"]) == 0
+
+
+def test_a_trial_arm_with_too_few_adherent_rows_is_refused_per_protocol():
+    """Per protocol the inner outcome model is fitted to the adherent rows, with the post-randomisation covariate L
+    among its regressors (5 parameters per arm)."""
+    d = simulate_trials(n_trials=3, n_per_trial=200, n_target=400, seed=12, nonadherence=True).data
+    arm = np.flatnonzero((d["S"] == 3).to_numpy() & (d["Z"] == 0).to_numpy() & (d["A"] == d["Z"]).to_numpy())
+    d = d.drop(index=d.index[arm[5:]]).reset_index(drop=True)
+    with pytest.raises(DataError, match=r"trial S=3, arm Z=0 has 5 rows for the 5 parameters of its outcome model "
+                                        r"\(intercept and 4 covariate\(s\), adherent rows\)"):
+        transport(d, covariates=COVS, received="A", post_covariates=["L"])

@@ -433,6 +433,9 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
                                                  per_trial=bool(trial_est))
         armw = ArmWeights(treat, Adherence(C))  # I(Z=z, A=z)/(e(z) π_A(z)): the per-protocol arm weight
         out = IteratedOutcome(family, C, data.m, trial_effects)
+        check_arm_rows(data, per_trial=trial_outcome, pooled=pooled_outcome)  # the outer model, on all rows
+        check_arm_rows(data, per_trial=trial_outcome, pooled=pooled_outcome, among=cols["tr.adherent"] > 0,
+                       extra=post)
         outcome_model_blocks = iterated_blocks(data, out, post, per_trial=trial_outcome, pooled=pooled_outcome)
     else:
         armw = itt_weights

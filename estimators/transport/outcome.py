@@ -21,6 +21,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from estimators.regression import linear, logistic
 from mestim.errors import DataError
@@ -90,13 +91,15 @@ def interaction_columns(data, extra=()) -> list[str]:
     return names
 
 
-def check_arm_rows(data, *, per_trial: bool, pooled: bool) -> None:
+def check_arm_rows(data, *, per_trial: bool, pooled: bool, among=None, extra=()) -> None:
     """Refuse an arm with no more rows than the k = 1 + covariates parameters of its part of an outcome model: that
     part fits those rows exactly (standard errors 0: a trial arm of 4 rows with 3 covariates gave a transported
-    effect of 19.9 (19.1, 20.6) where the other trials gave 1.6) or is not identified."""
-    k, study, treatment = data.k, data.study, data.treatment
-    counts = data.columns["tr.Shot"].T @ data.columns["tr.Zhot"]  # (m, C): rows of each trial and arm
-    what = f"intercept and {k - 1} covariate(s)"
+    effect of 19.9 (19.1, 20.6) where the other trials gave 1.6) or is not identified. ``among``: the rows the model
+    uses (the adherent rows of the per-protocol model); ``extra``: its regressors besides the covariates."""
+    k, study, treatment = data.k + len(extra), data.study, data.treatment
+    used = 1.0 if among is None else np.asarray(among, float)[:, None]
+    counts = (data.columns["tr.Shot"] * used).T @ data.columns["tr.Zhot"]  # (m, C): rows of each trial and arm
+    what = f"intercept and {k - 1} covariate(s)" + ("" if among is None else ", adherent rows")
     for j, s in enumerate(data.trials if per_trial else []):
         for c, a in enumerate(data.arms):
             if counts[j, c] <= k:
