@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import processes
 from .covariance import SINGULAR_COND, BreadFactor
 from .driver import raise_for_status
 from .errors import ConvergenceError, SingularBreadError
@@ -104,7 +105,7 @@ def _instrument_moments(problem, source, column) -> np.ndarray:
     """Σ w z zᵀ of a block's instruments (rows outside its mask hold z = 0), summed over processes."""
     z = np.asarray(problem.columns[column], float)
     zz = (z * problem.w[:, None]).T @ z
-    if hasattr(source, "group"):  # processes: each holds its own rows
+    if isinstance(source, processes.Distributed):  # each process holds its own rows
         zz = sum(np.asarray(part) for part in source.group.allgather_json(zz.tolist(), "Σ w z zᵀ of the instruments"))
     return zz
 
