@@ -27,6 +27,7 @@ from .sums import Kernel, Moments, chunk_rows, plan, quick_compile
 
 EXTREME_WEIGHT = 1e6  # a row weighing this many times the median row: almost surely a data error
 DOMINANT_SHARE = 0.5  # one row carrying this share of the total weight, among ≥ 10 rows
+RUN_OFF = 1e6  # θ̂ this many times farther from 0 than the start, with an ill-conditioned bread: a root at infinity
 
 
 def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weights=None,
@@ -228,6 +229,11 @@ def _warnings_for(problem: Problem, factor: BreadFactor, theta, checks: bool) ->
     if factor.condition > WARN_COND:
         out.append(f"the bread is ill-conditioned (condition number {factor.condition:.3g}); parameters "
                    f"{factor.involved} are nearly collinear or weakly identified, so their SEs are unreliable")
+        far, start = float(np.max(np.abs(theta))), float(np.max(np.abs(problem.init)))
+        if far > RUN_OFF * (1 + start):  # Σψ small only because every ψ_i vanishes as θ → ∞
+            out.append(f"θ ran off to |θ̂| = {far:.3g} from a start of size {start:.3g}: ψ vanishes as θ grows (a "
+                       "root at infinity, not a solution: a parameter on the wrong scale or with the wrong sign, such "
+                       "as σ = exp(θ) for exp(−θ)); check ψ and start closer to the solution")
     if problem.cluster is not None and problem.n_clusters == problem.n_rows:
         out.append("every cluster has one row: the clustered sandwich equals the unclustered one")
     if checks:

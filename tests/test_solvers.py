@@ -177,19 +177,25 @@ def test_aft_models_converge_from_delicatessens_starts(distribution, root_finder
     np.testing.assert_allclose(res.vcov, vcov, atol=1e-6)
 
 
+# delicatessen's test_weighted_weibull_aft data
+_DELICATESSEN_WEIGHTED = {
+    "X": np.repeat([1.0, 0.0], [15, 20]),
+    "W": np.array([1, 2, 3, 1, -1, 1, -2, 1, 0, 1, -3, 1, 0, 1, -1, 3, 0, 2, 1, 1, -1, 2, -3, 2, -2, 0, 0, 1, 1,
+                   2, 3, 0, 1, 0, -1], float),
+    "t": np.array([1, 2, 3, 5, 1, 9, 10, 1, 3, 6, 8, 6, 9, 4, 3, 2, 1, 1, 5, 6, 7, 8, 3, 4, 4, 3, 2.1, 3, 5, 3, 2,
+                   1, 3, 2, 10], float),
+    "delta": np.array([1, 0, 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1,
+                       0, 1, 0, 1, 0], float),
+    "weight": np.array([1, 2, 1, 0.1, 1, 1, 1, 3, 1, 1, 3, 1, 2, 1, 1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 6, 1, 1,
+                        1, 1, 2, 1, 4, 1], float),
+}
+
+
 @pytest.mark.parametrize("root_finder", ["auto", "lm"])
 def test_weighted_weibull_aft_converges_from_delicatessens_start(root_finder):
     """delicatessen's test_weighted_weibull_aft: start (1, 0, 0, 0.6), which the issue saw diverge (θ → −1.5e12);
     the answer is scipy's Levenberg–Marquardt root of the same ψ (delicatessen's solver='lm')."""
-    d = {"X": np.repeat([1.0, 0.0], [15, 20]),
-         "W": np.array([1, 2, 3, 1, -1, 1, -2, 1, 0, 1, -3, 1, 0, 1, -1, 3, 0, 2, 1, 1, -1, 2, -3, 2, -2, 0, 0, 1, 1,
-                        2, 3, 0, 1, 0, -1], float),
-         "t": np.array([1, 2, 3, 5, 1, 9, 10, 1, 3, 6, 8, 6, 9, 4, 3, 2, 1, 1, 5, 6, 7, 8, 3, 4, 4, 3, 2.1, 3, 5, 3, 2,
-                        1, 3, 2, 10], float),
-         "delta": np.array([1, 0, 0, 1, 0, 1, 1, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1,
-                            0, 1, 0, 1, 0], float),
-         "weight": np.array([1, 2, 1, 0.1, 1, 1, 1, 3, 1, 1, 3, 1, 2, 1, 1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 6, 1, 1,
-                             1, 1, 2, 1, 4, 1], float)}
+    d = _DELICATESSEN_WEIGHTED
     psi = _aft("weibull", ["X", "W"])
     res = mestim.fit(psi, d, init=[1.0, 0.0, 0.0, 0.6], weights="weight", root_finder=root_finder)
     rows = {k: jnp.asarray(v) for k, v in d.items()}
@@ -197,3 +203,12 @@ def test_weighted_weibull_aft_converges_from_delicatessens_start(root_finder):
     ref = optimize.root(lambda t: np.asarray(total(jnp.asarray(t))), [1.0, 0.0, 0.0, 0.6], method="lm", tol=1e-12)
     assert ref.success
     np.testing.assert_allclose(res.theta, ref.x, rtol=1e-7)
+
+
+def test_a_root_at_infinity_is_not_reported_silently():
+    """The weighted Weibull AFT written with σ = exp(θ) where delicatessen has exp(−θ): from (1, 0, 0, 0.6) every
+    ψ_i vanishes as θ → −∞ and ‖Σψ‖ falls below gtol at θ ≈ −5e7 (scipy's LM stops at −9e15 and reports success)."""
+    def flipped(theta, row):
+        return _aft("weibull", ["X", "W"])(theta.at[3].multiply(-1.0), row)
+    with pytest.warns(mestim.MestimWarning, match="ran off"):
+        mestim.fit(flipped, _DELICATESSEN_WEIGHTED, init=[1.0, 0.0, 0.0, 0.6], weights="weight")
