@@ -9,12 +9,18 @@ NaN (a target sample has no outcome): they are replaced by 0 *before* anything i
 
 from __future__ import annotations
 
+import ast
 import re
 
 import numpy as np
 
+from mestim.constants import require_all_rows, total
 from mestim.data import check_finite, missing_values, require_numeric, row_mask
-from mestim.errors import DataError
+from mestim.errors import DataError, MestimError
+
+# formulaic's stateful transforms whose state is a mean and a standard deviation (sums over rows), and the
+# position and keyword of their arguments that fix those constants (a value given, not learnt)
+SCALING = {"center": {}, "scale": {"center": 1, "scale": 2}, "standardize": {"center": 1, "rescale": 2}}
 
 
 def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = True, reference=None):
@@ -61,16 +67,20 @@ def formula_design(frame, formula: str, reference=None):
     from formulaic.errors import DataMismatchWarning
 
     rhs = formula.split("~", 1)[1] if "~" in formula else formula
+    learnt_from = frame if reference is None else reference
     frame = _frame(frame)
     try:
-        if reference is not None:
-            spec = model_matrix(rhs, _frame(reference), na_action="ignore").model_spec
+        if reference is not None or _partial(learnt_from):
+            spec = _learnt_state(model_matrix(rhs, _frame(learnt_from), na_action="ignore").model_spec, learnt_from,
+                                 formula)
             with warnings.catch_warnings():
                 # a value outside the levels learnt from the reference would be coded as the reference level
                 warnings.simplefilter("error", DataMismatchWarning)
                 mm = spec.get_model_matrix(frame, na_action="ignore")
         else:
             mm = model_matrix(rhs, frame, na_action="ignore")
+    except MestimError:
+        raise
     except Exception as e:  # formulaic reports unknown names, syntax errors and unseen levels with its own types
         raise DataError(f"formula '{formula}' could not be built on this data: {e}") from None
     matrix, labels = np.asarray(mm, dtype=float), list(mm.columns)
@@ -79,6 +89,60 @@ def formula_design(frame, formula: str, reference=None):
     if missing.any():
         matrix[np.ix_(missing, [j for j, lab in enumerate(labels) if lab not in ("Intercept", "(Intercept)")])] = np.nan
     return matrix, labels, variables
+
+
+def _partial(cols) -> bool:
+    """Are ``cols`` part of the rows of a fit (a stream batch, a process's rows)? :mod:`mestim.constants`"""
+    return getattr(getattr(cols, "constants", None), "partial", False)
+
+
+def _learnt_state(spec, cols, formula: str):
+    """The formula's spec with its stateful transforms' constants learnt from all rows of the fit
+    (:mod:`mestim.constants`): ``center``, ``scale``, ``standardize`` from the sums Σ1, Σx and Σ(x − x̄)²; any
+    other (``poly``, ``bs``, splines: QR factors and quantiles) is refused where the rows are only part of the fit."""
+    state = dict(spec.transform_state)
+    if not state or not _partial(cols):
+        return spec
+    frame = _frame(cols)
+    for key in sorted(state, key=len):  # a transform inside another (its key is shorter) first
+        call = ast.parse(key, mode="eval").body
+        name = call.func.id if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) else None
+        if name not in SCALING:
+            require_all_rows(cols, f"the term {key} of formula '{formula}'",
+                             "fit all rows in memory, or give its constants explicitly (center(x) → x - 3.2, "
+                             "scale(x) → (x - 3.2) / 1.7, poly(x, 2) → x + I(x**2), bs(x, knots=[…], "
+                             "lower_bound=…, upper_bound=…))")
+        state[key] = _scaling_state(frame, cols, formula, key, call, state)
+    return spec.update(transform_state=state)
+
+
+def _scaling_state(frame, cols, formula, key, call, state) -> dict:
+    """center/scale/standardize's state (mean, sd with its ddof) from the sums over all rows of its argument."""
+    own = dict(state[key])
+    given = {k for k, at in SCALING[call.func.id].items()
+             if any(kw.arg == k and not _is_bool(kw.value) for kw in call.keywords)
+             or (len(call.args) > at and not _is_bool(call.args[at]))}
+    from formulaic import model_matrix
+
+    alone = model_matrix(f"0 + {key}", frame, na_action="ignore").model_spec  # the term alone, then unscaled
+    raw = alone.update(transform_state=dict(state, **{key: dict(own, center=None, scale=None)}))
+    x = np.asarray(raw.get_model_matrix(frame, na_action="ignore"), float)
+    where = f"formula '{formula}': {key}"
+    if own["center"] is not None and "center" not in given:
+        sums = total(cols, f"{where} (mean)", n=x.shape[0], x=x.sum(axis=0))
+        own["center"] = sums["x"] / sums["n"]
+    if own["scale"] is not None and not given & {"scale", "rescale"}:
+        c = 0.0 if own["center"] is None else own["center"]
+        sums = total(cols, f"{where} (sd)", n=x.shape[0], ss=((x - c) ** 2).sum(axis=0))
+        own["scale"] = np.sqrt(sums["ss"] / (sums["n"] - own["ddof"]))
+    for k in ("center", "scale"):
+        if own[k] is not None and np.ndim(own[k]) == 1 and np.size(own[k]) == 1:
+            own[k] = own[k][0]  # formulaic's state of a single column is a scalar
+    return own
+
+
+def _is_bool(node) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, bool)
 
 
 def _frame(cols):

@@ -7,6 +7,7 @@ the one solve loop (:func:`mestim.driver.solve_stack`) → :func:`assemble` (the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings as _warnings
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ import jax
 import numpy as np
 
 from . import processes
+from .constants import AcrossProcesses
 from .covariance import WARN_COND, BreadFactor, df_factor, fay_meat, sandwich_covariance
 from .driver import solve_stack
 from .errors import DataError, MestimWarning, SpecificationError
@@ -22,7 +24,7 @@ from .gmm import solve_gmm
 from .options import FitOptions
 from .problem import Problem, prepare
 from .results import Result, WaldTest
-from .sources import InMemory, device_mesh
+from .sources import InMemory
 from .sums import Kernel, Moments, chunk_rows, plan, quick_compile
 
 EXTREME_WEIGHT = 1e6  # a row weighing this many times the median row: almost surely a data error
@@ -50,7 +52,9 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
             stack's size and the device (:func:`mestim.sums.chunk_rows`).
         max_iter, xtol, gtol: solver limits (see :mod:`mestim.solve`).
         devices: shard the rows over devices (:mod:`mestim.scale`): an int (the first k devices), a list of
-            devices, a :class:`jax.sharding.Mesh`, or ``"all"``; every sum becomes a cross-device reduction.
+            devices, a :class:`jax.sharding.Mesh`, or ``"all"``; every sum becomes a cross-device reduction. In a
+            job of several processes (:mod:`mestim.processes`) it must be given: ``"all"`` fits every process's
+            rows together, ``"local"`` this process's rows alone.
         data_dtype: ``"float32"`` stores the columns ψ reads in float32 on the device (half the memory and
             bandwidth); ψ, θ and every sum stay float64. Default float64.
         root_finder: ``"auto"`` (Newton; Levenberg–Marquardt where Newton cannot go on), ``"newton"``, ``"lm"``, or
@@ -59,47 +63,38 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
         gmm: ``"two-step"`` or ``"iterated"``: over-identified estimating equations (more moment conditions than
             parameters) by the generalized method of moments, with Hansen's J test (:mod:`mestim.gmm`).
     """
-    options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype, root_finder,
-                         gmm)
-    mesh = None if devices is None else device_mesh(devices)
-    group = processes.Group() if mesh is not None and processes.several() else None
-    if group is not None:
-        _check_across_processes(options)
-        mesh = local_mesh(mesh)
-    problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster,
-                      levels=None if group is None else (lambda cols: processes.agree_levels(group, cols)),
-                      over_identified=gmm is not None)
-    source = InMemory(kernel_for(problem, options, mesh), problem.used, problem.w, dtype=options.data_dtype)
-    notes = ()
-    if group is not None:
-        auto = [b.name for b in problem.blocks if isinstance(b.smooth, str)]
-        if auto:
-            raise SpecificationError(f"block(s) {auto}: smooth='auto' chooses the bandwidth from each process's "
-                                     "own rows; across processes give smooth=h (a number)")
-        start, n_rows, sum_w = processes.agree(group, problem)
-        problem = dataclasses.replace(problem, init=start)
-        source = processes.Distributed(source, group, n_rows, sum_w)
-        notes = (f"fitted across {group.size} processes (this is process {group.rank}, holding {problem.n_rows:,} "
-                 "of the rows; influence functions are of its own rows; post-fit block checks skipped)",)
-    if options.gmm is None:
-        theta, moments, iterations = solve_stack(source, problem.init, problem.labels, options)
-        weight = None
-    else:
-        clustered = None if problem.cluster is None else (  # clusters weight the moments by their totals' covariance
-            lambda theta, _: (lambda u: u.T @ u)(_cluster_totals(source, problem, theta)))
-        theta, moments, iterations, weight = solve_gmm(source, problem.init, problem.labels,
-                                                       problem.equation_labels, options, meat=clustered)
-    result = assemble(problem, source, theta, moments, options, iterations=iterations, notes=notes,
-                      checks=group is None, weight=weight)
-    if group is not None:
-        group.barrier("the end of the fit")
+    mesh, group = processes.placement(devices)
+    with contextlib.nullcontext() if group is None else group.reporting():
+        options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype,
+                             root_finder, gmm)
+        if group is not None:
+            processes.agree_call(group, "mestim.fit", options, weights, cluster)
+            _check_across_processes(options)
+        problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster,
+                          levels=None if group is None else (lambda cols: processes.agree_levels(group, cols)),
+                          constants=None if group is None else AcrossProcesses(group), over_identified=gmm is not None)
+        source = InMemory(kernel_for(problem, options, mesh), problem.used, problem.w, dtype=options.data_dtype)
+        notes = ()
+        if group is not None:
+            start, n_rows, sum_w = processes.agree(group, problem)
+            problem = dataclasses.replace(problem, init=start)
+            source = processes.Distributed(source, group, n_rows, sum_w)
+            notes = (f"fitted across {group.size} processes (this is process {group.rank}, holding "
+                     f"{problem.n_rows:,} of the rows; influence functions are of its own rows; post-fit block checks "
+                     "skipped)",)
+        if options.gmm is None:
+            theta, moments, iterations = solve_stack(source, problem.init, problem.labels, options)
+            weight = None
+        else:
+            clustered = None if problem.cluster is None else (  # clusters weight the moments by their totals' covariance
+                lambda theta, _: (lambda u: u.T @ u)(_cluster_totals(source, problem, theta)))
+            theta, moments, iterations, weight = solve_gmm(source, problem.init, problem.labels,
+                                                           problem.equation_labels, options, meat=clustered)
+        result = assemble(problem, source, theta, moments, options, iterations=iterations, notes=notes,
+                          checks=group is None, weight=weight)
+        if group is not None:
+            group.barrier("the end of the fit")
     return result
-
-
-def local_mesh(mesh):
-    """The devices of ``mesh`` that belong to this process (None: one device), when processes fit together."""
-    mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-    return None if len(mine) <= 1 else device_mesh(mine)
 
 
 def _check_across_processes(options: FitOptions) -> None:
