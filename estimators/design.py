@@ -21,6 +21,12 @@ from mestim.errors import DataError, MestimError
 # formulaic's stateful transforms whose state is a mean and a standard deviation (sums over rows), and the
 # position and keyword of their arguments that fix those constants (a value given, not learnt)
 SCALING = {"center": {}, "scale": {"center": 1, "scale": 2}, "standardize": {"center": 1, "rescale": 2}}
+_KNOTS = ("give the knots and bounds explicitly (the ones a fit on all rows notes in its model spec), e.g. "
+          "{}(x, knots=[…], lower_bound=…, upper_bound=…), or fit all rows in memory")
+EXPLICIT = {  # how to give the constants of a transform whose state is not a sum over rows
+    "poly": "write the polynomial with explicit terms, x + I(x**2) (the same fitted values; raw, not orthogonal, "
+            "coefficients), or fit all rows in memory",
+    **{name: _KNOTS.format(name) for name in ("bs", "cr", "cs", "cc")}}
 
 
 def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = True, reference=None):
@@ -109,9 +115,7 @@ def _learnt_state(spec, cols, formula: str):
         name = call.func.id if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) else None
         if name not in SCALING:
             require_all_rows(cols, f"the term {key} of formula '{formula}'",
-                             "fit all rows in memory, or give its constants explicitly (center(x) → x - 3.2, "
-                             "scale(x) → (x - 3.2) / 1.7, poly(x, 2) → x + I(x**2), bs(x, knots=[…], "
-                             "lower_bound=…, upper_bound=…))")
+                             EXPLICIT.get(name, "fit all rows in memory, or compute the term as columns of the data"))
         state[key] = _scaling_state(frame, cols, formula, key, call, state)
     return spec.update(transform_state=state)
 
@@ -128,12 +132,14 @@ def _scaling_state(frame, cols, formula, key, call, state) -> dict:
     raw = alone.update(transform_state=dict(state, **{key: dict(own, center=None, scale=None)}))
     x = np.asarray(raw.get_model_matrix(frame, na_action="ignore"), float)
     where = f"formula '{formula}': {key}"
+    inner = tuple(f"formula '{formula}': {k} ({c})" for k in state if k != key and k in key for c in ("mean", "sd"))
     if own["center"] is not None and "center" not in given:
-        sums = total(cols, f"{where} (mean)", n=x.shape[0], x=x.sum(axis=0))
+        sums = total(cols, f"{where} (mean)", after=inner, n=x.shape[0], x=x.sum(axis=0))
         own["center"] = sums["x"] / sums["n"]
     if own["scale"] is not None and not given & {"scale", "rescale"}:
         c = 0.0 if own["center"] is None else own["center"]
-        sums = total(cols, f"{where} (sd)", n=x.shape[0], ss=((x - c) ** 2).sum(axis=0))
+        sums = total(cols, f"{where} (sd)", after=inner + (f"{where} (mean)",), n=x.shape[0],
+                     ss=((x - c) ** 2).sum(axis=0))
         own["scale"] = np.sqrt(sums["ss"] / (sums["n"] - own["ddof"]))
     for k in ("center", "scale"):
         if own[k] is not None and np.ndim(own[k]) == 1 and np.size(own[k]) == 1:

@@ -10,9 +10,10 @@ from **sums over rows**, ``total(cols, key, local sums) -> sums over all rows``,
 - across processes (:class:`AcrossProcesses`) every process's sums are exchanged and added in process order (the
   processes prepare the same blocks, so they ask for the same keys in the same order);
 - in a stream (:class:`Summed`, :func:`learn`) a learning pass before the fit prepares every batch and adds each
-  key's sums; every batch of the fit is then prepared with the totals. A constant computed from another
-  (a scale from the agreed mean) needs that one first: a sum computed after a constant that was not yet known
-  is not kept, and learning passes repeat until every sum was computed from known constants (one pass per level).
+  key's sums; every batch of the fit is then prepared with the totals. A constant computed from others (a scale
+  from the agreed mean) names them (``after=``) and needs them first: its sums computed while one of them was not
+  yet known are not kept, and learning passes repeat until every sum was computed from known constants (one
+  pass per level of dependence).
 
 A constant that is not a sum (a median or quantiles: a MAD, ``bs()`` knots, a bandwidth) cannot be learnt in
 parts: :func:`require_all_rows` refuses it in those modes, when the first rows are prepared (before any pass),
@@ -34,18 +35,18 @@ class Constants:
     partial = False  # do the rows a prepare sees hold only part of the data?
     where = "in memory"
 
-    def total(self, key: str, local: dict) -> dict:
+    def total(self, key: str, local: dict, after: tuple = ()) -> dict:
         return local
 
 
 ALL_ROWS = Constants()
 
 
-def total(cols, key: str, **local) -> dict:
+def total(cols, key: str, *, after: tuple = (), **local) -> dict:
     """The sums over all rows of a fit (``{name: array}``) from this table's ``local`` sums, for constant ``key``
-    (unique to the block and term)."""
+    (unique to the block and term); ``after``: the keys of the constants these sums were computed from."""
     sums = {k: np.asarray(v, float) for k, v in local.items()}
-    return getattr(cols, "constants", ALL_ROWS).total(key, sums)
+    return getattr(cols, "constants", ALL_ROWS).total(key, sums, tuple(after))
 
 
 def require_all_rows(cols, what: str, fix: str) -> None:
@@ -65,7 +66,7 @@ class AcrossProcesses(Constants):
     def __init__(self, group):
         self.group = group
 
-    def total(self, key, local):
+    def total(self, key, local, after=()):
         parts = self.group.allgather_json({"key": key, "sums": {k: v.tolist() for k, v in local.items()}},
                                            f"the sums of the constant {key}")
         if any(p["key"] != key or set(p["sums"]) != set(local) for p in parts):
@@ -77,7 +78,7 @@ class AcrossProcesses(Constants):
 class Summed(Constants):
     """Constants from totals learnt before the fit (a stream, Dask partitions). While learning
     (``learning=True``), each piece's sums are recorded and a key not yet known is answered with the piece's own
-    sums; a sum computed after such a provisional answer, in the same piece, is *unsure* and not kept."""
+    sums; a sum computed from such a provisional answer (``after``) is *unsure* and not kept."""
 
     partial = True
     where = "in a streamed fit"
@@ -85,14 +86,14 @@ class Summed(Constants):
     def __init__(self, totals=None, learning: bool = False):
         self.totals, self.learning = dict(totals or {}), learning
         self.sums, self.unsure, self.asked = {}, set(), set()
-        self._provisional, self._in_piece = False, set()
+        self._provisional, self._in_piece = set(), set()
 
     def piece(self) -> Summed:
         """Start the next piece (a batch, a partition): a constant it computes depends on its own answers only."""
-        self._provisional, self._in_piece = False, set()
+        self._provisional, self._in_piece = set(), set()
         return self
 
-    def total(self, key, local):
+    def total(self, key, local, after=()):
         self.asked.add(key)
         if self.learning:
             if key in self._in_piece:  # the same constant asked again in this piece (a formula built twice)
@@ -100,10 +101,10 @@ class Summed(Constants):
             else:
                 self.sums.setdefault(key, []).append(local)
                 self._in_piece.add(key)
-            if self._provisional:
+            if self._provisional & set(after):
                 self.unsure.add(key)
             if key not in self.totals:
-                self._provisional = True
+                self._provisional.add(key)
                 return local
         if key not in self.totals:
             raise DataError(f"a batch needs the constant {key}, which the learning pass before the fit did not see: "

@@ -1,0 +1,91 @@
+"""Constants a block learns from the data (``center``/``scale``/``standardize`` in a formula, a robust regression's
+κ) are learnt from all rows in a stream and on Dask partitions (:mod:`mestim.constants`): equal to the in-memory fit
+(θ 1e-10, SE 1e-8); those that are not sums over rows are refused before any pass. (Across processes:
+``test_processes_agreement.py``.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import estimators as est
+import mestim
+from mestim.scale import fit_stream
+
+BATCH = 450
+SCALED = "~ center(x1) + scale(x2) + standardize(x1):x2 + scale(x3, center=False, ddof=0)"
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(8)
+    n = 2000
+    x1 = rng.normal(3.0, 1.0, n) + np.linspace(0, 4, n)  # each batch has its own mean and spread
+    x2 = rng.normal(size=n) * np.linspace(0.5, 2, n)
+    y = 1.0 + 0.5 * x1 - x2 + 0.3 * x1 * x2 + rng.standard_t(3, n)
+    x3 = rng.gamma(2.0, 1.0, n)
+    return {"x1": x1, "x2": x2, "x3": x3, "y": y + 0.2 * x3, "w": rng.uniform(0.5, 2.0, n)}
+
+
+def _same(got, ref):
+    np.testing.assert_allclose(got.theta, ref.theta, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got.se, ref.se, rtol=1e-8, atol=0)
+
+
+def _counted(data):
+    """A source that counts how often it is read (once per pass; the first batch's read included)."""
+    frame = pd.DataFrame(data)
+
+    def chunks():
+        chunks.opened += 1
+        return (frame.iloc[a:a + 300] for a in range(0, len(frame), 300))
+
+    chunks.opened = 0
+    return chunks
+
+
+@pytest.mark.parametrize("blocks, passes_to_learn", [
+    (lambda: [est.linear("m", "y", formula=SCALED)], 2),  # scale's sd needs its agreed mean: two levels
+    (lambda: [est.linear("m", "y", formula="~ center(x1) + x2")], 1),
+    (lambda: [est.robust_regression("r", "y", ["x1", "x2"])], 1),
+    (lambda: [est.robust_regression("r", "y", formula="~ center(x1) + x2", norm="tukey", scale=1.5)], 1),
+    (lambda: [est.linear("m", "y", ["x1", "x2"])], 0),  # nothing to learn: no extra pass
+])
+def test_streamed_constants_learnt_from_every_batch(data, blocks, passes_to_learn):
+    ref = mestim.fit(blocks(), data, weights="w")
+    source, seen = _counted(data), []
+    res = fit_stream(blocks(), source, weights="w", batch_rows=BATCH, progress=seen.append)
+    _same(res, ref)
+    assert source.opened == 1 + passes_to_learn + len(seen)  # the first batch, the learning passes, the fit's
+
+
+def test_parquet_file_streamed_with_learnt_constants(data, tmp_path):
+    path = tmp_path / "rows.parquet"
+    pd.DataFrame(data).to_parquet(path, row_group_size=300)
+    blocks = lambda: [est.linear("m", "y", formula=SCALED), est.robust_regression("r", "y", ["x1"])]  # noqa: E731
+    _same(fit_stream(blocks(), str(path), weights="w", batch_rows=BATCH), mestim.fit(blocks(), data, weights="w"))
+
+
+def test_dask_partitions_learn_constants_from_every_partition(data):
+    dd = pytest.importorskip("dask.dataframe")
+    frame = dd.from_pandas(pd.DataFrame(data), npartitions=4)
+    blocks = lambda: [est.linear("m", "y", formula=SCALED), est.robust_regression("r", "y", ["x1"])]  # noqa: E731
+    _same(fit_stream(blocks(), frame, weights="w"), mestim.fit(blocks(), data, weights="w"))
+
+
+@pytest.mark.parametrize("block, words", [
+    (lambda: est.linear("m", "y", formula="~ poly(x1, 2)"), ["poly(x1, 2)", "x + I(x**2)"]),
+    (lambda: est.linear("m", "y", formula="~ bs(x1, df=4) + x2"), ["bs(x1, df=4)", "knots"]),
+    (lambda: est.linear("m", "y", formula="~ 0 + cr(x1, df=3)"), ["cr(x1, df=3)", "knots"]),
+    (lambda: est.robust_regression("r", "y", ["x1"], scale="mad"), ["scale='mad'", "give scale="]),
+    (lambda: mestim.Block("q", lambda t, r: 0.5 - 1.0 * (r["y"] <= t[0]), init=[1.0], smooth="auto"),
+     ["smooth='auto'", "smooth=h"]),
+])
+def test_constants_that_are_not_sums_are_refused_before_any_pass(data, block, words):
+    source = _counted(data)
+    with pytest.raises(mestim.MestimError, match="in a streamed fit it would be learnt from part of the rows") as e:
+        fit_stream([block()], source, batch_rows=BATCH)
+    assert all(w in str(e.value) for w in words), str(e.value)
+    assert source.opened == 1  # only the first batch was read
+    mestim.fit([block()], data)  # in memory every row is there: the same estimator is fine
