@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from mestim.constants import require_all_rows, total
+from mestim.constants import partial, require_all_rows, total
 from mestim.data import check_finite, missing_values, require_numeric, row_mask
 from mestim.errors import DataError, MestimError
 
@@ -76,7 +76,7 @@ def formula_design(frame, formula: str, reference=None):
     learnt_from = frame if reference is None else reference
     frame = _frame(frame)
     try:
-        if reference is not None or _partial(learnt_from):
+        if reference is not None or partial(learnt_from):
             spec = _learnt_state(model_matrix(rhs, _frame(learnt_from), na_action="ignore").model_spec, learnt_from,
                                  formula)
             with warnings.catch_warnings():
@@ -97,17 +97,12 @@ def formula_design(frame, formula: str, reference=None):
     return matrix, labels, variables
 
 
-def _partial(cols) -> bool:
-    """Are ``cols`` part of the rows of a fit (a stream batch, a process's rows)? :mod:`mestim.constants`"""
-    return getattr(getattr(cols, "constants", None), "partial", False)
-
-
 def _learnt_state(spec, cols, formula: str):
     """The formula's spec with its stateful transforms' constants learnt from all rows of the fit
     (:mod:`mestim.constants`): ``center``, ``scale``, ``standardize`` from the sums Σ1, Σx and Σ(x − x̄)²; any
     other (``poly``, ``bs``, splines: QR factors and quantiles) is refused where the rows are only part of the fit."""
     state = dict(spec.transform_state)
-    if not state or not _partial(cols):
+    if not state or not partial(cols):
         return spec
     frame = _frame(cols)
     for key in sorted(state, key=len):  # a transform inside another (its key is shorter) first

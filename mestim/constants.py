@@ -49,6 +49,12 @@ def total(cols, key: str, *, after: tuple = (), **local) -> dict:
     return getattr(cols, "constants", ALL_ROWS).total(key, sums, tuple(after))
 
 
+def partial(cols) -> str | None:
+    """Where ``cols`` are part of the rows of a fit ("across processes", "in a streamed fit"); None: all rows."""
+    constants = getattr(cols, "constants", ALL_ROWS)
+    return constants.where if constants.partial else None
+
+
 def require_all_rows(cols, what: str, fix: str) -> None:
     """Refuse a constant that is not a sum over rows where the prepare sees part of the rows."""
     constants = getattr(cols, "constants", ALL_ROWS)

@@ -31,6 +31,11 @@ partition) and the rows of the source, counted from 0 over the whole source.
 What differs from :func:`mestim.fit` in a streamed fit:
 
 - starting values that a block computes in ``prepare`` come from the **first batch** (labels too);
+- constants a block learns from the data (a formula's ``center``, ``scale``, ``standardize``; a robust
+  regression's κ) are learnt from **every batch** by a learning pass before the fit (:mod:`mestim.constants`;
+  one more pass where a constant is computed from another, as a scale from its mean); those that are not sums
+  over rows (``poly``, ``bs`` and spline knots, ``scale="mad"``, ``smooth="auto"``) are refused when the first
+  batch is prepared, with the way to give them explicitly;
 - a block's ``prepare`` must give the same columns on every batch: a formula with ``C(site)`` on a batch
   missing a level raises (code categories as indicator columns instead), and a masked block whose mask
   selects no row of a batch raises (shuffle the rows, or use larger batches);

@@ -89,3 +89,14 @@ def test_constants_that_are_not_sums_are_refused_before_any_pass(data, block, wo
     assert all(w in str(e.value) for w in words), str(e.value)
     assert source.opened == 1  # only the first batch was read
     mestim.fit([block()], data)  # in memory every row is there: the same estimator is fine
+
+
+def test_a_statsmodels_block_is_refused_in_a_stream(data):
+    """It holds the model's arrays of all rows, row for row: no batch matches them."""
+    sm = pytest.importorskip("statsmodels.api")
+    frame = pd.DataFrame(data)
+    fitted = sm.OLS(frame.y, sm.add_constant(frame[["x1"]])).fit()
+    source = _counted(data)
+    with pytest.raises(mestim.SpecificationError, match="holds its 2000 rows, so in a streamed fit"):
+        fit_stream([est.from_statsmodels("o", fitted)], source, batch_rows=BATCH)
+    assert source.opened == 1
