@@ -133,7 +133,22 @@ class Group:
             f"{posted['type']}: {posted['message']}") from None
 
     def allgather_json(self, obj, what: str) -> list:
-        return [json.loads(b) for b in self.allgather(json.dumps(obj, sort_keys=True).encode(), what)]
+        """Every process's ``obj`` (JSON), each tagged with ``what`` it is: processes at different steps of
+        different fits (a constant on one, none on another) stop with an error naming both steps."""
+        sent = self.allgather(json.dumps({"exchange": what, "value": obj}, sort_keys=True).encode(), what)
+        got = []
+        for data in sent:
+            try:
+                got.append(json.loads(data))
+            except ValueError:  # raw sums: that process is summing a pass
+                got.append({"exchange": "the sums of a pass"})
+        differ = [i for i, p in enumerate(got) if p.get("exchange") != what]
+        if differ:
+            raise SpecificationError(
+                f"the processes are not making the same fit: process(es) {differ} sent "
+                f"{_short(got[differ[0]].get('exchange'))} where this process ({self.rank}) sent {_short(what)}; "
+                "every process must call the same fit with the same estimator")
+        return [p["value"] for p in got]
 
     def allsum(self, m: Moments, what: str) -> Moments:
         """The sums of every process, added in process order (the same bits on every process)."""

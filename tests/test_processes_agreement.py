@@ -147,6 +147,7 @@ CASES = {
     "solve on one": lambda r: _fit([est.linear("m", "y", ["x1"])], part(r), solve="joint" if r else "blockwise"),
     "xtol on one": lambda r: _fit([est.linear("m", "y", ["x1"])], part(r), xtol=1e-8 if r else 1e-10),
     "fit and fit_stream": lambda r: (_stream if r else _fit)([est.linear("m", "y", ["x1"])], part(r)),
+    "a constant on one": lambda r: _fit([est.linear("m", "y", formula="~ x1" if r else "~ center(x1)")], part(r)),
     # 3. errors that reach everyone
     "zero rows on one": lambda r: _fit([est.linear("m", "y", ["x1"])],
                                        _with(r, lambda d: {k: v[:0] for k, v in d.items()})),
@@ -181,6 +182,7 @@ ERRORS = {  # case → (error class on both processes, words the message holds)
     "solve on one": ("SpecificationError", ["option solve", "joint"]),
     "xtol on one": ("SpecificationError", ["option xtol"]),
     "fit and fit_stream": ("SpecificationError", ["entry point", "mestim.scale.fit_stream"]),
+    "a constant on one": ("SpecificationError", ["not making the same fit", "the sums of the constant"]),
     "zero rows on one": ("DataError", ["no rows"]),
     "empty mask on one": ("DataError", ["block 'm' has no rows"]),
     "NaN in a stream on one": ("DataError", ["x2", "pass 1"]),
