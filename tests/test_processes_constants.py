@@ -67,11 +67,24 @@ def test_parquet_file_streamed_with_learnt_constants(data, tmp_path):
     _same(fit_stream(blocks(), str(path), weights="w", batch_rows=BATCH), mestim.fit(blocks(), data, weights="w"))
 
 
-def test_dask_partitions_learn_constants_from_every_partition(data):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_dask_partitions_learn_constants_from_every_partition(data, workers):
+    """On Dask's own scheduler, and on a cluster of two worker processes (the learning pass runs on them)."""
     dd = pytest.importorskip("dask.dataframe")
-    frame = dd.from_pandas(pd.DataFrame(data), npartitions=4)
     blocks = lambda: [est.linear("m", "y", formula=SCALED), est.robust_regression("r", "y", ["x1"])]  # noqa: E731
-    _same(fit_stream(blocks(), frame, weights="w"), mestim.fit(blocks(), data, weights="w"))
+    ref = mestim.fit(blocks(), data, weights="w")
+    if not workers:
+        _same(fit_stream(blocks(), dd.from_pandas(pd.DataFrame(data), npartitions=4), weights="w"), ref)
+        return
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        frame = dd.from_pandas(pd.DataFrame(data), npartitions=4).persist()
+        with distributed.get_task_stream(client) as tasks:
+            res = fit_stream(blocks(), frame, weights="w")
+    _same(res, ref)
+    learning = [t for t in tasks.data if str(t["key"]).startswith("_partition_constants")]
+    assert len(learning) == 2 * 4  # two levels (a scale's sd after its mean), every partition, on the workers
 
 
 @pytest.mark.parametrize("block, words", [
