@@ -67,7 +67,7 @@ def test_parquet_file_streamed_with_learnt_constants(data, tmp_path):
     _same(fit_stream(blocks(), str(path), weights="w", batch_rows=BATCH), mestim.fit(blocks(), data, weights="w"))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # a cluster starts in ~20 s
 def test_dask_partitions_learn_constants_from_every_partition(data, workers):
     """On Dask's own scheduler, and on a cluster of two worker processes (the learning pass runs on them)."""
     dd = pytest.importorskip("dask.dataframe")
