@@ -86,7 +86,8 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
             theta, moments, iterations = solve_stack(source, problem.init, problem.labels, options)
             weight = None
         else:
-            clustered = None if problem.cluster is None else (  # clusters weight the moments by their totals' covariance
+            # clusters weight the moments by their totals' covariance
+            clustered = None if problem.cluster is None else (
                 lambda theta, _: (lambda u: u.T @ u)(_cluster_totals(source, problem, theta)))
             theta, moments, iterations, weight = solve_gmm(source, problem.init, problem.labels,
                                                            problem.equation_labels, options, meat=clustered)

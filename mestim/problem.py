@@ -96,8 +96,7 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
     ``levels(columns) -> {name: values}`` gives categorical columns their levels before the blocks prepare (the
     levels several processes agreed on, :mod:`mestim.processes`); ``constants``: where the blocks' data-dependent
     constants come from when ``data`` is part of the rows (:mod:`mestim.constants`; default: these rows are all
-    rows); ``over_identified``: a block's ψ may return more
-    values than it has parameters (GMM)."""
+    rows); ``over_identified``: a block's ψ may return more values than it has parameters (GMM)."""
     blocks = as_blocks(estimator, init, names)
     cols = datamod.as_columns(data)
     n = datamod.n_rows(cols)

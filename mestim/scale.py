@@ -322,7 +322,9 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
         columns: the raw columns to read (default all; reading fewer is faster for wide Parquet files).
         batch_rows: rows per host batch (host memory: O(batch_rows · columns)); a Dask fit reads partitions.
         chunk_size: rows per chunk inside the compiled program (memory: O(chunk · p²)), as in ``fit``.
-        devices: also shard each batch over devices (see :func:`device_mesh`); not with a Dask source.
+        devices: also shard each batch over devices (see :func:`device_mesh`); not with a Dask source. In a job of
+            several processes it must be given, as in :func:`mestim.fit`: ``"all"`` (every process streams its own
+            rows of one fit) or ``"local"`` (this process's rows alone).
         progress: True prints one line per pass to stderr; a function receives a dict per pass
             (passes, rows, seconds, residual).
         Other arguments as :func:`mestim.fit` (``weights`` must be a column name).
