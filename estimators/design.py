@@ -23,10 +23,7 @@ from mestim.errors import DataError, MestimError
 SCALING = {"center": {}, "scale": {"center": 1, "scale": 2}, "standardize": {"center": 1, "rescale": 2}}
 _KNOTS = ("give the knots and bounds explicitly (the ones a fit on all rows notes in its model spec), e.g. "
           "{}(x, knots=[…], lower_bound=…, upper_bound=…), or fit all rows in memory")
-EXPLICIT = {  # how to give the constants of a transform whose state is not a sum over rows
-    "poly": "write the polynomial with explicit terms, x + I(x**2) (the same fitted values; raw, not orthogonal, "
-            "coefficients), or fit all rows in memory",
-    **{name: _KNOTS.format(name) for name in ("bs", "cr", "cs", "cc")}}
+EXPLICIT = {name: _KNOTS.format(name) for name in ("bs", "cr", "cs", "cc")}  # how to give what is not a sum
 
 
 def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = True, reference=None):
@@ -99,8 +96,9 @@ def formula_design(frame, formula: str, reference=None):
 
 def _learnt_state(spec, cols, formula: str):
     """The formula's spec with its stateful transforms' constants learnt from all rows of the fit
-    (:mod:`mestim.constants`): ``center``, ``scale``, ``standardize`` from the sums Σ1, Σx and Σ(x − x̄)²; any
-    other (``poly``, ``bs``, splines: QR factors and quantiles) is refused where the rows are only part of the fit."""
+    (:mod:`mestim.constants`): ``center``, ``scale``, ``standardize`` from the sums Σ1, Σx and Σ(x − x̄)²,
+    ``poly`` from its recurrence's sums; any other (``bs`` and splines: knots at quantiles) is refused where the
+    rows are only part of the fit."""
     state = dict(spec.transform_state)
     if not state or not partial(cols):
         return spec
@@ -108,6 +106,9 @@ def _learnt_state(spec, cols, formula: str):
     for key in sorted(state, key=len):  # a transform inside another (its key is shorter) first
         call = ast.parse(key, mode="eval").body
         name = call.func.id if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) else None
+        if name == "poly":
+            state[key] = _poly_state(frame, cols, formula, key, call, state[key])
+            continue
         if name not in SCALING:
             require_all_rows(cols, f"the term {key} of formula '{formula}'",
                              EXPLICIT.get(name, "fit all rows in memory, or compute the term as columns of the data"))
@@ -140,6 +141,35 @@ def _scaling_state(frame, cols, formula, key, call, state) -> dict:
         if own[k] is not None and np.ndim(own[k]) == 1 and np.size(own[k]) == 1:
             own[k] = own[k][0]  # formulaic's state of a single column is a scalar
     return own
+
+
+def _poly_state(frame, cols, formula, key, call, own) -> dict:
+    """poly's state from all rows: its three-term recurrence (formulaic's, R's ``poly``) on the non-missing x,
+
+        P₀ = 1,  P₁ = (x − α₀)P₀,  P_k = (x − α_{k−1})P_{k−1} − (‖P_{k−1}‖²/‖P_{k−2}‖²) P_{k−2},
+        α_k = Σ x P_k² / Σ P_k²,  ‖P_k‖² = Σ P_k²,
+
+    whose sums are learnt one degree at a time (P_k is built from the constants of the degrees below)."""
+    from formulaic import model_matrix
+
+    if "alpha" not in own:  # raw=True: powers of x, nothing learnt
+        return own
+    degree = len(own["norms2"]) - 1
+    x = np.asarray(model_matrix(f"0 + {ast.get_source_segment(key, call.args[0])}", frame, na_action="ignore"),
+                   float).ravel()
+    x = x[~np.isnan(x)]
+    where = f"formula '{formula}': {key}"
+    alpha, norms2, p, before = {}, {}, np.ones_like(x), np.zeros_like(x)
+    for k in range(degree + 1):
+        if k:
+            step = norms2[k - 1] / norms2[k - 2] if k >= 2 else 0.0
+            p, before = (x - alpha[k - 1]) * p - step * before, p
+        sums = total(cols, f"{where} (degree {k})", after=(f"{where} (degree {k - 1})",) if k else (),
+                     pp=np.sum(p * p), xpp=np.sum(x * p * p))
+        norms2[k] = float(sums["pp"])
+        if k < degree:
+            alpha[k] = float(sums["xpp"]) / norms2[k]
+    return {"alpha": alpha, "norms2": norms2}
 
 
 def _is_bool(node) -> bool:

@@ -1,7 +1,8 @@
 """Constants a block's prepare learns from the data, learnt once from all rows.
 
 A prepare may need numbers computed from its rows that are not parameters: the mean and standard deviation of a
-formula's ``center(x)`` or ``scale(x)``, the row count in a robust regression's κ. ``fit`` prepares every row at
+formula's ``center(x)`` or ``scale(x)``, the recurrence constants of ``poly(x, k)``, the row count in a robust
+regression's κ. ``fit`` prepares every row at
 once, but a stream batch or one process's rows are only part of the rows, and constants learnt from a part give
 another estimator (a different centring, a different κ) with no sign of it. So a prepare writes each constant
 from **sums over rows**, ``total(cols, key, local sums) -> sums over all rows``, which add across parts:

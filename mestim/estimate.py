@@ -7,7 +7,6 @@ the one solve loop (:func:`mestim.driver.solve_stack`) → :func:`assemble` (the
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import warnings as _warnings
 from collections.abc import Mapping, Sequence
@@ -64,37 +63,42 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
             parameters) by the generalized method of moments, with Hansen's J test (:mod:`mestim.gmm`).
     """
     mesh, group = processes.placement(devices)
-    with contextlib.nullcontext() if group is None else group.reporting():
+    with processes.reporting(group):
         options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype,
                              root_finder, gmm)
-        if group is not None:
-            processes.agree_call(group, "mestim.fit", options, weights, cluster)
-            _check_across_processes(options)
-        problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster,
-                          levels=None if group is None else (lambda cols: processes.agree_levels(group, cols)),
-                          constants=None if group is None else AcrossProcesses(group), over_identified=gmm is not None)
-        source = InMemory(kernel_for(problem, options, mesh), problem.used, problem.w, dtype=options.data_dtype)
-        notes = ()
-        if group is not None:
-            start, n_rows, sum_w = processes.agree(group, problem)
-            problem = dataclasses.replace(problem, init=start)
-            source = processes.Distributed(source, group, n_rows, sum_w)
-            notes = (f"fitted across {group.size} processes (this is process {group.rank}, holding "
-                     f"{problem.n_rows:,} of the rows; influence functions are of its own rows; post-fit block checks "
-                     "skipped)",)
-        if options.gmm is None:
-            theta, moments, iterations = solve_stack(source, problem.init, problem.labels, options)
-            weight = None
-        else:
-            # clusters weight the moments by their totals' covariance
-            clustered = None if problem.cluster is None else (
-                lambda theta, _: (lambda u: u.T @ u)(_cluster_totals(source, problem, theta)))
-            theta, moments, iterations, weight = solve_gmm(source, problem.init, problem.labels,
-                                                           problem.equation_labels, options, meat=clustered)
-        result = assemble(problem, source, theta, moments, options, iterations=iterations, notes=notes,
-                          checks=group is None, weight=weight)
-        if group is not None:
-            group.barrier("the end of the fit")
+        return _fit(estimator, data, init, names, weights, cluster, options, mesh, group)
+
+
+def _fit(estimator, data, init, names, weights, cluster, options: FitOptions, mesh, group) -> Result:
+    """:func:`fit` with its devices placed: ``mesh`` (this process's devices, or None), ``group`` (the processes
+    fitting together, or None)."""
+    if group is not None:
+        processes.agree_call(group, "mestim.fit", options, weights, cluster)
+        _check_across_processes(options)
+    problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster,
+                      levels=None if group is None else (lambda cols: processes.agree_levels(group, cols)),
+                      constants=None if group is None else AcrossProcesses(group),
+                      over_identified=options.gmm is not None)
+    source = InMemory(kernel_for(problem, options, mesh), problem.used, problem.w, dtype=options.data_dtype)
+    notes = ()
+    if group is not None:
+        start, n_rows, sum_w = processes.agree(group, problem)
+        problem = dataclasses.replace(problem, init=start)
+        source = processes.Distributed(source, group, n_rows, sum_w)
+        notes = (f"fitted across {group.size} processes (this is process {group.rank}, holding {problem.n_rows:,} "
+                 "of the rows; influence functions are of its own rows; post-fit block checks skipped)",)
+    if options.gmm is None:
+        theta, moments, iterations = solve_stack(source, problem.init, problem.labels, options)
+        weight = None
+    else:
+        clustered = None if problem.cluster is None else (  # clusters weight the moments by their totals' covariance
+            lambda theta, _: (lambda u: u.T @ u)(_cluster_totals(source, problem, theta)))
+        theta, moments, iterations, weight = solve_gmm(source, problem.init, problem.labels,
+                                                       problem.equation_labels, options, meat=clustered)
+    result = assemble(problem, source, theta, moments, options, iterations=iterations, notes=notes,
+                      checks=group is None, weight=weight)
+    if group is not None:
+        group.barrier("the end of the fit")
     return result
 
 

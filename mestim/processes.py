@@ -168,6 +168,11 @@ class Group:
         return Moments(*total)
 
 
+def reporting(group: Group | None):
+    """:meth:`Group.reporting` of ``group`` (nothing to report without one)."""
+    return contextlib.nullcontext() if group is None else group.reporting()
+
+
 class _Posted(Exception):
     """Marks an error another process posted (it is not posted again)."""
 

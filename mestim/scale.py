@@ -31,11 +31,11 @@ partition) and the rows of the source, counted from 0 over the whole source.
 What differs from :func:`mestim.fit` in a streamed fit:
 
 - starting values that a block computes in ``prepare`` come from the **first batch** (labels too);
-- constants a block learns from the data (a formula's ``center``, ``scale``, ``standardize``; a robust
+- constants a block learns from the data (a formula's ``center``, ``scale``, ``standardize``, ``poly``; a robust
   regression's κ) are learnt from **every batch** by a learning pass before the fit (:mod:`mestim.constants`;
-  one more pass where a constant is computed from another, as a scale from its mean); those that are not sums
-  over rows (``poly``, ``bs`` and spline knots, ``scale="mad"``, ``smooth="auto"``) are refused when the first
-  batch is prepared, with the way to give them explicitly;
+  one more pass where a constant is computed from another: a scale from its mean, each degree of ``poly`` from
+  the ones below); those that are not sums over rows (``bs`` and spline knots, ``scale="mad"``,
+  ``smooth="auto"``) are refused when the first batch is prepared, with the way to give them explicitly;
 - a block's ``prepare`` must give the same columns on every batch: a formula with ``C(site)`` on a batch
   missing a level raises (code categories as indicator columns instead), and a masked block whose mask
   selects no row of a batch raises (shuffle the rows, or use larger batches);
@@ -46,7 +46,6 @@ What differs from :func:`mestim.fit` in a streamed fit:
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import sys
 import time
@@ -330,69 +329,84 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
         Other arguments as :func:`mestim.fit` (``weights`` must be a column name).
     """
     mesh, group = processes.placement(devices)
-    with contextlib.nullcontext() if group is None else group.reporting():
+    with processes.reporting(group):
         options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype)
-        if group is not None:
-            processes.agree_call(group, "mestim.scale.fit_stream", options, weights, None)
-        if correction == "fay":
-            raise SpecificationError("correction='fay' is not available for streamed fits; use None or 'df'")
-        if weights is not None and not isinstance(weights, str):
-            raise SpecificationError("weights= of a streamed fit must be a column name of the source")
-        if not isinstance(batch_rows, int) or batch_rows < 1:
-            raise SpecificationError(f"batch_rows={batch_rows!r}: give a positive whole number")
-        blocks = as_blocks(estimator, init, names)
-        layout_ = Layout(columns)
-        dask_frame = source_kind(source) == "dask"
-        open_pass = chunk_reader(source, batch_rows, columns)
-        if dask_frame:
-            if mesh is not None:
-                raise SpecificationError("devices= shards a fit within one process; a Dask fit sums on each "
-                                         "worker's own device: leave devices=None")
-            if group is not None:
-                raise SpecificationError("a Dask DataFrame is already summed on its cluster's workers: fit it from "
-                                         "one process, not from several JAX processes")
-            frame = source[columns] if columns is not None else source
-        first_batch = next(read_batches(open_pass, batch_rows, layout_, "pass 1"), None)
-        if first_batch is None:
-            raise DataError("the streamed source has no rows")
-        # spec, labels, starting values; does a block learn constants from the data (mestim.constants)?
-        probe = Summed(learning=True)
-        first = prepared(blocks, first_batch, weights, None, "pass 1", probe.piece())
-        learns = bool(probe.asked) if group is None else any(group.allgather_json(bool(probe.asked),
-                                                                                  "whether it learns constants"))
-        constants = Summed()
-        if learns and not dask_frame:  # a learning pass (or one per level) before the fit
+        return _fit_stream(estimator, source, init, names, columns, weights, batch_rows, progress, options, mesh,
+                           group)
 
-            def learning_pass(recorder):
-                for batch in read_batches(open_pass, batch_rows, layout_, "learning pass"):
-                    prepared(blocks, batch, weights, None, "learning pass", recorder.piece())
 
-            constants = learn(learning_pass, None if group is None else (
-                lambda *learnt: processes.add_learnt(group, *learnt)))
-            first = prepared(blocks, first_batch, weights, None, "pass 1", constants.piece())
-        notes = ()
-        if group is not None:  # every process streams its own rows: agree on the stack and the start
-            start, _, _ = processes.agree(group, first)
-            first = dataclasses.replace(first, init=start)
-            notes = (f"streamed by {group.size} processes (this is process {group.rank}; starting values from "
-                     "process 0's first batch)",)
-        kernel = kernel_for(first, options, mesh, streamed=True, batch_rows=None if dask_frame else batch_rows)
+def _fit_stream(estimator, source, init, names, columns, weights, batch_rows, progress, options: FitOptions, mesh,
+                group):
+    """:func:`fit_stream` with its devices placed (as :func:`mestim.estimate._fit`)."""
+    if group is not None:
+        processes.agree_call(group, "mestim.scale.fit_stream", options, weights, None)
+    if options.correction == "fay":
+        raise SpecificationError("correction='fay' is not available for streamed fits; use None or 'df'")
+    if weights is not None and not isinstance(weights, str):
+        raise SpecificationError("weights= of a streamed fit must be a column name of the source")
+    if not isinstance(batch_rows, int) or batch_rows < 1:
+        raise SpecificationError(f"batch_rows={batch_rows!r}: give a positive whole number")
+    blocks = as_blocks(estimator, init, names)
+    layout_ = Layout(columns)
+    dask_frame = source_kind(source) == "dask"
+    open_pass = chunk_reader(source, batch_rows, columns)
+    if dask_frame:
+        if mesh is not None:
+            raise SpecificationError("devices= shards a fit within one process; a Dask fit sums on each worker's "
+                                     "own device: leave devices=None")
+        frame = source[columns] if columns is not None else source
+    first_batch = next(read_batches(open_pass, batch_rows, layout_, "pass 1"), None)
+    if first_batch is None:
+        raise DataError("the streamed source has no rows")
+    if group is not None:
         if dask_frame:
-            stream = DaskRows(kernel, blocks, first, frame, layout_, weights=weights, dtype=options.data_dtype,
-                              progress=progress, learns=learns)
-            how = f"{len(stream.starts):,} Dask partitions summed on the workers"
-        else:
-            stream = Streamed(kernel, blocks, first, open_pass, layout_, weights=weights, batch_rows=batch_rows,
-                              dtype=options.data_dtype, progress=progress, constants=constants)
-            how = f"batches of {batch_rows:,}"
-        if group is not None:
-            stream = processes.Distributed(stream, group)
-        theta, moments, iterations = solve_stack(stream, first.init, first.labels, options)
-        note = (f"streamed: {stream.n_rows:,} rows in {how}, {stream.passes} passes over the source; starting "
-                "values from the first batch")
-        first = dataclasses.replace(first, notes=tuple(f"{n} (first batch)" for n in first.notes))
-        result = assemble(first, stream, theta, moments, options, iterations=iterations, notes=(note,) + notes,
-                          checks=False)
-        if group is not None:
-            group.barrier("the end of the fit")
+            raise SpecificationError("a Dask DataFrame is already summed on its cluster's workers: fit it from one "
+                                     "process, not from several JAX processes")
+    # spec, labels, starting values; does a block learn constants from the data (mestim.constants)?
+    probe = Summed(learning=True)
+    first = prepared(blocks, first_batch, weights, None, "pass 1", probe.piece())
+    constants = _learnt_constants(blocks, open_pass, batch_rows, layout_, weights, probe, group, dask_frame)
+    if constants.totals:
+        first = prepared(blocks, first_batch, weights, None, "pass 1", constants.piece())
+    notes = ()
+    if group is not None:  # every process streams its own rows: agree on the stack and the start
+        start, _, _ = processes.agree(group, first)
+        first = dataclasses.replace(first, init=start)
+        notes = (f"streamed by {group.size} processes (this is process {group.rank}; starting values from process "
+                 "0's first batch)",)
+    kernel = kernel_for(first, options, mesh, streamed=True, batch_rows=None if dask_frame else batch_rows)
+    if dask_frame:
+        stream = DaskRows(kernel, blocks, first, frame, layout_, weights=weights, dtype=options.data_dtype,
+                          progress=progress, learns=bool(probe.asked))
+        how = f"{len(stream.starts):,} Dask partitions summed on the workers"
+    else:
+        stream = Streamed(kernel, blocks, first, open_pass, layout_, weights=weights, batch_rows=batch_rows,
+                          dtype=options.data_dtype, progress=progress, constants=constants)
+        how = f"batches of {batch_rows:,}"
+    if group is not None:
+        stream = processes.Distributed(stream, group)
+    theta, moments, iterations = solve_stack(stream, first.init, first.labels, options)
+    note = (f"streamed: {stream.n_rows:,} rows in {how}, {stream.passes} passes over the source; starting values "
+            "from the first batch")
+    first = dataclasses.replace(first, notes=tuple(f"{n} (first batch)" for n in first.notes))
+    result = assemble(first, stream, theta, moments, options, iterations=iterations, notes=(note,) + notes,
+                      checks=False)
+    if group is not None:
+        group.barrier("the end of the fit")
     return result
+
+
+def _learnt_constants(blocks, open_pass, batch_rows, layout_, weights, probe: Summed, group, dask_frame) -> Summed:
+    """The constants the blocks learn from the data (:mod:`mestim.constants`), by learning passes over every
+    batch of every process, when the first batch asked for one (``probe``); a Dask frame learns them on its
+    workers (:class:`DaskRows`)."""
+    learns = bool(probe.asked) if group is None else any(group.allgather_json(bool(probe.asked),
+                                                                              "whether it learns constants"))
+    if not learns or dask_frame:
+        return Summed()
+
+    def learning_pass(recorder):
+        for batch in read_batches(open_pass, batch_rows, layout_, "learning pass"):
+            prepared(blocks, batch, weights, None, "learning pass", recorder.piece())
+
+    return learn(learning_pass, None if group is None else (lambda *learnt: processes.add_learnt(group, *learnt)))
