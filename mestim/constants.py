@@ -2,10 +2,10 @@
 
 A prepare may need numbers computed from its rows that are not parameters: the mean and standard deviation of a
 formula's ``center(x)`` or ``scale(x)``, the recurrence constants of ``poly(x, k)``, the row count in a robust
-regression's κ. ``fit`` prepares every row at
-once, but a stream batch or one process's rows are only part of the rows, and constants learnt from a part give
-another estimator (a different centring, a different κ) with no sign of it. So a prepare writes each constant
-from **sums over rows**, ``total(cols, key, local sums) -> sums over all rows``, which add across parts:
+regression's κ. ``fit`` prepares every row at once, but a stream batch or one process's rows are only part of the
+rows, and constants learnt from a part give another estimator (a different centring, a different κ) with no sign
+of it. So a prepare writes each constant from **sums over rows**, ``total(cols, key, local sums) -> sums over all
+rows``, which add across parts:
 
 - in memory (:data:`ALL_ROWS`) the rows are all rows: the local sums are returned;
 - across processes (:class:`AcrossProcesses`) every process's sums are exchanged and added in process order (the
@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import DataError, SpecificationError
 
-MAX_LEVELS = 8  # learning passes at most (constants computed from constants computed from …)
+MAX_LEVELS = 16  # learning passes at most (constants computed from constants …: poly(x, 15))
 
 
 class Constants:

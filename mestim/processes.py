@@ -194,7 +194,8 @@ def placement(devices):
                 f"this is process {jax.process_index()} of {jax.process_count()} of a jax.distributed job, but the "
                 "fit was given no devices=: give devices='all' to fit the rows of every process together (every "
                 "process calls the same fit on its own rows), or devices='local' to fit this process's rows alone")
-            Group().post(error)
+            with contextlib.suppress(MestimError):  # no distributed client: nobody to tell
+                Group().post(error)
             raise error
         return None, None
     mesh = device_mesh(devices)
