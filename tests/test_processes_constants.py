@@ -24,13 +24,18 @@ def data():
     x1 = rng.normal(3.0, 1.0, n) + np.linspace(0, 4, n)  # each batch has its own mean and spread
     x2 = rng.normal(size=n) * np.linspace(0.5, 2, n)
     y = 1.0 + 0.5 * x1 - x2 + 0.3 * x1 * x2 + rng.standard_t(3, n)
-    x3 = rng.gamma(2.0, 1.0, n)
-    return {"x1": x1, "x2": x2, "x3": x3, "y": y + 0.2 * x3, "w": rng.uniform(0.5, 2.0, n)}
+    x3, a = rng.gamma(2.0, 1.0, n), (rng.random(n) < 0.5).astype(float)
+    return {"x1": x1, "x2": x2, "x3": x3, "a": a, "y": y + 0.2 * x3 + a, "w": rng.uniform(0.5, 2.0, n)}
 
 
 def _same(got, ref):
     np.testing.assert_allclose(got.theta, ref.theta, rtol=0, atol=1e-10)
     np.testing.assert_allclose(got.se, ref.se, rtol=1e-8, atol=0)
+
+
+def _gformula(formula):
+    outcome = est.linear("om", "y", formula=formula)
+    return [outcome, est.gformula("gf", "a", outcome=outcome)]
 
 
 def _counted(data):
@@ -52,6 +57,7 @@ def _counted(data):
     (lambda: [est.robust_regression("r", "y", ["x1", "x2"])], 1),
     (lambda: [est.robust_regression("r", "y", formula="~ center(x1) + x2", norm="tukey", scale=1.5)], 1),
     (lambda: [est.linear("m", "y", ["x1", "x2"])], 0),  # nothing to learn: no extra pass
+    (lambda: _gformula("~ a * center(x1) + scale(x2):x1"), 2),  # counterfactual designs keep the learnt constants
 ])
 def test_streamed_constants_learnt_from_every_batch(data, blocks, passes_to_learn):
     ref = mestim.fit(blocks(), data, weights="w")
