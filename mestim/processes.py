@@ -182,24 +182,22 @@ def placement(devices):
 
     In a job of several processes (``jax.distributed``): ``"all"`` (or any mesh) fits every process's rows
     together; ``"local"`` fits this process's rows alone; None is an error, since a process that forgot
-    ``devices="all"`` would fit its own rows only (it also posts the error for the others, who wait for it in
-    the same fit). In one process ``"local"`` is ``"all"``."""
+    ``devices="all"`` would fit its own rows only (the error, as a bad ``devices=``, is posted for the others,
+    who wait for this process in the same fit). In one process ``"local"`` is ``"all"``."""
     from .sources import device_mesh
 
     if devices == "local":
         return local_mesh(device_mesh("all")), None
-    if devices is None:
-        if several():
-            error = SpecificationError(
-                f"this is process {jax.process_index()} of {jax.process_count()} of a jax.distributed job, but the "
-                "fit was given no devices=: give devices='all' to fit the rows of every process together (every "
-                "process calls the same fit on its own rows), or devices='local' to fit this process's rows alone")
-            with contextlib.suppress(MestimError):  # no distributed client: nobody to tell
-                Group().post(error)
-            raise error
-        return None, None
-    mesh = device_mesh(devices)
-    return (local_mesh(mesh), Group()) if several() else (mesh, None)
+    if not several():
+        return (None if devices is None else device_mesh(devices)), None
+    group = Group()
+    with group.reporting():  # a mistake here reaches the processes waiting for this one in the same fit
+        if devices is None:
+            raise SpecificationError(
+                f"this is process {group.rank} of {group.size} of a jax.distributed job, but the fit was given no "
+                "devices=: give devices='all' to fit the rows of every process together (every process calls the "
+                "same fit on its own rows), or devices='local' to fit this process's rows alone")
+        return local_mesh(device_mesh(devices)), group
 
 
 def local_mesh(mesh):

@@ -156,6 +156,8 @@ CASES = {
     "NaN in a stream on one": lambda r: _stream([est.linear("m", "y", ["x1", "x2"])], _with(r, _nan)),
     "bad option on one": lambda r: _fit([est.linear("m", "y", ["x1"])], part(r), max_iter=0 if r else 100),
     "forgot devices on one": lambda r: (mestim.fit if r else _fit)([est.linear("m", "y", ["x1"])], part(r)),
+    "bad devices on one": lambda r: mestim.fit([est.linear("m", "y", ["x1"])], part(r),
+                                               devices="everything" if r else "all"),
     "devices local": lambda r: mestim.fit([est.linear("m", "y", ["x1"])], part(r), devices="local"),
     "after the faults": lambda r: _fit([est.linear("m", "y", ["x1"])], part(r)),
 }
@@ -189,9 +191,10 @@ ERRORS = {  # case → (error class on both processes, words the message holds)
     "NaN on one": ("DataError", ["x2"]),
     "bad option on one": ("SpecificationError", ["max_iter=0"]),
     "forgot devices on one": ("SpecificationError", ["devices='all'", "devices='local'"]),
+    "bad devices on one": ("SpecificationError", ["devices='everything'"]),
 }
 FAILING = {"zero rows on one", "empty mask on one", "NaN on one", "NaN in a stream on one", "bad option on one",
-           "forgot devices on one"}  # process 1 fails; process 0 learns it from the posted error
+           "forgot devices on one", "bad devices on one"}  # process 1 fails; process 0 learns it from the posted error
 
 
 def _free_port() -> int:
