@@ -107,7 +107,7 @@ def _learnt_state(spec, cols, formula: str):
         call = ast.parse(key, mode="eval").body
         name = call.func.id if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) else None
         if name == "poly":
-            state[key] = _poly_state(frame, cols, formula, key, call, state[key])
+            state[key] = _poly_state(frame, cols, formula, key, call, state)
             continue
         if name not in SCALING:
             require_all_rows(cols, f"the term {key} of formula '{formula}'",
@@ -122,13 +122,8 @@ def _scaling_state(frame, cols, formula, key, call, state) -> dict:
     given = {k for k, at in SCALING[call.func.id].items()
              if any(kw.arg == k and not _is_bool(kw.value) for kw in call.keywords)
              or (len(call.args) > at and not _is_bool(call.args[at]))}
-    from formulaic import model_matrix
-
-    alone = model_matrix(f"0 + {key}", frame, na_action="ignore").model_spec  # the term alone, then unscaled
-    raw = alone.update(transform_state=dict(state, **{key: dict(own, center=None, scale=None)}))
-    x = np.asarray(raw.get_model_matrix(frame, na_action="ignore"), float)
-    where = f"formula '{formula}': {key}"
-    inner = tuple(f"formula '{formula}': {k} ({c})" for k in state if k != key and k in key for c in ("mean", "sd"))
+    x = _evaluated(frame, key, dict(state, **{key: dict(own, center=None, scale=None)}))  # the term unscaled
+    where, inner = f"formula '{formula}': {key}", _inner(formula, key, state)
     if own["center"] is not None and "center" not in given:
         sums = total(cols, f"{where} (mean)", after=inner, n=x.shape[0], x=x.sum(axis=0))
         own["center"] = sums["x"] / sums["n"]
@@ -143,33 +138,44 @@ def _scaling_state(frame, cols, formula, key, call, state) -> dict:
     return own
 
 
-def _poly_state(frame, cols, formula, key, call, own) -> dict:
+def _poly_state(frame, cols, formula, key, call, state) -> dict:
     """poly's state from all rows: its three-term recurrence (formulaic's, R's ``poly``) on the non-missing x,
 
         P₀ = 1,  P₁ = (x − α₀)P₀,  P_k = (x − α_{k−1})P_{k−1} − (‖P_{k−1}‖²/‖P_{k−2}‖²) P_{k−2},
         α_k = Σ x P_k² / Σ P_k²,  ‖P_k‖² = Σ P_k²,
 
     whose sums are learnt one degree at a time (P_k is built from the constants of the degrees below)."""
-    from formulaic import model_matrix
-
+    own = state[key]
     if "alpha" not in own:  # raw=True: powers of x, nothing learnt
         return own
     degree = len(own["norms2"]) - 1
-    x = np.asarray(model_matrix(f"0 + {ast.get_source_segment(key, call.args[0])}", frame, na_action="ignore"),
-                   float).ravel()
+    x = _evaluated(frame, ast.get_source_segment(key, call.args[0]), state).ravel()
     x = x[~np.isnan(x)]
-    where = f"formula '{formula}': {key}"
+    where, inner = f"formula '{formula}': {key}", _inner(formula, key, state)
     alpha, norms2, p, before = {}, {}, np.ones_like(x), np.zeros_like(x)
     for k in range(degree + 1):
         if k:
             step = norms2[k - 1] / norms2[k - 2] if k >= 2 else 0.0
             p, before = (x - alpha[k - 1]) * p - step * before, p
-        sums = total(cols, f"{where} (degree {k})", after=(f"{where} (degree {k - 1})",) if k else (),
+        sums = total(cols, f"{where} (degree {k})", after=inner + ((f"{where} (degree {k - 1})",) if k else ()),
                      pp=np.sum(p * p), xpp=np.sum(x * p * p))
         norms2[k] = float(sums["pp"])
         if k < degree:
             alpha[k] = float(sums["xpp"]) / norms2[k]
     return {"alpha": alpha, "norms2": norms2}
+
+
+def _evaluated(frame, term: str, state) -> np.ndarray:
+    """``term`` (a formula's term or expression) on ``frame``, with the transforms' ``state`` learnt so far."""
+    from formulaic import model_matrix
+
+    spec = model_matrix(f"0 + {term}", frame, na_action="ignore").model_spec
+    return np.asarray(spec.update(transform_state=dict(state)).get_model_matrix(frame, na_action="ignore"), float)
+
+
+def _inner(formula, key, state) -> tuple:
+    """The (key prefixes of the) constants of the transforms inside ``key``, which its constants are computed from."""
+    return tuple(f"formula '{formula}': {k} (" for k in state if k != key and k in key)
 
 
 def _is_bool(node) -> bool:

@@ -45,7 +45,8 @@ ALL_ROWS = Constants()
 
 def total(cols, key: str, *, after: tuple = (), **local) -> dict:
     """The sums over all rows of a fit (``{name: array}``) from this table's ``local`` sums, for constant ``key``
-    (unique to the block and term); ``after``: the keys of the constants these sums were computed from."""
+    (unique to the block and term); ``after``: the keys (or key prefixes) of the constants these sums were
+    computed from."""
     sums = {k: np.asarray(v, float) for k, v in local.items()}
     return getattr(cols, "constants", ALL_ROWS).total(key, sums, tuple(after))
 
@@ -104,7 +105,7 @@ class Summed(Constants):
             else:
                 self.sums.setdefault(key, []).append(local)
                 self._in_piece.add(key)
-            if self._provisional & set(after):
+            if any(k.startswith(after) for k in self._provisional):
                 self.unsure.add(key)
             if key not in self.totals:
                 self._provisional.add(key)
