@@ -12,8 +12,9 @@ as a wait of 8 s and a "lost" message). Then both processes leave normally, thro
 - the fingerprint: a different ψ under the same name, two different lambdas, each fit option, weights or
   clusters on one process only, ``fit`` against ``fit_stream``; and its positive control, the same ψ under two
   names, which agrees;
-- errors that reach everyone: zero rows, an empty mask, a NaN, a bad option, a stream's NaN on one process; a
-  process that forgot ``devices="all"``; ``devices="local"``.
+- errors that reach everyone: zero rows, an empty mask, a NaN, a bad option, a stream's NaN, a source that changes
+  in the middle of the fit, all on one process; a process that forgot ``devices="all"`` or gave a bad one;
+  ``devices="local"``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 import estimators as est
@@ -116,6 +118,17 @@ def _nan(rows):
     return rows
 
 
+def _changing(rows):
+    """A source whose outcome changes from its third read on (pass 2: the first batch was read once before)."""
+    frame, opened = pd.DataFrame(rows), []
+
+    def chunks():
+        opened.append(1)
+        changed = frame if len(opened) < 3 else frame.assign(y=frame.y + 1.0)
+        return (changed.iloc[a:a + 300] for a in range(0, len(changed), 300))
+    return chunks
+
+
 def _no_treated(rows):
     return dict(rows, a=np.zeros_like(rows["a"]))
 
@@ -154,6 +167,8 @@ CASES = {
     "empty mask on one": lambda r: _fit([est.linear("m", "y", ["x1"], mask="a")], _with(r, _no_treated)),
     "NaN on one": lambda r: _fit([est.linear("m", "y", ["x1", "x2"])], _with(r, _nan)),
     "NaN in a stream on one": lambda r: _stream([est.linear("m", "y", ["x1", "x2"])], _with(r, _nan)),
+    "source changes mid-fit on one": lambda r: _stream([est.linear("m", "y", ["x1"])],
+                                                       _changing(part(r)) if r else part(r)),
     "bad option on one": lambda r: _fit([est.linear("m", "y", ["x1"])], part(r), max_iter=0 if r else 100),
     "forgot devices on one": lambda r: (mestim.fit if r else _fit)([est.linear("m", "y", ["x1"])], part(r)),
     "bad devices on one": lambda r: mestim.fit([est.linear("m", "y", ["x1"])], part(r),
@@ -189,11 +204,12 @@ ERRORS = {  # case → (error class on both processes, words the message holds)
     "empty mask on one": ("DataError", ["block 'm' has no rows"]),
     "NaN in a stream on one": ("DataError", ["x2", "pass 1"]),
     "NaN on one": ("DataError", ["x2"]),
+    "source changes mid-fit on one": ("DataError", ["pass 2", "the source changed since pass 1"]),
     "bad option on one": ("SpecificationError", ["max_iter=0"]),
     "forgot devices on one": ("SpecificationError", ["devices='all'", "devices='local'"]),
     "bad devices on one": ("SpecificationError", ["devices='everything'"]),
 }
-FAILING = {"zero rows on one", "empty mask on one", "NaN on one", "NaN in a stream on one", "bad option on one",
+FAILING = {"zero rows on one", "source changes mid-fit on one", "empty mask on one", "NaN on one", "NaN in a stream on one", "bad option on one",
            "forgot devices on one", "bad devices on one"}  # process 1 fails; process 0 learns it from the posted error
 
 
