@@ -119,3 +119,10 @@ def test_a_statsmodels_block_is_refused_in_a_stream(data):
     with pytest.raises(mestim.SpecificationError, match="holds its 2000 rows, so in a streamed fit"):
         fit_stream([est.from_statsmodels("o", fitted)], source, batch_rows=BATCH)
     assert source.opened == 1
+
+
+@pytest.mark.parametrize("scale, norm", [("huber", "huber"), ("huber", "tukey"), (1.5, "huber")])
+def test_robust_stream_whose_last_batch_is_smaller_than_its_coefficients(data, scale, norm):
+    """The last batch (2 rows, 3 coefficients) cannot give a start, and needs none: no false 'too few rows'."""
+    blocks = lambda: [est.robust_regression("r", "y", ["x1", "x2"], scale=scale, norm=norm)]  # noqa: E731
+    _same(fit_stream(blocks(), data, batch_rows=666), mestim.fit(blocks(), data))
