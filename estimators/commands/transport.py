@@ -65,6 +65,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--post-covariates", help="comma-separated post-randomisation covariates (with --received)")
     parser.add_argument("--bias", help="sensitivity analysis bias function u: a number or a covariate name")
     parser.add_argument("--bias-grid", help="comma-separated multipliers δ of the bias function (eq. 11)")
+    parser.add_argument("--weights", metavar="COLUMN", help="row weights column (read as --weight-type says)")
+    parser.add_argument("--weight-type", default="frequency", choices=["frequency", "sampling"],
+                        help="frequency (default: a row of weight w counts as w rows) or sampling (survey / "
+                        "inverse-probability weights, e.g. on the target sample: each estimating equation times w)")
+    parser.add_argument("--cluster", metavar="COLUMN",
+                        help="cluster column (e.g. the recruiting site): cluster-robust sandwich SEs")
     parser.add_argument("--level", type=float, default=0.95, help="confidence level in (0, 1) (default 0.95)")
     add_file_options(parser)
     parser.add_argument("--json", metavar="OUT.json", help="write estimates and tests as JSON")
@@ -121,7 +127,7 @@ def run(args) -> int:
                         treatment_probabilities=probs, outcome_model=args.outcome_model,
                         trial_effects=False if args.no_trial_effects else None, weighting=args.weighting,
                         received=args.received, post_covariates=_list(args.post_covariates), bias=bias, bias_grid=grid,
-                        level=args.level)
+                        weights=args.weights, weight_type=args.weight_type, cluster=args.cluster, level=args.level)
     print(f"Data: {source}")
     print(res.summary(warnings=False))
     if args.json:

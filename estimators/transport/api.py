@@ -45,6 +45,7 @@ POOLED = ("outcome", "weighting", "dr", "pseudo_outcome", "target_only")
 DISPLAY = {"unadjusted": "Unadjusted", "outcome": "Outcome model", "weighting": "Weighting", "dr": "Doubly robust",
            "pseudo_outcome": "Pseudo-outcome", "target_only": "Target only"}
 WEIGHTING = ("normalized", "unnormalized")
+WEIGHT_TYPES = ("frequency", "sampling")
 SENSITIVITY_COLUMNS = ["estimator", "trial", "contrast", "delta", "bias_mean", "estimate", "se", "ci_low", "ci_high", "n"]
 DEFAULT_WEIGHTING = "normalized"
 
@@ -204,6 +205,7 @@ class TransportStack:
     settings: dict
     transport_data: TransportData
     weights: object = None
+    weight_type: str = "frequency"
     cluster: object = None
     solve: str = "blockwise"
     pairs: tuple = ()
@@ -243,7 +245,8 @@ class TransportStack:
         return est, np.sqrt(np.maximum(var, 0.0)), [self.estimands[i] for i in keep]
 
     def fit(self) -> mestim.Result:
-        return mestim.fit(self.blocks, self.data_for_fit, weights=self.weights, cluster=self.cluster, solve=self.solve)
+        return mestim.fit(self.blocks, self.data_for_fit, weights=self.weights, weight_type=self.weight_type,
+                          cluster=self.cluster, solve=self.solve)
 
 
 def check_bias_grid(grid) -> np.ndarray:
@@ -260,8 +263,8 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
               participation: str = "logistic", treatment_model: str = "trial", treatment_probabilities=None,
               outcome_model: str = "auto", trial_effects: bool | None = None, weighting: str = DEFAULT_WEIGHTING,
               received: str | None = None, post_covariates=None, bias=None, bias_grid=None,
-              weights=None, cluster=None, level: float = 0.95, solve: str = "blockwise",
-              diagnostics: bool = True) -> TransportResult:
+              weights=None, weight_type: str = "frequency", cluster=None, level: float = 0.95,
+              solve: str = "blockwise", diagnostics: bool = True) -> TransportResult:
     """Transport treatment effects from a collection of trials to a target population (Dahabreh et al.).
 
     Args:
@@ -291,7 +294,12 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
             iterated expectation (eq. C.2) and doubly robust (both, one trial at a time and pooled).
         bias, bias_grid: sensitivity analysis (eq. 11): bias function u (number, covariate name, or ``u(X, trial)``)
             and multipliers δ; each estimate is reported at ψ̂ + δ·mean_{S=0} u.
-        weights, cluster: row weights and cluster labels passed to :func:`mestim.fit`.
+        weights: row weights (a column name or an array), passed to :func:`mestim.fit`.
+        weight_type: how ``weights`` are read: ``"frequency"`` (default: a row of weight w counts as w rows, the
+            same answer as the expanded table) or ``"sampling"`` (survey / inverse-probability weights, e.g. on the
+            target sample: every ψ is multiplied by w, meat Σ w²ψψᵀ, n = rows).
+        cluster: cluster labels (a column name or an array): cluster-robust sandwich over cluster totals, for
+            trials recruited by site. The result's ``settings`` and summary name the weights and clusters used.
         level: confidence level of the Wald intervals, in (0, 1).
         solve: how the engine solves the stack: ``"blockwise"`` (default: one Newton per dependency level —
             working models first, then the estimands that read them) or ``"joint"`` (one Newton on the whole stack).
@@ -307,7 +315,7 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
                             treatment_probabilities=treatment_probabilities, outcome_model=outcome_model,
                             trial_effects=trial_effects, weighting=weighting, received=received,
                             post_covariates=post_covariates, bias=bias, bias_grid=bias_grid, weights=weights,
-                            cluster=cluster, level=level, solve=solve)
+                            weight_type=weight_type, cluster=cluster, level=level, solve=solve)
     fit = stack.fit()
     res = _result(stack, fit)
     if diagnostics:
@@ -329,7 +337,7 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
                     participation: str = "logistic", treatment_model: str = "trial", treatment_probabilities=None,
                     outcome_model: str = "auto", trial_effects: bool | None = None,
                     weighting: str = DEFAULT_WEIGHTING, received: str | None = None, post_covariates=None, bias=None,
-                    bias_grid=None, weights=None, cluster=None, level: float = 0.95,
+                    bias_grid=None, weights=None, weight_type: str = "frequency", cluster=None, level: float = 0.95,
                     solve: str = "blockwise") -> TransportStack:
     """The stack :func:`transport` fits, without fitting it (same arguments; see :func:`transport`).
 
@@ -347,6 +355,8 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
         raise SpecificationError(f"outcome_model={outcome_model!r}: use one of {OUTCOME_MODELS}")
     if weighting not in WEIGHTING:
         raise SpecificationError(f"weighting={weighting!r}: use one of {WEIGHTING}")
+    if weight_type not in WEIGHT_TYPES:
+        raise SpecificationError(f"weight_type={weight_type!r}: use one of {WEIGHT_TYPES}")
     if not (per_trial or pooled):
         raise SpecificationError("per_trial and pooled are both False: nothing to estimate")
     level = check_level(level)
@@ -557,8 +567,10 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
     settings = _settings(data, family, participation, treatment_model, treatment_probabilities, trial_effects,
                          weighting, per_protocol, received, post_covariates, chosen, trial_est, pooled_est,
                          contrast_names, level)
+    settings.update(_sampling_design(weights, weight_type, cluster))
     settings["notes"] = notes
-    return TransportStack(blocks, fit_cols, estimands, settings, data, weights=weights, cluster=cluster, solve=solve,
+    return TransportStack(blocks, fit_cols, estimands, settings, data, weights=weights, weight_type=weight_type,
+                          cluster=cluster, solve=solve,
                           pairs=tuple(pairs), contrast_names=tuple(contrast_names), family=family,
                           trial_estimators=tuple(trial_est), pooled_estimators=tuple(pooled_est), participation=part,
                           arm_weights=armw, use_bias=use_bias, bias_grid=bias_grid, level=level)
@@ -637,7 +649,9 @@ def _result(stack: TransportStack, fit: mestim.Result) -> TransportResult:
                              "ci_low": float(value - z * se), "ci_high": float(value + z * se), "n": n})
         sens = pd.DataFrame(recs, columns=SENSITIVITY_COLUMNS)
 
-    return TransportResult(table, tests, stack.settings, fit, est, data, sens, level)
+    settings = dict(stack.settings, n_clusters=fit.n_clusters)
+    settings["variance"] += _design_text(settings)
+    return TransportResult(table, tests, settings, fit, est, data, sens, level)
 
 
 def _arm_index(data, value) -> int:
@@ -695,6 +709,24 @@ def _delta(fit, items, extra_idx, labels) -> mestim.Estimates:
         grads.append(g)
     G = np.array(grads)
     return mestim.Estimates(np.array(values, float), G @ fit.vcov @ G.T, tuple(labels))
+
+
+def _sampling_design(weights, weight_type, cluster) -> dict:
+    """The settings that name the row weights and clusters (None when not given)."""
+    name = lambda v: None if v is None else v if isinstance(v, str) else "array"  # noqa: E731
+    return {"weights": name(weights), "weight_type": weight_type, "cluster": name(cluster)}
+
+
+def _design_text(settings: dict) -> str:
+    """How the variance uses the row weights and clusters, for the printed "Variance:" line ('' without them)."""
+    parts = []
+    if settings["weights"] is not None:
+        parts.append(f"{settings['weight_type']} weights '{settings['weights']}' ("
+                     + ("a row of weight w counts as w rows" if settings["weight_type"] == "frequency" else
+                        "survey/inverse-probability weights: each ψ multiplied by w, meat Σ w²ψψᵀ, n = rows") + ")")
+    if settings["cluster"] is not None:
+        parts.append(f"cluster-robust by '{settings['cluster']}' ({settings['n_clusters']} clusters)")
+    return "".join(f"; {p}" for p in parts)
 
 
 def _settings(data, family, participation, treatment_model, probs, trial_effects, weighting, per_protocol, received,
