@@ -103,3 +103,62 @@ def test_cli_weights_weight_type_cluster(small, tmp_path, capsys):
     got = {(r["estimator"], r["contrast"]): r["se"] for r in d["estimates"]}
     for r in ref.table.itertuples():
         assert got[(r.estimator, r.contrast)] == pytest.approx(r.se, rel=1e-8)
+
+
+# ------------------------------------------------------------------------------ 2. the reference arm
+def _relabel(df, names):
+    out = df.copy()
+    out["Z"] = out.Z.map(names)
+    return out
+
+
+def _trial_difference(df, treated, control):
+    """The unadjusted mean difference in trial 1 (NumPy): its sign is the sign of the reported contrast."""
+    t1 = df[df.S == 1]
+    return t1.Y[t1.Z == treated].mean() - t1.Y[t1.Z == control].mean()
+
+
+@pytest.mark.parametrize("names, treated, control, why", [
+    ({1: "active", 0: "placebo"}, "active", "placebo", "control-like"),
+    ({1: "treated", 0: "control"}, "treated", "control", "control-like"),
+])
+def test_control_like_label_is_the_default_reference(small, names, treated, control, why):
+    """'active'/'placebo' sorts placebo second: the default was 'placebo vs active' (the sign flipped)."""
+    df = _relabel(small, names)
+    res = transport(df, covariates=["X1", "X2"], estimators=["unadjusted"], pooled=False, diagnostics=False)
+    assert res.settings["contrasts"] == [f"{treated} vs {control}"]
+    assert res.settings["reference"] == control and why in res.settings["reference_reason"]
+    row = res.estimate("unadjusted", 1)
+    assert row.estimate == pytest.approx(_trial_difference(df, treated, control), rel=1e-8)
+    assert row.estimate > 0
+    assert res.summary().splitlines()[0].startswith(f"Reference arm: Z = {control}")
+
+
+def test_reference_keyword_and_default_stated(small):
+    df = _relabel(small, {1: "B", 0: "A"})
+    res = transport(df, covariates=["X1", "X2"], estimators=["unadjusted"], pooled=False, diagnostics=False)
+    assert res.settings["contrasts"] == ["B vs A"] and "first in sorted order" in res.settings["reference_reason"]
+    flipped = transport(df, covariates=["X1", "X2"], estimators=["unadjusted"], pooled=False, diagnostics=False,
+                        reference="B")
+    assert flipped.settings["contrasts"] == ["A vs B"] and flipped.settings["reference_reason"] == "given"
+    assert flipped.estimate("unadjusted", 1).estimate == pytest.approx(-res.estimate("unadjusted", 1).estimate)
+    numeric = transport(small, covariates=["X1", "X2"], estimators=["unadjusted"], pooled=False, diagnostics=False)
+    assert numeric.settings["contrasts"] == ["1 vs 0"] and numeric.settings["reference"] == "0"
+    with pytest.raises(mestim.errors.DataError, match="not one of the arms"):
+        transport(df, covariates=["X1", "X2"], reference="C")
+    with pytest.raises(mestim.errors.SpecificationError, match="reference"):
+        transport(df, covariates=["X1", "X2"], reference="A", contrasts=[("B", "A")])
+
+
+def test_cli_reference_first_line_and_json(small, tmp_path, capsys):
+    path = tmp_path / "d.csv"
+    _relabel(small, {1: "active", 0: "placebo"}).to_csv(path, index=False)
+    out = tmp_path / "o.json"
+    args = ["transport", str(path), "--covariates", "X1,X2", "--estimators", "unadjusted", "--per-trial-only"]
+    assert main(args + ["--json", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("Reference arm: Z = placebo (a control-like label") and "--reference" in first
+    d = json.loads(out.read_text())
+    assert d["settings"]["reference"] == "placebo" and d["estimates"][0]["contrast"] == "active vs placebo"
+    assert main(args + ["--reference", "active", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["estimates"][0]["contrast"] == "placebo vs active"

@@ -43,8 +43,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--target", default="0", help="label of the target sample in the study column (default 0)")
     parser.add_argument("--estimators", help="comma-separated subset of unadjusted,outcome,weighting,dr,"
                         "pseudo_outcome,target_only (default: all that apply)")
+    parser.add_argument("--reference", metavar="LABEL",
+                        help="reference arm: every other arm is compared with it (default: a control-like label such "
+                        "as placebo/control, else the smallest level, e.g. 0; stated on the first output line)")
     parser.add_argument("--contrast", action="append", metavar="Z1,Z0",
-                        help="arms compared, e.g. 1,0 (repeatable; default every arm vs the smallest)")
+                        help="arms compared, e.g. 1,0 (repeatable; default every arm vs the reference arm, --reference)")
     parser.add_argument("--participation", default="logistic", choices=["logistic", "multinomial"],
                         help="participation model (default logistic, as in the paper)")
     parser.add_argument("--treatment-model", default="trial", choices=["trial", "pooled", "per_trial", "known"],
@@ -126,10 +129,12 @@ def run(args) -> int:
                         participation=args.participation, treatment_model=args.treatment_model,
                         treatment_probabilities=probs, outcome_model=args.outcome_model,
                         trial_effects=False if args.no_trial_effects else None, weighting=args.weighting,
+                        reference=None if args.reference is None else _number_or_text(args.reference),
                         received=args.received, post_covariates=_list(args.post_covariates), bias=bias, bias_grid=grid,
                         weights=args.weights, weight_type=args.weight_type, cluster=args.cluster, level=args.level)
-    print(f"Data: {source}")
-    print(res.summary(warnings=False))
+    summary = res.summary(warnings=False).splitlines()
+    first = summary[0] if summary[0].startswith("Reference arm") else None  # the sign of every contrast: line 1
+    print("\n".join(([first] if first else []) + [f"Data: {source}"] + summary[bool(first):]))
     if args.json:
         res.to_json(args.json)
         print(f"wrote {args.json}")

@@ -249,6 +249,22 @@ class TransportStack:
                           cluster=self.cluster, solve=self.solve)
 
 
+CONTROL_LIKE = {"placebo", "control", "controls", "ctrl", "usual care", "usual_care", "standard care", "standard",
+                "soc", "sham", "untreated", "no treatment", "none", "no", "comparator", "vehicle", "reference"}
+
+
+def natural_reference(arms) -> tuple[int, str]:
+    """(index of the default reference arm, why): the one control-like label ("placebo", "control", "usual
+    care", …) when text arms have exactly one, else the smallest level (0 of a 0/1 treatment) or the first text
+    label in sorted order — stated in the output, since a wrong guess flips the sign of every contrast."""
+    control = [i for i, a in enumerate(arms) if isinstance(a, str) and a.strip().lower() in CONTROL_LIKE]
+    if len(control) == 1:
+        return control[0], "a control-like label"
+    if isinstance(arms[0], str):
+        return 0, "first in sorted order"
+    return 0, "the smallest level"
+
+
 def check_bias_grid(grid) -> np.ndarray:
     """The multipliers δ of the sensitivity analysis: finite numbers (default [1])."""
     values = np.atleast_1d(np.asarray([1.0] if grid is None else grid, dtype=float))
@@ -262,7 +278,7 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
               per_trial: bool = True, pooled: bool = True, contrasts=None,
               participation: str = "logistic", treatment_model: str = "trial", treatment_probabilities=None,
               outcome_model: str = "auto", trial_effects: bool | None = None, weighting: str = DEFAULT_WEIGHTING,
-              received: str | None = None, post_covariates=None, bias=None, bias_grid=None,
+              reference=None, received: str | None = None, post_covariates=None, bias=None, bias_grid=None,
               weights=None, weight_type: str = "frequency", cluster=None, level: float = 0.95,
               solve: str = "blockwise", diagnostics: bool = True) -> TransportResult:
     """Transport treatment effects from a collection of trials to a target population (Dahabreh et al.).
@@ -281,7 +297,11 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
             outcome that varies (else it is skipped with a note saying why; asked for explicitly, it runs when
             every arm is present and is refused otherwise).
         per_trial, pooled: fit the one-trial-at-a-time estimators (eq. 6–7) and/or the pooled ones (eq. 8–9).
-        contrasts: list of pairs (z, z') of arms; default (z, z_0) for every arm z ≠ z_0 (the smallest level).
+        contrasts: list of pairs (z, z') of arms; default (z, z_0) for every arm z ≠ the reference z_0.
+        reference: the reference arm z_0 of the default contrasts. Default: the one control-like text label
+            ("placebo", "control", "usual care", …), else the smallest level (0 of a 0/1 treatment), else the first
+            text label in sorted order; ``settings["reference"]`` and ``settings["reference_reason"]`` say which
+            and why, and the summary's first line states it.
         participation: ``"logistic"`` (paper: P[S=0|X] pooled, P[S=0|X, S∈{0,s}] per trial) or ``"multinomial"``.
         treatment_model: ``"trial"`` (paper's e(z; X, S), default), ``"pooled"``, ``"per_trial"`` or ``"known"``
             (then ``treatment_probabilities={z: p}`` or ``{trial: {z: p}}``: each p in (0, 1), summing to 1 per
@@ -313,7 +333,7 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
                             formula=formula, target=target, estimators=estimators, per_trial=per_trial, pooled=pooled,
                             contrasts=contrasts, participation=participation, treatment_model=treatment_model,
                             treatment_probabilities=treatment_probabilities, outcome_model=outcome_model,
-                            trial_effects=trial_effects, weighting=weighting, received=received,
+                            trial_effects=trial_effects, weighting=weighting, reference=reference, received=received,
                             post_covariates=post_covariates, bias=bias, bias_grid=bias_grid, weights=weights,
                             weight_type=weight_type, cluster=cluster, level=level, solve=solve)
     fit = stack.fit()
@@ -336,7 +356,8 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
                     per_trial: bool = True, pooled: bool = True, contrasts=None,
                     participation: str = "logistic", treatment_model: str = "trial", treatment_probabilities=None,
                     outcome_model: str = "auto", trial_effects: bool | None = None,
-                    weighting: str = DEFAULT_WEIGHTING, received: str | None = None, post_covariates=None, bias=None,
+                    weighting: str = DEFAULT_WEIGHTING, reference=None, received: str | None = None,
+                    post_covariates=None, bias=None,
                     bias_grid=None, weights=None, weight_type: str = "frequency", cluster=None, level: float = 0.95,
                     solve: str = "blockwise") -> TransportStack:
     """The stack :func:`transport` fits, without fitting it (same arguments; see :func:`transport`).
@@ -411,8 +432,12 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
 
     # ------------------------------------------------------------------ contrasts
     C = data.n_arms
+    if contrasts is not None and reference is not None:
+        raise SpecificationError("give reference= (every arm against it) or contrasts= (explicit pairs), not both")
+    ref, reference_reason = ((_arm_index(data, reference), "given") if reference is not None else
+                             (None, "contrasts given") if contrasts is not None else natural_reference(data.arms))
     if contrasts is None:
-        pairs = [(c, 0) for c in range(1, C)]
+        pairs = [(c, ref) for c in range(C) if c != ref]
     else:
         if isinstance(contrasts, tuple) and len(contrasts) == 2 and not isinstance(contrasts[0], (tuple, list)):
             contrasts = [contrasts]
@@ -567,7 +592,8 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
     settings = _settings(data, family, participation, treatment_model, treatment_probabilities, trial_effects,
                          weighting, per_protocol, received, post_covariates, chosen, trial_est, pooled_est,
                          contrast_names, level)
-    settings.update(_sampling_design(weights, weight_type, cluster))
+    settings.update(_sampling_design(weights, weight_type, cluster), reference=None if ref is None else label(data.arms[ref]),
+                    reference_reason=reference_reason)
     settings["notes"] = notes
     return TransportStack(blocks, fit_cols, estimands, settings, data, weights=weights, weight_type=weight_type,
                           cluster=cluster, solve=solve,

@@ -39,6 +39,8 @@ def format_summary(res, warnings: bool = True) -> str:
     t, st = res.table, res.settings
     lines = []
     target = st["target"]
+    if st.get("reference") is not None:
+        lines.append(reference_line(st))
     has_target_only = "target_only" in st["pooled_estimators"]
     for contrast in st["contrasts"]:
         lines.append(f"Transported effect {st['treatment']} = {contrast} in the target population "
@@ -101,6 +103,12 @@ def format_summary(res, warnings: bool = True) -> str:
     elif res.warnings:
         lines.append(f"warnings: {len(res.warnings)} (printed on stderr)")
     return "\n".join(lines)
+
+
+def reference_line(settings) -> str:
+    """'Reference arm: Z = placebo (a control-like label; ...)': the sign of every contrast depends on it."""
+    return (f"Reference arm: {settings['treatment']} = {settings['reference']} ({settings['reference_reason']}; "
+            "change with --reference LABEL / reference=)")
 
 
 def _sensitivity_lines(res) -> list[str]:
