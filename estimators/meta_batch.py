@@ -98,10 +98,14 @@ def by_columns(by, columns_in_table) -> list[str]:
     return names
 
 
-def _id_values(df, names):
+MISSING_ID = "(missing)"  # the level of an empty id kept with missing_ids="keep" (e.g. "no subgroup")
+
+
+def _id_values(df, names, keep_missing: bool = False):
     """(ids, blank, values): one hashable id per row — the value of the one id column, or the values of several
     joined by " | " —, a (rows, columns) boolean array of empty ids (NaN, None or blank text), and each column's
-    values. Whole-number floats (an integer column with a blank cell reads as float) become integers."""
+    values. Whole-number floats (an integer column with a blank cell reads as float) become integers. With
+    ``keep_missing`` an empty id is the level ``MISSING_ID`` and nothing is blank."""
     import pandas as pd
 
     parts, blank = [], np.zeros((len(df), len(names)), bool)
@@ -112,7 +116,10 @@ def _id_values(df, names):
             blank[:, j] |= col.astype(str).str.strip().eq("").to_numpy()
         if pd.api.types.is_float_dtype(col) and np.all(np.mod(col[~blank[:, j]], 1) == 0):
             col = col.astype("Int64")
-        parts.append(col.astype(object).to_numpy())  # Python scalars, as JSON wants them
+        parts.append(col.astype(object).to_numpy(copy=True))  # Python scalars, as JSON wants them
+        if keep_missing:
+            parts[-1][blank[:, j]] = MISSING_ID
+            blank[:, j] = False
     if len(parts) == 1:
         return parts[0], blank, parts
     text = [pd.Series(p, dtype=object).astype(str) for p in parts]
@@ -120,16 +127,19 @@ def _id_values(df, names):
 
 
 def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
-                       invalid: str = "raise") -> tuple[pd.DataFrame, dict]:
+                       invalid: str = "raise", missing_ids: str = "exclude") -> tuple[pd.DataFrame, dict]:
     """(tables, report): tables with columns meta_id, study, ai, bi, ci, di (floats, one row per usable study; and
     the ``by`` columns when there are several) and a report {"excluded": [{meta_id, study, row, kind, reason}],
     "notes": [...], "warnings": [...], "format": ..., "by": [id columns]}. ``by``: one id column, several
     (a list or comma-separated names), or None (one meta-analysis). See the module docstring for accepted names
-    and the validation rules. ``invalid``: "raise" (default) or "exclude"."""
+    and the validation rules. ``invalid``: "raise" (default) or "exclude". ``missing_ids``: rows with an empty
+    id are "exclude"d (default, reported) or "keep"-t as their own level "(missing)" (e.g. no subgroup)."""
     import pandas as pd
 
     if invalid not in ("raise", "exclude"):
         raise DataError(f"invalid={invalid!r}: use 'raise' or 'exclude'")
+    if missing_ids not in ("exclude", "keep"):
+        raise DataError(f"missing_ids={missing_ids!r}: use 'exclude' or 'keep'")
     if not isinstance(df, pd.DataFrame):
         df = pd.DataFrame(df)
     if len(df) == 0:
@@ -167,7 +177,7 @@ def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
     study_col = columns.get("study", next((c for c in ("label", "study") if c in df.columns), None))
     study = df[study_col].astype(str).to_numpy() if study_col else np.array([str(i + 1) for i in range(len(df))])
     if groups:
-        meta_id, blank, group_values = _id_values(df, groups)
+        meta_id, blank, group_values = _id_values(df, groups, missing_ids == "keep")
     else:
         meta_id, blank, group_values = np.full(len(df), "all", dtype=object), np.zeros((len(df), 0), bool), []
     no_id = blank.any(axis=1)
@@ -247,7 +257,8 @@ def exclusion_summary(excluded: list[dict], limit: int = 10) -> list[str]:
         return []
     kinds = collections.Counter(e["kind"] for e in excluded)
     lines = ["excluded: " + ", ".join(f"{n} {EXCLUSION_KINDS.get(kind, kind)}" for kind, n in kinds.items())
-             + (" (to keep rows whose empty id is meaningful, e.g. no subgroup, fill it in)"
+             + (" (to keep rows whose empty id is meaningful, e.g. no subgroup, as their own level: "
+                "--keep-missing-ids, Python missing_ids='keep')"
                 if "missing id" in kinds else "")]
     for e in excluded[:limit]:
         if e["row"] is None:
@@ -360,9 +371,11 @@ def batch_core(counts, mask, measure: str):
 
 
 def meta_analyses(df: pd.DataFrame, by, measure: str = "RR", columns: dict | None = None,
-                  invalid: str = "raise", classical: str = CLASSICAL_DEFAULT, level: float = 0.95):
+                  invalid: str = "raise", classical: str = CLASSICAL_DEFAULT, level: float = 0.95,
+                  missing_ids: str = "exclude"):
     """Many meta-analyses at once from one long table (``by`` = the meta-analysis id column, or several: a list or
-    comma-separated names; rows with a missing id are excluded and reported).
+    comma-separated names; rows with a missing id are excluded and reported, or with ``missing_ids="keep"`` form
+    their own level "(missing)").
 
     Returns (long, wide, report): ``long`` has one row per meta-analysis × method (as :func:`meta_analysis`, the
     causal SE from the closed-form sandwich); ``wide`` one row per meta-analysis with the causal and the
@@ -376,7 +389,7 @@ def meta_analyses(df: pd.DataFrame, by, measure: str = "RR", columns: dict | Non
     if classical not in METHODS[1:]:
         raise DataError(f"classical={classical!r}: use one of {METHODS[1:]}")
     level = mc.check_level(level)
-    tables, report = standardise_tables(df, columns, by, invalid)
+    tables, report = standardise_tables(df, columns, by, invalid, missing_ids)
     ids, counts, mask, m = pad_tables(tables)
     core = {k: np.asarray(v)[:m] for k, v in batch_core(counts, mask, measure).items()}
     methods = {"causal": causal_columns(core, measure, level), **mc.summary_columns(core, measure, level)}

@@ -36,6 +36,9 @@ def add_arguments(parser) -> None:
                         help="column(s) identifying meta-analyses, comma-separated (e.g. review,comparison,outcome,"
                              "subgroup): batch mode, one result set per meta-analysis; rows with a missing id are "
                              "excluded and reported")
+    parser.add_argument("--keep-missing-ids", action="store_true",
+                        help="with --by: rows whose id is empty (e.g. group.no blank = no subgroup) form their own "
+                        "level '(missing)' instead of being excluded")
     parser.add_argument("--level", default="0.95", metavar="LEVEL",
                         help="confidence level of the CIs, in (0, 1) (default 0.95)")
     add_file_options(parser)
@@ -62,12 +65,12 @@ def _parse_columns(text):
     return out
 
 
-def _read(path, sep=None, encoding=None):
+def _read(path, sep=None, encoding=None, decimal=None):
     if path is None:
         from estimators.meta_batch import load_bcg
 
         return load_bcg(), "BCG vaccine trials (bundled)"
-    return read_table(path, sep, encoding, working_memory=META_MEMORY), path
+    return read_table(path, sep, encoding, working_memory=META_MEMORY, decimal=decimal), path
 
 
 def _fmt(x, ratio):
@@ -98,7 +101,7 @@ def run(args) -> int:
 def _run(args, level) -> int:
     from estimators import meta_batch as mb
 
-    df, source = _read(args.tables, args.sep, args.encoding)
+    df, source = _read(args.tables, args.sep, args.encoding, args.decimal)
     columns = _parse_columns(args.columns)
     invalid = "exclude" if args.drop_invalid else "raise"
     ratio = args.measure in ("RR", "OR")
@@ -128,14 +131,15 @@ def _run(args, level) -> int:
             print(f"forest plot written to {args.plot}", file=out)
     else:
         long, wide, report = mb.meta_analyses(df, args.by, args.measure, columns=columns, invalid=invalid,
-                                              classical=args.classical, level=level)
+                                              classical=args.classical, level=level,
+                                              missing_ids="keep" if args.keep_missing_ids else "exclude")
         _print_batch(wide, source, args, ratio, level, out)
         if args.plot:
             mb.scatter_plot(wide, args.plot)
             print(f"scatter plot written to {args.plot}", file=out)
     for line in mb.exclusion_summary(report["excluded"]):
         print(line, file=out)
-    for n in report["notes"]:
+    for n in ([f"read {source} as {df.attrs['read_as']}"] if "read_as" in df.attrs else []) + report["notes"]:
         print(f"note: {n}", file=out)
     if args.json:
         payload = mb.results_json(long, report, wide)

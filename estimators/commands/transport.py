@@ -92,8 +92,8 @@ def run(args) -> int:
         source = f"bundled simulated data ({simulate.bundled_data_path()}; true target effect {simulate.bundled_truth():.4g})"
         covariates = _list(args.covariates) or (None if args.formula else ["X1", "X2", "X3"])
     else:
-        df = read_table(args.data, args.sep, args.encoding, working_memory=TRANSPORT_MEMORY)
-        source = args.data
+        df = read_table(args.data, args.sep, args.encoding, working_memory=TRANSPORT_MEMORY, decimal=args.decimal)
+        source = args.data + (f" ({df.attrs['read_as']})" if "read_as" in df.attrs else "")
         covariates = _list(args.covariates)
         if covariates is None and args.formula is None:
             raise DataError("give --covariates X1,X2,... (or --formula '~ ...')")

@@ -315,9 +315,12 @@ def _refuse_stray_text(col: pd.Series, name: str) -> None:
                         f"with formula='~ C({name})'")
     n_levels = values.nunique()
     if n_levels > MAX_LEVELS_BY_NAME:
+        comma = values.astype(str).str.fullmatch(r"[+-]?\d*,\d+").mean() > 0.5
         raise DataError(f"text covariate '{name}' has {n_levels} distinct values (an identifier?); as a covariate it "
-                        f"would add {n_levels - 1} indicator columns: coarsen it, or give formula='~ C({name})' if "
-                        "that is intended")
+                        f"would add {n_levels - 1} indicator columns: " + (
+                            f"they look like numbers with a decimal comma (e.g. {values.iloc[0]!r}): read the file "
+                            "with --decimal , (Python: pandas.read_csv(..., decimal=','))" if comma else
+                            f"coarsen it, or give formula='~ C({name})' if that is intended"))
 
 
 def _check_level_support(col: pd.Series, name: str, source) -> None:
