@@ -554,6 +554,11 @@ def _json_row(rec: dict) -> dict:
         if not isinstance(val, str) and (pd.isna(val) or (isinstance(val, float) and not np.isfinite(val))):
             val = None
         row[key] = val
+    if "estimate" in row and "se" in row:  # two-sided Wald p-value of no effect, on the analysis scale
+        from mestim.results import normal_two_sided_p
+
+        z = np.nan if row["estimate"] is None or not row["se"] else row["estimate"] / row["se"]
+        row["p_value"] = None if not np.isfinite(z) else float(normal_two_sided_p(z))
     ratio = row.get("measure") in ("RR", "OR")
     row["scale"] = "log" if ratio else "identity"
     if ratio:

@@ -82,3 +82,85 @@ def test_keep_missing_ids_keeps_empty_subgroups_as_their_own_level(run_cli, bcg,
     kept = next(r for r in rows if r["meta_id"] == "R1 | (missing)" and r["method"] == "REML")
     alone, _ = mb.meta_analysis(bcg.iloc[6:], "RR")
     assert kept["estimate"] == pytest.approx(alone.set_index("method").loc["REML", "estimate"], rel=1e-10)
+
+
+# ------------------------------------------------------------------------------ 4. tables out, JSON fields, formatting
+def test_meta_table_csv_has_the_json_rows(run_cli, bcg, tmp_path):
+    df = pd.concat([bcg.assign(review="A"), bcg.iloc[:8].assign(review="B")])
+    df.to_csv(tmp_path / "long.csv", index=False)
+    out, table = tmp_path / "o.json", tmp_path / "o.csv"
+    assert run_cli("meta", tmp_path / "long.csv", "--by", "review", "--json", out, "--table", table) == 0
+    rows = json.loads(out.read_text())["results"]
+    got = pd.read_csv(table)
+    assert len(got) == len(rows) == 2 * len(mb.METHODS) and list(got.columns) == list(rows[0])
+    for col in ("estimate", "se", "ci_low", "ci_high", "p_value"):
+        np.testing.assert_allclose(got[col], [np.nan if r[col] is None else r[col] for r in rows], rtol=1e-12)
+    assert run_cli("meta", "--table", table) == 0  # one meta-analysis
+    assert set(pd.read_csv(table).method) == set(mb.METHODS)
+
+
+def test_meta_json_has_p_values_level_and_version(run_cli, tmp_path):
+    import mestim
+    from mestim.results import normal_two_sided_p
+
+    out = tmp_path / "o.json"
+    assert run_cli("meta", "--level", "0.9", "--json", out) == 0
+    d = json.loads(out.read_text())
+    assert d["level"] == 0.9 and d["version"] == mestim.__version__
+    for r in d["results"]:
+        assert r["p_value"] == pytest.approx(float(normal_two_sided_p(r["estimate"] / r["se"])), rel=1e-12)
+
+
+def test_transport_json_has_p_values_level_and_version(run_cli, tmp_path):
+    import mestim
+    from mestim.results import normal_two_sided_p
+
+    out = tmp_path / "o.json"
+    assert run_cli("transport", "--estimators", "outcome,dr", "--level", "0.9", "--json", out) == 0
+    d = json.loads(out.read_text())
+    assert d["level"] == 0.9 and d["version"] == mestim.__version__
+    for r in d["estimates"]:
+        assert r["p_value"] == pytest.approx(float(normal_two_sided_p(r["estimate"] / r["se"])), rel=1e-10)
+        assert r["p_value"] < 1e-6  # the bundled effect is 2.8 with SE ≈ 0.15
+
+
+def test_summaries_keep_trailing_zeros():
+    from types import SimpleNamespace
+
+    from estimators.transport.report import _cell
+
+    assert _cell(SimpleNamespace(estimate=2.8, ci_low=2.51, ci_high=3.08)) == "2.80 (2.51, 3.08)"
+    assert _cell(SimpleNamespace(estimate=100.0, ci_low=-4.0, ci_high=1234.0)) == "100 (-4.00, 1.23e+03)"
+
+
+def test_positivity_block_lists_shared_weights_once_and_warnings_collapse():
+    from types import SimpleNamespace
+
+    from estimators.transport import simulate_trials, transport
+    from estimators.transport.report import warning_lines
+
+    sim = simulate_trials(n_trials=2, n_per_trial=150, n_target=200, seed=3).data
+    text = transport(sim, covariates=["X1", "X2"], estimators=["weighting", "dr"]).summary()
+    block = text.split("Positivity")[1].split("\n\n")[0]
+    assert "  Weighting, Doubly robust  S=1" in block and "\n  Doubly robust" not in block
+    advice = "; the target population is poorly covered by this trial, so the weighting estimates are unreliable"
+    res = SimpleNamespace(warnings=[f"positivity: trial S={s}{advice}" for s in (1, 2, 3)] + ["engine"],
+                          diagnostic_warnings=[f"positivity: trial S={s}{advice}" for s in (1, 2, 3)])
+    lines = warning_lines(res)
+    assert lines == ["engine", "positivity: trial S=1", "positivity: trial S=2", "positivity: trial S=3",
+                     "positivity (each of the 3 above)" + advice]
+
+
+def test_repeated_identical_warnings_print_once(capsys):
+    import warnings
+
+    from mestim.errors import MestimWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            warnings.warn("divide by zero encountered in log", RuntimeWarning)
+            warnings.warn("tau2 did not converge in meta-analysis 7", MestimWarning)
+    cli.print_warnings("meta", caught)
+    err = capsys.readouterr().err
+    assert err.count("RuntimeWarning: divide by zero") == 1 and err.count("tau2 did not converge") == 1

@@ -43,6 +43,8 @@ def add_arguments(parser) -> None:
                         help="confidence level of the CIs, in (0, 1) (default 0.95)")
     add_file_options(parser)
     parser.add_argument("--json", default=None, metavar="OUT.json", help="write the results as JSON")
+    parser.add_argument("--table", default=None, metavar="OUT.csv",
+                        help="write the results as CSV: one row per meta-analysis × method, the JSON's fields")
     parser.add_argument("--plot", default=None, metavar="OUT.png",
                         help="forest plot (one meta-analysis) or causal-vs-classical scatter (with --by)")
     parser.add_argument("--columns", default=None, metavar="ROLE=COLUMN,...",
@@ -80,6 +82,7 @@ def _fmt(x, ratio):
 
 
 def run(args) -> int:
+    from estimators.cli import print_warnings
     from estimators.meta_classical import check_level
 
     level = check_level(args.level, f"--level {args.level}")
@@ -87,14 +90,7 @@ def run(args) -> int:
         warnings.simplefilter("always", MestimWarning)
         code = _run(args, level)
     sys.stdout.flush()
-    printed = set()
-    for w in caught:  # each warning once, on stderr (the library also lists them in the JSON's "warnings")
-        if issubclass(w.category, MestimWarning):
-            if str(w.message) not in printed:
-                printed.add(str(w.message))
-                print(f"mestim meta: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    print_warnings("meta", caught)  # the library also lists them in the JSON's "warnings"
     return code
 
 
@@ -141,12 +137,19 @@ def _run(args, level) -> int:
         print(line, file=out)
     for n in ([f"read {source} as {df.attrs['read_as']}"] if "read_as" in df.attrs else []) + report["notes"]:
         print(f"note: {n}", file=out)
+    payload = mb.results_json(long, report, wide)
     if args.json:
-        payload = mb.results_json(long, report, wide)
-        payload["source"] = source
+        import mestim
+
+        payload.update(source=source, level=level, version=mestim.__version__)
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=1)
         print(f"results written to {args.json}", file=out)
+    if args.table:
+        import pandas as pd
+
+        pd.DataFrame(payload["results"]).to_csv(args.table, index=False)
+        print(f"table written to {args.table}", file=out)
     return 0
 
 

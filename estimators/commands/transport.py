@@ -145,13 +145,8 @@ def run(args) -> int:
         res.plot(args.plot)
         print(f"wrote {args.plot}")
     sys.stdout.flush()
+    from estimators.cli import print_warnings
     from estimators.transport.report import warning_lines
 
-    reported = set(res.warnings)
-    others = [str(w.message) for w in caught if issubclass(w.category, MestimWarning) and str(w.message) not in reported]
-    for message in warning_lines(res) + list(dict.fromkeys(others)):  # each warning once, on stderr
-        print(f"mestim transport: warning: {message}", file=sys.stderr)
-    for w in caught:
-        if not issubclass(w.category, MestimWarning):
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    print_warnings("transport", caught, first=warning_lines(res), skip=set(res.warnings))
     return 0

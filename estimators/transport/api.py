@@ -27,7 +27,7 @@ import pandas as pd
 import mestim
 from mestim import Block
 from mestim.errors import DataError, SpecificationError
-from mestim.results import check_level, z_crit
+from mestim.results import check_level, normal_two_sided_p, z_crit
 
 from .data import TransportData, as_frame, label, missing_column, prepare_data
 from .iterated import IteratedOutcome, iterated_blocks
@@ -124,9 +124,9 @@ class TransportResult:
         for r in self.table.itertuples(index=False):
             rows.append({"estimator": r.estimator, "trial": r.trial, "contrast": r.contrast, "scale": r.scale,
                          "estimate": _num(r.estimate), "se": _num(r.se), "ci_low": _num(r.ci_low),
-                         "ci_high": _num(r.ci_high), "n": int(r.n)})
+                         "ci_high": _num(r.ci_high), "n": int(r.n), "p_value": _num(_p_value(r))})
         out = {"estimates": rows, "tests": self.tests, "settings": self.settings, "notes": self.notes,
-               "warnings": self.warnings}
+               "warnings": self.warnings, "level": self.level, "version": mestim.__version__}
         if self.diagnostics is not None:
             from .diagnostics import diagnostics_records
 
@@ -163,6 +163,14 @@ class TransportResult:
 def _num(v):
     v = float(v)
     return v if np.isfinite(v) else None
+
+
+def _p_value(row) -> float:
+    """Two-sided Wald p-value of no effect: z = estimate / se for a difference, log r / (se / r) for a ratio r
+    (its CI and SE are from the log scale)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = row.estimate / row.se if row.scale == "difference" else np.log(row.estimate) * row.estimate / row.se
+    return float(normal_two_sided_p(z))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,12 +6,18 @@ from .api import DISPLAY
 
 COLUMNS = ("unadjusted", "outcome", "weighting", "dr")
 WARNINGS_SHOWN = 4  # positivity warnings printed in full before "… and N more"
+ADVICE = "; the target population is poorly covered"  # where a positivity warning's shared advice starts
+
+
+def number(x: float) -> str:
+    """Three significant digits, trailing zeros kept (2.80, not 2.8; 100, not 100.)."""
+    return f"{x:#.3g}".rstrip(".").replace(".e", "e")
 
 
 def _cell(row) -> str:
     if row is None:
         return "—"
-    return f"{row.estimate:.3g} ({row.ci_low:.3g}, {row.ci_high:.3g})"
+    return f"{number(row.estimate)} ({number(row.ci_low)}, {number(row.ci_high)})"
 
 
 def _lookup(table, estimator, trial, contrast, scale="difference"):
@@ -130,15 +136,21 @@ def _sensitivity_lines(res) -> list[str]:
 
 def warning_lines(res) -> list[str]:
     """Every warning once; many positivity warnings are summarised (each flagged group is marked [EXTREME] in the
-    positivity lines of the summary, and all are in ``result.diagnostic_warnings``)."""
+    positivity lines of the summary, and all are in ``result.diagnostic_warnings``), and the advice several of them
+    share is printed once, after them."""
     engine = [w for w in res.warnings if w not in res.diagnostic_warnings]
     positivity = list(res.diagnostic_warnings)
-    if len(positivity) <= WARNINGS_SHOWN:
-        return engine + positivity
-    shown = WARNINGS_SHOWN - 1
-    return engine + positivity[:shown] + [
-        f"positivity: … and {len(positivity) - shown} more (trial, arm) groups with extreme inverse-odds weights: "
-        "see the [EXTREME] entries of the positivity lines of the summary"]
+    more = []
+    if len(positivity) > WARNINGS_SHOWN:
+        shown = WARNINGS_SHOWN - 1
+        more = [f"positivity: … and {len(positivity) - shown} more (trial, arm) groups with extreme inverse-odds "
+                "weights: see the [EXTREME] entries of the positivity lines of the summary"]
+        positivity = positivity[:shown]
+    split = [w.partition(ADVICE) for w in positivity]
+    tails = {head_sep_tail[1] + head_sep_tail[2] for head_sep_tail in split}
+    if len(positivity) > 1 and len(tails) == 1 and split[0][1]:
+        positivity = [head for head, _, _ in split] + [f"positivity (each of the {len(split)} above){tails.pop()}"]
+    return engine + positivity + more
 
 
 MARKERS = {"unadjusted": dict(marker="s", mfc="white", mec="black", color="black"),
