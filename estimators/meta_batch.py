@@ -81,6 +81,16 @@ def load_bcg() -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------ input tables
+STUDY_LABELS = ("studlab", "label", "study", "author", "trial", "study_id", "studyid", "name")
+
+
+def study_label_column(columns) -> str | None:
+    """The column that names the studies (R meta's ``studlab``, metafor's ``label``/``author``, …, compared
+    case-insensitively), or None: rows are then labelled by their position."""
+    by_lower = {str(c).lower(): c for c in columns}
+    return next((by_lower[name] for name in STUDY_LABELS if name in by_lower), None)
+
+
 def by_columns(by, columns_in_table) -> list[str]:
     """The meta-analysis id columns named by ``by``: a column name, several comma-separated names, or a list."""
     if by is None:
@@ -91,8 +101,10 @@ def by_columns(by, columns_in_table) -> list[str]:
         names = [str(b) for b in by]
     missing = [b for b in names if b not in columns_in_table]
     if not names or missing:
-        raise DataError(f"meta-analysis id column(s) {missing or [by]} not in the table; its columns are "
-                        f"{list(columns_in_table)}")
+        from estimators.transport.data import column_hint
+
+        raise DataError(f"meta-analysis id column(s) {missing or [by]} not in the table; "
+                        f"{column_hint((missing or [by])[0], columns_in_table)}")
     if len(set(names)) < len(names):
         raise DataError(f"meta-analysis id columns {names} name a column twice")
     return names
@@ -151,7 +163,10 @@ def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
         raise DataError(f"unknown column role(s) {bad_roles}; roles are {sorted(known)}")
     missing_cols = [c for c in columns.values() if c not in df.columns]
     if missing_cols:
-        raise DataError(f"mapped column(s) {missing_cols} are not in the table; its columns are {list(df.columns)}")
+        from estimators.transport.data import column_hint
+
+        raise DataError(f"mapped column(s) {missing_cols} are not in the table; "
+                        f"{column_hint(missing_cols[0], df.columns)}")
     name = {**{c: c for c in df.columns}, **{role: col for role, col in columns.items()}}
     have = lambda roles: all(r in columns or r in df.columns for r in roles)  # noqa: E731
     if have(("ai", "bi", "ci", "di")):
@@ -174,14 +189,14 @@ def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
         e1, t1, e0, t0 = ai, ai + bi, ci, ci + di
     else:
         e1, t1, e0, t0 = (raw[r] for r in roles)
-    study_col = columns.get("study", next((c for c in ("label", "study") if c in df.columns), None))
+    study_col = columns.get("study", study_label_column(df.columns))
     study = df[study_col].astype(str).to_numpy() if study_col else np.array([str(i + 1) for i in range(len(df))])
     if groups:
         meta_id, blank, group_values = _id_values(df, groups, missing_ids == "keep")
     else:
         meta_id, blank, group_values = np.full(len(df), "all", dtype=object), np.zeros((len(df), 0), bool), []
     no_id = blank.any(axis=1)
-    excluded = [{"meta_id": None, "study": study[i], "row": int(i + 1), "kind": "missing id",
+    excluded = [{"meta_id": None, "study": study[i], "row": int(i + 1), "line": int(i + 2), "kind": "missing id",
                  "reason": f"meta-analysis id missing ({', '.join(np.asarray(groups)[blank[i]])}): the row "
                            "belongs to no meta-analysis (excluded)"} for i in np.flatnonzero(no_id)]
     reasons = [[] for _ in range(len(df))]
@@ -197,18 +212,19 @@ def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
                 reasons[i].append(f"{name[en]}={e[i]:g} exceeds {name[tn]}={t[i]:g}")
     bad = np.array([bool(r) for r in reasons])
     if bad.any():
-        listed = [f"row {i + 1} (study {study[i]}): {'; '.join(reasons[i])}" for i in np.flatnonzero(bad)]
+        listed = [f"row {i + 1}, line {i + 2} of the file (study {study[i]}): {'; '.join(reasons[i])}"
+                  for i in np.flatnonzero(bad)]
         if invalid == "raise":
             more = f" … and {len(listed) - 5} more" if len(listed) > 5 else ""
             raise DataError(f"{len(listed)} malformed row(s): " + " | ".join(listed[:5]) + more
                             + "; fix them, or exclude them with invalid='exclude' (CLI: --drop-invalid)")
-        excluded += [{"meta_id": meta_id[i], "study": study[i], "row": int(i + 1), "kind": "malformed",
+        excluded += [{"meta_id": meta_id[i], "study": study[i], "row": int(i + 1), "line": int(i + 2), "kind": "malformed",
                       "reason": "malformed: " + "; ".join(reasons[i])} for i in np.flatnonzero(bad)]
     with np.errstate(invalid="ignore"):
         empty_arm = ~bad & ~no_id & ((t1 == 0) | (t0 == 0))
     for i in np.flatnonzero(empty_arm):
         which = "both arms" if t1[i] == 0 and t0[i] == 0 else ("arm 1 (treated)" if t1[i] == 0 else "arm 0 (control)")
-        excluded.append({"meta_id": meta_id[i], "study": study[i], "row": int(i + 1), "kind": "empty arm",
+        excluded.append({"meta_id": meta_id[i], "study": study[i], "row": int(i + 1), "line": int(i + 2), "kind": "empty arm",
                          "reason": f"{which} has no participants: no comparison (study excluded)"})
     keep = ~bad & ~empty_arm & ~no_id
     out = pd.DataFrame({"meta_id": meta_id[keep], "study": study[keep], "ai": e1[keep], "bi": (t1 - e1)[keep],
@@ -219,7 +235,7 @@ def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
     kept_ids = set(out["meta_id"])
     for m in pd.unique(meta_id[~no_id]):
         if m not in kept_ids:
-            excluded.append({"meta_id": m, "study": None, "row": None, "kind": "no usable study",
+            excluded.append({"meta_id": m, "study": None, "row": None, "line": None, "kind": "no usable study",
                              "reason": "meta-analysis has no usable study: no result"})
     if len(out) == 0:
         raise DataError("no usable study left: " + "; ".join(e["reason"] for e in excluded[:5]))
@@ -264,7 +280,7 @@ def exclusion_summary(excluded: list[dict], limit: int = 10) -> list[str]:
         if e["row"] is None:
             where = f"meta-analysis {e['meta_id']}"
         else:
-            where = f"row {e['row']} (" + (f"meta-analysis {e['meta_id']}, " if e["meta_id"] is not None else "") \
+            where = f"row {e['row']}, line {e['line']} of the file (" + (f"meta-analysis {e['meta_id']}, " if e["meta_id"] is not None else "") \
                 + f"study {e['study']})"
         lines.append(f"  {where}: {e['reason']}")
     if len(excluded) > limit:

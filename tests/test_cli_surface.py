@@ -2,6 +2,7 @@
 labels and messages, plots, progress, and the small things — each checked against the library's own answer."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -164,3 +165,56 @@ def test_repeated_identical_warnings_print_once(capsys):
     cli.print_warnings("meta", caught)
     err = capsys.readouterr().err
     assert err.count("RuntimeWarning: divide by zero") == 1 and err.count("tau2 did not converge") == 1
+
+
+# ------------------------------------------------------------------------------ 5. labels
+def test_meta_detects_study_label_columns_and_names_file_lines(run_cli, bcg, tmp_path, capsys):
+    """A Cochrane-style `studlab` column labels the studies; "line N" is the line of the file (header = line 1)."""
+    df = bcg.drop(columns=["label"]).assign(studlab=bcg.label)
+    df.loc[2, "ai"] = -1  # the 3rd study: line 4 of the file
+    path = tmp_path / "t.csv"
+    df.to_csv(path, index=False)
+    assert run_cli("meta", path) == 2
+    err = capsys.readouterr().err
+    assert "row 3, line 4 of the file (study Rosenthal et al 1960)" in err
+    out = tmp_path / "o.json"
+    assert run_cli("meta", path, "--drop-invalid", "--json", out) == 0
+    assert re.search(r"row 3, line 4 of the file \(.*study Rosenthal et al 1960\)", capsys.readouterr().out)
+    excluded = json.loads(out.read_text())["excluded"]
+    assert excluded[0]["row"] == 3 and excluded[0]["line"] == 4  # "row" (1-based data row) kept, "line" added
+    for name in ("Author", "trial"):
+        tables, _ = mb.standardise_tables(bcg.drop(columns=["label", "study"]).assign(**{name: bcg.label}))
+        assert tables.study.tolist() == bcg.label.tolist()
+
+
+def test_meta_did_you_mean_for_by_and_columns(run_cli, bcg, tmp_path, capsys):
+    df = bcg.assign(review="R", **{f"extra{i}": 0 for i in range(60)})
+    df.to_csv(tmp_path / "t.csv", index=False)
+    assert run_cli("meta", tmp_path / "t.csv", "--by", "reviw") == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'review'?" in err and "extra59" not in err
+    assert run_cli("meta", tmp_path / "t.csv", "--columns", "study=labl") == 2
+    assert "did you mean 'label'?" in capsys.readouterr().err
+
+
+def test_intercept_label_is_the_same_however_the_design_is_built():
+    from estimators.design import design_matrix
+
+    cols = {"x": np.arange(5.0)}
+    assert design_matrix(cols, X=["x"])[1][0] == design_matrix(cols, formula="~ x")[1][0] == "(Intercept)"
+
+
+def test_single_block_fit_keeps_the_block_prefix():
+    import jax.numpy as jnp
+
+    import mestim
+
+    data = {"y": np.array([1.0, 2.0, 4.0, 7.0]), "x": np.array([0.0, 1.0, 2.0, 3.0])}
+    block = mestim.Block("m", lambda theta, row: jnp.array([row["y"] - theta[0], row["x"] - theta[1]]),
+                         init=np.zeros(2), labels=("Intercept", "x"))
+    alone = mestim.fit(block, data)
+    stacked = mestim.fit([block, mestim.Block("k", lambda t, row: row["y"] - t, init=np.zeros(1))], data)
+    assert alone.labels == ("Intercept", "x")  # unchanged
+    for key in ("m:x", "x", "m:(Intercept)", "(Intercept)"):
+        assert alone[key] == pytest.approx(stacked["m:x" if key.endswith("x") else "m:Intercept"])
+    np.testing.assert_allclose(alone["m"], stacked["m"])
