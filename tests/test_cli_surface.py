@@ -218,3 +218,29 @@ def test_single_block_fit_keeps_the_block_prefix():
     for key in ("m:x", "x", "m:(Intercept)", "(Intercept)"):
         assert alone[key] == pytest.approx(stacked["m:x" if key.endswith("x") else "m:Intercept"])
     np.testing.assert_allclose(alone["m"], stacked["m"])
+
+
+# ------------------------------------------------------------------------------ 6. progress
+def test_progress_bar_on_a_terminal_only_and_off_with_quiet(run_cli, monkeypatch, capsys):
+    import sys
+
+    assert run_cli("meta") == 0
+    assert "stages" not in capsys.readouterr().err  # stderr is not a terminal here: no bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert run_cli("meta") == 0
+    err = capsys.readouterr().err
+    assert "mestim meta: 2/3 stages" in err and "writing the results" in err
+    assert run_cli("meta", "--quiet") == 0
+    assert "stages" not in capsys.readouterr().err
+
+
+def test_transport_progress_keyword(capsys):
+    from estimators.transport import simulate_trials, transport
+
+    sim = simulate_trials(n_trials=2, n_per_trial=150, n_target=200, seed=3).data
+    kw = dict(covariates=["X1", "X2"], estimators=["outcome"], per_trial=False)
+    transport(sim, **kw)
+    assert capsys.readouterr().err == ""  # off by default in Python
+    transport(sim, **kw, progress=True)
+    err = capsys.readouterr().err
+    assert "mestim transport: 1/4 stages" in err and "fitting the stack" in err

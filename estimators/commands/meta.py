@@ -22,9 +22,11 @@ import warnings
 import numpy as np
 
 from estimators.io import add_file_options, read_table
+from estimators.progress import stages
 from mestim.errors import DataError, MestimWarning
 
 
+STAGES = ("reading the table", "fitting", "writing the results")
 META_MEMORY = 40  # measured: `mestim meta --by` peaks at ~35× its table's float64 size (1.7 kB a row)
 
 
@@ -42,6 +44,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--level", default="0.95", metavar="LEVEL",
                         help="confidence level of the CIs, in (0, 1) (default 0.95)")
     add_file_options(parser)
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar on stderr (it is shown only when stderr is a terminal)")
     parser.add_argument("--json", default=None, metavar="OUT.json", help="write the results as JSON")
     parser.add_argument("--table", default=None, metavar="OUT.csv",
                         help="write the results as CSV: one row per meta-analysis × method, the JSON's fields")
@@ -86,23 +90,26 @@ def run(args) -> int:
     from estimators.meta_classical import check_level
 
     level = check_level(args.level, f"--level {args.level}")
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, \
+            stages("mestim meta", STAGES, False if args.quiet else None) as step:
         warnings.simplefilter("always", MestimWarning)
-        code = _run(args, level)
+        code = _run(args, level, step)
     sys.stdout.flush()
     print_warnings("meta", caught)  # the library also lists them in the JSON's "warnings"
     return code
 
 
-def _run(args, level) -> int:
+def _run(args, level, step) -> int:
     from estimators import meta_batch as mb
 
+    step(STAGES[0])
     df, source = _read(args.tables, args.sep, args.encoding, args.decimal)
     columns = _parse_columns(args.columns)
     invalid = "exclude" if args.drop_invalid else "raise"
     ratio = args.measure in ("RR", "OR")
     out = sys.stdout
     wide = None
+    step(STAGES[1])
     if args.by is None:
         # the causal sandwich in closed form: the engine's stacked fit gives the same SE (tests: to 1e-10) but
         # compiles its programs first, which would dominate a command-line run
@@ -133,6 +140,7 @@ def _run(args, level) -> int:
         if args.plot:
             mb.scatter_plot(wide, args.plot)
             print(f"scatter plot written to {args.plot}", file=out)
+    step(STAGES[2])
     for line in mb.exclusion_summary(report["excluded"]):
         print(line, file=out)
     for n in ([f"read {source} as {df.attrs['read_as']}"] if "read_as" in df.attrs else []) + report["notes"]:

@@ -76,6 +76,8 @@ def add_arguments(parser) -> None:
                         help="cluster column (e.g. the recruiting site): cluster-robust sandwich SEs")
     parser.add_argument("--level", type=float, default=0.95, help="confidence level in (0, 1) (default 0.95)")
     add_file_options(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar on stderr (it is shown only when "
+                        "stderr is a terminal)")
     parser.add_argument("--json", metavar="OUT.json", help="write estimates and tests as JSON")
     parser.add_argument("--plot", metavar="OUT.png", help="draw the forest plot (as the paper's Figure 1)")
     parser.add_argument("--table", metavar="OUT.csv", help="write the tidy table of estimates as CSV (with the "
@@ -131,7 +133,8 @@ def run(args) -> int:
                         trial_effects=False if args.no_trial_effects else None, weighting=args.weighting,
                         reference=None if args.reference is None else _number_or_text(args.reference),
                         received=args.received, post_covariates=_list(args.post_covariates), bias=bias, bias_grid=grid,
-                        weights=args.weights, weight_type=args.weight_type, cluster=args.cluster, level=args.level)
+                        weights=args.weights, weight_type=args.weight_type, cluster=args.cluster, level=args.level,
+                        progress=False if args.quiet else None)
     summary = res.summary(warnings=False).splitlines()
     first = summary[0] if summary[0].startswith("Reference arm") else None  # the sign of every contrast: line 1
     print("\n".join(([first] if first else []) + [f"Data: {source}"] + summary[bool(first):]))

@@ -288,7 +288,7 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
               outcome_model: str = "auto", trial_effects: bool | None = None, weighting: str = DEFAULT_WEIGHTING,
               reference=None, received: str | None = None, post_covariates=None, bias=None, bias_grid=None,
               weights=None, weight_type: str = "frequency", cluster=None, level: float = 0.95,
-              solve: str = "blockwise", diagnostics: bool = True) -> TransportResult:
+              solve: str = "blockwise", diagnostics: bool = True, progress: bool | None = False) -> TransportResult:
     """Transport treatment effects from a collection of trials to a target population (Dahabreh et al.).
 
     Args:
@@ -333,29 +333,40 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
             working models first, then the estimands that read them) or ``"joint"`` (one Newton on the whole stack).
         diagnostics: compute the positivity diagnostics of the inverse-odds weights (``result.diagnostics``) and
             warn (:class:`mestim.MestimWarning`) on extreme weights; see :mod:`~estimators.transport.diagnostics`.
+        progress: a progress bar over the analysis's stages on stderr: True, False (default), or None (only when
+            stderr is a terminal; the command line's default, off with ``--quiet``).
 
     Returns:
         :class:`TransportResult`.
     """
-    stack = transport_stack(df, study=study, treatment=treatment, outcome=outcome, covariates=covariates,
-                            formula=formula, target=target, estimators=estimators, per_trial=per_trial, pooled=pooled,
-                            contrasts=contrasts, participation=participation, treatment_model=treatment_model,
-                            treatment_probabilities=treatment_probabilities, outcome_model=outcome_model,
-                            trial_effects=trial_effects, weighting=weighting, reference=reference, received=received,
-                            post_covariates=post_covariates, bias=bias, bias_grid=bias_grid, weights=weights,
-                            weight_type=weight_type, cluster=cluster, level=level, solve=solve)
-    fit = stack.fit()
-    res = _result(stack, fit)
-    if diagnostics:
-        from .diagnostics import positivity_diagnostics, positivity_warnings
+    from estimators.progress import stages
 
-        res.diagnostics = positivity_diagnostics(stack, fit)
-        if res.diagnostics is not None:
-            res.diagnostic_warnings = positivity_warnings(res.diagnostics, stack.settings)
-            import warnings as _warnings
+    with stages("mestim transport", ["checking the data", "fitting the stack", "contrasts and tests",
+                                     "positivity diagnostics"][:3 + bool(diagnostics)], progress) as step:
+        step("checking the data")
+        stack = transport_stack(df, study=study, treatment=treatment, outcome=outcome, covariates=covariates,
+                                formula=formula, target=target, estimators=estimators, per_trial=per_trial,
+                                pooled=pooled, contrasts=contrasts, participation=participation,
+                                treatment_model=treatment_model, treatment_probabilities=treatment_probabilities,
+                                outcome_model=outcome_model, trial_effects=trial_effects, weighting=weighting,
+                                reference=reference, received=received, post_covariates=post_covariates, bias=bias,
+                                bias_grid=bias_grid, weights=weights, weight_type=weight_type, cluster=cluster,
+                                level=level, solve=solve)
+        step("fitting the stack")
+        fit = stack.fit()
+        step("contrasts and tests")
+        res = _result(stack, fit)
+        if diagnostics:
+            from .diagnostics import positivity_diagnostics, positivity_warnings
 
-            for msg in res.diagnostic_warnings:
-                _warnings.warn(msg, mestim.MestimWarning, stacklevel=2)
+            step("positivity diagnostics")
+            res.diagnostics = positivity_diagnostics(stack, fit)
+            if res.diagnostics is not None:
+                res.diagnostic_warnings = positivity_warnings(res.diagnostics, stack.settings)
+    import warnings as _warnings
+
+    for msg in res.diagnostic_warnings:
+        _warnings.warn(msg, mestim.MestimWarning, stacklevel=2)
     return res
 
 
