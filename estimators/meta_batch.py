@@ -54,6 +54,7 @@ from mestim.results import z_crit
 
 from . import causal_meta as cm
 from . import meta_classical as mc
+from .plotting import interval, numbers_column, readable_log_axis
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -637,27 +638,36 @@ def forest_plot(studies: pd.DataFrame, results: pd.DataFrame, measure: str, path
     pooled = results.set_index("method")
     methods = [m for m in methods if m in pooled.index]
     k = len(y)
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * (k + len(methods)) + 1.6))
+    fig, ax = plt.subplots(figsize=(9.5, 0.32 * (k + len(methods)) + 1.6))
     rows = np.arange(k + len(methods) + 1)[::-1]
+    numbers = []
     for i in range(k):
         ax.plot([tr(y[i] - z * se[i]), tr(y[i] + z * se[i])], [rows[i]] * 2, color="k", lw=1)
         ax.plot(tr(y[i]), rows[i], "s", color="k", ms=4)
+        numbers.append(interval(tr(y[i]), tr(y[i] - z * se[i]), tr(y[i] + z * se[i])))
     colors = {"causal": "tab:red"}
     for j, meth in enumerate(methods):
         r = pooled.loc[meth]
         yy = rows[k + 1 + j]
         lo, est, hi = tr(r["ci_low"]), tr(r["estimate"]), tr(r["ci_high"])
+        numbers.append(interval(est, lo, hi) if np.isfinite(est) else "not defined")
         if np.isfinite(est):
             ax.fill([lo, est, hi, est], [yy, yy + 0.3, yy, yy - 0.3], color=colors.get(meth, "tab:blue"))
     ax.axvline(tr(0.0), color="grey", lw=0.8, ls="--")
-    ax.set_yticks(list(rows[:k]) + list(rows[k + 1:]))
+    ticks = list(rows[:k]) + list(rows[k + 1:])
+    ax.set_yticks(ticks)
     ax.set_yticklabels(labels + ["causal (union of trials)" if m == "causal" else f"{m} (classical)"
                                  for m in methods], fontsize=8)
+    ax.set_ylim(-0.7, rows[0] + 0.7)
+    numbers_column(ax, ticks, numbers, f"{measure} ({100 * level:g}% CI)",
+                   colors=["k"] * k + [colors.get(m, "tab:blue") for m in methods])
     if ratio:
         ax.set_xscale("log")
+        lo, hi = ax.get_xlim()
+        readable_log_axis(ax.xaxis, lo, hi)
     ax.set_xlabel({"RR": "risk ratio", "OR": "odds ratio", "RD": "risk difference"}[measure])
     ax.set_title(title or f"Forest plot ({measure})")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))  # the right fifth holds the numbers column
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -672,7 +682,6 @@ def scatter_plot(wide: pd.DataFrame, path: str, title: str | None = None):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.FuncFormatter)
 
     measure = str(wide["measure"].iloc[0])
     ratio = measure in ("RR", "OR")
@@ -689,11 +698,9 @@ def scatter_plot(wide: pd.DataFrame, path: str, title: str | None = None):
     if ratio:
         ax.set_xscale("log")
         ax.set_yscale("log")
-        plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_formatter(plain)
-            axis.set_minor_formatter(plain)
-            axis.set_tick_params(which="minor", labelsize=7)
+        if len(shown):
+            for axis in (ax.xaxis, ax.yaxis):
+                readable_log_axis(axis, lo, hi)
     ax.set_xlabel(f"classical ({wide['classical_method'].iloc[0]}) {measure}")
     ax.set_ylabel(f"causal {measure}")
     left_out = not_compared_summary(wide).replace("not compared", "not plotted")

@@ -244,3 +244,108 @@ def test_transport_progress_keyword(capsys):
     transport(sim, **kw, progress=True)
     err = capsys.readouterr().err
     assert "mestim transport: 1/4 stages" in err and "fitting the stack" in err
+
+
+# ------------------------------------------------------------------------------ 7. plots
+def _boxes(fig, artists):
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    return [a.get_window_extent(renderer) for a in artists]
+
+
+def _tick_labels(fig, axis):
+    fig.canvas.draw()
+    return [t for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
+
+
+def _apart(boxes):
+    return all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every figure saved by the code under test (the meta plots return the path, not the figure)."""
+    import matplotlib.figure
+
+    figs, save = [], matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: (figs.append(self), save(self, *a, **k))[1])
+    return figs
+
+
+def test_meta_forest_plot_numbers_column_and_plain_log_ticks(bcg, tmp_path, saved_figures):
+    long, report = mb.meta_analysis(bcg, "RR")
+    mb.forest_plot(report["studies"], long, "RR", str(tmp_path / "forest.png"))
+    fig = saved_figures[-1]
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    first = bcg.iloc[0]  # Aronson 1948: RR = (4/123)/(11/139)
+    rr = (first.ai / (first.ai + first.bi)) / (first.ci / (first.ci + first.di))
+    assert texts[0].startswith(f"{rr:#.3g}") and texts[-1] == "RR (95% CI)"
+    causal = long.set_index("method").loc["causal"]
+    assert f"{np.exp(causal.estimate):#.3g} ({np.exp(causal.ci_low):#.3g}, {np.exp(causal.ci_high):#.3g})" in texts
+    labels = _tick_labels(fig, fig.axes[0].xaxis)
+    assert labels and all("10^" not in t.get_text() and "mathdefault" not in t.get_text() for t in labels)
+    assert _apart([t.get_window_extent() for t in labels])
+
+
+def test_by_scatter_log_tick_labels_do_not_collide(bcg, tmp_path, saved_figures):
+    rng = np.random.default_rng(1)
+    df = pd.concat([bcg.assign(review=r, ai=(bcg.ai * rng.uniform(0.02, 30)).round() + 1) for r in range(40)])
+    long, wide, report = mb.meta_analyses(df, "review", "RR")
+    mb.scatter_plot(wide, str(tmp_path / "scatter.png"))
+    fig = saved_figures[-1]
+    for axis in (fig.axes[0].xaxis, fig.axes[0].yaxis):
+        labels = _tick_labels(fig, axis)
+        assert len(labels) >= 3 and _apart([t.get_window_extent() for t in labels])
+
+
+@pytest.fixture(scope="module")
+def sensitivity_fit():
+    from estimators.transport import transport
+
+    from estimators.transport import load_transport_sim
+
+    return transport(load_transport_sim(), covariates=["X1", "X2", "X3"], bias="X1",
+                     bias_grid=[-1, -0.5, 0, 0.5, 1, 1.5, 2])
+
+
+def test_transport_forest_numbers_and_legend_covering_no_point(sensitivity_fit, tmp_path):
+    fig = sensitivity_fit.plot(str(tmp_path / "transport_forest.png"))
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    dr = sensitivity_fit.estimate("dr", "pooled")
+    assert f"{dr.estimate:#.3g} ({dr.ci_low:#.3g}, {dr.ci_high:#.3g})" in texts
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    points = np.concatenate([line.get_transform().transform(line.get_xydata()) for line in ax.lines
+                             if len(line.get_xydata()) == 1])
+    assert not any(legend.contains(x, y) for x, y in points)
+    ax_box = ax.get_window_extent()
+    assert not legend.overlaps(ax_box)
+
+
+def test_sensitivity_plot_is_the_sweep(sensitivity_fit, tmp_path):
+    fig = sensitivity_fit.plot_sensitivity(str(tmp_path / "sensitivity.png"))
+    sens = sensitivity_fit.sensitivity
+    drawn = [line for ax in fig.axes for line in ax.lines if len(line.get_xdata()) > 2]
+    assert len(fig.axes) == len(drawn) == len(set(sens[sens.trial == "pooled"].estimator))  # a panel each
+    dr = sens[(sens.trial == "pooled") & (sens.estimator == "dr")].sort_values("delta")
+    match = [ln for ln in drawn if np.allclose(ln.get_ydata(), dr.estimate)]
+    assert match and np.allclose(match[0].get_xdata(), dr.delta)
+    # eq. 11: the estimate moves by δ·mean_{S=0} u, u = X1
+    slope = np.polyfit(dr.delta, dr.estimate, 1)[0]
+    from estimators.transport import load_transport_sim
+
+    df = load_transport_sim()
+    assert slope == pytest.approx(df.X1[df.S == 0].mean(), rel=1e-8)
+    assert (tmp_path / "sensitivity.png").stat().st_size > 20_000
+    from estimators.transport.report import _tipping_point
+
+    rows = pd.DataFrame({"delta": [0.0, 1.0, 2.0], "ci_low": [1.0, 0.5, -0.5], "ci_high": [3.0, 2.5, 1.5]})
+    assert _tipping_point(rows) == pytest.approx(1.5)  # ci_low 0.5 → −0.5 between δ = 1 and 2
+
+
+def test_cli_plot_with_bias_writes_the_sensitivity_plot(run_cli, tmp_path, capsys):
+    assert run_cli("transport", "--bias", "X1", "--bias-grid", "-1,0,1", "--estimators", "dr", "--pooled-only",
+                   "--plot", tmp_path / "f.png") == 0
+    assert (tmp_path / "f_sensitivity.png").stat().st_size > 10_000
+    assert "f_sensitivity.png" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from estimators.io import add_file_options, read_table
 
+import os
 import sys
 import warnings
 
@@ -79,7 +80,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar on stderr (it is shown only when "
                         "stderr is a terminal)")
     parser.add_argument("--json", metavar="OUT.json", help="write estimates and tests as JSON")
-    parser.add_argument("--plot", metavar="OUT.png", help="draw the forest plot (as the paper's Figure 1)")
+    parser.add_argument("--plot", metavar="OUT.png", help="draw the forest plot (as the paper's Figure 1); with "
+                        "--bias/--bias-grid also OUT_sensitivity.png (estimates against the bias multiplier δ)")
     parser.add_argument("--table", metavar="OUT.csv", help="write the tidy table of estimates as CSV (with the "
                         "sensitivity sweep's rows, one per delta, when --bias/--bias-grid is given)")
 
@@ -147,6 +149,10 @@ def run(args) -> int:
     if args.plot:
         res.plot(args.plot)
         print(f"wrote {args.plot}")
+        if res.sensitivity is not None and not res.sensitivity.empty:
+            root, ext = os.path.splitext(args.plot)
+            res.plot_sensitivity(f"{root}_sensitivity{ext or '.png'}")
+            print(f"wrote {root}_sensitivity{ext or '.png'} (estimate against the bias multiplier δ, eq. 11)")
     sys.stdout.flush()
     from estimators.cli import print_warnings
     from estimators.transport.report import warning_lines

@@ -156,6 +156,13 @@ class TransportResult:
 
         return forest_plot(self, path, contrast)
 
+    def plot_sensitivity(self, path: str | None = None, contrast=None, trial="pooled"):
+        """The sensitivity sweep (eq. 10–11) drawn: estimate and CI against δ, one line per estimator, for
+        ``trial`` ("pooled" or a trial label); saved to ``path`` if given; returns the matplotlib figure."""
+        from .report import sensitivity_plot
+
+        return sensitivity_plot(self, path, contrast, trial)
+
     def __repr__(self):
         return self.summary()
 
