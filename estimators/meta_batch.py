@@ -212,6 +212,7 @@ def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
             for i in np.flatnonzero((e > t) & ~no_id):
                 reasons[i].append(f"{name[en]}={e[i]:g} exceeds {name[tn]}={t[i]:g}")
     bad = np.array([bool(r) for r in reasons])
+    _warn_fractional(raw, name, study, ~bad & ~no_id)
     if bad.any():
         listed = [f"row {i + 1}, line {i + 2} of the file (study {study[i]}): {'; '.join(reasons[i])}"
                   for i in np.flatnonzero(bad)]
@@ -250,6 +251,20 @@ def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
         notes.append(f"{int(dz.sum())} stud(ies) with no events in either arm are kept (they carry weight in the "
                      "causal target and, corrected, in the classical pooling)")
     return out, {"excluded": excluded, "notes": notes, "warnings": [], "format": fmt, "by": groups}
+
+
+def _warn_fractional(counts: dict, name: dict, study, rows) -> None:
+    """A :class:`MestimWarning` naming the rows (of ``rows``) whose counts are not whole numbers: counts of
+    people are whole, so a fraction is a typo, or imputed or corrected counts; they are used as given."""
+    with np.errstate(invalid="ignore"):
+        fractional = {r: rows & np.isfinite(v) & (np.mod(v, 1) != 0) for r, v in counts.items()}
+    hit = np.flatnonzero(np.any(list(fractional.values()), axis=0))
+    if hit.size:
+        listed = [f"row {i + 1}, line {i + 2} of the file (study {study[i]}): "
+                  + ", ".join(f"{name[r]}={counts[r][i]:g}" for r in counts if fractional[r][i]) for i in hit[:5]]
+        warnings.warn(f"{hit.size} row(s) with fractional counts: " + " | ".join(listed)
+                      + (f" … and {hit.size - 5} more" if hit.size > 5 else "") + "; counts of people are whole "
+                      "numbers: fix typos; imputed or corrected counts are used as given", MestimWarning, stacklevel=3)
 
 
 def _jsonable(v):

@@ -315,12 +315,12 @@ def test_transport_forest_numbers_and_legend_covering_no_point(sensitivity_fit, 
     dr = sensitivity_fit.estimate("dr", "pooled")
     assert f"{dr.estimate:#.3g} ({dr.ci_low:#.3g}, {dr.ci_high:#.3g})" in texts
     fig.canvas.draw()
-    legend = fig.legends[0].get_window_extent()
+    legend = ax.get_legend().get_window_extent()
     points = np.concatenate([line.get_transform().transform(line.get_xydata()) for line in ax.lines
                              if len(line.get_xydata()) == 1])
     assert not any(legend.contains(x, y) for x, y in points)
-    ax_box = ax.get_window_extent()
-    assert not legend.overlaps(ax_box)
+    assert not legend.overlaps(ax.get_window_extent())  # below the axes
+    assert not legend.overlaps(ax.xaxis.label.get_window_extent())  # and below the x label
 
 
 def test_sensitivity_plot_is_the_sweep(sensitivity_fit, tmp_path):
@@ -349,3 +349,68 @@ def test_cli_plot_with_bias_writes_the_sensitivity_plot(run_cli, tmp_path, capsy
                    "--plot", tmp_path / "f.png") == 0
     assert (tmp_path / "f_sensitivity.png").stat().st_size > 10_000
     assert "f_sensitivity.png" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ 8. small things
+def test_fractional_event_counts_are_warned_with_their_rows(bcg):
+    import mestim
+
+    df = bcg.astype({"ai": float})
+    df.loc[4, "ai"] = 2.5
+    with pytest.warns(mestim.MestimWarning, match=r"1 row\(s\) with fractional counts.*row 5, line 6 of the file "
+                                                  r"\(study Frimodt-Moller et al 1973\): ai=2.5"):
+        tables, _ = mb.standardise_tables(df)
+    assert tables.ai.iloc[4] == 2.5  # used as given (imputed or corrected counts are fractional on purpose)
+
+
+def test_spreadsheet_error_says_export_to_csv(run_cli, tmp_path, capsys):
+    (tmp_path / "t.xlsx").write_bytes(b"PK\x03\x04\x00\x00")
+    assert run_cli("meta", tmp_path / "t.xlsx") == 2
+    assert "export it to CSV" in capsys.readouterr().err
+
+
+def test_measure_and_classical_are_case_insensitive(run_cli, bcg, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    df = pd.concat([bcg.assign(review="A"), bcg.iloc[:6].assign(review="B")])
+    df.to_csv(tmp_path / "t.csv", index=False)
+    assert run_cli("meta", tmp_path / "t.csv", "--by", "review", "--measure", "rr", "--classical", "dl",
+                   "--json", a) == 0
+    assert run_cli("meta", tmp_path / "t.csv", "--by", "review", "--measure", "RR", "--classical", "DL",
+                   "--json", b) == 0
+    assert json.loads(a.read_text())["results"] == json.loads(b.read_text())["results"]
+    assert json.loads(a.read_text())["comparison"]["classical_method"] == "DL"
+
+
+def test_rows_with_missing_covariates_are_named():
+    from estimators.transport import load_transport_sim, transport
+
+    df = load_transport_sim()
+    df.loc[[3, 7], "X2"] = np.nan  # target rows (S = 0): rows 4 and 8, lines 5 and 9 of a CSV
+    with pytest.raises(DataError, match=r"2 row\(s\) of the target sample \(rows 4, 8; lines 5, 9 of a CSV file\)"):
+        transport(df, covariates=["X1", "X2"])
+
+
+def test_target_rows_left_out_of_the_target_only_comparison_are_noted():
+    from estimators.transport import simulate_trials, transport
+
+    sim = simulate_trials(n_trials=2, n_per_trial=150, n_target=200, seed=3).data
+    rng = np.random.default_rng(0)
+    t = sim.S == 0
+    sim.loc[t, "Z"] = rng.integers(0, 2, t.sum())
+    sim.loc[t, "Y"] = sim.loc[t, "X1"] + sim.loc[t, "Z"] + rng.normal(size=t.sum())
+    sim.loc[sim.index[t][:7], "Y"] = np.nan  # 7 target rows without an outcome
+    res = transport(sim, covariates=["X1", "X2"], estimators=["target_only", "outcome"], per_trial=False)
+    assert res.estimate("target_only", 0).n == 193
+    assert any("7 target row(s) without treatment or outcome are left out of the target-only comparison" in n
+               for n in res.notes)
+
+
+def test_a_clone_folder_named_mestim_in_the_working_directory_is_explained(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "mestim").mkdir()  # a clone of the repository, run from its parent folder
+    (tmp_path / "mestim" / "README.md").write_text("clone")
+    run = subprocess.run([sys.executable, "-c", "import estimators"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "shadows the installed mestim" in run.stderr and "cd " in run.stderr

@@ -33,7 +33,8 @@ META_MEMORY = 40  # measured: `mestim meta --by` peaks at ~35× its table's floa
 def add_arguments(parser) -> None:
     parser.add_argument("tables", nargs="?", default=None,
                         help="CSV of 2×2 tables, one row per study (default: the bundled BCG vaccine trials)")
-    parser.add_argument("--measure", default="RR", choices=["RR", "OR", "RD"], help="effect measure (default RR)")
+    parser.add_argument("--measure", default="RR", type=str.upper, choices=["RR", "OR", "RD"],
+                        help="effect measure, any case (default RR)")
     parser.add_argument("--by", default=None, metavar="META_ID_COLUMN[,...]",
                         help="column(s) identifying meta-analyses, comma-separated (e.g. review,comparison,outcome,"
                              "subgroup): batch mode, one result set per meta-analysis; rows with a missing id are "
@@ -53,8 +54,8 @@ def add_arguments(parser) -> None:
                         help="forest plot (one meta-analysis) or causal-vs-classical scatter (with --by)")
     parser.add_argument("--columns", default=None, metavar="ROLE=COLUMN,...",
                         help="map column names: roles ai, bi, ci, di, event.e, n.e, event.c, n.c, study")
-    parser.add_argument("--classical", default="REML",
-                        help="classical method compared with the causal one in batch mode (default REML)")
+    parser.add_argument("--classical", default="REML", type=str.upper,
+                        help="classical method compared with the causal one in batch mode, any case (default REML)")
     parser.add_argument("--drop-invalid", action="store_true",
                         help="exclude malformed rows (reported) instead of stopping with an error")
 

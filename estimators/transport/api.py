@@ -447,6 +447,10 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
             raise DataError(f"estimator 'target_only' needs treatment and outcome in the target sample "
                             f"({study}={label(data.target)}): {data.target_only_problem}")
         notes.append(f"target-only comparison: {data.target_only_problem}")
+    left_out = data.n_target - data.target_outcome_rows
+    if "target_only" in chosen and data.target_outcome_rows > 0 and left_out > 0:
+        notes.append(f"{left_out} target row(s) without treatment or outcome are left out of the target-only "
+                     f"comparison (it uses {data.target_outcome_rows} of {data.n_target})")
     trial_est = [e for e in chosen if e in PER_TRIAL] if per_trial else []
     pooled_est = [e for e in chosen if e in POOLED and (pooled or e == "target_only")]
     if not pooled:

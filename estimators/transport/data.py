@@ -336,6 +336,14 @@ def _check_level_support(col: pd.Series, name: str, source) -> None:
                         "the target population")
 
 
+def _where(rows: np.ndarray, shown: int = 5) -> str:
+    """'rows 4, 8; lines 5, 9 of a CSV file' (1-based; the header is line 1) for a boolean row mask."""
+    hit = np.flatnonzero(rows)
+    more = f", … ({hit.size - shown} more)" if hit.size > shown else ""
+    return (f"rows {', '.join(str(i + 1) for i in hit[:shown])}{more}; lines "
+            f"{', '.join(str(i + 2) for i in hit[:shown])}{more} of a CSV file")
+
+
 def _raise_missing(df, covs, is_target):
     """DataError naming the first covariate with missing values and where they are (target sample / trials)."""
     for c in covs:
@@ -347,8 +355,8 @@ def _raise_missing(df, covs, is_target):
             where_r = int((bad & ~is_target).sum())
             parts = []
             if where_t:
-                parts.append(f"{where_t} row(s) of the target sample")
+                parts.append(f"{where_t} row(s) of the target sample ({_where(bad & is_target)})")
             if where_r:
-                parts.append(f"{where_r} trial row(s)")
+                parts.append(f"{where_r} trial row(s) ({_where(bad & ~is_target)})")
             raise DataError(f"covariate '{c}' is missing (NaN) in {' and '.join(parts)}; the transport estimators need "
                             "every covariate in the target sample and the trials: drop or impute those rows")

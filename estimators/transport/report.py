@@ -213,8 +213,7 @@ def forest_plot(res, path=None, contrast=None):
         ax.axvline(target.estimate, color="black", lw=1)
         for x in (target.ci_low, target.ci_high):
             ax.axvline(x, color="black", lw=1, ls="--")
-        handles += [Line2D([], [], color="black", lw=1, label=f"target only ({st['study']} = {st['target']}): "
-                           f"{_cell(target)}"),
+        handles += [Line2D([], [], color="black", lw=1, label=f"target only ({st['study']} = {st['target']}): estimate"),
                     Line2D([], [], color="black", lw=1, ls="--", label=f"target only: {percent(res.level)} CI")]
     ax.set_yticks(yticks, ylabels)
     ax.set_ylim(-0.6, len(rows) - 0.4)
@@ -229,12 +228,14 @@ def forest_plot(res, path=None, contrast=None):
 
 
 def _legend_below(fig, ax, handles) -> None:
-    """The legend under the axes (it covers no mark), the right fifth left to the numbers column."""
+    """The legend under the axes' x label (it covers no mark), the right part left to the numbers column."""
+    from matplotlib.transforms import offset_copy
+
     columns = 3 if len(handles) > 4 else 2
-    fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8, frameon=False,
-               bbox_to_anchor=(0.45, 0.0))
-    rows = -(-len(handles) // columns)
-    fig.tight_layout(rect=(0, 0.02 + 0.2 * rows / fig.get_figheight(), 0.83, 1))
+    below_label = offset_copy(ax.transAxes, fig, y=-38, units="points")  # clear of the tick labels and x label
+    ax.legend(handles=handles, loc="upper center", ncol=columns, fontsize=8, frameon=False,
+              bbox_to_anchor=(0.5, 0.0), bbox_transform=below_label)
+    fig.tight_layout(rect=(0, 0, 0.83, 1))
 
 
 def _tipping_point(rows) -> float | None:
