@@ -414,3 +414,23 @@ def test_a_clone_folder_named_mestim_in_the_working_directory_is_explained(tmp_p
     run = subprocess.run([sys.executable, "-c", "import estimators"], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode != 0
     assert "shadows the installed mestim" in run.stderr and "cd " in run.stderr
+
+
+# ------------------------------------------------------------------------------ 9. install
+def test_test_extra_bounds_are_the_tested_versions():
+    """distributed pins dask exactly: with equal lower bounds pip takes the matching pair (one step) instead of
+    backtracking through ~20 distributed wheels; and every bound is met by the versions this suite runs with."""
+    import importlib.metadata as md
+    import pathlib
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((pathlib.Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    for extra in ("test", "dask"):
+        reqs = {r.name: r for r in map(Requirement, project["optional-dependencies"][extra])}
+        low = {name: min(s.version for s in reqs[name].specifier if s.operator == ">=") for name in ("dask", "distributed")}
+        assert low["dask"] == low["distributed"]
+        assert md.version("distributed") == md.version("dask")
+    for r in map(Requirement, project["dependencies"] + project["optional-dependencies"]["test"]):
+        assert r.specifier.contains(md.version(r.name), prereleases=True), r
