@@ -430,7 +430,7 @@ def test_test_extra_bounds_are_the_tested_versions():
     for extra in ("test", "dask"):
         reqs = {r.name: r for r in map(Requirement, project["optional-dependencies"][extra])}
         low = {name: min(s.version for s in reqs[name].specifier if s.operator == ">=") for name in ("dask", "distributed")}
-        assert low["dask"] == low["distributed"]
-        assert md.version("distributed") == md.version("dask")
+        assert low["dask"] == low["distributed"] == md.version("distributed") == md.version("dask"), (
+            "bump both lower bounds to the dask/distributed pair the suite is tested with")
     for r in map(Requirement, project["dependencies"] + project["optional-dependencies"]["test"]):
         assert r.specifier.contains(md.version(r.name), prereleases=True), r
