@@ -404,10 +404,10 @@ def batch_core(counts, mask, measure: str):
 
 def meta_analyses(df: pd.DataFrame, by, measure: str = "RR", columns: dict | None = None,
                   invalid: str = "raise", classical: str = CLASSICAL_DEFAULT, level: float = 0.95,
-                  missing_ids: str = "exclude"):
+                  missing_ids: str = "exclude", progress: bool | None = False):
     """Many meta-analyses at once from one long table (``by`` = the meta-analysis id column, or several: a list or
     comma-separated names; rows with a missing id are excluded and reported, or with ``missing_ids="keep"`` form
-    their own level "(missing)").
+    their own level "(missing)"). ``progress``: a bar over the stages on stderr (True; None: only on a terminal).
 
     Returns (long, wide, report): ``long`` has one row per meta-analysis × method (as :func:`meta_analysis`, the
     causal SE from the closed-form sandwich); ``wide`` one row per meta-analysis with the causal and the
@@ -421,18 +421,26 @@ def meta_analyses(df: pd.DataFrame, by, measure: str = "RR", columns: dict | Non
     if classical not in METHODS[1:]:
         raise DataError(f"classical={classical!r}: use one of {METHODS[1:]}")
     level = mc.check_level(level)
-    tables, report = standardise_tables(df, columns, by, invalid, missing_ids)
-    ids, counts, mask, m = pad_tables(tables)
-    core = {k: np.asarray(v)[:m] for k, v in batch_core(counts, mask, measure).items()}
-    methods = {"causal": causal_columns(core, measure, level), **mc.summary_columns(core, measure, level)}
-    long = _long_table(ids, methods, measure)
-    groups = report["by"]
-    if len(groups) > 1:
-        first = tables.drop_duplicates("meta_id").set_index("meta_id")[groups]
-        for pos, g in enumerate(groups):
-            long.insert(1 + pos, g, first[g].reindex(long["meta_id"]).to_numpy())
-    _report_batch_diagnostics(report, ids, core, measure, np.not_equal(methods["causal"]["undefined_reason"], None))
-    wide = comparison_table(long, classical, level)
+    from .progress import stages
+
+    with stages("meta_analyses", ["checking the tables", "fitting (one vectorised program)", "comparing"],
+                progress) as step:
+        step("checking the tables")
+        tables, report = standardise_tables(df, columns, by, invalid, missing_ids)
+        step("fitting (one vectorised program)")
+        ids, counts, mask, m = pad_tables(tables)
+        core = {k: np.asarray(v)[:m] for k, v in batch_core(counts, mask, measure).items()}
+        methods = {"causal": causal_columns(core, measure, level), **mc.summary_columns(core, measure, level)}
+        step("comparing")
+        long = _long_table(ids, methods, measure)
+        groups = report["by"]
+        if len(groups) > 1:
+            first = tables.drop_duplicates("meta_id").set_index("meta_id")[groups]
+            for pos, g in enumerate(groups):
+                long.insert(1 + pos, g, first[g].reindex(long["meta_id"]).to_numpy())
+        _report_batch_diagnostics(report, ids, core, measure,
+                                  np.not_equal(methods["causal"]["undefined_reason"], None))
+        wide = comparison_table(long, classical, level)
     return long, wide, report
 
 

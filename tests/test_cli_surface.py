@@ -385,8 +385,9 @@ def test_rows_with_missing_covariates_are_named():
     from estimators.transport import load_transport_sim, transport
 
     df = load_transport_sim()
-    df.loc[[3, 7], "X2"] = np.nan  # target rows (S = 0): rows 4 and 8, lines 5 and 9 of a CSV
-    with pytest.raises(DataError, match=r"2 row\(s\) of the target sample \(rows 4, 8; lines 5, 9 of a CSV file\)"):
+    df.loc[[3, 7], "X2"] = np.nan  # target rows (S = 0): positions 3 and 7, lines 5 and 9 of a CSV
+    with pytest.raises(DataError, match=r"2 row\(s\) of the target sample \(rows 3, 7 \(from 0, as the data frame's "
+                                        r"positions; lines 5, 9 of a CSV file\)\)"):
         transport(df, covariates=["X1", "X2"])
 
 
@@ -434,3 +435,11 @@ def test_test_extra_bounds_are_the_tested_versions():
             "bump both lower bounds to the dask/distributed pair the suite is tested with")
     for r in map(Requirement, project["dependencies"] + project["optional-dependencies"]["test"]):
         assert r.specifier.contains(md.version(r.name), prereleases=True), r
+
+
+def test_meta_analyses_progress_keyword(bcg, capsys):
+    df = pd.concat([bcg.assign(review=r) for r in "AB"])
+    mb.meta_analyses(df, "review")
+    assert capsys.readouterr().err == ""
+    mb.meta_analyses(df, "review", progress=True)
+    assert "meta_analyses: 1/3 stages" in capsys.readouterr().err

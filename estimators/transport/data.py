@@ -337,11 +337,12 @@ def _check_level_support(col: pd.Series, name: str, source) -> None:
 
 
 def _where(rows: np.ndarray, shown: int = 5) -> str:
-    """'rows 4, 8; lines 5, 9 of a CSV file' (1-based; the header is line 1) for a boolean row mask."""
+    """'rows 3, 7 (from 0, as the data frame's positions; lines 5, 9 of a CSV file)' for a boolean row mask:
+    the positions the engine's messages use, and the lines a user finds in the file (the header is line 1)."""
     hit = np.flatnonzero(rows)
     more = f", … ({hit.size - shown} more)" if hit.size > shown else ""
-    return (f"rows {', '.join(str(i + 1) for i in hit[:shown])}{more}; lines "
-            f"{', '.join(str(i + 2) for i in hit[:shown])}{more} of a CSV file")
+    return (f"rows {', '.join(str(i) for i in hit[:shown])}{more} (from 0, as the data frame's positions; lines "
+            f"{', '.join(str(i + 2) for i in hit[:shown])}{more} of a CSV file)")
 
 
 def _raise_missing(df, covs, is_target):
