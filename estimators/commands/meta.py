@@ -1,5 +1,5 @@
-"""``mestim meta [TABLES.csv] [--measure RR|OR|RD] [--by META_ID[,...]] [--level 0.95] [--json OUT.json]
-[--plot OUT.png]``
+"""``mestim meta [TABLES.csv] [--measure RR|OR|RD] [--by META_ID[,...]] [--keep-missing-ids] [--level 0.95]
+[--json OUT.json] [--table OUT.csv] [--plot OUT.png] [--quiet]``
 
 Causal (Berenfeld et al. 2026) and classical meta-analysis of 2×2 tables. Without a file it runs on the bundled
 BCG vaccine trials. Columns: ``ai, bi, ci, di`` (2×2 cells: treated events/non-events, control events/non-events)

@@ -1,12 +1,16 @@
 """``mestim transport``: transport treatment effects from a collection of trials to a target population.
 
 With no DATA file it runs on the bundled simulated data set (4 trials, target S=0 without Z/Y; true target
-effect 2.8). Prints a table like Table 1 of Dahabreh et al. (per trial: n, unadjusted, outcome model, weighting,
+effect 2.8). The first line names the reference arm (``--reference``; default a control-like label, else the
+smallest level). Prints a table like Table 1 of Dahabreh et al. (per trial: n, unadjusted, outcome model, weighting,
 doubly robust; a pooled row), the homogeneity and CATE-equality tests, and the working models used.
 Positivity diagnostics of the inverse-odds weights (effective sample size and largest weight share per trial and
 arm) are printed too, and notes say how the data were used (a text covariate's coding, an estimator skipped and
 why). Warnings (extreme weights, the engine's) are printed once, on stderr ("warning:" lines; many positivity
-warnings are summarised); the summary on stdout counts them. The run still exits 0.
+warnings are summarised, advice they share printed once); the summary on stdout counts them. The run still
+exits 0. Row weights (``--weights``, ``--weight-type frequency|sampling``) and clusters (``--cluster``) are named
+on the "Variance:" line; ``--plot`` with a sensitivity sweep also draws it; a progress bar shows on a terminal
+(``--quiet``: none).
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ def add_arguments(parser) -> None:
                         help="reference arm: every other arm is compared with it (default: a control-like label such "
                         "as placebo/control, else the smallest level, e.g. 0; stated on the first output line)")
     parser.add_argument("--contrast", action="append", metavar="Z1,Z0",
-                        help="arms compared, e.g. 1,0 (repeatable; default every arm vs the reference arm, --reference)")
+                        help="arms compared, e.g. 1,0 (repeatable; default every arm vs the reference arm, "
+                        "--reference)")
     parser.add_argument("--participation", default="logistic", choices=["logistic", "multinomial"],
                         help="participation model (default logistic, as in the paper)")
     parser.add_argument("--treatment-model", default="trial", choices=["trial", "pooled", "per_trial", "known"],
