@@ -73,12 +73,11 @@ def formula_design(frame, formula: str, reference=None):
             mm = model_matrix(rhs, frame, na_action="ignore")
     except Exception as e:  # formulaic reports unknown names, syntax errors and unseen levels with its own types
         raise DataError(f"formula '{formula}' could not be built on this data: {e}") from None
-    # formulaic's "Intercept" named as design_matrix's (one name however a block was built)
-    matrix, labels = np.asarray(mm, dtype=float), ["(Intercept)" if c == "Intercept" else c for c in mm.columns]
+    matrix, labels = np.asarray(mm, dtype=float), list(mm.columns)
     variables = sorted(v for v in mm.model_spec.required_variables if v in frame.columns)
     missing = frame[variables].isna().to_numpy().any(axis=1) if variables else np.zeros(len(frame), bool)
     if missing.any():
-        matrix[np.ix_(missing, [j for j, lab in enumerate(labels) if lab != "(Intercept)"])] = np.nan
+        matrix[np.ix_(missing, [j for j, lab in enumerate(labels) if lab not in ("Intercept", "(Intercept)")])] = np.nan
     return matrix, labels, variables
 
 

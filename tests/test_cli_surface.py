@@ -197,11 +197,20 @@ def test_meta_did_you_mean_for_by_and_columns(run_cli, bcg, tmp_path, capsys):
     assert "did you mean 'label'?" in capsys.readouterr().err
 
 
-def test_intercept_label_is_the_same_however_the_design_is_built():
-    from estimators.design import design_matrix
+def test_intercept_found_by_either_name_however_the_block_was_built():
+    """Columns give '(Intercept)' (R's name), formulas 'Intercept' (formulaic's, statsmodels'): the labels stay as
+    they were (a contract), and either name finds the intercept of a fit built either way."""
+    import mestim
+    from estimators import linear
 
-    cols = {"x": np.arange(5.0)}
-    assert design_matrix(cols, X=["x"])[1][0] == design_matrix(cols, formula="~ x")[1][0] == "(Intercept)"
+    rng = np.random.default_rng(0)
+    data = {"x": rng.normal(size=40)}
+    data["y"] = 1.5 + 2 * data["x"] + rng.normal(size=40)
+    by_columns = mestim.fit([linear("m", "y", ["x"]), linear("k", "y", formula="~ x")], data)
+    assert by_columns.labels[0] == "m:(Intercept)" and by_columns.labels[2] == "k:Intercept"
+    for block in ("m", "k"):
+        for name in ("Intercept", "(Intercept)"):
+            assert by_columns[f"{block}:{name}"] == pytest.approx(by_columns["m:(Intercept)"], rel=1e-10)
 
 
 def test_single_block_fit_keeps_the_block_prefix():

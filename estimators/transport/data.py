@@ -279,7 +279,7 @@ def _covariates(df, covariates, formula, is_target, source):
             _refuse_stray_text(df[c], c)
         formula = "~ " + " + ".join(f"`{c}`" for c in covs)
     xmat, labels, variables = formula_design(df, formula)
-    keep = [j for j, lab in enumerate(labels) if lab != "(Intercept)"]
+    keep = [j for j, lab in enumerate(labels) if lab not in ("Intercept", "(Intercept)")]
     xmat, labels = xmat[:, keep], [labels[j] for j in keep]
     _raise_missing(df, variables, is_target)
     if np.isnan(xmat).any():  # a NaN made by the formula itself (log of a negative, …)
