@@ -19,6 +19,11 @@ submodule behind the function.
 
 import mestim  # noqa: F401  (enables float64 before anything below is traced)
 
+if getattr(mestim, "__file__", None) is None:  # a folder named mestim without __init__.py: a namespace package
+    raise ImportError(f"the folder {list(mestim.__path__)[0]!r} (a clone of the repository, run from its parent "
+                      "folder?) shadows the installed mestim package: Python imports it first from the working "
+                      "directory. cd into the clone (or anywhere else) and run again")
+
 from .causal import aipw, gformula, ipw
 from .causal_meta import fit_causal_meta
 from .design import design_matrix, row_mask

@@ -13,6 +13,7 @@ import importlib
 import os
 import re
 import sys
+import warnings
 
 COMMANDS = {
     "transport": "transport effects from a collection of trials to a target population (Dahabreh et al.)",
@@ -48,6 +49,20 @@ def _subparsers(parser):
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             yield from action.choices.values()
+
+
+def print_warnings(command: str, caught, first=(), skip=()) -> None:
+    """On stderr, each warning once: the lines ``first``, then every caught :class:`~mestim.MestimWarning` not in
+    ``skip`` (as "mestim COMMAND: warning: …"), then other libraries' warnings (NumPy's, say), each distinct
+    (category, message) once however often it was raised."""
+    from mestim.errors import MestimWarning
+
+    ours = [str(w.message) for w in caught if issubclass(w.category, MestimWarning) and str(w.message) not in skip]
+    for message in dict.fromkeys([*first, *ours]):
+        print(f"mestim {command}: warning: {message}", file=sys.stderr)
+    others = {(w.category, str(w.message)): w for w in caught if not issubclass(w.category, MestimWarning)}
+    for w in others.values():
+        print(warnings.formatwarning(w.message, w.category, w.filename, w.lineno), file=sys.stderr, end="")
 
 
 def main(argv=None) -> int:

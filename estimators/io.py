@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -28,6 +29,9 @@ from mestim.errors import DataError
 DELIMITERS = ",;\t|"
 FALLBACK_ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")  # latin-1 decodes any byte: the last resort
 SAMPLE_BYTES = 64 * 1024
+COMMA_DECIMAL = re.compile(r"^[+-]?\d*,(\d+)(?:[eE][+-]?\d+)?$")  # 2,44 or -0,5e-3
+POINT_DECIMAL = re.compile(r"^[+-]?\d*\.\d+(?:[eE][+-]?\d+)?$")
+SPREADSHEETS = (".xlsx", ".xlsm", ".xls", ".ods")
 SAMPLES = 16  # windows (CSV) or row groups (Parquet) sampled for a file's size
 TEXT_VALUE_BYTES = 8  # pandas' memory per text value beyond its characters (an Arrow offset; pandas >= 3)
 PARQUET_MAGIC = b"PAR1"
@@ -38,17 +42,26 @@ def add_file_options(parser) -> None:
     parser.add_argument("--sep", default=None, metavar="CHAR",
                         help="CSV delimiter (default: detected; ',', ';', '\\t' or '|')")
     parser.add_argument("--encoding", default=None, help="CSV text encoding (default: UTF-8, else Latin-1)")
+    parser.add_argument("--decimal", default=None, metavar="CHAR", choices=[".", ","],
+                        help="decimal mark of a CSV's numbers, '.' or ',' (default: ',' where a ';'-, tab- or "
+                        "'|'-separated file writes its numbers so unambiguously, e.g. 2,44; else '.')")
 
 
-def read_table(path: str, sep: str | None = None, encoding: str | None = None, *, working_memory: float = 1.0):
+def read_table(path: str, sep: str | None = None, encoding: str | None = None, *, working_memory: float = 1.0,
+               decimal: str | None = None):
     """A CSV or Parquet file as a pandas DataFrame, or a :class:`DataError` saying why it cannot be read.
 
     ``working_memory``: the memory the command needs, as a multiple of the table's size as float64 numbers;
     a file whose table would not fit is refused before it is read (:func:`check_memory`). A pipe or a device
-    (``<(cat data.csv)``, ``/dev/stdin``) is first copied to a temporary file: its start can be read only once."""
+    (``<(cat data.csv)``, ``/dev/stdin``) is first copied to a temporary file: its start can be read only once.
+    ``decimal``: the CSV's decimal mark; None detects ',' where that is unambiguous (:func:`_decimal`), noted in
+    ``df.attrs["read_as"]``."""
     import pandas as pd
 
     path = str(path)
+    if path.lower().endswith(SPREADSHEETS):
+        raise DataError(f"'{path}' is a spreadsheet: export it to CSV (File > Save As > CSV) or Parquet, then "
+                        "give that file")
     try:
         with _regular_file(path) as local:
             if path.endswith((".parquet", ".pq")) or (local != path and _starts_with(local, PARQUET_MAGIC)):
@@ -56,10 +69,13 @@ def read_table(path: str, sep: str | None = None, encoding: str | None = None, *
                 check_memory(path, shape, working_memory, text_bytes)
                 return pd.read_parquet(local)
             encoding = encoding or _encoding(local, path)
-            sep = sep if sep is not None else _delimiter(local, encoding)
-            check_memory(path, _csv_shape(local, encoding, _unescape(sep)), working_memory,
-                         text_bytes=os.path.getsize(local))
-            return pd.read_csv(local, sep=_unescape(sep), encoding=encoding)
+            sep = _unescape(sep if sep is not None else _delimiter(local, encoding))
+            check_memory(path, _csv_shape(local, encoding, sep), working_memory, text_bytes=os.path.getsize(local))
+            detected = decimal is None and _decimal(local, encoding, sep) == ","
+            df = pd.read_csv(local, sep=sep, encoding=encoding, decimal="," if detected else (decimal or "."))
+            if detected:
+                df.attrs["read_as"] = f"{sep!r}-separated, decimal ',' (detected; --decimal to change)"
+            return df
     except DataError:  # too large for memory
         raise
     except FileNotFoundError:
@@ -243,6 +259,19 @@ def _delimiter(path: str, encoding: str) -> str:
         counts = {d: lines[0].count(d) for d in DELIMITERS}
         best = max(counts, key=counts.get)
         return best if counts[best] else ","
+
+
+def _decimal(path: str, encoding: str, sep: str) -> str:
+    """',' when the first lines of a file not separated by ',' hold numbers written with a decimal comma (2,44)
+    and none with a decimal point; '.' otherwise — also when every such number has three digits after the comma
+    (1,500 may be 1.5 or 1500: not guessed; give --decimal)."""
+    if sep == ",":
+        return "."
+    with open(path, encoding=encoding, errors="replace", newline="") as fh:
+        fields = [f.strip() for row in csv.reader((fh.readline() for _ in range(200)), delimiter=sep) for f in row]
+    comma = [m.group(1) for m in map(COMMA_DECIMAL.match, fields) if m]
+    point = any(POINT_DECIMAL.match(f) for f in fields)
+    return "," if comma and not point and any(len(d) != 3 for d in comma) else "."
 
 
 def _unescape(sep: str) -> str:
