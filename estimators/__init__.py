@@ -28,8 +28,10 @@ from .meta_batch import meta_analyses, meta_analysis
 from .meta_classical import classical_meta
 from .regression import glm, linear, logistic, mean, multinomial, poisson
 from .robust import robust_regression
+from .survival import aft, parametric_survival, survival_predictions
 
 __all__ = ["design_matrix", "row_mask", "glm", "linear", "logistic", "mean", "multinomial", "poisson",
            "ipw", "aipw", "gformula", "iv", "robust_regression",
            "from_statsmodels",
-           "fit_causal_meta", "classical_meta", "meta_analysis", "meta_analyses"]
+           "fit_causal_meta", "classical_meta", "meta_analysis", "meta_analyses",
+           "parametric_survival", "aft", "survival_predictions"]

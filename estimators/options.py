@@ -1,0 +1,71 @@
+"""Checks shared by the registered estimators' options objects, and the row multiplier of a block.
+
+Every registered estimator keeps its choices in a frozen dataclass validated in ``__post_init__`` (see
+docs/architecture.md): a typo fails when the block is built, before any data is read, and the message names the
+argument, the allowed values and the closest one (``distribution='weibul': use one of [...]; did you mean
+'weibull'?``). :func:`check_choice` is the engine's (:func:`mestim.errors.check_choice`), re-exported here so that
+every estimator imports its checks from one place.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from mestim.data import require_numeric
+from mestim.errors import DataError, SpecificationError, check_choice
+
+from .design import block_rows, clean_in_mask
+
+__all__ = ["check_choice", "check_number", "check_choices", "names", "row_multiplier", "numeric_in_mask"]
+
+
+def check_number(name: str, value, *, low=None, high=None, inclusive: bool = False, integer: bool = False):
+    """``value`` as a float (an int when ``integer``), or a :class:`SpecificationError` naming the argument and the
+    interval it must lie in: (low, high) open, or [low, high] when ``inclusive``; None is an unbounded side."""
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool) and np.isfinite(value)
+    if ok and low is not None:
+        ok = value >= low if inclusive else value > low
+    if ok and high is not None:
+        ok = value <= high if inclusive else value < high
+    if not ok:
+        lo, hi = ("[", "]") if inclusive else ("(", ")")
+        interval = f"{lo}{'-∞' if low is None else low}, {'∞' if high is None else high}{hi}"
+        raise SpecificationError(f"{name}={value!r}: give {'an integer' if integer else 'a number'} in {interval}")
+    return int(value) if integer else float(value)
+
+
+def check_choices(name: str, values, choices) -> tuple:
+    """A non-empty tuple of distinct values, each one of ``choices`` (a single string is a tuple of one)."""
+    values = (values,) if isinstance(values, str) else tuple(values)
+    if not values:
+        raise SpecificationError(f"{name}=(): give at least one of {list(choices)}")
+    for value in values:
+        check_choice(name, value, choices)
+    if len(set(values)) < len(values):
+        raise SpecificationError(f"{name}={values!r}: each value once")
+    return values
+
+
+def names(value) -> tuple[str, ...]:
+    """Column names given as None, one name, or a sequence of names."""
+    return () if value is None else ((value,) if isinstance(value, str) else tuple(value))
+
+
+def row_multiplier(cols, block: str, mask, weights) -> tuple[np.ndarray, np.ndarray]:
+    """(rows the block uses, m_i = I(row in mask) · w_i): ψ is multiplied by m_i, the block's own weights
+    (``weights=`` a column; 1 when None), which must be ≥ 0 and finite on the rows it uses."""
+    m = block_rows(cols, mask, block)
+    if weights is None:
+        return m, m.astype(float)
+    w = numeric_in_mask(cols, weights, m, what="weights column")
+    if (w[m] < 0).any():
+        raise DataError(f"block '{block}': weights '{weights}' has negative values on the rows it uses")
+    return m, w
+
+
+def numeric_in_mask(cols, name: str, m: np.ndarray, *, what: str = "column") -> np.ndarray:
+    """The numeric column ``name``, finite on the rows in ``m`` and 0 elsewhere (a DataError otherwise)."""
+    return clean_in_mask(require_numeric(cols, name, what=what), m, name)
