@@ -25,6 +25,7 @@ from .dose_response import effective_dose, emax, log_logistic
 from .design import design_matrix, row_mask
 from .fitted_model import from_statsmodels
 from .iv import iv
+from .measurement import regression_calibration, rogan_gladen, rogan_gladen_extended
 from .meta_batch import meta_analyses, meta_analysis
 from .meta_classical import classical_meta
 from .regression import glm, linear, logistic, mean, multinomial, poisson
@@ -36,4 +37,5 @@ __all__ = ["design_matrix", "row_mask", "glm", "linear", "logistic", "mean", "mu
            "from_statsmodels",
            "fit_causal_meta", "classical_meta", "meta_analysis", "meta_analyses",
            "parametric_survival", "aft", "survival_predictions",
-           "emax", "log_logistic", "effective_dose"]
+           "emax", "log_logistic", "effective_dose",
+           "rogan_gladen", "rogan_gladen_extended", "regression_calibration"]
