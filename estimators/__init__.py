@@ -22,6 +22,7 @@ import mestim  # noqa: F401  (enables float64 before anything below is traced)
 from .causal import aipw, gformula, ipw
 from .causal_meta import fit_causal_meta
 from .dose_response import effective_dose, emax, log_logistic
+from .descriptive import geometric_mean, percentile, positive_mean_deviation
 from .design import design_matrix, row_mask
 from .fitted_model import from_statsmodels
 from .iv import iv
@@ -38,4 +39,5 @@ __all__ = ["design_matrix", "row_mask", "glm", "linear", "logistic", "mean", "mu
            "fit_causal_meta", "classical_meta", "meta_analysis", "meta_analyses",
            "parametric_survival", "aft", "survival_predictions",
            "emax", "log_logistic", "effective_dose",
-           "rogan_gladen", "rogan_gladen_extended", "regression_calibration"]
+           "rogan_gladen", "rogan_gladen_extended", "regression_calibration",
+           "geometric_mean", "percentile", "positive_mean_deviation"]
