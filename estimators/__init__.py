@@ -26,6 +26,7 @@ from .descriptive import geometric_mean, percentile, positive_mean_deviation
 from .design import design_matrix, row_mask
 from .fitted_model import from_statsmodels
 from .iv import iv
+from .limited_outcome import beta_regression, tobit
 from .measurement import regression_calibration, rogan_gladen, rogan_gladen_extended
 from .meta_batch import meta_analyses, meta_analysis
 from .meta_classical import classical_meta
@@ -40,4 +41,5 @@ __all__ = ["design_matrix", "row_mask", "glm", "linear", "logistic", "mean", "mu
            "parametric_survival", "aft", "survival_predictions",
            "emax", "log_logistic", "effective_dose",
            "rogan_gladen", "rogan_gladen_extended", "regression_calibration",
-           "geometric_mean", "percentile", "positive_mean_deviation"]
+           "geometric_mean", "percentile", "positive_mean_deviation",
+           "beta_regression", "tobit"]

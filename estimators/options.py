@@ -16,9 +16,10 @@ import numpy as np
 from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError, check_choice
 
-from .design import block_rows, clean_in_mask
+from .design import block_rows, clean_design, clean_in_mask, design_matrix
 
-__all__ = ["check_choice", "check_number", "check_choices", "names", "row_multiplier", "numeric_in_mask"]
+__all__ = ["check_choice", "check_number", "check_choices", "names", "row_multiplier", "numeric_in_mask",
+           "weighted_design"]
 
 
 def check_number(name: str, value, *, low=None, high=None, inclusive: bool = False, integer: bool = False):
@@ -69,3 +70,11 @@ def row_multiplier(cols, block: str, mask, weights) -> tuple[np.ndarray, np.ndar
 def numeric_in_mask(cols, name: str, m: np.ndarray, *, what: str = "column") -> np.ndarray:
     """The numeric column ``name``, finite on the rows in ``m`` and 0 elsewhere (a DataError otherwise)."""
     return clean_in_mask(require_numeric(cols, name, what=what), m, name)
+
+
+def weighted_design(cols, block: str, X, formula, intercept: bool, mask, weights):
+    """(rows used, m_i, design with rows outside the mask zeroed, labels): :func:`row_multiplier` and the design
+    from column names or a formula's right-hand side (:func:`estimators.design.design_matrix`)."""
+    m, mult = row_multiplier(cols, block, mask, weights)
+    x, labels = design_matrix(cols, None if X is None else list(names(X)), formula, intercept)
+    return m, mult, clean_design(cols, x, labels, m), labels

@@ -74,8 +74,7 @@ from jax.scipy.special import log_ndtr
 from mestim import Block, Prepared
 from mestim.errors import DataError, SpecificationError
 
-from .design import clean_design, design_matrix
-from .options import check_choice, check_choices, check_number, names, numeric_in_mask, row_multiplier
+from .options import check_choice, check_choices, names, numeric_in_mask, row_multiplier, weighted_design
 
 __all__ = ["parametric_survival", "aft", "survival_predictions"]
 
@@ -214,10 +213,8 @@ class AFT:
 
     def __call__(self, cols) -> Prepared:
         n = self.name
-        m, mult = row_multiplier(cols, n, self.mask, self.weights)
+        m, mult, x, labels = weighted_design(cols, n, self.X, None, self.intercept, self.mask, self.weights)
         t, delta = _survival_data(cols, n, self.time, self.event, m)
-        x, labels = design_matrix(cols, list(self.X), intercept=self.intercept)
-        x = clean_design(cols, x, labels, m)
         # start: least squares of log t on x (censored times as if events); σ from the residuals
         beta, *_ = np.linalg.lstsq(x[m], np.log(t[m]), rcond=None)
         resid_sd = float(np.std(np.log(t[m]) - x[m] @ beta))

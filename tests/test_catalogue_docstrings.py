@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["estimators.survival", "estimators.dose_response", "estimators.measurement", "estimators.descriptive"]
+MODULES = ["estimators.survival", "estimators.dose_response", "estimators.measurement", "estimators.descriptive",
+           "estimators.limited_outcome"]
 
 
 @pytest.mark.parametrize("name", MODULES)
