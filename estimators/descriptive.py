@@ -71,7 +71,8 @@ class DescriptiveScore:
                               0.5 - jnp.where(y <= median, 1.0, 0.0)])
 
 
-def _check_smooth(smooth):
+def check_smooth(smooth):
+    """``smooth=`` of a smoothed block: 'auto' or a bandwidth h > 0 (:mod:`mestim.smooth`)."""
     if smooth == "auto":
         return smooth
     if isinstance(smooth, numbers.Real):
@@ -98,7 +99,7 @@ class Descriptive:
                 raise SpecificationError("q=(): give one or more probabilities in (0, 1)")
             object.__setattr__(self, "q", tuple(check_number("q", v, low=0.0, high=1.0) for v in q))
         if self.kind != "geometric mean":
-            object.__setattr__(self, "smooth", _check_smooth(self.smooth))
+            object.__setattr__(self, "smooth", check_smooth(self.smooth))
 
     def __call__(self, cols) -> Prepared:
         n = self.name

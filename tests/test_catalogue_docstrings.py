@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["estimators.survival", "estimators.dose_response", "estimators.measurement", "estimators.descriptive",
-           "estimators.limited_outcome", "estimators.penalized"]
+           "estimators.limited_outcome", "estimators.penalized", "estimators.quantile"]
 
 
 @pytest.mark.parametrize("name", MODULES)
