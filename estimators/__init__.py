@@ -34,6 +34,7 @@ from .penalized import bridge_regression, elastic_net_regression, ridge_regressi
 from .quantile import quantile_regression
 from .regression import glm, linear, logistic, mean, multinomial, poisson
 from .robust import robust_regression
+from .structural import g_estimation, ipw_msm
 from .survival import aft, parametric_survival, survival_predictions
 
 __all__ = ["design_matrix", "row_mask", "glm", "linear", "logistic", "mean", "multinomial", "poisson",
@@ -45,4 +46,4 @@ __all__ = ["design_matrix", "row_mask", "glm", "linear", "logistic", "mean", "mu
            "rogan_gladen", "rogan_gladen_extended", "regression_calibration",
            "geometric_mean", "percentile", "positive_mean_deviation",
            "beta_regression", "tobit", "ridge_regression", "bridge_regression", "elastic_net_regression",
-           "quantile_regression"]
+           "quantile_regression", "ipw_msm", "g_estimation"]

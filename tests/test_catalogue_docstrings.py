@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["estimators.survival", "estimators.dose_response", "estimators.measurement", "estimators.descriptive",
-           "estimators.limited_outcome", "estimators.penalized", "estimators.quantile"]
+           "estimators.limited_outcome", "estimators.penalized", "estimators.quantile",
+           "estimators.structural"]
 
 
 @pytest.mark.parametrize("name", MODULES)
