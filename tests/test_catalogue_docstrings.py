@@ -7,7 +7,7 @@ import pytest
 
 MODULES = ["estimators.survival", "estimators.dose_response", "estimators.measurement", "estimators.descriptive",
            "estimators.limited_outcome", "estimators.penalized", "estimators.quantile",
-           "estimators.structural"]
+           "estimators.structural", "estimators.missing"]
 
 
 @pytest.mark.parametrize("name", MODULES)
