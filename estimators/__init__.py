@@ -31,7 +31,7 @@ from .measurement import regression_calibration, rogan_gladen, rogan_gladen_exte
 from .meta_batch import meta_analyses, meta_analysis
 from .meta_classical import classical_meta
 from .missing import mean_sensitivity_analysis
-from .penalized import bridge_regression, elastic_net_regression, ridge_regression
+from .penalized import Spline, additive_regression, bridge_regression, elastic_net_regression, ridge_regression
 from .quantile import quantile_regression
 from .regression import glm, linear, logistic, mean, multinomial, poisson
 from .robust import robust_regression
@@ -47,5 +47,5 @@ __all__ = ["design_matrix", "row_mask", "glm", "linear", "logistic", "mean", "mu
            "rogan_gladen", "rogan_gladen_extended", "regression_calibration",
            "geometric_mean", "percentile", "positive_mean_deviation",
            "beta_regression", "tobit", "ridge_regression", "bridge_regression", "elastic_net_regression",
-           "quantile_regression", "ipw_msm", "g_estimation",
+           "quantile_regression", "additive_regression", "Spline", "ipw_msm", "g_estimation",
            "mean_sensitivity_analysis"]

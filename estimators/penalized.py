@@ -18,6 +18,11 @@ block                                penalty term
 :func:`elastic_net_regression`      r × L_(1+ε) + (1 − r) × L2, L1 approximated by γ = 1 + ε (ε = 0.003)
 ==================================  ======================================================================
 
+:func:`additive_regression` is a ridge regression on a design that adds, for each covariate given a spline, the
+terms of a (restricted) truncated power spline with knots k_1 < … < k_K (Hastie & Tibshirani 1990; delicatessen's
+``ee_additive_regression``): (x − k_j)₊^a for j = 1..K, or, restricted (natural), (x − k_j)₊^a − (x − k_K)₊^a for
+j < K, optionally divided by (k_K − k_1)^a; each spline term carries that spline's penalty, the linear terms none.
+
 For the unweighted linear model, ridge has the closed form β̂ = (XᵀX + Λ)⁻¹(Xᵀy + Λc), Λ = diag(λ). The sandwich treats λ as fixed: it is
 the variance of the penalized estimator around its own (biased) limit, not a confidence statement about the
 unpenalized β.
@@ -39,6 +44,7 @@ References:
     Fu WJ (1998). Penalized regressions: the bridge versus the lasso. J Comput Graph Stat 7:397–416.
     Zou H & Hastie T (2005). Regularization and variable selection via the elastic net. J R Stat Soc B
     67:301–320.
+    Hastie T & Tibshirani R (1990). *Generalized Additive Models*. Chapman & Hall.
     Zivich PN et al. (2022). Delicatessen: M-estimation in Python. arXiv:2203.11300.
 """
 
@@ -55,9 +61,43 @@ from mestim.errors import DataError, SpecificationError
 from .glm import LINKS
 from .options import check_choice, check_number, numeric_in_mask, weighted_design
 
-__all__ = ["ridge_regression", "bridge_regression", "elastic_net_regression"]
+__all__ = ["ridge_regression", "bridge_regression", "elastic_net_regression", "additive_regression", "Spline"]
 
 MODELS = {"linear": "identity", "logistic": "logit", "poisson": "log"}  # model → canonical link
+
+
+@dataclasses.dataclass(frozen=True)
+class Spline:
+    """A truncated power spline of one covariate (module docstring), checked on construction.
+
+    Attributes:
+        knots: the knots (sorted; at least 2 when ``natural``); power: the polynomial degree a (3: cubic);
+        natural: restricted (linear beyond the last knot for a = 3; one column fewer than knots);
+        penalty: λ ≥ 0 of its terms' L2 penalty; normalized: divide the terms by (k_K − k_1)^a.
+    """
+
+    knots: tuple[float, ...]
+    power: float = 3.0
+    natural: bool = True
+    penalty: float = 0.0
+    normalized: bool = False
+
+    def __post_init__(self):
+        knots = np.sort(np.atleast_1d(np.asarray(self.knots, dtype=float)))
+        if knots.ndim != 1 or not np.isfinite(knots).all() or knots.size < (2 if self.natural else 1):
+            raise SpecificationError(f"knots={self.knots!r}: give {'two' if self.natural else 'one'} or more finite "
+                                     "knots")
+        object.__setattr__(self, "knots", tuple(float(k) for k in knots))
+        object.__setattr__(self, "power", check_number("power", self.power, low=0.0))
+        object.__setattr__(self, "penalty", check_number("penalty", self.penalty, low=0.0, inclusive=True))
+
+    def basis(self, x: np.ndarray) -> np.ndarray:
+        """The spline's columns at x (n, K − 1 if natural else K)."""
+        terms = np.maximum(x[:, None] - np.asarray(self.knots)[None, :], 0.0) ** self.power
+        if self.natural:
+            terms = terms[:, :-1] - np.where(x[:, None] > np.asarray(self.knots[:-1])[None, :], terms[:, -1:], 0.0)
+        divisor = (self.knots[-1] - self.knots[0] if len(self.knots) > 1 else self.knots[0]) ** self.power
+        return terms / divisor if self.normalized else terms
 
 
 def _bridge(d, gamma):
@@ -101,6 +141,7 @@ class Penalized:
     intercept: bool = True
     weights: str | None = None
     mask: object = None
+    splines: tuple[tuple[str, Spline], ...] = ()  # additive terms (additive_regression)
 
     def __post_init__(self):
         check_choice("model", self.model, tuple(MODELS))
@@ -124,8 +165,10 @@ class Penalized:
         n = self.name
         m, mult, x, labels = weighted_design(cols, n, self.X, self.formula, self.intercept, self.mask, self.weights)
         y = numeric_in_mask(cols, self.y, m, what="outcome")
+        lam = self._per_coefficient(self.penalty, "penalty", x.shape[1])
+        if self.splines:
+            x, labels, lam = self._add_splines(cols, m, x, labels, lam)
         k, rows = x.shape[1], int(m.sum())
-        lam = self._per_coefficient(self.penalty, "penalty", k)
         centre = self._per_coefficient(self.centre, "center", k)
         used = y[m]
         if self.model == "logistic" and not np.isin(used, (0.0, 1.0)).all():
@@ -145,6 +188,18 @@ class Penalized:
                 else f"elastic net (L1 ratio {self.ratios[0]:g})")
         note = f"{kind}-penalized {self.model} regression of {self.y} on {labels}, {rows} rows"
         return Prepared(out, init, tuple(labels), (note,))
+
+
+    def _add_splines(self, cols, m, x, labels, lam):
+        """The design with each spline's linear term and basis appended; their penalties 0 and the spline's."""
+        parts, labels, lam = [x], list(labels), list(lam)
+        for column, spline in self.splines:
+            v = numeric_in_mask(cols, column, m, what="spline covariate")
+            basis = np.where(m[:, None], spline.basis(v), 0.0)
+            parts += [v[:, None], basis]
+            labels += [column] + [f"{column}:spline({k:g})" for k in spline.knots[:basis.shape[1]]]
+            lam += [0.0] + [spline.penalty] * basis.shape[1]
+        return np.hstack(parts), labels, np.asarray(lam)
 
 
 def ridge_regression(name: str, y: str, X=None, *, penalty, model: str = "linear", center=0.0,
@@ -182,4 +237,35 @@ def elastic_net_regression(name: str, y: str, X=None, *, penalty, ratio: float, 
     epsilon = check_number("epsilon", epsilon, low=0.0)
     options = Penalized(name, y, X, penalty, model, (1.0 + epsilon, 2.0), (ratio, 1.0 - ratio), center, formula,
                         intercept, weights, mask)
+    return Block(name, options.score, prepare=options)
+
+
+def additive_regression(name: str, y: str, X=None, *, splines: dict, model: str = "linear", penalty=0.0,
+                        intercept: bool = True, weights: str | None = None, mask=None) -> Block:
+    """An additive model: linear terms for ``X`` and, for each covariate in ``splines``, its linear term and a
+    penalized truncated power spline (module docstring), fitted as a ridge regression.
+
+    Args:
+        name: block name; parameters ``(Intercept)``, the ``X`` columns, then per spline covariate ``<column>`` and
+            ``<column>:spline(<knot>)``.
+        y: outcome column; X: covariates entering linearly (unpenalized unless ``penalty``).
+        splines: {column: :class:`Spline` or a dict of its fields, e.g. ``{"knots": [1, 2, 3], "penalty": 5}``}.
+        model: ``"linear"`` (default), ``"logistic"`` or ``"poisson"``.
+        penalty: λ of the intercept and ``X`` terms (one number or one per column; default 0).
+        weights: column of row weights w_i ≥ 0 multiplying ψ; mask: rows used.
+    """
+    if not isinstance(splines, dict) or not splines:
+        raise SpecificationError(f"splines={splines!r}: give {{column: Spline(knots=...)}} for one or more columns")
+    specs = []
+    for column, spec in splines.items():
+        if isinstance(spec, dict):
+            unknown = sorted(set(spec) - {f.name for f in dataclasses.fields(Spline)})
+            if unknown:
+                raise SpecificationError(f"splines[{column!r}]: unknown keys {unknown}; use knots, power, natural, "
+                                         "penalty, normalized")
+            spec = Spline(**spec)
+        if not isinstance(spec, Spline):
+            raise SpecificationError(f"splines[{column!r}]={spec!r}: give a Spline or a dict of its fields")
+        specs.append((column, spec))
+    options = Penalized(name, y, X, penalty, model, (2.0,), (1.0,), 0.0, None, intercept, weights, mask, tuple(specs))
     return Block(name, options.score, prepare=options)

@@ -87,3 +87,27 @@ def test_penalized_options_are_checked(data):
         est.bridge_regression("b", "y", COLS, penalty=1.0, gamma=1)
     with pytest.raises(SpecificationError, match="3 values for 4 coefficients"):
         mestim.fit(est.ridge_regression("r", "y", COLS, penalty=[1, 2, 3]), data)
+
+
+@pytest.mark.parametrize("model,y,natural,normalized", [("linear", "y", True, False), ("logistic", "yb", False, True)])
+def test_additive_regression_matches_delicatessen(data, model, y, natural, normalized):
+    from delicatessen.estimating_equations import ee_additive_regression
+
+    spec = {"knots": [-1.0, 0.0, 1.0], "penalty": 3.0, "natural": natural, "normalized": normalized, "power": 3}
+    res = mestim.fit(est.additive_regression("ad", y, ["x2"], splines={"x1": dict(spec)}, model=model), data)
+    X = np.column_stack([np.ones(len(data)), data.x2, data.x1])
+    theta, se = delicatessen(lambda theta: ee_additive_regression(theta, X=X, y=data[y], model=model,
+                                                                  specifications=[None, None, dict(spec)]),
+                             res.theta * 1.01)
+    np.testing.assert_allclose(res.theta, theta, rtol=RTOL_THETA)
+    np.testing.assert_allclose(res.se, se, rtol=RTOL_SE)
+    assert res.labels[:4] == ("(Intercept)", "x2", "x1", "x1:spline(-1)")
+
+
+def test_spline_specifications_are_checked():
+    with pytest.raises(SpecificationError, match="unknown keys"):
+        est.additive_regression("ad", "y", splines={"x1": {"knots": [0, 1], "degree": 3}})
+    with pytest.raises(SpecificationError, match="two or more finite knots"):
+        est.additive_regression("ad", "y", splines={"x1": {"knots": [0]}})
+    with pytest.raises(SpecificationError, match=r"penalty=-1"):
+        est.Spline(knots=(0, 1), penalty=-1)
