@@ -2,9 +2,9 @@
 
 - Working models (:mod:`estimators.regression`): ``linear``, ``logistic``, ``multinomial``, ``poisson``, ``glm``,
   ``mean``; each returns a :class:`mestim.Block` to stack with others. GLM families and links:
-  :mod:`estimators.glm`; separation checks: :mod:`estimators.separation`.
+  :mod:`estimators.generalized_linear`; separation checks: :mod:`estimators.separation`.
 - Causal effects of a binary treatment, stacked on those models (:mod:`estimators.causal`): ``ipw``, ``aipw``,
-  ``gformula``. Instrumental variables (:mod:`estimators.iv`): ``iv``.
+  ``gformula``. Instrumental variables (:mod:`estimators.instrumental`): ``iv``.
 - Robust (Huber, Tukey) regression (:mod:`estimators.robust`): ``robust_regression``.
 - A fitted statsmodels model as a block (:mod:`estimators.fitted_model`): ``from_statsmodels``.
 - Transport from a collection of trials to a target population (Dahabreh et al.):
@@ -25,7 +25,7 @@ from .dose_response import effective_dose, emax, log_logistic
 from .descriptive import geometric_mean, percentile, positive_mean_deviation
 from .design import design_matrix, row_mask
 from .fitted_model import from_statsmodels
-from .iv import iv
+from .instrumental import iv
 from .limited_outcome import beta_regression, tobit
 from .measurement import regression_calibration, rogan_gladen, rogan_gladen_extended
 from .meta_batch import meta_analyses, meta_analysis

@@ -57,7 +57,7 @@ from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError
 
 from .design import block_rows, clean_design, clean_in_mask, level_label
-from .glm import GLMScore
+from .generalized_linear import GLMScore
 
 IPW_ESTIMATORS = ("hajek", "horvitz-thompson")
 

@@ -46,7 +46,7 @@ import numpy as np
 from mestim import Block, Prepared
 from mestim.errors import DataError, SpecificationError
 
-from .glm import LINKS, PROBABILITY_LINKS
+from .generalized_linear import LINKS, PROBABILITY_LINKS
 from .options import check_choice, check_number, numeric_in_mask, weighted_design
 
 __all__ = ["mean_sensitivity_analysis"]

@@ -23,9 +23,9 @@ terms of a (restricted) truncated power spline with knots k_1 < … < k_K (Hasti
 ``ee_additive_regression``): (x − k_j)₊^a for j = 1..K, or, restricted (natural), (x − k_j)₊^a − (x − k_K)₊^a for
 j < K, optionally divided by (k_K − k_1)^a; each spline term carries that spline's penalty, the linear terms none.
 
-For the unweighted linear model, ridge has the closed form β̂ = (XᵀX + Λ)⁻¹(Xᵀy + Λc), Λ = diag(λ). The sandwich treats λ as fixed: it is
-the variance of the penalized estimator around its own (biased) limit, not a confidence statement about the
-unpenalized β.
+For the unweighted linear model, ridge has the closed form β̂ = (XᵀX + Λ)⁻¹(Xᵀy + Λc), Λ = diag(λ). The sandwich
+treats λ as fixed: it is the variance of the penalized estimator around its own (biased) limit, not a confidence
+statement about the unpenalized β.
 
 Example (ridge shrinks the coefficients towards 0; the intercept is left unpenalized)::
 
@@ -58,7 +58,7 @@ import numpy as np
 from mestim import Block, Prepared
 from mestim.errors import DataError, SpecificationError
 
-from .glm import LINKS
+from .generalized_linear import LINKS
 from .options import check_choice, check_number, numeric_in_mask, weighted_design
 
 __all__ = ["ridge_regression", "bridge_regression", "elastic_net_regression", "additive_regression", "Spline"]

@@ -56,7 +56,7 @@ from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError
 
 from .design import clean_in_mask
-from .glm import _least_squares, prepared_design
+from .generalized_linear import _least_squares, prepared_design
 
 HUBER_SCALE_D = 2.5  # tuning constant of proposal 2's χ (statsmodels' HuberScale default)
 MAD_NORMAL = 0.6744897501960817  # Φ⁻¹(3/4): median |Z| of a standard normal

@@ -59,7 +59,7 @@ from mestim import Block, Prepared
 from mestim.errors import DataError, SpecificationError
 
 from .design import clean_design, design_matrix
-from .glm import FAMILIES, LINKS, GLMScore, resolve
+from .generalized_linear import FAMILIES, LINKS, GLMScore, resolve
 from .options import check_choice, check_number, names, numeric_in_mask, weighted_design
 
 __all__ = ["ipw_msm", "g_estimation", "propensity_of"]

@@ -48,7 +48,8 @@ def test_ipw_msm_matches_delicatessen(obs, y, family, link, truncate):
     W, V = _design(obs, ["w1", "w2"]), np.column_stack([np.ones(len(obs)), obs.a, obs.v, obs.a * obs.v])
     dist = {"gaussian": "normal"}.get(family, family)
     theta, se = delicatessen(lambda theta: ee_ipw_msm(theta, y=obs[y], A=obs.a, W=W, V=V, distribution=dist,
-                                                      link=link, truncate=truncate), np.r_[res.theta[3:], res.theta[:3]])
+                                                      link=link, truncate=truncate),
+                             np.r_[res.theta[3:], res.theta[:3]])
     np.testing.assert_allclose(res.theta, np.r_[theta[4:], theta[:4]], rtol=RTOL_THETA)
     np.testing.assert_allclose(res.se, np.r_[se[4:], se[:4]], rtol=RTOL_SE)
     assert res.labels[3:] == ("msm:Intercept", "msm:a", "msm:v", "msm:a:v")

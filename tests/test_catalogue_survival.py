@@ -109,8 +109,9 @@ def test_aft_matches_delicatessen_and_survreg(collett, distribution):
 def test_weighted_weibull_aft_matches_delicatessen(weighted):
     res = mestim.fit(est.aft("aft", "t", "delta", ["X", "W"], weights="weight"), weighted)
     X = np.column_stack([np.ones(len(weighted)), weighted.X, weighted.W])
-    theta, var = delicatessen(lambda theta: ee_aft(theta, X=X, t=weighted.t, delta=weighted.delta, distribution="weibull",
-                                                weights=weighted.weight), res.theta * [1, 1, 1, -1])
+    theta, var = delicatessen(lambda theta: ee_aft(theta, X=X, t=weighted.t, delta=weighted.delta,
+                                                   distribution="weibull", weights=weighted.weight),
+                              res.theta * [1, 1, 1, -1])
     np.testing.assert_allclose(res.theta, theta * [1, 1, 1, -1], rtol=RTOL_THETA)
     np.testing.assert_allclose(res.se, np.sqrt(np.diag(var)), rtol=RTOL_SE)
     # the block's weights are mestim.fit's sampling weights for a stack of one block
