@@ -14,6 +14,10 @@ Sp = P(Y* = 0 | Y = 0) estimated in the validation sample; the corrected mean μ
               (1 − r_i) Y_i (Y*_i − Se),
               (1 − r_i)(1 − Y_i)(1 − Y*_i − Sp) ).
 
+Transported (``sampling=``; Cole et al. 2023's fusion of a main study, a validation study and a target sample):
+the main sample's rows (r_i = 1) are weighted by the inverse odds of sampling, π(W_i)/(1 − π(W_i)), from a stacked
+model π(W) = P(target | W) fitted on the main and target samples, so μ* and μ are the target population's.
+
 :func:`rogan_gladen_extended` — Se and Sp depend on covariates X through logistic models fitted in the validation
 sample, and the correction is averaged over the main sample's covariates (Se, Sp transported from the validation
 to the main sample; delicatessen's ``ee_rogan_gladen_extended``), θ = (μ, β_Se, β_Sp):
@@ -65,7 +69,8 @@ from mestim import Block, Prepared
 from mestim.errors import DataError, SpecificationError
 
 from .design import clean_design, design_matrix
-from .options import names, numeric_in_mask, row_multiplier
+from .generalized_linear import GLMScore
+from .options import names, numeric_in_mask, row_multiplier, stacked_binomial, stacked_design
 
 __all__ = ["rogan_gladen", "rogan_gladen_extended", "regression_calibration"]
 
@@ -102,14 +107,20 @@ def _misclassified(cols, block, y_star, y, m, v):
 @dataclasses.dataclass(frozen=True)
 class RoganGladenScore:
     """ψ of :func:`rogan_gladen` (``covariates`` False) or :func:`rogan_gladen_extended` (module docstring).
-    Columns read: ``{name}.ystar``, ``.y``, ``.r`` (1 in the main sample), ``.mask`` and, extended, ``.X``."""
+    Columns read: ``{name}.ystar``, ``.y``, ``.r`` (1 in the main sample), ``.mask``; extended, ``.X``; with a
+    sampling model (its name and ψ in ``sampling``), its design ``.W``, ``.Woff`` on the main sample's rows."""
 
     name: str
     covariates: bool = False
+    sampling: tuple[str, GLMScore] | None = None
 
-    def __call__(self, theta, row):
+    def __call__(self, theta, row, **upstream):
         n = self.name
         ys, y, r, m = row[f"{n}.ystar"], row[f"{n}.y"], row[f"{n}.r"], row[f"{n}.mask"]
+        if self.sampling is not None:  # the main sample's rows weighted by the odds of the target, π/(1 − π)
+            model, score = self.sampling
+            target = score.mean(upstream[model], row[f"{n}.W"], row[f"{n}.Woff"])
+            m = m * (1.0 - r + r * target / (1.0 - target))
         if not self.covariates:
             mu, mu_star, se, sp = theta
             return m * jnp.stack([mu * (se + sp - 1.0) - (mu_star + sp - 1.0), r * (ys - mu_star),
@@ -136,8 +147,12 @@ class RoganGladen:
     intercept: bool = True
     weights: str | None = None
     mask: object = None
+    sampling: Block | None = None  # a model of P(target | W) over the main sample and the target (transport)
 
     def __post_init__(self):
+        if self.sampling is not None:
+            stacked_binomial(self.sampling, getattr(getattr(self.sampling, "prepare", None), "y", None), "rogan_gladen",
+                             role="sampling")
         if self.X is not None:
             object.__setattr__(self, "X", names(self.X))
             if not self.X and not self.intercept:
@@ -151,8 +166,11 @@ class RoganGladen:
         se, sp = ys[valid & (y == 1)].mean(), 1.0 - ys[valid & (y == 0)].mean()
         mu_star = ys[m & (v == 0)].mean()
         out = {f"{n}.ystar": ys, f"{n}.y": y, f"{n}.r": 1.0 - v, f"{n}.mask": mult}
+        if self.sampling is not None:
+            out.update(stacked_design(n, self.sampling, cols, m & (v == 0)))
         note = (f"Rogan–Gladen correction of {self.y_star} (true {self.y}), validation sample '{self.validation}': "
-                f"{int(valid.sum())} rows, main sample {int((m & (v == 0)).sum())} rows")
+                f"{int(valid.sum())} rows, main sample {int((m & (v == 0)).sum())} rows"
+                + ("" if self.sampling is None else f", transported by the sampling model '{self.sampling.name}'"))
         mu = (mu_star + sp - 1.0) / (se + sp - 1.0)
         if self.X is None:
             return Prepared(out, np.array([mu, mu_star, se, sp]), ("mu", "mu_star", "sensitivity", "specificity"),
@@ -170,7 +188,7 @@ class RoganGladen:
 
 
 def rogan_gladen(name: str, y_star: str, y: str, validation: str, *, weights: str | None = None,
-                 mask=None) -> Block:
+                 sampling: Block | None = None, mask=None) -> Block:
     """The Rogan–Gladen corrected mean of a misclassified binary outcome (module docstring).
 
     Args:
@@ -179,11 +197,15 @@ def rogan_gladen(name: str, y_star: str, y: str, validation: str, *, weights: st
         y_star: the measured outcome Y* (0/1); y: the true outcome Y (0/1 in the validation sample; may be NaN
             in the main sample).
         validation: column that is 1 on the validation sample's rows and 0 on the main sample's.
-        weights: column of row weights w_i ≥ 0 multiplying ψ (e.g. known inverse odds of sampling, to transport
-            the main sample's mean to a target); mask: rows used.
+        weights: column of row weights w_i ≥ 0 multiplying ψ; mask: rows used (the main and validation samples).
+        sampling: the transported form (module docstring): a stacked binomial GLM block modelling membership of a
+            target sample (1) against the main sample (0) from covariates W, fitted on those two samples' rows;
+            the main sample's rows are then weighted by the odds π(W)/(1 − π(W)), so μ and μ* are the target's.
     """
-    options = RoganGladen(name, y_star, y, validation, None, True, weights, mask)
-    return Block(name, RoganGladenScore(name), prepare=options)
+    options = RoganGladen(name, y_star, y, validation, None, True, weights, mask, sampling)
+    score = RoganGladenScore(name, sampling=None if sampling is None else stacked_binomial(
+        sampling, options.sampling.prepare.y, "rogan_gladen", role="sampling"))
+    return Block(name, score, reads=() if sampling is None else (sampling.name,), prepare=options)
 
 
 def rogan_gladen_extended(name: str, y_star: str, y: str, validation: str, X=None, *, intercept: bool = True,

@@ -16,10 +16,13 @@ import numpy as np
 from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError, check_choice
 
+from mestim import Block
+
 from .design import block_rows, clean_design, clean_in_mask, design_matrix
+from .generalized_linear import GLMScore
 
 __all__ = ["check_choice", "check_number", "check_choices", "names", "row_multiplier", "numeric_in_mask",
-           "weighted_design"]
+           "weighted_design", "stacked_binomial", "stacked_design"]
 
 
 def check_number(name: str, value, *, low=None, high=None, inclusive: bool = False, integer: bool = False):
@@ -78,3 +81,24 @@ def weighted_design(cols, block: str, X, formula, intercept: bool, mask, weights
     m, mult = row_multiplier(cols, block, mask, weights)
     x, labels = design_matrix(cols, None if X is None else list(names(X)), formula, intercept)
     return m, mult, clean_design(cols, x, labels, m), labels
+
+
+def stacked_binomial(block, outcome: str, estimator: str, role: str = "propensity") -> tuple[str, GLMScore]:
+    """(name, ψ) of a stacked binomial GLM block modelling ``outcome`` that an estimator reads (a propensity or a
+    sampling model), checked when the estimator is built."""
+    if not (isinstance(block, Block) and isinstance(block.psi, GLMScore) and hasattr(block.prepare, "design")):
+        raise SpecificationError(f"{estimator}: {role}= must be a binomial GLM block (estimators.logistic or "
+                                 f"estimators.glm(..., family='binomial')) stacked in the same fit; got {block!r}")
+    if block.psi.family != "binomial" or block.prepare.y != outcome:
+        raise SpecificationError(f"{estimator}: the {role} model '{block.name}' must be a binomial model of "
+                                 f"'{outcome}'; it is a {block.psi.family} model of '{block.prepare.y}'")
+    return block.name, block.psi
+
+
+def stacked_design(prefix: str, model: Block, cols, m: np.ndarray) -> dict:
+    """A stacked GLM block's design and offset on the rows in ``m`` (columns ``{prefix}.W``, ``{prefix}.Woff``),
+    for a block that predicts from it; elsewhere 0 and a safe linear predictor."""
+    design = model.prepare
+    w, labels = design.design(cols)
+    return {f"{prefix}.W": clean_design(cols, w, labels, m),
+            f"{prefix}.Woff": np.where(m, design.offset_values(cols, m), model.psi.safe_eta)}

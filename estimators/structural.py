@@ -60,30 +60,12 @@ from mestim.errors import DataError, SpecificationError
 
 from .design import clean_design, design_matrix
 from .generalized_linear import FAMILIES, LINKS, GLMScore, resolve
-from .options import check_choice, check_number, names, numeric_in_mask, weighted_design
+from .options import (check_choice, check_number, names, numeric_in_mask, stacked_binomial, stacked_design,
+                      weighted_design)
 
-__all__ = ["ipw_msm", "g_estimation", "propensity_of"]
+__all__ = ["ipw_msm", "g_estimation"]
 
 SNMM_MODELS = ("linear", "poisson")
-
-
-def propensity_of(block, treatment: str, estimator: str) -> tuple[str, GLMScore]:
-    """(name, ψ) of a stacked binomial GLM block modelling ``treatment``, checked when the estimator is built."""
-    if not (isinstance(block, Block) and isinstance(block.psi, GLMScore) and hasattr(block.prepare, "design")):
-        raise SpecificationError(f"{estimator}: propensity= must be a binomial GLM block (estimators.logistic or "
-                                 f"estimators.glm(..., family='binomial')) stacked in the same fit; got {block!r}")
-    if block.psi.family != "binomial" or block.prepare.y != treatment:
-        raise SpecificationError(f"{estimator}: the propensity model '{block.name}' must be a binomial model of "
-                                 f"'{treatment}'; it is a {block.psi.family} model of '{block.prepare.y}'")
-    return block.name, block.psi
-
-
-def _propensity_columns(name, propensity: Block, cols, m) -> dict:
-    """The propensity model's design and offset on this block's rows (columns ``{name}.W``, ``{name}.Woff``)."""
-    design = propensity.prepare
-    w, labels = design.design(cols)
-    return {f"{name}.W": clean_design(cols, w, labels, m),
-            f"{name}.Woff": np.where(m, design.offset_values(cols, m), propensity.psi.safe_eta)}
 
 
 def _treatment(cols, name, treatment, m):
@@ -144,11 +126,11 @@ class IPWMSM:
             if not lo < hi:
                 raise SpecificationError(f"truncate={self.truncate!r}: give (lo, hi) with lo < hi")
             object.__setattr__(self, "truncate", (lo, hi))
-        propensity_of(self.propensity, self.treatment, "ipw_msm")
+        stacked_binomial(self.propensity, self.treatment, "ipw_msm")
 
     @property
     def score(self) -> MSMScore:
-        ps_name, ps_score = propensity_of(self.propensity, self.treatment, "ipw_msm")
+        ps_name, ps_score = stacked_binomial(self.propensity, self.treatment, "ipw_msm")
         msm = GLMScore(self.name, self.family, self.link, self.alpha)
         return MSMScore(self.name, ps_name, ps_score, msm, self.truncate)
 
@@ -167,7 +149,7 @@ class IPWMSM:
             target = LINKS[msm.link].link(FAMILIES[self.family].start_mean(y[m]))
         init, *_ = np.linalg.lstsq(v[m], np.where(np.isfinite(target), target, 0.0), rcond=None)
         out = {f"{n}.V": v, f"{n}.Y": y, f"{n}.A": a, f"{n}.mask": mult,
-               **_propensity_columns(n, self.propensity, cols, m)}
+               **stacked_design(n, self.propensity, cols, m)}
         note = (f"IPW marginal structural model ({self.family}, {self.link} link) of {self.y} on {labels}, "
                 f"propensity model '{self.propensity.name}', {int(m.sum())} rows")
         return Prepared(out, init, tuple(labels), (note,))
@@ -237,10 +219,10 @@ class GEstimation:
         object.__setattr__(self, "V", names(self.V))
         if self.X is not None:
             object.__setattr__(self, "X", names(self.X))
-        propensity_of(self.propensity, self.treatment, "g_estimation")
+        stacked_binomial(self.propensity, self.treatment, "g_estimation")
 
     def score(self, k: int) -> SNMMScore:
-        ps_name, ps_score = propensity_of(self.propensity, self.treatment, "g_estimation")
+        ps_name, ps_score = stacked_binomial(self.propensity, self.treatment, "g_estimation")
         return SNMMScore(self.name, ps_name, ps_score, self.model, k, self.X is not None)
 
     def __call__(self, cols) -> Prepared:
@@ -252,7 +234,7 @@ class GEstimation:
             raise DataError(f"block '{n}': a multiplicative (poisson) SNMM needs an outcome ≥ 0; '{self.y}' has "
                             "negative values")
         out = {f"{n}.V": v, f"{n}.Y": y, f"{n}.A": a, f"{n}.mask": mult,
-               **_propensity_columns(n, self.propensity, cols, m)}
+               **stacked_design(n, self.propensity, cols, m)}
         # start: least squares of Y on (A·V, X), the blip's coefficients as φ (log scale for the poisson model)
         target = y[m] if self.model == "linear" else np.log(np.maximum(y[m], 0.5))
         plabels = tuple(f"psi:{lab}" for lab in labels)

@@ -8,6 +8,7 @@ import pytest
 from delicatessen import MEstimator
 from delicatessen.estimating_equations import (ee_regression, ee_regression_calibration, ee_rogan_gladen,
                                                ee_rogan_gladen_extended)
+from delicatessen.utilities import inverse_logit
 from scipy.special import expit
 
 import estimators as est
@@ -127,7 +128,7 @@ def test_regression_calibration_matches_delicatessen_and_mecor(exposure, weighte
 
     mine = np.r_[res.theta[2:], res.theta[:2]]
     theta, var = delicatessen(psi, mine * 1.01)
-    np.testing.assert_allclose(mine, theta, rtol=RTOL_THETA)
+    np.testing.assert_allclose(mine, theta, rtol=RTOL_THETA, atol=1e-12)  # the sampling intercept is 0
     np.testing.assert_allclose(np.r_[res.se[2:], res.se[:2]], np.sqrt(np.diag(var)), rtol=RTOL_SE)
     if not weighted:  # R mecor (delicatessen's test): naive (6, −3.2), calibration (0.7, 0.2), corrected −4.571429
         np.testing.assert_allclose(res.theta, [6, -3.2, -3.2 / 0.7, 0.7, 0.2], rtol=1e-10)
@@ -142,3 +143,45 @@ def test_measurement_errors_name_the_problem(cole2023, exposure):
     naive = est.linear("naive", "y", ["a_star"], mask="r")
     with pytest.raises(SpecificationError, match=r"coefficient='astar' is not a parameter of block 'naive'"):
         mestim.fit([naive, est.regression_calibration("rc", naive, "astar", "a", "a_star", "valid")], exposure)
+
+
+@pytest.fixture(scope="module")
+def roses():
+    """Cole et al.'s rejoinder (delicatessen's cole_roses_data): a main study (S = 1: Y*, W), a target sample
+    (S = 2: W only) and a validation study (S = 3: Y, Y*)."""
+    rows = [[0, np.nan, 0, 1], [1, np.nan, 0, 1], [0, np.nan, 1, 1], [1, np.nan, 1, 1], [np.nan, np.nan, 0, 2],
+            [np.nan, np.nan, 1, 2], [1, 1, np.nan, 3], [0, 1, np.nan, 3], [1, 0, np.nan, 3], [0, 0, np.nan, 3]]
+    d = expand(rows, [266, 67, 400, 267, 333, 167, 180, 20, 60, 240])
+    d.columns = ["y_star", "y", "w", "s"]
+    for k in (1, 2, 3):
+        d[f"s{k}"] = (d.s == k) * 1.0
+    return d
+
+
+def test_transported_rogan_gladen_matches_delicatessen_and_cole(roses):
+    d = roses
+    sampling = est.logistic("sm", "s2", ["w"], mask=lambda c: c["s3"] == 0)
+    rg = est.rogan_gladen("rg", "y_star", "y", "s3", sampling=sampling, mask=lambda c: c["s2"] == 0)
+    res = mestim.fit([sampling, rg], d)
+    y0, ys0, W = d.y.fillna(-9).values, d.y_star.fillna(-9).values, np.column_stack([np.ones(len(d)),
+                                                                                   d.w.fillna(-9)])
+
+    def psi(theta):
+        ee_sm = ee_regression(theta[4:], X=W, y=d.s2, model="logistic") * (1 - d.s3.values)
+        pi = inverse_logit(np.dot(W, theta[4:]))
+        iosw = d.s1.values * pi / (1 - pi) + d.s3.values
+        ee_rg = ee_rogan_gladen(theta[:4], y=y0, y_star=ys0, r=d.s1, weights=iosw) * (1 - d.s2.values)
+        return np.vstack([ee_rg, ee_sm])
+
+    mine = np.r_[res.theta[2:], res.theta[:2]]
+    theta, var = delicatessen(psi, mine * 1.01)
+    np.testing.assert_allclose(mine, theta, rtol=RTOL_THETA, atol=1e-12)  # the sampling intercept is 0
+    np.testing.assert_allclose(np.r_[res.se[2:], res.se[:2]], np.sqrt(np.diag(var)), rtol=RTOL_SE)
+    # Cole et al.'s rejoinder (delicatessen's reference values)
+    np.testing.assert_allclose(res.theta[2:], [0.0967144999, 0.267700150, 0.9, 0.8], rtol=1e-8)
+    np.testing.assert_allclose(res.vcov[2:, 2:], [[1.45149504e-03, 3.88376666e-04, -6.21735965e-05, 6.88217424e-04],
+                                                  [3.88376666e-04, 2.71863653e-04, 0., 0.],
+                                                  [-6.21735965e-05, 0., 4.49999988e-04, 0.],
+                                                  [6.88217424e-04, 0., 0., 5.33333316e-04]], rtol=2e-6, atol=1e-14)
+    with pytest.raises(SpecificationError, match="sampling= must be a binomial GLM block"):
+        est.rogan_gladen("rg", "y_star", "y", "s3", sampling="sm")
