@@ -30,6 +30,7 @@ from .limited_outcome import beta_regression, tobit
 from .measurement import regression_calibration, rogan_gladen, rogan_gladen_extended
 from .meta_batch import meta_analyses, meta_analysis
 from .meta_classical import classical_meta
+from .mixed_effects_meta import meta_regression
 from .missing import mean_sensitivity_analysis
 from .penalized import Spline, additive_regression, bridge_regression, elastic_net_regression, ridge_regression
 from .quantile import quantile_regression
@@ -48,4 +49,4 @@ __all__ = ["design_matrix", "row_mask", "glm", "linear", "logistic", "mean", "mu
            "geometric_mean", "percentile", "positive_mean_deviation",
            "beta_regression", "tobit", "ridge_regression", "bridge_regression", "elastic_net_regression",
            "quantile_regression", "additive_regression", "Spline", "ipw_msm", "g_estimation",
-           "mean_sensitivity_analysis"]
+           "mean_sensitivity_analysis", "meta_regression"]

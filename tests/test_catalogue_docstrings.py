@@ -7,7 +7,8 @@ import pytest
 
 MODULES = ["estimators.survival", "estimators.dose_response", "estimators.measurement", "estimators.descriptive",
            "estimators.limited_outcome", "estimators.penalized", "estimators.quantile",
-           "estimators.structural", "estimators.missing"]
+           "estimators.structural", "estimators.missing",
+           "estimators.mixed_effects_meta"]
 
 
 @pytest.mark.parametrize("name", MODULES)

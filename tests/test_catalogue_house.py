@@ -71,7 +71,7 @@ def test_import_changes_only_x64_and_the_cache(tmp_path, cache):
                                     "estimators.instrumental", "estimators.survival", "estimators.dose_response",
                                     "estimators.measurement", "estimators.descriptive", "estimators.limited_outcome",
                                     "estimators.penalized", "estimators.quantile", "estimators.structural",
-                                    "estimators.missing"])
+                                    "estimators.missing", "estimators.mixed_effects_meta", "estimators.options"])
 def test_no_module_is_shadowed_by_a_function(module):
     parent, _, name = module.rpartition(".")
     assert getattr(importlib.import_module(parent), name) is importlib.import_module(module)
