@@ -60,7 +60,7 @@ import numpy as np
 from mestim import Block, Prepared
 from mestim.errors import DataError, SpecificationError
 
-from .options import check_number, numeric_in_mask, row_multiplier
+from .options import ObjectiveScore, check_number, numeric_in_mask, row_multiplier
 
 __all__ = ["emax", "log_logistic", "effective_dose"]
 
@@ -69,7 +69,7 @@ LOG_LOGISTIC = ("lower", "upper", "ED50", "steepness")
 
 
 @dataclasses.dataclass(frozen=True)
-class DoseResponseScore:
+class DoseResponseScore(ObjectiveScore):
     """ψ = m (y − f(d; θ)) ∂f/∂θ of a curve (module docstring). ``lower``/``upper``: fixed limits of a log-logistic
     curve (None: estimated). Columns read: ``{name}.dose``, ``.y``, ``.mask``."""
 
@@ -101,12 +101,10 @@ class DoseResponseScore:
         _, _, ed50, steep = self.full(theta)
         return ed50 * (p / (1.0 - p)) ** (1.0 / jnp.abs(steep))
 
-    def half_squared_error(self, theta, row):
+    def objective(self, theta, row):
+        """−½ (y − f(d; θ))²."""
         n = self.name
         return -0.5 * (row[f"{n}.y"] - self.response(theta, row[f"{n}.dose"])) ** 2
-
-    def __call__(self, theta, row):
-        return row[f"{self.name}.mask"] * jax.grad(self.half_squared_error)(theta, row)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,7 +50,7 @@ from jax.scipy.special import gammaln, log_ndtr
 from mestim import Block, Prepared
 from mestim.errors import DataError, SpecificationError
 
-from .options import check_number, numeric_in_mask, weighted_design
+from .options import ObjectiveScore, check_number, numeric_in_mask, weighted_design
 
 __all__ = ["beta_regression", "tobit"]
 
@@ -58,7 +58,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 @dataclasses.dataclass(frozen=True)
-class LimitedScore:
+class LimitedScore(ObjectiveScore):
     """ψ = m ∂ℓ/∂θ of a beta (``kind="beta"``) or Tobit regression (module docstring). Columns read:
     ``{name}.X``, ``.y``, ``.offset`` (beta), ``.mask``."""
 
@@ -67,7 +67,8 @@ class LimitedScore:
     lower: float | None = None
     upper: float | None = None
 
-    def loglik(self, theta, row):
+    def objective(self, theta, row):
+        """The log-likelihood ℓ_i (module docstring)."""
         n = self.name
         x, y = row[f"{n}.X"], row[f"{n}.y"]
         beta, log_scale = theta[:-1], theta[-1]
@@ -83,9 +84,6 @@ class LimitedScore:
         if self.upper is not None:
             ll = jnp.where(y >= self.upper, log_ndtr((eta - self.upper) / sigma), ll)
         return ll
-
-    def __call__(self, theta, row):
-        return row[f"{self.name}.mask"] * jax.grad(self.loglik)(theta, row)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 
+import jax
 import numpy as np
 
 from mestim.data import require_numeric
@@ -22,7 +23,7 @@ from .design import block_rows, clean_design, clean_in_mask, design_matrix
 from .generalized_linear import GLMScore
 
 __all__ = ["check_choice", "check_number", "check_choices", "names", "row_multiplier", "numeric_in_mask",
-           "weighted_design", "stacked_binomial", "stacked_design"]
+           "weighted_design", "stacked_binomial", "stacked_design", "ObjectiveScore"]
 
 
 def check_number(name: str, value, *, low=None, high=None, inclusive: bool = False, integer: bool = False):
@@ -102,3 +103,12 @@ def stacked_design(prefix: str, model: Block, cols, m: np.ndarray) -> dict:
     w, labels = design.design(cols)
     return {f"{prefix}.W": clean_design(cols, w, labels, m),
             f"{prefix}.Woff": np.where(m, design.offset_values(cols, m), model.psi.safe_eta)}
+
+
+class ObjectiveScore:
+    """ψ of an estimator defined by a per-row objective (a log-likelihood, minus half a squared residual): its
+    gradient, ψ_i = m_i ∂objective_i/∂θ, written once. A subclass (a frozen dataclass) has ``name`` and
+    ``objective(theta, row)``; ``{name}.mask`` holds m_i (the mask times the block's weights)."""
+
+    def __call__(self, theta, row):
+        return row[f"{self.name}.mask"] * jax.grad(self.objective)(theta, row)

@@ -74,7 +74,8 @@ from jax.scipy.special import log_ndtr
 from mestim import Block, Prepared
 from mestim.errors import DataError, SpecificationError
 
-from .options import check_choice, check_choices, names, numeric_in_mask, row_multiplier, weighted_design
+from .options import (ObjectiveScore, check_choice, check_choices, names, numeric_in_mask, row_multiplier,
+                      weighted_design)
 
 __all__ = ["parametric_survival", "aft", "survival_predictions"]
 
@@ -106,7 +107,7 @@ def _error_hazard(distribution, z):
 
 
 @dataclasses.dataclass(frozen=True)
-class HazardModel:
+class HazardModel(ObjectiveScore):
     """A survival model as its hazard: ψ = m ∂ℓ/∂θ with ℓ = δ log h(t) − H(t). Hashable (no data), so refits
     reuse compiled programs. Columns read: ``{name}.t``, ``.delta``, ``.mask`` and, for an AFT model, ``.X``."""
 
@@ -126,13 +127,11 @@ class HazardModel:
         log_h, cum = _error_hazard(self.distribution, (log_t - x @ beta) * jnp.exp(-log_sigma))
         return log_h - log_sigma - log_t, cum
 
-    def loglik(self, theta, row):
+    def objective(self, theta, row):
+        """ℓ = δ log h(t) − H(t)."""
         n = self.name
         log_h, cum = self.log_hazard(theta, row[f"{n}.t"], row[f"{n}.X"] if self.aft else None)
         return row[f"{n}.delta"] * log_h - cum
-
-    def __call__(self, theta, row):
-        return row[f"{self.name}.mask"] * jax.grad(self.loglik)(theta, row)
 
 
 def _survival_data(cols, name, time, event, m):
