@@ -45,7 +45,7 @@ import numpy as np
 from mestim import Block, Prepared
 from mestim.errors import DataError, SpecificationError
 
-from .options import check_number, numeric_in_mask, row_multiplier
+from .options import check_fractions, check_number, numeric_in_mask, row_multiplier
 
 __all__ = ["geometric_mean", "percentile", "positive_mean_deviation"]
 
@@ -94,10 +94,7 @@ class Descriptive:
 
     def __post_init__(self):
         if self.kind == "percentile":
-            q = (self.q,) if np.ndim(self.q) == 0 else tuple(self.q)
-            if not q:
-                raise SpecificationError("q=(): give one or more probabilities in (0, 1)")
-            object.__setattr__(self, "q", tuple(check_number("q", v, low=0.0, high=1.0) for v in q))
+            object.__setattr__(self, "q", check_fractions("q", self.q))
         if self.kind != "geometric mean":
             object.__setattr__(self, "smooth", check_smooth(self.smooth))
 

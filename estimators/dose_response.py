@@ -60,7 +60,7 @@ import numpy as np
 from mestim import Block, Prepared
 from mestim.errors import DataError, SpecificationError
 
-from .options import ObjectiveScore, check_number, numeric_in_mask, row_multiplier
+from .options import ObjectiveScore, check_fractions, check_limits, numeric_in_mask, row_multiplier
 
 __all__ = ["emax", "log_logistic", "effective_dose"]
 
@@ -121,11 +121,9 @@ class DoseResponse:
     mask: object = None
 
     def __post_init__(self):
-        for limit in ("lower", "upper"):
-            if getattr(self, limit) is not None:
-                object.__setattr__(self, limit, check_number(limit, getattr(self, limit)))
-        if self.lower is not None and self.upper is not None and not self.lower < self.upper:
-            raise SpecificationError(f"lower={self.lower!r}, upper={self.upper!r}: lower must be below upper")
+        lower, upper = check_limits(self.lower, self.upper)
+        object.__setattr__(self, "lower", lower)
+        object.__setattr__(self, "upper", upper)
 
     @property
     def score(self) -> DoseResponseScore:
@@ -236,10 +234,7 @@ class EffectiveDose:
         if not (isinstance(self.curve, Block) and isinstance(self.curve.psi, DoseResponseScore)):
             raise SpecificationError(f"effective_dose '{self.name}': curve= must be a block from estimators.emax or "
                                      f"estimators.log_logistic; got {self.curve!r}")
-        p = (self.p,) if np.ndim(self.p) == 0 else tuple(self.p)
-        if not p:
-            raise SpecificationError("p=(): give one or more fractions in (0, 1)")
-        object.__setattr__(self, "p", tuple(check_number("p", v, low=0.0, high=1.0) for v in p))
+        object.__setattr__(self, "p", check_fractions("p", self.p))
 
     @property
     def score(self) -> EffectiveDoseScore:

@@ -50,7 +50,7 @@ from jax.scipy.special import gammaln, log_ndtr
 from mestim import Block, Prepared
 from mestim.errors import DataError, SpecificationError
 
-from .options import ObjectiveScore, check_number, numeric_in_mask, weighted_design
+from .options import ObjectiveScore, check_limits, numeric_in_mask, weighted_design
 
 __all__ = ["beta_regression", "tobit"]
 
@@ -103,14 +103,12 @@ class LimitedOutcome:
     mask: object = None
 
     def __post_init__(self):
-        for limit in ("lower", "upper"):
-            if getattr(self, limit) is not None:
-                object.__setattr__(self, limit, check_number(limit, getattr(self, limit)))
+        lower, upper = check_limits(self.lower, self.upper)
+        object.__setattr__(self, "lower", lower)
+        object.__setattr__(self, "upper", upper)
         if self.kind == "tobit" and self.lower is None and self.upper is None:
             raise SpecificationError("tobit: give lower= and/or upper= (the censoring limits); without them the "
                                      "model is a linear regression (estimators.linear)")
-        if self.lower is not None and self.upper is not None and not self.lower < self.upper:
-            raise SpecificationError(f"lower={self.lower!r}, upper={self.upper!r}: lower must be below upper")
 
     @property
     def score(self) -> LimitedScore:

@@ -22,7 +22,7 @@ from mestim import Block
 from .design import block_rows, clean_design, clean_in_mask, design_matrix
 from .generalized_linear import GLMScore
 
-__all__ = ["check_choice", "check_number", "check_choices", "names", "row_multiplier", "numeric_in_mask",
+__all__ = ["check_choice", "check_number", "check_fractions", "check_limits", "check_choices", "names", "row_multiplier", "numeric_in_mask",
            "weighted_design", "stacked_binomial", "stacked_design", "ObjectiveScore"]
 
 
@@ -40,6 +40,23 @@ def check_number(name: str, value, *, low=None, high=None, inclusive: bool = Fal
         interval = f"{lo}{'-∞' if low is None else low}, {'∞' if high is None else high}{hi}"
         raise SpecificationError(f"{name}={value!r}: give {'an integer' if integer else 'a number'} in {interval}")
     return int(value) if integer else float(value)
+
+
+def check_fractions(name: str, values) -> tuple[float, ...]:
+    """One number in (0, 1) or several (probabilities of percentiles, fractions of an effect), as a tuple."""
+    values = (values,) if np.ndim(values) == 0 else tuple(values)
+    if not values:
+        raise SpecificationError(f"{name}=(): give one or more numbers in (0, 1)")
+    return tuple(check_number(name, v, low=0.0, high=1.0) for v in values)
+
+
+def check_limits(lower, upper) -> tuple[float | None, float | None]:
+    """(lower, upper) as floats (None: no limit), with lower < upper when both are given."""
+    lower = None if lower is None else check_number("lower", lower)
+    upper = None if upper is None else check_number("upper", upper)
+    if lower is not None and upper is not None and not lower < upper:
+        raise SpecificationError(f"lower={lower!r}, upper={upper!r}: lower must be below upper")
+    return lower, upper
 
 
 def check_choices(name: str, values, choices) -> tuple:
