@@ -185,6 +185,17 @@ def emax(name: str, dose: str, response: str, *, weights: str | None = None, mas
         name: block name; parameters ``E0``, ``Emax``, ``ED50``.
         dose: column of doses d ≥ 0; response: column of responses.
         weights: column of row weights w_i ≥ 0 multiplying ψ; mask: rows the curve is fitted on.
+
+    Example (Bonate's data with a zero dose, as in delicatessen's tests; R's DoseFinding gives 1.658004,
+    −40.138821, 5.739854)::
+
+        >>> import numpy as np, mestim
+        >>> d = {"d": np.array([0, 5, 5, 13, 11, 14.5, 6.8, 42.5, 37.5, 25, 38, 40, 26.5, 27.7, 27.4, 45, 61.4,
+        ...                     52.8]),
+        ...      "r": np.array([0, -12, -13, -28, -24, -45, -18, -26, -40, -45, -26, -29, -26, -22, -28, -36, -27,
+        ...                     -48.])}
+        >>> np.round(mestim.fit(emax("e", "d", "r"), d).theta, 6)
+        array([  1.658004, -40.138821,   5.739854])
     """
     options = DoseResponse(name, dose, response, "emax", weights=weights, mask=mask)
     return Block(name, options.score, prepare=options)

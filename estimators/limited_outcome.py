@@ -159,6 +159,16 @@ def beta_regression(name: str, y: str, X=None, *, formula: str | None = None, in
         X, formula, intercept: the design, from column names (an intercept first) or a formula's right-hand side.
         offset: column added to the linear predictor.
         weights: column of row weights w_i ≥ 0 multiplying ψ; mask: rows used.
+
+    Example (proportions with mean expit(−0.5 + x) and precision 10)::
+
+        >>> import numpy as np, mestim
+        >>> rng = np.random.default_rng(3)
+        >>> x = rng.normal(size=2000)
+        >>> mu = 1 / (1 + np.exp(0.5 - x))
+        >>> res = mestim.fit(beta_regression("br", "p", ["x"]), {"x": x, "p": rng.beta(10 * mu, 10 * (1 - mu))})
+        >>> np.round(res.theta, 2), res.labels           # log 10 = 2.30
+        (array([-0.48,  1.  ,  2.32]), ('(Intercept)', 'x', 'log(precision)'))
     """
     options = LimitedOutcome(name, y, X, "beta", formula, intercept, offset=offset, weights=weights, mask=mask)
     return Block(name, options.score, prepare=options)

@@ -39,7 +39,7 @@ of a stacked model (give that model ``mask=`` the main sample).
 Example (Cole et al. 2023: 680 of 950 positive by the test; validation 203/241 and 71/89)::
 
     >>> import numpy as np, mestim
-    >>> from estimators import rogan_gladen
+    >>> from estimators import rogan_gladen, rogan_gladen_extended, regression_calibration
     >>> counts = [270, 680, 71, 18, 38, 203]
     >>> d = {"y_star": np.repeat([0, 1, 0, 1, 0, 1.], counts),
     ...      "y": np.repeat([np.nan, np.nan, 0, 0, 1, 1], counts),
@@ -218,6 +218,17 @@ def rogan_gladen_extended(name: str, y_star: str, y: str, validation: str, X=Non
         y_star, y, validation, weights, mask: as in :func:`rogan_gladen`.
         X, intercept: covariates of the sensitivity and specificity models (an intercept first unless
             ``intercept=False``); with none, Se and Sp are constant and μ equals :func:`rogan_gladen`'s.
+
+    Example (delicatessen's test data: Se 0.95 and Sp 0.75 where x = 1, 0.8 and 0.85 where x = 0; the corrected
+    mean is 0.2·0.35/0.65 + 0.8·0.25/0.7 = 0.393407)::
+
+        >>> import numpy as np, mestim
+        >>> counts = [400, 400, 75, 25, 5, 95, 100, 100, 85, 15, 20, 80]
+        >>> d = {"y_star": np.repeat([0, 1, 0, 1, 0, 1.] * 2, counts),
+        ...      "y": np.repeat([np.nan, np.nan, 0, 0, 1, 1] * 2, counts),
+        ...      "valid": np.repeat([0, 0, 1, 1, 1, 1.] * 2, counts), "x": np.repeat([1.] * 6 + [0.] * 6, counts)}
+        >>> round(float(mestim.fit(rogan_gladen_extended("rg", "y_star", "y", "valid", ["x"]), d).theta[0]), 6)
+        0.393407
     """
     options = RoganGladen(name, y_star, y, validation, names(X), intercept, weights, mask)
     return Block(name, RoganGladenScore(name, covariates=True), prepare=options)
@@ -296,6 +307,19 @@ def regression_calibration(name: str, model: Block, coefficient: str, a: str, a_
         validation: column that is 1 on the validation sample's rows and 0 on the main sample's.
         X: further covariates of the calibration model.
         weights: column of row weights w_i ≥ 0 multiplying ψ; mask: rows used.
+
+    Example (delicatessen's test data; R's mecor: naive −3.2, calibration slope 0.7, corrected −3.2/0.7)::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import linear
+        >>> nan = np.nan
+        >>> d = {"a_star": np.r_[1, 1, 1, 1, 1, 0, 0, 0, 0, [1] * 10, [0] * 10] * 1.0,
+        ...      "y": np.r_[3, 3, 5, 2, 1, 9, 6, 7, 2, [nan] * 20], "a": np.r_[[nan] * 9, [1] * 9, [0] * 9, 1, 1],
+        ...      "valid": np.r_[[0] * 9, [1] * 20] * 1.0}
+        >>> naive = linear("naive", "y", ["a_star"], mask=lambda c: c["valid"] == 0)
+        >>> res = mestim.fit([naive, regression_calibration("rc", naive, "a_star", "a", "a_star", "valid")], d)
+        >>> np.round(res["rc"], 6)
+        array([-4.571429,  0.7     ,  0.2     ])
     """
     options = RegressionCalibration(name, model, coefficient, a, a_star, validation, X, weights, mask)
     return Block(name, None, reads=(model.name,), prepare=options)

@@ -27,16 +27,28 @@ For the unweighted linear model, ridge has the closed form β̂ = (XᵀX + Λ)�
 treats λ as fixed: it is the variance of the penalized estimator around its own (biased) limit, not a confidence
 statement about the unpenalized β.
 
-Example (ridge shrinks the coefficients towards 0; the intercept is left unpenalized)::
+Example (ridge shrinks the coefficients towards 0, the intercept left unpenalized; bridge and elastic-net
+penalties; an additive model of a sine curve, with a natural cubic spline of four knots)::
 
     >>> import numpy as np, mestim
-    >>> from estimators import ridge_regression
+    >>> from estimators import additive_regression, bridge_regression, elastic_net_regression, ridge_regression
     >>> rng = np.random.default_rng(4)
     >>> x = rng.normal(size=(200, 3))
     >>> d = {"x1": x[:, 0], "x2": x[:, 1], "x3": x[:, 2], "y": 1 + x @ [1.0, -0.5, 0.0] + rng.normal(size=200)}
     >>> res = mestim.fit(ridge_regression("r", "y", ["x1", "x2", "x3"], penalty=[0, 50, 50, 50]), d)
     >>> np.round(res.theta, 3)
     array([ 0.996,  0.778, -0.485,  0.094])
+    >>> pen = [0, 50, 50, 50]
+    >>> res = mestim.fit([bridge_regression("b", "y", ["x1", "x2", "x3"], penalty=pen, gamma=1.5),
+    ...                   elastic_net_regression("e", "y", ["x1", "x2", "x3"], penalty=pen, ratio=0.5)], d)
+    >>> np.round(res["b"], 3), np.round(res["e"], 3)
+    (array([ 0.999,  0.758, -0.441,  0.06 ]), array([ 0.996,  0.765, -0.428,  0.001]))
+    >>> d["x"] = rng.uniform(-2, 2, 200)
+    >>> d["z"] = np.sin(2 * d["x"]) + rng.normal(scale=0.3, size=200)
+    >>> res = mestim.fit(additive_regression("gam", "z", splines={"x": {"knots": [-1.5, -0.5, 0.5, 1.5],
+    ...                                                                  "penalty": 1.0}}), d)
+    >>> res.labels
+    ('(Intercept)', 'x', 'x:spline(-1.5)', 'x:spline(-0.5)', 'x:spline(0.5)')
 
 References:
     Hoerl AE & Kennard RW (1970). Ridge regression: biased estimation for nonorthogonal problems.

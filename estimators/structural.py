@@ -26,7 +26,7 @@ block, which makes the estimator doubly robust (consistent if either e or ĥ is 
 Example (a linear SNMM with effect 1.5 + 0.5·v, confounded by w)::
 
     >>> import numpy as np, mestim
-    >>> from estimators import logistic, g_estimation
+    >>> from estimators import logistic, g_estimation, ipw_msm
     >>> rng = np.random.default_rng(6)
     >>> w, v = rng.normal(size=(2, 4000))
     >>> a = (rng.random(4000) < 1 / (1 + np.exp(-w))) * 1.0
@@ -37,6 +37,9 @@ Example (a linear SNMM with effect 1.5 + 0.5·v, confounded by w)::
     array([1.45, 0.43, 1.03, 1.02, 0.04])
     >>> res.labels[2:4]
     ('snmm:psi:(Intercept)', 'snmm:psi:v')
+    >>> res = mestim.fit([ps, ipw_msm("msm", "y", "a", formula="~ a * v", propensity=ps)], d)
+    >>> np.round(res["msm"], 2)                       # E[Y(a) | v] = 1 + a (1.5 + 0.5 v): (1, 1.5, 0, 0.5)
+    array([1.04, 1.47, 0.08, 0.37])
 
 References:
     Robins JM, Hernán MA & Brumback B (2000). Marginal structural models and causal inference in epidemiology.

@@ -245,6 +245,16 @@ def aft(name: str, time: str, event: str, X=None, *, distribution: str = "weibul
         distribution: ``"exponential"``, ``"weibull"`` (default), ``"log-logistic"`` or ``"log-normal"``.
         weights: column of row weights w_i ≥ 0 multiplying ψ (delicatessen's ``weights``).
         mask: rows the model is fitted on.
+
+    Example (log T = 1 + 0.5 x + 0.8 ε with ε of the Weibull AFT, uniform censoring)::
+
+        >>> import numpy as np, mestim
+        >>> rng = np.random.default_rng(1)
+        >>> x = rng.binomial(1, 0.5, 2000) * 1.0
+        >>> t, c = np.exp(1 + 0.5 * x + 0.8 * np.log(rng.exponential(size=2000))), rng.uniform(0, 15, 2000)
+        >>> res = mestim.fit(aft("wb", "t", "d", ["x"]), {"x": x, "t": np.minimum(t, c), "d": (t <= c) * 1.0})
+        >>> np.round(res.theta, 2), res.labels          # log 0.8 = −0.22
+        (array([ 0.97,  0.53, -0.22]), ('(Intercept)', 'x', 'log(scale)'))
     """
     options = AFT(name, time, event, X, distribution, intercept, weights, mask)
     return Block(name, HazardModel(name, distribution, aft=True), prepare=options)
