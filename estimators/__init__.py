@@ -12,6 +12,16 @@
 - Meta-analysis of 2×2 tables: causal aggregation (Berenfeld et al.) and classical methods:
   :func:`meta_analysis`, :func:`meta_analyses` (batch), :func:`fit_causal_meta`, :func:`classical_meta`;
   ``estimators.causal_meta.causal_meta`` for the causal estimate alone.
+- The catalogue, one module per idea (docs/architecture.md gives the form each follows): survival
+  (:mod:`estimators.survival`: ``parametric_survival``, ``aft``, ``survival_predictions``); dose–response
+  (:mod:`estimators.dose_response`: ``emax``, ``log_logistic``, ``effective_dose``); measurement error
+  (:mod:`estimators.measurement`: ``rogan_gladen``, ``rogan_gladen_extended``, ``regression_calibration``);
+  descriptive (:mod:`estimators.descriptive`: ``geometric_mean``, ``percentile``, ``positive_mean_deviation``);
+  limited outcomes (:mod:`estimators.limited_outcome`: ``beta_regression``, ``tobit``); penalized regression
+  (:mod:`estimators.penalized`: ``ridge_regression``, ``bridge_regression``, ``elastic_net_regression``,
+  ``additive_regression``); ``quantile_regression`` (:mod:`estimators.quantile`); structural models
+  (:mod:`estimators.structural`: ``ipw_msm``, ``g_estimation``); ``mean_sensitivity_analysis``
+  (:mod:`estimators.missing`); ``meta_regression`` (:mod:`estimators.mixed_effects_meta`).
 
 Functions named like a submodule (``transport``, ``causal_meta``) are not re-exported here: that would hide the
 submodule behind the function.
