@@ -54,10 +54,10 @@ from statistics import NormalDist
 from mestim import Block, Prepared
 from mestim.constants import partial, require_all_rows, total
 from mestim.data import require_numeric
-from mestim.errors import DataError, SpecificationError
+from mestim.errors import DataError, SpecificationError, check_choice
 
 from .design import clean_in_mask
-from .glm import _least_squares, prepared_design
+from .generalized_linear import _least_squares, prepared_design
 
 HUBER_SCALE_D = 2.5  # tuning constant of proposal 2's χ (statsmodels' HuberScale default)
 MAD_NORMAL = 0.6744897501960817  # Φ⁻¹(3/4): median |Z| of a standard normal
@@ -140,8 +140,7 @@ def robust_regression(name: str, y: str, X=None, *, formula: str | None = None, 
             number (fixed).
     Parameters: the design's coefficients, then ``log(scale)`` when the scale is stacked.
     """
-    if norm not in NORMS:
-        raise SpecificationError(f"norm={norm!r}: use one of {list(NORMS)}")
+    check_choice("norm", norm, tuple(NORMS))
     c = NORMS[norm][1] if c is None else c
     if not (isinstance(c, (int, float)) and np.isfinite(c) and c > 0):
         raise SpecificationError(f"c={c!r}: the tuning constant must be a positive number")

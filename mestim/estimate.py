@@ -8,6 +8,7 @@ the one solve loop (:func:`mestim.driver.solve_stack`) → :func:`assemble` (the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings as _warnings
 from collections.abc import Mapping, Sequence
 
@@ -198,7 +199,7 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
                   residual_norm=float(np.max(np.abs(moments.psi))), bread_cond=factor.condition,
                   warnings=tuple(warnings), notes=tuple(problem.notes) + tuple(notes), bread=bread, meat=meat,
                   flat_theta=problem.single, j_test=j_test,
-                  _influence=lambda: _influence(kernel, problem, options, theta, n * bread_inv))
+                  _influence=functools.partial(_influence, kernel, problem, options, theta, n * bread_inv))
 
 
 def _cluster_totals(source, problem: Problem, theta):

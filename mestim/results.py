@@ -261,8 +261,13 @@ class Result(Estimates):
     def influence(self) -> np.ndarray:
         """Per-row influence functions φ_i = B⁻¹ψ_i, B = −(1/n)Σ w ∂ψ/∂θ: θ̂ − θ ≈ (1/n) Σ w_i φ_i, shape (rows, p)."""
         if self._influence is None:
-            raise SpecificationError("influence functions are not available for this result")
+            raise SpecificationError("influence functions are not available for this result (an unpickled result "
+                                     "does not carry the data: refit to get them)")
         return self._influence()
+
+    def __getstate__(self):
+        """A pickled Result holds the estimates and diagnostics, not the data behind :meth:`influence`."""
+        return {**self.__dict__, "_influence": None}
 
     def diagnostics(self) -> dict[str, Any]:
         return {"converged": self.converged, "status": self.status, "iterations": self.iterations,

@@ -1,5 +1,5 @@
-"""IV / just-identified 2SLS (estimators.iv) against statsmodels' IV2SLS (θ), the closed-form HC0 sandwich (SE),
-and delicatessen's ee_2sls and ee_iv_causal in exact-derivative mode."""
+"""IV / just-identified 2SLS (estimators.instrumental) against statsmodels' IV2SLS (θ), the closed-form HC0 sandwich
+(SE), and delicatessen's ee_2sls and ee_iv_causal in exact-derivative mode."""
 
 import numpy as np
 import pandas as pd

@@ -1,5 +1,5 @@
-"""GLM families and links (estimators.glm) against statsmodels GLM (HC0), delicatessen's ee_glm (exact derivatives),
-MASS' published gamma shape, and autodiff for the closed-form Jacobian."""
+"""GLM families and links (estimators.generalized_linear) against statsmodels GLM (HC0), delicatessen's ee_glm (exact
+derivatives), MASS' published gamma shape, and autodiff for the closed-form Jacobian."""
 
 import warnings
 
@@ -13,7 +13,7 @@ import statsmodels.api as sm
 
 import estimators as est
 import mestim
-from estimators.glm import FAMILIES, LINKS
+from estimators.generalized_linear import FAMILIES, LINKS
 from mestim.errors import DataError, SpecificationError
 
 RTOL_THETA, RTOL_SE = 1e-6, 1e-6  # the README's promise (measured: ≤ 2.1e-8 θ, ≤ 3e-9 SE; statsmodels' IRLS stopping)
