@@ -196,7 +196,7 @@ def unit_meat(problem: Problem, source, theta, options: FitOptions, moments: Mom
     if problem.cluster is None and j_inv is None and moments is not None:
         return np.asarray(moments.meat), None
     if hasattr(source, "unit_meat"):
-        return source.unit_meat(theta, j_inv, options)
+        return source.unit_meat(theta, j_inv, options, moments)
     values = source.row_values(theta)
     leverages = None if j_inv is None else source.row_leverages(theta, j_inv)
     u = covariance.units(values, problem.w, sampling=options.sampling, codes=problem.cluster,
