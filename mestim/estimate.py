@@ -110,10 +110,10 @@ def _check_across_processes(options: FitOptions) -> None:
 
 
 def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="frequency", cluster=None,
-             correction=None, chunk_size=None) -> Result:
+             correction=None, chunk_size=None, data_dtype=None) -> Result:
     """The sandwich covariance at a given θ, without solving (θ in the same form as ``init``; for a stack, the
-    flat concatenation of the blocks' parameters or a dict of them)."""
-    options = FitOptions(weight_type, correction, chunk_size=chunk_size)
+    flat concatenation of the blocks' parameters or a dict of them); options as :func:`fit`."""
+    options = FitOptions(weight_type, correction, chunk_size=chunk_size, data_dtype=data_dtype)
     problem = prepare(estimator, data, theta if _single(estimator) else None, names=names, weights=weights,
                       cluster=cluster)
     if isinstance(theta, Mapping):
@@ -121,7 +121,7 @@ def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="f
     theta = np.asarray(theta, float).ravel()
     if theta.size != problem.spec.dim:
         raise SpecificationError(f"theta has {theta.size} values; the stack has {problem.spec.dim} parameters")
-    source = InMemory(kernel_for(problem, options, None), problem.used, problem.w)
+    source = InMemory(kernel_for(problem, options, None), problem.used, problem.w, dtype=options.data_dtype)
     every = tuple(b.name for b in problem.spec.blocks)
     moments = source.sums(theta, plan(problem.spec, values=every, jacobian=every, meat=True,
                                       sampling=options.sampling))
