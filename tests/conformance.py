@@ -40,13 +40,18 @@ FAY_B = 0.75
 
 
 def data(seed: int = 15) -> pd.DataFrame:
-    """Logistic rows y ~ Bernoulli(expit(0.3 + x1 − 0.5 x2)), integer weights 1..3 (valid as both weight types),
+    """Logistic rows y ~ Bernoulli(expit(0.3 + x1 − 0.5 x2)), frequency weights w (whole numbers 1..3), sampling
+    weights s ~ U(0.2, 5) (spread out: drawn as frequency counts, the bootstrap SE was 0.55× the sandwich's),
     30 clusters in no particular order (a cluster spans stream batches and Dask partitions)."""
     rng = np.random.default_rng(seed)
     x1, x2 = rng.normal(size=N), rng.normal(size=N)
     y = (rng.random(N) < 1 / (1 + np.exp(-(0.3 + x1 - 0.5 * x2)))).astype(float)
     return pd.DataFrame({"x1": x1, "x2": x2, "y": y, "w": rng.integers(1, 4, N).astype(float),
-                         "g": rng.integers(0, N_CLUSTERS, N)})
+                         "s": rng.uniform(0.2, 5.0, N), "g": rng.integers(0, N_CLUSTERS, N)})
+
+
+def weight_column(weight_type) -> str | None:
+    return {None: None, "frequency": "w", "sampling": "s"}[weight_type]
 
 
 def psi(theta, row):
@@ -57,14 +62,15 @@ def psi(theta, row):
 
 def options(weight_type, cluster, correction, dtype) -> dict:
     """The keyword arguments of ``fit`` for a cell."""
-    return dict(weights=None if weight_type is None else "w", weight_type=weight_type or "frequency",
+    return dict(weights=weight_column(weight_type), weight_type=weight_type or "frequency",
                 cluster=cluster, correction=correction, data_dtype=dtype)
 
 
 def reference(df: pd.DataFrame, weight_type, cluster, correction) -> tuple[np.ndarray, np.ndarray]:
     """(θ̂, V) in numpy, from the identities and geex's formulas in the module docstring."""
     X = np.column_stack([np.ones(len(df)), df.x1, df.x2])
-    y, w = df.y.to_numpy(), df.w.to_numpy()
+    y = df.y.to_numpy()
+    w = df[weight_column(weight_type)].to_numpy() if weight_type else np.ones(len(df))
     g = df.g.to_numpy() if cluster else np.arange(len(df))
     scale = w if weight_type == "sampling" else np.ones(len(df))
     if weight_type == "frequency":  # the expanded table
@@ -118,7 +124,7 @@ def run(entry: str, df: pd.DataFrame, weight_type, cluster, correction, dtype, *
         columns, f = pure_function(df, kw["weight_type"], cluster, correction)
         if dtype == "float32":  # float32 arrays, read in float64 by ψ
             columns = {k: v.astype(np.float32) for k, v in columns.items()}
-        w = df.w.to_numpy() if weight_type else np.ones(len(df))
+        w = df[weight_column(weight_type)].to_numpy() if weight_type else np.ones(len(df))
         out = f(columns, w)
         assert bool(out.converged), int(out.status)
         return np.asarray(out.theta), np.sqrt(np.diag(np.asarray(out.vcov)))

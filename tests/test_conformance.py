@@ -96,7 +96,7 @@ def test_cell_devices(cell, sharded, references):
 # sampling variance as the uncorrected sandwich. With B replicates the bootstrap SE has a relative Monte-Carlo
 # error of about 1/√(2(B − 1)): 7% at B = 100, 1.6% at B = 2000. The default run allows ±30% (over 4 of those
 # errors, plus the O(1/G) small-sample gap with 30 clusters); the slow run allows ±10% with B = 2000. Sampling
-# weights drawn as frequency counts gave 0.57–0.59 (the defect this guards against).
+# weights drawn as frequency counts gave 0.55 here (the defect this guards against).
 # Only the resampling scheme (weights × clusters) changes the replicates: the cells with a correction or float32
 # data differ only in the sandwich fit beside them, and run with the slow tests (each bootstrap compiles anew).
 @pytest.mark.parametrize("cell", [c if c[2:] == (None, None) else pytest.param(c, marks=pytest.mark.slow)
@@ -144,9 +144,9 @@ def test_reference_equals_statsmodels(df, weighted, cluster):
 def test_sampling_weights_are_w_written_inside_psi(df, cluster, correction):
     """Fay with sampling weights and no clusters was 0.68–0.70× this (w left out of the leverage, w where w²
     belongs)."""
-    weighted = mestim.fit(C.psi, df, init=C.INIT, weights="w", weight_type="sampling", cluster=cluster,
+    weighted = mestim.fit(C.psi, df, init=C.INIT, weights="s", weight_type="sampling", cluster=cluster,
                           correction=correction)
-    inside = mestim.fit(lambda t, r: r["w"] * C.psi(t, r), df, init=C.INIT, cluster=cluster, correction=correction)
+    inside = mestim.fit(lambda t, r: r["s"] * C.psi(t, r), df, init=C.INIT, cluster=cluster, correction=correction)
     np.testing.assert_allclose(weighted.theta, inside.theta, rtol=1e-10)
     np.testing.assert_allclose(weighted.se, inside.se, rtol=1e-10)
 
