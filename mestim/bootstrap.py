@@ -26,6 +26,7 @@ from .estimate import fit
 from .options import FitOptions
 from .pure import fit_function
 from .results import Result, z_crit
+from .sums import QUICK_CPU_OPTIONS, quick_compile
 
 
 @dataclasses.dataclass
@@ -94,7 +95,11 @@ def bootstrap(estimator, data, init=None, *, replicates: int = 1000, seed: int =
     batch = min(batch, replicates)
     n_batches = -(-replicates // batch)
 
-    @jax.jit
+    # small data on a CPU: compiled for compile speed, as the engine's passes are (mestim.sums.quick_compile); the
+    # vmapped solve of 100 replicates of 240 rows compiled in 3.0 s instead of 10.7 s and ran as fast (28-32 ms)
+    quick = quick_compile(problem.spec, jax.devices()[0].platform, problem.n_rows)
+
+    @functools.partial(jax.jit, compiler_options=QUICK_CPU_OPTIONS if quick else None)
     def run(columns, draw_args, theta_hat, seed, start):
         # the data are arguments, not constants baked into the program; replicate r's key is fold_in(key, r)
         keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(seed), r))(start + jnp.arange(batch))

@@ -121,13 +121,7 @@ def run(entry: str, df: pd.DataFrame, weight_type, cluster, correction, dtype, *
 
         res = fit_stream(psi, dd.from_pandas(df, npartitions=3), init=INIT, **kw)
     elif entry == "pure":
-        columns, f = pure_function(df, kw["weight_type"], cluster, correction)
-        if dtype == "float32":  # float32 arrays, read in float64 by ψ
-            columns = {k: v.astype(np.float32) for k, v in columns.items()}
-        w = df[weight_column(weight_type)].to_numpy() if weight_type else np.ones(len(df))
-        out = f(columns, w)
-        assert bool(out.converged), int(out.status)
-        return np.asarray(out.theta), np.sqrt(np.diag(np.asarray(out.vcov)))
+        return pure_fit(df, weight_type, cluster, correction, dtype)
     elif entry == "bootstrap":
         from mestim.bootstrap import bootstrap
 
@@ -140,17 +134,24 @@ def run(entry: str, df: pd.DataFrame, weight_type, cluster, correction, dtype, *
 _PURE = {}
 
 
-def pure_function(df, weight_type, cluster, correction):
-    """``(columns, jax.jit(f))`` of the pure fit on ``df``, built once per options: no weights and frequency
-    weights share it (w is its argument), as a simulation study would."""
+def pure_fit(df, weight_type, cluster, correction, dtype):
+    """(θ̂, SE) of the pure fit. One program per options, as a simulation study would run it: ``jax.vmap(f)`` over
+    the float64 columns and the same columns rounded to float32 (what float32 storage holds; ``f`` reads any float
+    columns in float64, and float32 arrays are checked in tests/test_conformance.py), shared by no weights and
+    frequency weights (w is its argument), compiled for compile speed as the bootstrap compiles small data."""
     from mestim.pure import fit_function
+    from mestim.sums import QUICK_CPU_OPTIONS
 
-    key = (id(df), weight_type, cluster, correction)
+    key = (id(df), weight_type or "frequency", cluster, correction)
     if key not in _PURE:
-        columns, f, _ = fit_function(psi, df, init=INIT, weight_type=weight_type, cluster=cluster,
-                                     correction=correction)
-        _PURE[key] = columns, jax.jit(f)
-    return _PURE[key]
+        columns, f, _ = fit_function(psi, df, init=INIT, weight_type=key[1], cluster=cluster, correction=correction)
+        both = {k: np.stack([v, v.astype(np.float32).astype(np.float64)]) for k, v in columns.items()}
+        _PURE[key] = both, jax.jit(jax.vmap(f, in_axes=(0, None)), compiler_options=QUICK_CPU_OPTIONS)
+    both, program = _PURE[key]
+    out = program(both, df[weight_column(weight_type)].to_numpy() if weight_type else np.ones(len(df)))
+    i = int(dtype == "float32")
+    assert bool(out.converged[i]), int(out.status[i])
+    return np.asarray(out.theta[i]), np.sqrt(np.diag(np.asarray(out.vcov[i])))
 
 
 def refused(entry: str, weight_type, cluster, correction, dtype) -> str | None:

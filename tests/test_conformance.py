@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
@@ -159,6 +160,19 @@ def test_integer_frequency_weights_are_the_expanded_table(df, cluster, correctio
     rows = mestim.fit(C.psi, expanded, init=C.INIT, cluster=cluster, correction=correction)
     np.testing.assert_allclose(weighted.theta, rows.theta, rtol=1e-10)
     np.testing.assert_allclose(weighted.se, rows.se, rtol=1e-10)
+
+
+def test_pure_fit_reads_float32_columns(df):
+    """The pure fit's float32 cells hold the columns rounded to float32 in float64 arrays; float32 arrays
+    themselves are read in float64 alike."""
+    from mestim.pure import fit_function
+    from mestim.sums import QUICK_CPU_OPTIONS
+
+    columns, f, _ = fit_function(C.psi, df, init=C.INIT, correction="fay", cluster="g")
+    out = jax.jit(f, compiler_options=QUICK_CPU_OPTIONS)({k: v.astype(np.float32) for k, v in columns.items()},
+                                                          np.ones(len(df)))
+    check(out.theta, np.sqrt(np.diag(out.vcov)), C.reference(df, None, "g", "fay"), "float32")
+    assert all(v.dtype == np.float64 for v in columns.values())
 
 
 # ------------------------------------------------------------------------------ refusals
