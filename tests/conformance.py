@@ -29,7 +29,7 @@ WEIGHTS = (None, "frequency", "sampling")
 CLUSTERS = (None, "g")
 CORRECTIONS = (None, "df", "fay")
 DTYPES = (None, "float32")
-ENTRIES = ("fit", "sandwich", "stream", "dask", "devices", "pure", "gmm", "bootstrap")
+ENTRIES = ("fit", "sandwich", "stream", "dask", "devices", "stream-devices", "pure", "gmm", "bootstrap")
 CELLS = list(itertools.product(WEIGHTS, CLUSTERS, CORRECTIONS, DTYPES))
 SE_RTOL = 1e-8
 # float32 storage rounds each value to 2⁻²⁴ ≈ 6e-8 of its (centred) size; ψ and every sum stay float64, so an SE

@@ -4,10 +4,10 @@ expanded table and sampling weights as w written inside ψ), or refused with a c
 
 Entry points: ``fit``; ``sandwich`` at the reference θ̂; ``fit_stream`` in batches smaller than the table; a Dask
 frame (Dask's own scheduler, three partitions); ``fit(devices=4)`` on four forced host devices (in a process of
-its own, as tests/test_scale.py does); the pure (jitted) fit; ``fit(gmm="two-step")`` (exactly identified: the
-M-estimator); the bootstrap (its sandwich fit to the reference, its replicate SE to the sandwich SE
-statistically). 8 entry points × 36 cells = 288 cells; 12 of them (GMM with Fay) are refusals; 30 bootstrap
-cells run with the slow tests (see test_cell_bootstrap).
+its own, as tests/test_scale.py does), and ``fit_stream(devices=4)``; the pure (jitted, vmapped) fit;
+``fit(gmm="two-step")`` (exactly identified: the M-estimator); the bootstrap (its sandwich fit to the reference,
+its replicate SE to the sandwich SE statistically). 9 entry points × 36 cells = 324 cells; 12 of them (GMM with
+Fay) are refusals; 30 bootstrap cells run with the slow tests (see test_cell_bootstrap).
 """
 
 from __future__ import annotations
@@ -69,17 +69,19 @@ _DEVICES = textwrap.dedent("""
     import jax, numpy as np, mestim
     import conformance as C
     assert len(jax.devices()) == 4, jax.devices()
+    from mestim.scale import fit_stream
     df, out = C.data(), {{}}
     for cell in C.CELLS:
         res = mestim.fit(C.psi, df, init=C.INIT, devices=4, **C.options(*cell))
-        out[repr(cell)] = [res.theta.tolist(), res.se.tolist()]
+        streamed = fit_stream(C.psi, df, init=C.INIT, devices=4, batch_rows=C.BATCH, **C.options(*cell))
+        out[repr(cell)] = [[r.theta.tolist(), r.se.tolist()] for r in (res, streamed)]
     print(json.dumps(out))
 """)
 
 
 @pytest.fixture(scope="module")
 def sharded():
-    """Every cell fitted with the rows sharded over 4 forced host devices, in a process of its own."""
+    """Every cell fitted, and streamed, with the rows sharded over 4 forced host devices, in a process of its own."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     code = _DEVICES.format(tests=os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
@@ -87,10 +89,11 @@ def sharded():
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("entry", ["devices", "stream-devices"])
 @pytest.mark.parametrize("cell", C.CELLS, ids=cell_id)
-def test_cell_devices(cell, sharded, references):
-    theta, se = sharded[repr(cell)]
-    check(np.array(theta), np.array(se), references[cell[:3]], cell[3], f"devices {cell_id(cell)}")
+def test_cell_devices(entry, cell, sharded, references):
+    theta, se = sharded[repr(cell)][entry == "stream-devices"]
+    check(np.array(theta), np.array(se), references[cell[:3]], cell[3], f"{entry} {cell_id(cell)}")
 
 
 # The bootstrap: its sandwich fit must equal the reference (1e-8; float32 1e-6); its SE estimates the same
