@@ -65,7 +65,11 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except MemoryError:  # the size check before reading a file is an estimate: an analysis may still run out
+    except (MemoryError, RuntimeError) as e:
+        # the size check before reading a file is an estimate: an analysis may still run out (XLA's out of
+        # memory is a RuntimeError "RESOURCE_EXHAUSTED: ...")
+        if isinstance(e, RuntimeError) and "RESOURCE_EXHAUSTED" not in str(e):
+            raise
         from estimators.io import out_of_memory
 
         path = getattr(args, "data", None) or getattr(args, "tables", None) or "the bundled data"

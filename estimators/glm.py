@@ -293,7 +293,7 @@ class GLMDesign:
                 + (f", α fixed at {s.alpha:g}" if s.alpha is not None else ""))
         extra = (family.extra,) if s.n_extra else ()
         return Prepared({f"{s.name}.X": x, f"{s.name}.y": y, f"{s.name}.mask": m * prior, f"{s.name}.offset": off},
-                        init, tuple(labels) + extra, (note,))
+                        init, tuple(labels) + extra, (note,), rows=m)
 
     def _outcome(self, cols, m, weighted):
         s, y = self.score, self.y

@@ -100,7 +100,7 @@ def multinomial(name: str, y: str, X=None, *, formula=None, mask=None, intercept
         note = f"multinomial logistic regression of {y} ({len(classes)} classes, reference {classes[0]!r})"
         return Prepared({f"{name}.X": x, f"{name}.Y": onehot, f"{name}.mask": m.astype(float)},
                         np.zeros((len(classes) - 1) * x.shape[1]), plabels, (note,),
-                        psi=MultinomialScore(name, len(classes)))  # the class count fixes the parameter count
+                        psi=MultinomialScore(name, len(classes)), rows=m)  # the class count fixes the parameter count
 
     def check(beta, cols):
         m = cols[f"{name}.mask"] > 0
@@ -123,7 +123,7 @@ def mean(name: str, y: str, *, mask=None) -> Block:
         m = block_rows(cols, mask, name)
         yv = clean_in_mask(require_numeric(cols, y, what="outcome"), m, y)
         return Prepared({f"{name}.y": yv, f"{name}.mask": m.astype(float)}, np.array([yv[m].mean()]), (y,),
-                        (f"mean of {y} over {int(m.sum())} rows",))
+                        (f"mean of {y} over {int(m.sum())} rows",), rows=m)
 
     return Block(name, MeanScore(name), prepare=prepare)
 

@@ -28,10 +28,11 @@ from .sums import Kernel, Moments, chunk_rows, plan, quick_compile
 
 EXTREME_WEIGHT = 1e6  # a row weighing this many times the median row: almost surely a data error
 DOMINANT_SHARE = 0.5  # one row carrying this share of the total weight, among ≥ 10 rows
+RUN_OFF = 1e6  # θ̂ this many times farther from 0 than the start, with an ill-conditioned bread: a root at infinity
 
 
 def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weights=None,
-        weight_type: str = "frequency", cluster=None, correction: str | None = None, solve: str = "blockwise",
+        weight_type: str = "frequency", cluster=None, correction: str | None = None, solve: str | None = None,
         chunk_size: int | None = None, max_iter: int = 100, xtol: float = 1e-10, gtol: float = 1e-12,
         devices=None, data_dtype=None, root_finder="auto", gmm: str | None = None) -> Result:
     """Solve Σ_i w_i ψ(θ; row_i) = 0 and return θ̂ with its sandwich covariance.
@@ -46,7 +47,8 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
             ``"sampling"`` (inverse-probability weights: meat Σ w² ψψᵀ, n = number of rows).
         cluster: column name or array of cluster labels: meat Σ_g U_g U_gᵀ over cluster totals U_g = Σ_{i∈g} w ψ.
         correction: None, ``"df"`` (n/(n−p)) or ``"fay"`` (Fay's bias-corrected meat, b = 0.75).
-        solve: ``"blockwise"`` (one solve per dependency level, see :mod:`mestim.blocks`) or ``"joint"``.
+        solve: ``"blockwise"`` (one solve per dependency level, see :mod:`mestim.blocks`) or ``"joint"``; default
+            blockwise, joint with ``gmm=`` (``"blockwise"`` with ``gmm=`` is refused).
         chunk_size: rows per chunk in every sum over rows (memory is O(chunk · p²)); default: chosen from the
             stack's size and the device (:func:`mestim.sums.chunk_rows`).
         max_iter, xtol, gtol: solver limits (see :mod:`mestim.solve`).
@@ -70,6 +72,8 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
     problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster,
                       levels=None if group is None else (lambda cols: processes.agree_levels(group, cols)),
                       over_identified=gmm is not None)
+    if group is None:  # across processes each holds a part of the rows
+        problem.check_rows()
     source = InMemory(kernel_for(problem, options, mesh), problem.used, problem.w, dtype=options.data_dtype)
     notes = ()
     if group is not None:
@@ -88,8 +92,8 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
     else:
         clustered = None if problem.cluster is None else (  # clusters weight the moments by their totals' covariance
             lambda theta, _: unit_meat(problem, source, theta, options)[0])
-        theta, moments, iterations, weight = solve_gmm(source, problem.init, problem.labels,
-                                                       problem.equation_labels, options, meat=clustered)
+        theta, moments, iterations, weight, gmm_notes = solve_gmm(source, problem, options, meat=clustered)
+        notes = notes + gmm_notes
     result = assemble(problem, source, theta, moments, options, iterations=iterations, notes=notes,
                       checks=group is None, weight=weight)
     if group is not None:
@@ -116,6 +120,7 @@ def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="f
     options = FitOptions(weight_type, correction, chunk_size=chunk_size, data_dtype=data_dtype)
     problem = prepare(estimator, data, theta if _single(estimator) else None, names=names, weights=weights,
                       cluster=cluster)
+    problem.check_rows()
     if isinstance(theta, Mapping):
         theta = np.concatenate([np.atleast_1d(np.asarray(theta[b.name], float)) for b in problem.spec.blocks])
     theta = np.asarray(theta, float).ravel()
@@ -170,7 +175,7 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
     n = source.sum_w if options.weight_type == "frequency" else float(source.n_rows)
     df_units = covariance.n_units(options.weight_type, source.sum_w, source.n_rows, n_clusters)
     vcov = covariance.covariance(bread_inv, meat, df_units if options.correction == "df" else None)
-    warnings = _warnings_for(problem, factor, theta, checks)
+    warnings = _warnings_for(problem, factor, theta, checks) + _zero_variance(labels, theta, vcov)
     for message in warnings:
         _warnings.warn(message, MestimWarning, stacklevel=3)
     kernel = source.kernel
@@ -226,6 +231,11 @@ def _warnings_for(problem: Problem, factor: BreadFactor, theta, checks: bool) ->
     if factor.condition > WARN_COND:
         out.append(f"the bread is ill-conditioned (condition number {factor.condition:.3g}); parameters "
                    f"{factor.involved} are nearly collinear or weakly identified, so their SEs are unreliable")
+        far, start = float(np.max(np.abs(theta))), float(np.max(np.abs(problem.init)))
+        if far > RUN_OFF * (1 + start):  # Σψ small only because every ψ_i vanishes as θ → ∞
+            out.append(f"θ ran off to |θ̂| = {far:.3g} from a start of size {start:.3g}: ψ vanishes as θ grows (a "
+                       "root at infinity, not a solution: a parameter on the wrong scale or with the wrong sign, such "
+                       "as σ = exp(θ) for exp(−θ)); check ψ and start closer to the solution")
     if problem.cluster is not None and problem.n_clusters == problem.n_rows:
         out.append("every cluster has one row: the clustered sandwich equals the unclustered one")
     if checks:
@@ -235,6 +245,18 @@ def _warnings_for(problem: Problem, factor: BreadFactor, theta, checks: bool) ->
             if b.check is not None:
                 out += list(b.check(np.asarray(theta)[offs[b.name]], problem.columns) or [])
     return out
+
+
+def _zero_variance(labels, theta, vcov) -> list[str]:
+    """A standard error of 0 to rounding (SE ≤ 10⁻¹⁰|θ̂|): ψ does not vary between rows in that direction."""
+    variance = np.diag(vcov)
+    zero = [lab for lab, v, t in zip(labels, variance, np.asarray(theta)) if not v > (1e-10 * t) ** 2]
+    if not zero:
+        return []
+    return [f"the standard error of {zero[:8]}{'…' if len(zero) > 8 else ''} is zero (to rounding) or not a number: "
+            "ψ does not vary between rows in that direction at θ̂ (a constant outcome, a model that fits every row "
+            "exactly, a subgroup with no more rows than parameters), so their CIs and tests mean nothing; check the "
+            "data the block uses"]
 
 
 def _weight_warnings(w: np.ndarray, factor: BreadFactor) -> list[str]:

@@ -79,7 +79,8 @@ class Estimates:
 
     @property
     def se(self) -> np.ndarray:
-        return np.sqrt(np.diag(self.vcov))
+        with np.errstate(invalid="ignore"):  # a negative variance (rounding of a degenerate sandwich) is NaN
+            return np.sqrt(np.diag(self.vcov))
 
     def ci(self, level: float = 0.95) -> np.ndarray:
         """Wald CIs θ̂ ± z_{1-α/2}·SE, shape (p, 2) (exponentiated on the log scale)."""
@@ -106,7 +107,10 @@ class Estimates:
 
     @property
     def z(self) -> np.ndarray:
-        return self.theta / self.se
+        """θ̂/SE; NaN where the SE is 0 or NaN (no Wald statistic: the fit warned)."""
+        se = self.se
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(se > 0, self.theta / se, np.nan)
 
     @property
     def p_values(self) -> np.ndarray:

@@ -26,7 +26,10 @@ partition. The stack is sent to the workers once per fit.
 checked against the same batch of pass 1 (its row count, total weight and the sums of every column ψ reads), so a
 source that changes between passes fails at the batch that changed; every pass must read the same number of rows
 and the same total weight. Each fault is a :class:`~mestim.errors.DataError` naming the pass, the chunk (or Dask
-partition) and the rows of the source, counted from 0 over the whole source.
+partition) and the rows of the source, counted from 0 over the whole source; so is every exception a reader or a
+Dask worker raises (a file deleted, rewritten or truncated mid-fit, workers lost). A batch or partition with no
+rows, or whose weights are all zero, adds nothing, as such rows add nothing to ``fit``'s sums; the whole source
+must have rows and a positive total weight.
 
 What differs from :func:`mestim.fit` in a streamed fit:
 
@@ -55,11 +58,12 @@ import numpy as np
 from . import covariance, processes
 from . import data as datamod
 from .driver import solve_stack
-from .errors import DataError, SpecificationError
+from .errors import DataError, MestimError, SpecificationError
 from .estimate import assemble, kernel_for, local_mesh
 from .options import FitOptions
 from .problem import Problem, as_blocks, prepare
-from .readers import Batch, Layout, chunk_reader, host_columns, read_batches, source_kind
+from .readers import (Batch, Layout, chunk_reader, host_columns, read_batches, source_error, source_errors,
+                      source_kind)
 from .sources import InMemory, centres, device_mesh, layout, place, run_slabs, store
 from .sums import Kernel, Moments, batch_slab_chunks
 
@@ -79,16 +83,26 @@ def batches(source, batch_rows: int = DEFAULT_BATCH, columns=None) -> Iterator[d
 def prepared(blocks, batch: Batch, weights, spec, label: str, cluster: str | None = None) -> Problem:
     """``batch`` prepared as ``fit`` prepares a table, its errors naming ``label`` (the pass), the chunk and the
     row of the source; ``spec``: the stack every batch must prepare (None for the first batch)."""
+    weightless = _all_zero(batch.columns, weights)  # allowed in a part of the rows, as fit allows such rows
     with datamod.rows_numbered_from(batch.start):
         try:
-            problem = prepare(blocks, batch.columns, weights=weights, cluster=cluster)
+            problem = prepare(blocks, batch.columns, weights=None if weightless else weights, cluster=cluster)
         except DataError as e:
             raise DataError(f"{label}, {batch.where(getattr(e, 'row', None))}: {e}") from None
+    if weightless:
+        problem = dataclasses.replace(problem, w=np.zeros(problem.n_rows))
     if spec is not None and problem.spec != spec:
         raise DataError(f"{label}, {batch.where()}: its blocks prepared different estimating functions or columns "
                         "than the first batch (e.g. a category missing from this batch): use larger or shuffled "
                         "batches, or code categories as indicator columns")
     return problem
+
+
+def _all_zero(columns: dict, weights: str | None) -> bool:
+    """Whether the weight column of a batch is numeric and all zero (which ``prepare`` refuses for a whole table:
+    the source's total weight is checked at the end of pass 1 instead)."""
+    w = columns.get(weights) if weights is not None else None
+    return w is not None and w.dtype.kind in "biuf" and not np.any(w != 0)
 
 
 def fingerprint(problem: Problem) -> dict:
@@ -162,8 +176,8 @@ class _Checked:
     def combine(total, share):
         """Two pieces' :func:`batch_units` as one: row units' meats added, cluster units merged by label (as they
         come: memory O(clusters))."""
-        if total is None:
-            return share
+        if total is None or share is None:
+            return share if total is None else total
         return covariance.merge_clusters([total, share]) if isinstance(share, tuple) else total + share
 
     @staticmethod
@@ -182,10 +196,13 @@ class _Checked:
         if self.n_rows is None:
             if not n_rows:
                 raise DataError("the streamed source has no rows")
+            if not sum_w > 0:
+                raise DataError(f"the weights are all zero over the {n_rows:,} rows of the source: no row carries "
+                                "information")
             self.n_rows, self.sum_w = n_rows, sum_w
         elif n_rows != self.n_rows:
-            raise DataError(f"the streamed source changed between passes: {self.label} read {n_rows:,} rows, pass 1 "
-                            f"read {self.n_rows:,}; a source must give the same rows on every pass")
+            raise DataError(f"the streamed source changed between passes: {self.label} read {n_rows:,} rows where "
+                            f"pass 1 read {self.n_rows:,} rows; a source must give the same rows on every pass")
         self.passes += 1
         self._report(start, n_rows, out)
         return out
@@ -260,22 +277,30 @@ class _PartitionJob:
     cluster: str | None = None
 
 
-def _partition(frame, job: _PartitionJob, label: str, index: int, start: int, cluster=None) -> Problem:
+EMPTY = {"row count": np.array([0]), "total weight": np.zeros(1)}  # the fingerprint of an empty partition
+
+
+def _partition(frame, job: _PartitionJob, label: str, index: int, start: int) -> Batch:
     where = f"{label}, partition {index} (from row {start:,} of the source)"
-    batch = Batch(job.layout.check(host_columns(frame, where), where), start, ((index, start),), "partition")
-    return prepared(job.blocks, batch, job.weights, job.kernel.spec, label, cluster)
+    return Batch(job.layout.check(host_columns(frame, where), where), start, ((index, start),), "partition")
 
 
 def _partition_units(frame, job: _PartitionJob, theta, j_inv, sampling: bool, label: str, index: int, start: int):
-    """On a Dask worker: one partition's :func:`batch_units` and fingerprint."""
-    problem = _partition(frame, job, label, index, start, job.cluster)
+    """On a Dask worker: one partition's :func:`batch_units` (None: an empty partition) and fingerprint."""
+    batch = _partition(frame, job, label, index, start)
+    if not batch.n_rows:
+        return None, EMPTY
+    problem = prepared(job.blocks, batch, job.weights, job.kernel.spec, label, job.cluster)
     return batch_units(job.kernel, problem, theta, j_inv, sampling, job.dtype, job.centre), fingerprint(problem)
 
 
 def _partition_sums(frame, job: _PartitionJob, theta, plan, label: str, index: int, start: int):
     """On a Dask worker: one partition's row sums and fingerprint (host arrays: a few kB go back)."""
-    problem = _partition(frame, job, label, index, start)
+    batch = _partition(frame, job, label, index, start)
     kernel = job.kernel
+    if not batch.n_rows:  # a filtered frame's empty partition adds nothing
+        return Moments(*jax.device_get(kernel.zeros())), EMPTY
+    problem = prepared(job.blocks, batch, job.weights, kernel.spec, label)
     acc = add_rows(kernel, job.capacity, problem, jax.device_put(theta), plan, kernel.zeros(), job.dtype,
                    job.centre)
     return Moments(*jax.device_get(acc)), fingerprint(problem)
@@ -292,7 +317,8 @@ class DaskRows(_Checked):
 
         super().__init__(progress)
         self.kernel, self.first, self.frame = kernel, first, frame
-        lengths = np.asarray(dask.compute(frame.map_partitions(len))[0], dtype=np.int64)
+        with source_errors("pass 1, counting the rows of the partitions"):
+            lengths = np.asarray(dask.compute(frame.map_partitions(len))[0], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         capacity = batch_slab_chunks(-(-int(max(lengths.max(), 1)) // kernel.chunk))
         job = _PartitionJob(tuple(blocks), weights, kernel, layout_, capacity, dtype or np.float64,
@@ -327,11 +353,47 @@ class DaskRows(_Checked):
         tasks = [dask.delayed(function, pure=False)(part, self.job, *args, label, i, int(row))
                  for i, (part, row) in enumerate(zip(parts, self.starts))]
         self._rows, self._weight = 0, 0.0
-        for i, (out, print_) in enumerate(dask.compute(*tasks)):
-            self.check_piece(i, print_, f"partition {i} (from row {int(self.starts[i]):,} of the source)")
+        for i, (out, print_) in enumerate(self._computed(tasks, label)):
+            self.check_piece(i, print_, self._where(i))
             self._rows += int(print_["row count"][0])
             self._weight += float(print_["total weight"][0])
             yield out
+
+    def _where(self, i: int) -> str:
+        return f"partition {i} (from row {int(self.starts[i]):,} of the source)"
+
+    def _computed(self, tasks, label: str) -> list:
+        """The tasks' results in partition order. An exception other than a MestimError (a file deleted under
+        ``dd.read_parquet``, workers lost with the fit's data) is a DataError naming the pass and the partition."""
+        import dask
+
+        client = _dask_client()
+        if client is None:
+            try:
+                return list(dask.compute(*tasks))
+            except MestimError:
+                raise
+            except Exception:  # Dask's own scheduler does not say which task failed: find it, in order
+                return [self._result(label, i, task.compute) for i, task in enumerate(tasks)]
+        futures = client.compute(tasks)
+        try:
+            return [self._result(label, i, future.result) for i, future in enumerate(futures)]
+        finally:
+            client.cancel(futures)
+
+    def _result(self, label: str, i: int, get: Callable):
+        from concurrent.futures import CancelledError
+
+        try:
+            return get()
+        except MestimError:
+            raise
+        except CancelledError as e:  # distributed forgets a pass's tasks and the stack when its workers die
+            raise DataError(f"{label}, {self._where(i)}: the Dask workers were lost during the fit (killed or "
+                            f"restarted: {type(e).__name__}: {str(e).strip()[:200]}); fit again once the cluster "
+                            "is up") from e
+        except Exception as e:
+            raise source_error(f"{label}, {self._where(i)}", e) from e
 
 
 def _dask_client():
@@ -388,7 +450,8 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
             raise SpecificationError("devices= shards a fit within one process; a Dask fit sums on each worker's "
                                      "own device: leave devices=None")
         frame = source[columns] if columns is not None else source
-    first_batch = next(read_batches(open_pass, batch_rows, layout_, "pass 1"), None)
+    first_batch = next(read_batches(open_pass, batch_rows, layout_, "pass 1", "partition" if dask_frame else "chunk"),
+                       None)
     if first_batch is None:
         raise DataError("the streamed source has no rows")
     mesh = None if devices is None else device_mesh(devices)

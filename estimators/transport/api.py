@@ -32,7 +32,7 @@ from mestim.results import check_level, z_crit
 from .data import TransportData, as_frame, label, missing_column, prepare_data
 from .iterated import IteratedOutcome, iterated_blocks
 from .nonadherence import Adherence, add_adherence_columns, adherence_blocks
-from .outcome import OUTCOME_MODELS, Outcome, outcome_blocks
+from .outcome import OUTCOME_MODELS, Outcome, check_arm_rows, outcome_blocks
 from .participation import PARTICIPATION_MODELS, Participation, participation_blocks
 from .per_trial import TrialDoublyRobust, TrialOutcomeModel, TrialUnadjusted, TrialWeighting
 from .pooled import PooledDoublyRobust, PooledOutcomeModel, PooledPseudoOutcome, PooledWeighting, TargetOnly
@@ -433,10 +433,14 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
                                                  per_trial=bool(trial_est))
         armw = ArmWeights(treat, Adherence(C))  # I(Z=z, A=z)/(e(z) π_A(z)): the per-protocol arm weight
         out = IteratedOutcome(family, C, data.m, trial_effects)
+        check_arm_rows(data, per_trial=trial_outcome, pooled=pooled_outcome)  # the outer model, on all rows
+        check_arm_rows(data, per_trial=trial_outcome, pooled=pooled_outcome, among=cols["tr.adherent"] > 0,
+                       extra=post)
         outcome_model_blocks = iterated_blocks(data, out, post, per_trial=trial_outcome, pooled=pooled_outcome)
     else:
         armw = itt_weights
         out = Outcome(family, C, data.m, trial_effects)
+        check_arm_rows(data, per_trial=trial_outcome, pooled=pooled_outcome)
         outcome_model_blocks = outcome_blocks(data, family, per_trial=trial_outcome, pooled=pooled_outcome,
                                               trial_effects=trial_effects)
     # per protocol, DR weights two residuals: q1 − q2 by the ITT weight and Y − q1 by the per-protocol one
