@@ -137,6 +137,13 @@ def meat(u: Units, b: float = FAY_B, xp=np):
     return (totals * u.counts[:, None]).T @ totals
 
 
+def cluster_meat(u: Units) -> tuple[np.ndarray, int]:
+    """(the meat, the number of clusters) of cluster units (host), which need at least two clusters."""
+    if u.totals.shape[0] < 2:
+        raise DataError("the cluster column has a single cluster: the clustered meat needs at least two")
+    return meat(u), u.totals.shape[0]
+
+
 def n_units(weight_type: str, sum_w, n_rows, n_clusters=None):
     """n of the df correction n/(n − p): the clusters, Σw (frequency weights) or the rows (sampling weights)."""
     if n_clusters:

@@ -214,9 +214,7 @@ def unit_meat(problem: Problem, source, theta, options: FitOptions, moments: Mom
         _, u = covariance.merge_clusters([(np.array(part["labels"], dtype=str),
                                            covariance.Units(np.asarray(part["totals"], float).reshape(
                                                len(part["labels"]), -1), None, None)) for part in everyone])
-    if u.totals.shape[0] < 2:
-        raise DataError("the cluster column has a single cluster: the clustered meat needs at least two")
-    return covariance.meat(u), u.totals.shape[0]
+    return covariance.cluster_meat(u)
 
 
 def _influence(kernel: Kernel, problem: Problem, options: FitOptions, theta, scaled_inv) -> np.ndarray:

@@ -183,12 +183,7 @@ class _Checked:
     @staticmethod
     def finish(total) -> tuple[np.ndarray, int | None]:
         """(the meat, the number of clusters or None) from every piece's combined :func:`batch_units`."""
-        if not isinstance(total, tuple):
-            return total, None
-        u = total[1]
-        if u.totals.shape[0] < 2:
-            raise DataError("the cluster column has a single cluster: the clustered meat needs at least two")
-        return covariance.meat(u), u.totals.shape[0]
+        return (total, None) if not isinstance(total, tuple) else covariance.cluster_meat(total[1])
 
     def end_pass(self, n_rows: int, sum_w: float, start: float, out: Moments) -> Moments:
         """Pass 1 learns the row count and total weight; later passes matched pass 1 piece by piece
