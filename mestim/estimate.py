@@ -44,7 +44,8 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
         names: parameter names for a single ψ.
         weights: column name or array of row weights.
         weight_type: ``"frequency"`` (a row of weight w counts as w rows: same answer as expanded rows) or
-            ``"sampling"`` (inverse-probability weights: meat Σ w² ψψᵀ, n = number of rows).
+            ``"sampling"`` (inverse-probability weights: meat Σ w² ψψᵀ, n = number of rows; the unweighted fit of
+            w written inside ψ, clusters and corrections included: :mod:`mestim.covariance`).
         cluster: column name or array of cluster labels: meat Σ_g U_g U_gᵀ over cluster totals U_g = Σ_{i∈g} w ψ.
         correction: None, ``"df"`` (n/(n−p)) or ``"fay"`` (Fay's bias-corrected meat, b = 0.75).
         solve: ``"blockwise"`` (one solve per dependency level, see :mod:`mestim.blocks`) or ``"joint"``; default
