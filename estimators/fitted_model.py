@@ -45,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 
 from mestim import Block, Prepared
+from mestim.constants import partial
 from mestim.data import check_finite
 from mestim.errors import DataError, SpecificationError
 
@@ -117,6 +118,12 @@ class FittedModelDesign:
         self.y = str(model.endog_names)
 
     def _check_rows(self, cols):
+        where = partial(cols)
+        if where is not None:  # the block holds the model's arrays of all its rows, row for row
+            raise SpecificationError(
+                f"block '{self.score.name}' comes from a {self.source} and holds its {len(self.endog)} rows, so "
+                f"{where} it cannot be matched to part of the rows: fit it in memory (mestim.fit without devices=), "
+                "or build the model with estimators.glm on the streamed or distributed rows")
         rows, n = next(iter(cols.values())).shape[0], len(self.endog)
         if rows != n:
             raise DataError(

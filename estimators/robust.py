@@ -52,6 +52,7 @@ import numpy as np
 from statistics import NormalDist
 
 from mestim import Block, Prepared
+from mestim.constants import partial, require_all_rows, total
 from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError
 
@@ -155,17 +156,24 @@ def robust_regression(name: str, y: str, X=None, *, formula: str | None = None, 
         yv = clean_in_mask(require_numeric(cols, y, what="outcome"), m, y)
         xm, ym = x[m], yv[m]
         n, p = int(m.sum()), x.shape[1]
-        if n <= p:
+        if scale == "mad":
+            require_all_rows(cols, f"block '{name}': scale='mad' (the median absolute residual of a least-squares "
+                             "fit)", "give scale= the number (the MAD of a fit on all rows) or scale='huber' (stacked)")
+        if n <= p and partial(cols) is None:
             raise DataError(f"block '{name}' has {n} rows for {p} coefficients")
-        beta0 = _least_squares(xm, ym)
-        # σ: the fixed scale given, or the MAD of the least-squares residuals (scale='mad'; the others' start)
-        sigma0 = float(scale) if not isinstance(scale, str) else _positive_mad(name, ym - xm @ beta0, ym)
-        if norm == "tukey":  # a redescending ψ has several roots: start from Huber's fit
-            beta0 = _huber_start(xm, ym, beta0, sigma0)
+        if n > p:
+            beta0 = _least_squares(xm, ym)
+            # σ: the fixed scale given, or the MAD of the least-squares residuals (scale='mad'; the others' start)
+            sigma0 = float(scale) if not isinstance(scale, str) else _positive_mad(name, ym - xm @ beta0, ym)
+            if norm == "tukey":  # a redescending ψ has several roots: start from Huber's fit
+                beta0 = _huber_start(xm, ym, beta0, sigma0)
+        else:  # too few rows to start from, in part of the rows (a stream's last batch): the fit starts elsewhere
+            beta0, sigma0 = np.zeros(p), float(scale) if not isinstance(scale, str) else 1.0
         out = {f"{name}.X": x, f"{name}.y": yv, f"{name}.mask": m.astype(float)}
         if scale == "huber":
-            out[f"{name}.kappa"] = np.full(m.size, proposal2_kappa(HUBER_SCALE_D, n, p))
-            init = np.append(beta0, np.log(_positive_mad(name, ym - xm @ beta0, ym)))
+            rows = int(total(cols, f"block '{name}': rows (κ of proposal 2)", n=n)["n"])  # of the whole fit
+            out[f"{name}.kappa"] = np.full(m.size, proposal2_kappa(HUBER_SCALE_D, rows, p))
+            init = np.append(beta0, np.log(_positive_mad(name, ym - xm @ beta0, ym)) if n > p else 0.0)
             extra, how = ("log(scale)",), "stacked (proposal 2)"
         else:
             out[f"{name}.scale"] = np.full(m.size, sigma0)

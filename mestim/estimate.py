@@ -16,6 +16,7 @@ import numpy as np
 
 from . import processes
 from . import covariance
+from .constants import AcrossProcesses
 from .covariance import WARN_COND, BreadFactor
 from .driver import solve_stack
 from .errors import DataError, MestimWarning, SpecificationError
@@ -23,7 +24,7 @@ from .gmm import solve_gmm
 from .options import FitOptions
 from .problem import Problem, prepare
 from .results import Result, WaldTest
-from .sources import InMemory, device_mesh
+from .sources import InMemory
 from .sums import Kernel, Moments, chunk_rows, plan, quick_compile
 
 EXTREME_WEIGHT = 1e6  # a row weighing this many times the median row: almost surely a data error
@@ -54,7 +55,9 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
             stack's size and the device (:func:`mestim.sums.chunk_rows`).
         max_iter, xtol, gtol: solver limits (see :mod:`mestim.solve`).
         devices: shard the rows over devices (:mod:`mestim.scale`): an int (the first k devices), a list of
-            devices, a :class:`jax.sharding.Mesh`, or ``"all"``; every sum becomes a cross-device reduction.
+            devices, a :class:`jax.sharding.Mesh`, or ``"all"``; every sum becomes a cross-device reduction. In a
+            job of several processes (:mod:`mestim.processes`) it must be given: ``"all"`` fits every process's
+            rows together, ``"local"`` this process's rows alone.
         data_dtype: ``"float32"`` stores the columns ψ reads in float32 on the device (half the memory and
             bandwidth); ψ, θ and every sum stay float64. Default float64.
         root_finder: ``"auto"`` (Newton; Levenberg–Marquardt where Newton cannot go on), ``"newton"``, ``"lm"``, or
@@ -63,25 +66,28 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
         gmm: ``"two-step"`` or ``"iterated"``: over-identified estimating equations (more moment conditions than
             parameters) by the generalized method of moments, with Hansen's J test (:mod:`mestim.gmm`).
     """
-    options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype, root_finder,
-                         gmm)
-    mesh = None if devices is None else device_mesh(devices)
-    group = processes.Group() if mesh is not None and processes.several() else None
+    mesh, group = processes.placement(devices)
+    with processes.reporting(group):
+        options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype,
+                             root_finder, gmm)
+        return _fit(estimator, data, init, names, weights, cluster, options, mesh, group)
+
+
+def _fit(estimator, data, init, names, weights, cluster, options: FitOptions, mesh, group) -> Result:
+    """:func:`fit` with its devices placed: ``mesh`` (this process's devices, or None), ``group`` (the processes
+    fitting together, or None)."""
     if group is not None:
+        processes.agree_call(group, "mestim.fit", options, weights, cluster)
         _check_across_processes(options)
-        mesh = local_mesh(mesh)
     problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster,
                       levels=None if group is None else (lambda cols: processes.agree_levels(group, cols)),
-                      over_identified=gmm is not None)
+                      constants=None if group is None else AcrossProcesses(group),
+                      over_identified=options.gmm is not None)
     if group is None:  # across processes each holds a part of the rows
         problem.check_rows()
     source = InMemory(kernel_for(problem, options, mesh), problem.used, problem.w, dtype=options.data_dtype)
     notes = ()
     if group is not None:
-        auto = [b.name for b in problem.blocks if isinstance(b.smooth, str)]
-        if auto:
-            raise SpecificationError(f"block(s) {auto}: smooth='auto' chooses the bandwidth from each process's "
-                                     "own rows; across processes give smooth=h (a number)")
         start, n_rows, sum_w = processes.agree(group, problem)
         problem = dataclasses.replace(problem, init=start)
         source = processes.Distributed(source, group, n_rows, sum_w)
@@ -100,12 +106,6 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
     if group is not None:
         group.barrier("the end of the fit")
     return result
-
-
-def local_mesh(mesh):
-    """The devices of ``mesh`` that belong to this process (None: one device), when processes fit together."""
-    mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-    return None if len(mine) <= 1 else device_mesh(mine)
 
 
 def _check_across_processes(options: FitOptions) -> None:

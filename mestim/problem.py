@@ -20,6 +20,7 @@ import numpy as np
 from . import data as datamod
 from . import smooth
 from .blocks import Block, BlockSpec, StackSpec, solve_groups
+from .constants import ALL_ROWS
 from .errors import DataError, SpecificationError, untraceable
 
 MASK_PREFIX = "mask:"  # device column holding a user block's row mask
@@ -105,18 +106,20 @@ def as_blocks(estimator, init=None, names=None) -> list[Block]:
     return blocks
 
 
-def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=None, levels=None,
+def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=None, levels=None, constants=None,
             over_identified: bool = False) -> Problem:
     """Blocks prepared, ψ traced and checked, the columns it reads validated (host arrays only).
 
     ``levels(columns) -> {name: values}`` gives categorical columns their levels before the blocks prepare (the
-    levels several processes agreed on, :mod:`mestim.processes`); ``over_identified``: a block's ψ may return more
-    values than it has parameters (GMM)."""
+    levels several processes agreed on, :mod:`mestim.processes`); ``constants``: where the blocks' data-dependent
+    constants come from when ``data`` is part of the rows (:mod:`mestim.constants`; default: these rows are all
+    rows); ``over_identified``: a block's ψ may return more values than it has parameters (GMM)."""
     blocks = as_blocks(estimator, init, names)
     cols = datamod.as_columns(data)
     n = datamod.n_rows(cols)
     all_cols = datamod.Columns(cols)
     all_cols.levels = levels(cols) if levels is not None else {}
+    all_cols.constants = constants if constants is not None else ALL_ROWS
     specs, labels, inits, notes, masks, instruments, used_rows = [], [], [], [], {}, {}, {}
     for b in blocks:
         prep = b.prepare(all_cols) if b.prepare is not None else None

@@ -34,6 +34,11 @@ must have rows and a positive total weight.
 What differs from :func:`mestim.fit` in a streamed fit:
 
 - starting values that a block computes in ``prepare`` come from the **first batch** (labels too);
+- constants a block learns from the data (a formula's ``center``, ``scale``, ``standardize``, ``poly``; a robust
+  regression's κ) are learnt from **every batch** by a learning pass before the fit (:mod:`mestim.constants`;
+  one more pass where a constant is computed from another: a scale from its mean, each degree of ``poly`` from
+  the ones below); those that are not sums over rows (``bs`` and spline knots, ``scale="mad"``,
+  ``smooth="auto"``) are refused when the first batch is prepared, with the way to give them explicitly;
 - a block's ``prepare`` must give the same columns on every batch: a formula with ``C(site)`` on a batch
   missing a level raises (code categories as indicator columns instead), and a masked block whose mask
   selects no row of a batch raises (shuffle the rows, or use larger batches);
@@ -58,8 +63,9 @@ import numpy as np
 from . import covariance, processes
 from . import data as datamod
 from .driver import solve_stack
+from .constants import Summed, learn
 from .errors import DataError, MestimError, SpecificationError
-from .estimate import assemble, kernel_for, local_mesh
+from .estimate import assemble, kernel_for
 from .options import FitOptions
 from .problem import Problem, as_blocks, prepare
 from .readers import (Batch, Layout, chunk_reader, host_columns, read_batches, source_error, source_errors,
@@ -80,13 +86,16 @@ def batches(source, batch_rows: int = DEFAULT_BATCH, columns=None) -> Iterator[d
 
 
 # ---------------------------------------------------------------------------------------------- one batch
-def prepared(blocks, batch: Batch, weights, spec, label: str, cluster: str | None = None) -> Problem:
+def prepared(blocks, batch: Batch, weights, spec, label: str, constants: Summed,
+             cluster: str | None = None) -> Problem:
     """``batch`` prepared as ``fit`` prepares a table, its errors naming ``label`` (the pass), the chunk and the
-    row of the source; ``spec``: the stack every batch must prepare (None for the first batch)."""
+    row of the source; ``spec``: the stack every batch must prepare (None for the first batch); ``constants``: the
+    blocks' data-dependent constants, learnt from all rows (:mod:`mestim.constants`)."""
     weightless = _all_zero(batch.columns, weights)  # allowed in a part of the rows, as fit allows such rows
     with datamod.rows_numbered_from(batch.start):
         try:
-            problem = prepare(blocks, batch.columns, weights=None if weightless else weights, cluster=cluster)
+            problem = prepare(blocks, batch.columns, weights=None if weightless else weights, constants=constants,
+                              cluster=cluster)
         except DataError as e:
             raise DataError(f"{label}, {batch.where(getattr(e, 'row', None))}: {e}") from None
     if weightless:
@@ -218,11 +227,12 @@ class Streamed(_Checked):
     """A row source read anew on every pass: batches prepared like ``fit``'s table, checked against pass 1,
     summed slab by slab on the device."""
 
-    def __init__(self, kernel, blocks, first, open_pass, layout_, *, weights, batch_rows, dtype, progress,
+    def __init__(self, kernel, blocks, first, open_pass, layout_, *, weights, batch_rows, dtype, progress, constants,
                  cluster=None):
         super().__init__(progress)
         self.kernel, self.blocks, self.first, self.open_pass, self.layout = kernel, blocks, first, open_pass, layout_
-        self.weights, self.batch_rows, self.dtype, self.cluster = weights, batch_rows, dtype or np.float64, cluster
+        self.constants, self.cluster = constants, cluster
+        self.weights, self.batch_rows, self.dtype = weights, batch_rows, dtype or np.float64
         self.centre = centres(first.used) if dtype == "float32" else None  # the first batch's, for every batch
         parts = 1 if kernel.mesh is None else kernel.mesh.size
         self.capacity = batch_slab_chunks(-(-batch_rows // (kernel.chunk * parts)))  # one slab shape for all
@@ -241,7 +251,8 @@ class Streamed(_Checked):
         batch (``at``: the sums at θ̂, for the progress line)."""
         start, label, n_rows, sum_w, total = time.perf_counter(), self.label, 0, 0.0, None
         for i, batch in enumerate(read_batches(self.open_pass, self.batch_rows, self.layout, label)):
-            problem = prepared(self.blocks, batch, self.weights, self.first.spec, label, self.cluster)
+            problem = prepared(self.blocks, batch, self.weights, self.first.spec, label, self.constants.piece(),
+                               self.cluster)
             self.check_piece(i, fingerprint(problem), batch.where())
             total = self.combine(total, batch_units(self.kernel, problem, theta, j_inv, options.sampling, self.dtype,
                                                     self.centre))
@@ -251,7 +262,7 @@ class Streamed(_Checked):
         return self.finish(total)
 
     def _add_batch(self, i, batch, theta, plan, acc, label, pending):
-        problem = prepared(self.blocks, batch, self.weights, self.first.spec, label)
+        problem = prepared(self.blocks, batch, self.weights, self.first.spec, label, self.constants.piece())
         self.check_piece(i, fingerprint(problem), batch.where())
         acc = add_rows(self.kernel, self.capacity, problem, theta, plan, acc, self.dtype, self.centre, pending)
         return acc, problem.n_rows, float(problem.w.sum())
@@ -269,33 +280,43 @@ class _PartitionJob:
     capacity: int
     dtype: object
     centre: dict | None
+    constants: Summed  # the blocks' constants, learnt from every partition (mestim.constants)
     cluster: str | None = None
 
 
 EMPTY = {"row count": np.array([0]), "total weight": np.zeros(1)}  # the fingerprint of an empty partition
 
 
-def _partition(frame, job: _PartitionJob, label: str, index: int, start: int) -> Batch:
+def _partition_batch(frame, job, label, index, start) -> Batch:
     where = f"{label}, partition {index} (from row {start:,} of the source)"
     return Batch(job.layout.check(host_columns(frame, where), where), start, ((index, start),), "partition")
 
 
+def _partition_constants(frame, job: _PartitionJob, totals, label: str, index: int, start: int) -> Summed:
+    """On a Dask worker: one partition's sums of the constants its blocks learn (a learning pass)."""
+    recorder = Summed(totals, learning=True)
+    batch = _partition_batch(frame, job, label, index, start)
+    if batch.n_rows:  # a filtered frame's empty partition adds nothing
+        prepared(job.blocks, batch, job.weights, None, label, recorder)
+    return recorder
+
+
 def _partition_units(frame, job: _PartitionJob, theta, j_inv, sampling: bool, label: str, index: int, start: int):
     """On a Dask worker: one partition's :func:`batch_units` (None: an empty partition) and fingerprint."""
-    batch = _partition(frame, job, label, index, start)
+    batch = _partition_batch(frame, job, label, index, start)
     if not batch.n_rows:
         return None, EMPTY
-    problem = prepared(job.blocks, batch, job.weights, job.kernel.spec, label, job.cluster)
+    problem = prepared(job.blocks, batch, job.weights, job.kernel.spec, label, job.constants.piece(), job.cluster)
     return batch_units(job.kernel, problem, theta, j_inv, sampling, job.dtype, job.centre), fingerprint(problem)
 
 
 def _partition_sums(frame, job: _PartitionJob, theta, plan, label: str, index: int, start: int):
     """On a Dask worker: one partition's row sums and fingerprint (host arrays: a few kB go back)."""
-    batch = _partition(frame, job, label, index, start)
+    batch = _partition_batch(frame, job, label, index, start)
     kernel = job.kernel
     if not batch.n_rows:  # a filtered frame's empty partition adds nothing
         return Moments(*jax.device_get(kernel.zeros())), EMPTY
-    problem = prepared(job.blocks, batch, job.weights, kernel.spec, label)
+    problem = prepared(job.blocks, batch, job.weights, kernel.spec, label, job.constants.piece())
     acc = add_rows(kernel, job.capacity, problem, jax.device_put(theta), plan, kernel.zeros(), job.dtype,
                    job.centre)
     return Moments(*jax.device_get(acc)), fingerprint(problem)
@@ -307,7 +328,7 @@ class DaskRows(_Checked):
     the same compiled program, and the client adds the partitions' sums in partition order. Each partition's
     rows are counted once, before pass 1, so that errors raised on a worker name rows of the whole frame."""
 
-    def __init__(self, kernel, blocks, first, frame, layout_, *, weights, dtype, progress, cluster=None):
+    def __init__(self, kernel, blocks, first, frame, layout_, *, weights, dtype, progress, learns: bool, cluster=None):
         import dask
 
         super().__init__(progress)
@@ -317,9 +338,20 @@ class DaskRows(_Checked):
         self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         capacity = batch_slab_chunks(-(-int(max(lengths.max(), 1)) // kernel.chunk))
         job = _PartitionJob(tuple(blocks), weights, kernel, layout_, capacity, dtype or np.float64,
-                            centres(first.used) if dtype == "float32" else None, cluster)
+                            centres(first.used) if dtype == "float32" else None, Summed(), cluster)
+        if learns:  # the blocks' constants from every partition, by a learning pass on the workers
+            job.constants = learn(lambda recorder: self._learning_pass(job, recorder))
         client = _dask_client()
         self.job = job if client is None else client.scatter(job, broadcast=True, hash=False)
+
+    def _learning_pass(self, job, recorder):
+        import dask
+
+        tasks = [dask.delayed(_partition_constants, pure=False)(part, job, recorder.totals, "learning pass", i,
+                                                                 int(row))
+                 for i, (part, row) in enumerate(zip(self.frame.to_delayed(), self.starts))]
+        for part in dask.compute(*tasks):
+            recorder.merge(part)
 
     def sums(self, theta, plan) -> Moments:
         start, label, acc = time.perf_counter(), self.label, self.kernel.zeros()
@@ -419,29 +451,38 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
         columns: the raw columns to read (default all; reading fewer is faster for wide Parquet files).
         batch_rows: rows per host batch (host memory: O(batch_rows · columns)); a Dask fit reads partitions.
         chunk_size: rows per chunk inside the compiled program (memory: O(chunk · p²)), as in ``fit``.
-        devices: also shard each batch over devices (see :func:`device_mesh`); not with a Dask source.
+        devices: also shard each batch over devices (see :func:`device_mesh`); not with a Dask source. In a job of
+            several processes it must be given, as in :func:`mestim.fit`: ``"all"`` (every process streams its own
+            rows of one fit) or ``"local"`` (this process's rows alone).
         progress: True prints one line per pass to stderr; a function receives a dict per pass
             (passes, rows, seconds, residual).
         cluster: a column of the source (labels; a cluster may span batches): the clustered sandwich, from one
             more pass over the source after the solve (as ``correction="fay"``).
         Other arguments as :func:`mestim.fit` (``weights`` and ``cluster`` must be column names).
     """
-    options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype)
+    mesh, group = processes.placement(devices)
+    with processes.reporting(group):
+        options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype)
+        return _fit_stream(estimator, source, init, names, columns, weights, cluster, batch_rows, progress, options,
+                           mesh, group)
+
+
+def _fit_stream(estimator, source, init, names, columns, weights, cluster, batch_rows, progress,
+                options: FitOptions, mesh, group):
+    """:func:`fit_stream` with its devices placed (as :func:`mestim.estimate._fit`)."""
+    if group is not None:
+        processes.agree_call(group, "mestim.scale.fit_stream", options, weights, cluster)
     for name, value in (("weights", weights), ("cluster", cluster)):
         if value is not None and not isinstance(value, str):
             raise SpecificationError(f"{name}= of a streamed fit must be a column name of the source")
     if not isinstance(batch_rows, int) or batch_rows < 1:
         raise SpecificationError(f"batch_rows={batch_rows!r}: give a positive whole number")
     blocks = as_blocks(estimator, init, names)
-    auto = [b.name for b in blocks if isinstance(b.smooth, str)]
-    if auto:
-        raise SpecificationError(f"block(s) {auto}: smooth='auto' would choose a bandwidth from each batch's rows; "
-                                 "a streamed fit needs smooth=h (a number), e.g. the bandwidth fit() notes on a sample")
     layout_ = Layout(columns)
     dask_frame = source_kind(source) == "dask"
     open_pass = chunk_reader(source, batch_rows, columns)
     if dask_frame:
-        if devices is not None:
+        if mesh is not None:
             raise SpecificationError("devices= shards a fit within one process; a Dask fit sums on each worker's "
                                      "own device: leave devices=None")
         frame = source[columns] if columns is not None else source
@@ -449,18 +490,20 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
                        None)
     if first_batch is None:
         raise DataError("the streamed source has no rows")
-    mesh = None if devices is None else device_mesh(devices)
-    group = processes.Group() if mesh is not None and processes.several() else None
     if group is not None:
         if dask_frame:
             raise SpecificationError("a Dask DataFrame is already summed on its cluster's workers: fit it from one "
                                      "process, not from several JAX processes")
-        if cluster is not None or correction == "fay":
+        if cluster is not None or options.correction == "fay":
             raise SpecificationError("cluster= and correction='fay' are not available for a stream read by several "
                                      "processes (their extra pass is not merged across processes): stream from one "
                                      "process, or fit(..., devices=...) the rows in memory")
-        mesh = local_mesh(mesh)
-    first = prepared(blocks, first_batch, weights, None, "pass 1", cluster)  # spec, labels, starting values
+    # spec, labels, starting values; does a block learn constants from the data (mestim.constants)?
+    probe = Summed(learning=True)
+    first = prepared(blocks, first_batch, weights, None, "pass 1", probe.piece(), cluster)
+    constants = _learnt_constants(blocks, open_pass, batch_rows, layout_, weights, probe, group, dask_frame)
+    if constants.totals:
+        first = prepared(blocks, first_batch, weights, None, "pass 1", constants.piece(), cluster)
     notes = ()
     if group is not None:  # every process streams its own rows: agree on the stack and the start
         start, _, _ = processes.agree(group, first)
@@ -470,11 +513,11 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
     kernel = kernel_for(first, options, mesh, streamed=True, batch_rows=None if dask_frame else batch_rows)
     if dask_frame:
         stream = DaskRows(kernel, blocks, first, frame, layout_, weights=weights, dtype=options.data_dtype,
-                          progress=progress, cluster=cluster)
+                          progress=progress, learns=bool(probe.asked), cluster=cluster)
         how = f"{len(stream.starts):,} Dask partitions summed on the workers"
     else:
         stream = Streamed(kernel, blocks, first, open_pass, layout_, weights=weights, batch_rows=batch_rows,
-                          dtype=options.data_dtype, progress=progress, cluster=cluster)
+                          dtype=options.data_dtype, progress=progress, constants=constants, cluster=cluster)
         how = f"batches of {batch_rows:,}"
     if group is not None:
         stream = processes.Distributed(stream, group)
@@ -488,3 +531,18 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
         group.barrier("the end of the fit")
     return result
 
+
+def _learnt_constants(blocks, open_pass, batch_rows, layout_, weights, probe: Summed, group, dask_frame) -> Summed:
+    """The constants the blocks learn from the data (:mod:`mestim.constants`), by learning passes over every
+    batch of every process, when the first batch asked for one (``probe``); a Dask frame learns them on its
+    workers (:class:`DaskRows`)."""
+    learns = bool(probe.asked) if group is None else any(group.allgather_json(bool(probe.asked),
+                                                                              "whether it learns constants"))
+    if not learns or dask_frame:
+        return Summed()
+
+    def learning_pass(recorder):
+        for batch in read_batches(open_pass, batch_rows, layout_, "learning pass"):
+            prepared(blocks, batch, weights, None, "learning pass", recorder.piece())
+
+    return learn(learning_pass, None if group is None else (lambda *learnt: processes.add_learnt(group, *learnt)))
