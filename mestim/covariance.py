@@ -8,6 +8,11 @@ Corrections (as in R's geex):
 - ``"fay"``: Fay & Graubard (2001) bias-corrected meat Σ_g H_g U_g U_gᵀ H_g with
   H_g = diag((1 − min(b, [A_g A⁻¹]_jj))^(−1/2)), A_g the cluster's (or row's) share of the bread, b = 0.75.
 
+Weights follow two identities, under every option: frequency weights give the expanded table (a row of weight w
+is w rows) and sampling weights give the unweighted fit of w written inside ψ (:func:`units`). Every entry point
+(``fit``, ``sandwich``, streams, sharded devices, processes, the pure fit and so the bootstrap) forms its meat
+with :func:`units` and :func:`meat` and its covariance with :func:`covariance`.
+
 The bread is factored once (:class:`BreadFactor`: one SVD of the equilibrated bread gives its condition number,
 the parameters in its null direction and its inverse). A singular or numerically singular bread raises
 :class:`~mestim.errors.SingularBreadError` naming those parameters; it is never pseudo-inverted.
@@ -16,6 +21,7 @@ the parameters in its null direction and its inverse). A singular or numerically
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 
@@ -80,29 +86,82 @@ def equilibration(bread, xp):
     return xp.sqrt(xp.where(diag > 0, diag, xp.where(cross > 0, cross, 1.0)))
 
 
-def sandwich_covariance(bread_inv: np.ndarray, meat: np.ndarray) -> np.ndarray:
-    v = bread_inv @ meat @ bread_inv.T
-    return (v + v.T) / 2
+class Units(NamedTuple):
+    """The units the meat adds up: rows, or clusters. M = Σ_u c_u H_u U_u U_uᵀ H_u (H_u = I without Fay)."""
+
+    totals: np.ndarray  # (G, K) U_u: a row's ψ, w·ψ, or a cluster's Σ w ψ
+    leverages: np.ndarray | None  # (G, K) diag(J_u J⁻¹), Fay's correction only
+    counts: np.ndarray  # (G,) c_u: how many units each stands for (frequency weights on rows: w; else 1)
 
 
-def fay_meat(values: np.ndarray, leverages: np.ndarray, w: np.ndarray, codes: np.ndarray | None, n_clusters: int,
-             b: float = FAY_B) -> np.ndarray:
-    """Fay's meat from the rows' ψ_i and leverages diag(J_i J⁻¹) (J_i = ∂ψ_i/∂θ, J = Σ w J_i).
+def units(values, w, *, sampling: bool, codes=None, n_clusters: int | None = None, leverages=None, xp=np) -> Units:
+    """The units of the meat from per-row ψ_i (n, K), weights and, for Fay, the rows' leverages diag(J_i J⁻¹).
 
-    Without clusters a row of weight w counts as w rows: Σ w_i H_i ψ_i ψ_iᵀ H_i. With clusters the leverage of
-    cluster g is diag(J_g J⁻¹) = Σ_{i∈g} w_i diag(J_i J⁻¹), linear in its rows.
-    """
-    def h(lev):
-        return (1.0 - np.minimum(b, lev)) ** -0.5
-
+    Frequency weights: a row of weight w is w identical rows (the expanded table). Sampling weights: w written
+    inside ψ, ψ*_i = w_i ψ_i (so J*_i = w_i J_i and the leverage is w_i diag(J_i J⁻¹)), an unweighted row. A
+    cluster is the sum of its rows under either rule: U_g = Σ_{i∈g} w_i ψ_i, leverage Σ_{i∈g} w_i diag(J_i J⁻¹).
+    ``xp``: numpy on the host, jax.numpy in the traced (vmapped) fit."""
+    w = w[:, None]
     if codes is None:
-        hv = h(leverages) * values
-        return (hv * w[:, None]).T @ hv
-    u, lev = np.zeros((n_clusters, values.shape[1])), np.zeros((n_clusters, values.shape[1]))
-    np.add.at(u, codes, w[:, None] * values)
-    np.add.at(lev, codes, w[:, None] * leverages)
-    hu = h(lev) * u
-    return hu.T @ hu
+        if not sampling:
+            return Units(values, leverages, w[:, 0])
+        return Units(w * values, None if leverages is None else w * leverages, xp.ones(values.shape[0]))
+    lev = None if leverages is None else cluster_sums(w * leverages, codes, n_clusters, xp)
+    return Units(cluster_sums(w * values, codes, n_clusters, xp), lev, xp.ones(n_clusters))
+
+
+def cluster_sums(x, codes, n_clusters: int, xp=np):
+    """(G, K) per-cluster sums of the rows of ``x``."""
+    if xp is np:
+        out = np.zeros((n_clusters,) + x.shape[1:])
+        np.add.at(out, codes, x)
+        return out
+    return xp.zeros((n_clusters,) + x.shape[1:], x.dtype).at[codes].add(x)
+
+
+def merge_clusters(parts) -> tuple[np.ndarray, Units]:
+    """The cluster units of several sets of rows (batches, processes) given as ``(labels, Units)``: units with the
+    same label are one cluster (totals and leverages add). Returns the sorted labels and their units."""
+    labels = np.concatenate([np.asarray(lab) for lab, _ in parts])
+    merged, codes = np.unique(labels, return_inverse=True)
+    g = merged.size
+    totals = cluster_sums(np.concatenate([u.totals for _, u in parts]), codes, g)
+    fay = parts[0][1].leverages is not None
+    lev = cluster_sums(np.concatenate([u.leverages for _, u in parts]), codes, g) if fay else None
+    return merged, Units(totals, lev, np.ones(g))
+
+
+def meat(u: Units, b: float = FAY_B, xp=np):
+    """M = Σ_u c_u H_u U_u U_uᵀ H_u; with leverages, Fay & Graubard's H_u = diag((1 − min(b, lev_u))^(−1/2))."""
+    totals = u.totals if u.leverages is None else u.totals * (1.0 - xp.minimum(b, u.leverages)) ** -0.5
+    return (totals * u.counts[:, None]).T @ totals
+
+
+def cluster_meat(u: Units) -> tuple[np.ndarray, int]:
+    """(the meat, the number of clusters) of cluster units (host), which need at least two clusters."""
+    if u.totals.shape[0] < 2:
+        raise DataError("the cluster column has a single cluster: the clustered meat needs at least two")
+    return meat(u), u.totals.shape[0]
+
+
+def n_units(weight_type: str, sum_w, n_rows, n_clusters=None):
+    """n of the df correction n/(n − p): the clusters, Σw (frequency weights) or the rows (sampling weights)."""
+    if n_clusters:
+        return n_clusters
+    return sum_w if weight_type == "frequency" else n_rows
+
+
+def covariance(bread_inv, meat_, df_units=None, xp=np):
+    """V = A⁻¹ M A⁻ᵀ (symmetrised; A⁻¹ may be GMM's (GᵀWG)⁻¹GᵀW), times n/(n − p) when ``df_units`` = n is given
+    (``correction="df"``). Traced (``xp`` = jax.numpy), too few units give NaN instead of an error."""
+    v = bread_inv @ meat_ @ bread_inv.T
+    v = (v + v.T) / 2
+    if df_units is None:
+        return v
+    p = v.shape[0]
+    if xp is np:
+        return v * df_factor(df_units, p)
+    return v * xp.where(df_units > p, df_units / (df_units - p), xp.nan)
 
 
 def df_factor(n_units: float, p: int) -> float:

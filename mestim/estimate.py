@@ -16,8 +16,9 @@ import jax
 import numpy as np
 
 from . import processes
+from . import covariance
 from .constants import AcrossProcesses
-from .covariance import WARN_COND, BreadFactor, df_factor, fay_meat, sandwich_covariance
+from .covariance import WARN_COND, BreadFactor
 from .driver import solve_stack
 from .errors import DataError, MestimWarning, SpecificationError
 from .gmm import solve_gmm
@@ -45,7 +46,8 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
         names: parameter names for a single ψ.
         weights: column name or array of row weights.
         weight_type: ``"frequency"`` (a row of weight w counts as w rows: same answer as expanded rows) or
-            ``"sampling"`` (inverse-probability weights: meat Σ w² ψψᵀ, n = number of rows).
+            ``"sampling"`` (inverse-probability weights: meat Σ w² ψψᵀ, n = number of rows; the unweighted fit of
+            w written inside ψ, clusters and corrections included: :mod:`mestim.covariance`).
         cluster: column name or array of cluster labels: meat Σ_g U_g U_gᵀ over cluster totals U_g = Σ_{i∈g} w ψ.
         correction: None, ``"df"`` (n/(n−p)) or ``"fay"`` (Fay's bias-corrected meat, b = 0.75).
         solve: ``"blockwise"`` (one solve per dependency level, see :mod:`mestim.blocks`) or ``"joint"``; default
@@ -97,7 +99,7 @@ def _fit(estimator, data, init, names, weights, cluster, options: FitOptions, me
         weight = None
     else:
         clustered = None if problem.cluster is None else (  # clusters weight the moments by their totals' covariance
-            lambda theta, _: (lambda u: u.T @ u)(_cluster_totals(source, problem, theta)))
+            lambda theta, _: unit_meat(problem, source, theta, options)[0])
         theta, moments, iterations, weight, gmm_notes = solve_gmm(source, problem, options, meat=clustered)
         notes = notes + gmm_notes
     result = assemble(problem, source, theta, moments, options, iterations=iterations, notes=notes,
@@ -114,10 +116,10 @@ def _check_across_processes(options: FitOptions) -> None:
 
 
 def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="frequency", cluster=None,
-             correction=None, chunk_size=None) -> Result:
+             correction=None, chunk_size=None, data_dtype=None) -> Result:
     """The sandwich covariance at a given θ, without solving (θ in the same form as ``init``; for a stack, the
-    flat concatenation of the blocks' parameters or a dict of them)."""
-    options = FitOptions(weight_type, correction, chunk_size=chunk_size)
+    flat concatenation of the blocks' parameters or a dict of them); options as :func:`fit`."""
+    options = FitOptions(weight_type, correction, chunk_size=chunk_size, data_dtype=data_dtype)
     problem = prepare(estimator, data, theta if _single(estimator) else None, names=names, weights=weights,
                       cluster=cluster)
     problem.check_rows()
@@ -126,7 +128,7 @@ def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="f
     theta = np.asarray(theta, float).ravel()
     if theta.size != problem.spec.dim:
         raise SpecificationError(f"theta has {theta.size} values; the stack has {problem.spec.dim} parameters")
-    source = InMemory(kernel_for(problem, options, None), problem.used, problem.w)
+    source = InMemory(kernel_for(problem, options, None), problem.used, problem.w, dtype=options.data_dtype)
     every = tuple(b.name for b in problem.spec.blocks)
     moments = source.sums(theta, plan(problem.spec, values=every, jacobian=every, meat=True,
                                       sampling=options.sampling))
@@ -161,11 +163,6 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
     if not np.all(np.isfinite(moments.psi)):
         bad = [problem.equation_labels[i] for i in np.flatnonzero(~np.isfinite(moments.psi))]
         raise DataError(f"ψ is not finite at θ̂ for parameter(s) {bad}: check the data and ψ for log(0), 1/0, …")
-    clustered = problem.cluster is not None
-    totals = _cluster_totals(source, problem, theta) if clustered else None
-    n_clusters = totals.shape[0] if clustered else None
-    if clustered and n_clusters < 2:
-        raise DataError("the cluster column has a single cluster: the clustered meat needs at least two")
     bread = -np.asarray(moments.jac)
     if weight is None:  # θ̂ − θ ≈ A⁻¹ Σψ
         factor = BreadFactor.of(bread, labels)
@@ -175,16 +172,11 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
         factor = BreadFactor.of(bread.T @ weight @ bread, labels)
         factor.check()
         bread_inv = factor.inverse() @ bread.T @ weight
+    meat, n_clusters = unit_meat(problem, source, theta, options, moments,
+                                 j_inv=-bread_inv if options.correction == "fay" else None)
     n = source.sum_w if options.weight_type == "frequency" else float(source.n_rows)
-    meat = np.asarray(moments.meat)
-    if options.correction == "fay":
-        meat = fay_meat(source.row_values(theta), source.row_leverages(theta, -bread_inv), problem.w, problem.cluster,
-                        problem.n_clusters)
-    elif clustered:
-        meat = totals.T @ totals  # Σ_g U_g U_gᵀ
-    vcov = sandwich_covariance(bread_inv, meat)
-    if options.correction == "df":
-        vcov = vcov * df_factor(n_clusters or n, theta.size)
+    df_units = covariance.n_units(options.weight_type, source.sum_w, source.n_rows, n_clusters)
+    vcov = covariance.covariance(bread_inv, meat, df_units if options.correction == "df" else None)
     warnings = _warnings_for(problem, factor, theta, checks) + _zero_variance(labels, theta, vcov)
     for message in warnings:
         _warnings.warn(message, MestimWarning, stacklevel=3)
@@ -202,20 +194,29 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
                   _influence=functools.partial(_influence, kernel, problem, options, theta, n * bread_inv))
 
 
-def _cluster_totals(source, problem: Problem, theta):
-    """The cluster totals U_g = Σ_{i∈g} w_i ψ_i (G, K); across processes, merged by cluster label."""
+def unit_meat(problem: Problem, source, theta, options: FitOptions, moments: Moments | None = None, j_inv=None):
+    """(the meat M = Σ_u c_u H_u U_u U_uᵀ H_u at θ̂, the number of clusters or None): :mod:`mestim.covariance`'s
+    one rule for every source. Rows with no Fay correction: the pass's own Σ a ψψᵀ (``moments``); otherwise from
+    the rows' ψ (and leverages diag(J_i J⁻¹), ``j_inv`` = J⁻¹ given: Fay), cluster totals merged by label across
+    processes. A source that cannot hold every row (a stream) forms the same units batch by batch
+    (``source.unit_meat``)."""
+    if problem.cluster is None and j_inv is None and moments is not None:
+        return np.asarray(moments.meat), None
+    if hasattr(source, "unit_meat"):
+        return source.unit_meat(theta, j_inv, options, moments)
     values = source.row_values(theta)
-    totals = np.zeros((problem.n_clusters, values.shape[1]))
-    np.add.at(totals, problem.cluster, problem.w[:, None] * values)
-    if not isinstance(source, processes.Distributed):
-        return totals
-    everyone = source.group.allgather_json({"labels": [str(v) for v in problem.cluster_labels],
-                                            "totals": totals.tolist()}, "its cluster totals")
-    merged = {}
-    for part in everyone:
-        for label, row in zip(part["labels"], part["totals"]):
-            merged[label] = merged.get(label, 0.0) + np.asarray(row)
-    return np.array([merged[k] for k in sorted(merged)])
+    leverages = None if j_inv is None else source.row_leverages(theta, j_inv)
+    u = covariance.units(values, problem.w, sampling=options.sampling, codes=problem.cluster,
+                         n_clusters=problem.n_clusters, leverages=leverages)
+    if problem.cluster is None:
+        return covariance.meat(u), None
+    if isinstance(source, processes.Distributed):  # one cluster may hold rows of several processes
+        everyone = source.group.allgather_json({"labels": [str(v) for v in problem.cluster_labels],
+                                                "totals": u.totals.tolist()}, "its cluster totals")
+        _, u = covariance.merge_clusters([(np.array(part["labels"], dtype=str),
+                                           covariance.Units(np.asarray(part["totals"], float).reshape(
+                                               len(part["labels"]), -1), None, None)) for part in everyone])
+    return covariance.cluster_meat(u)
 
 
 def _influence(kernel: Kernel, problem: Problem, options: FitOptions, theta, scaled_inv) -> np.ndarray:

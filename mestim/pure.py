@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import linalg
+from . import covariance, linalg
 from .blocks import solve_levels
 from .covariance import SINGULAR_COND, equilibration
 from .errors import SpecificationError
@@ -31,20 +31,26 @@ from .sums import Moments, plan
 
 class PureFit(NamedTuple):
     theta: jax.Array  # (p,)
-    vcov: jax.Array  # (p, p) sandwich A⁻¹MA⁻ᵀ (frequency weights); NaN when the bread is singular
+    vcov: jax.Array  # (p, p) sandwich A⁻¹MA⁻ᵀ as fit() forms it; NaN when the bread is singular
     converged: jax.Array  # bool: every level converged and the bread is invertible
     iterations: jax.Array
     status: jax.Array  # the first failing level's status code (mestim.solve.STATUS), else CONVERGED
 
 
-def fit_function(estimator, data, init=None, *, names=None, solve: str = "blockwise", chunk_size: int | None = None,
+def fit_function(estimator, data, init=None, *, names=None, weight_type: str = "frequency", cluster=None,
+                 correction: str | None = None, solve: str = "blockwise", chunk_size: int | None = None,
                  max_iter: int = 100, xtol: float = 1e-10, gtol: float = 1e-12):
     """``(columns, f, problem)`` for ``estimator`` prepared on ``data``; ``f(columns, w, theta0=None)`` is pure.
 
-    ``problem.labels`` names the parameters; ``problem.init`` is the default start.
+    ``w`` are the row weights, of ``weight_type`` (as in :func:`mestim.fit`); ``cluster`` (a column name or array
+    of labels of ``data``'s rows) and ``correction`` (None, ``"df"``, ``"fay"``) give the covariance ``fit`` gives
+    with them (:mod:`mestim.covariance`): every data set passed to ``f`` shares ``data``'s clusters, row by row.
+    Columns may be float32 (read in float64). ``problem.labels`` names the parameters; ``problem.init`` is the
+    default start.
     """
-    options = FitOptions(solve=solve, chunk_size=chunk_size, max_iter=max_iter, xtol=xtol, gtol=gtol)
-    problem = prepare(estimator, data, init, names=names)
+    options = FitOptions(weight_type, correction, solve=solve, chunk_size=chunk_size, max_iter=max_iter, xtol=xtol,
+                         gtol=gtol)
+    problem = prepare(estimator, data, init, names=names, cluster=cluster)
     kernel = kernel_for(problem, options)
     spec, chunk = problem.spec, kernel.chunk
     every = tuple(b.name for b in spec.blocks)
@@ -52,13 +58,15 @@ def fit_function(estimator, data, init=None, *, names=None, solve: str = "blockw
     offsets, equations = spec.offsets(), spec.equation_offsets()
     solver = SolverOptions(max_iter, xtol, gtol)
     start = jnp.asarray(problem.init)
-    sandwich_plan = plan(spec, values=every, jacobian=every, meat=True)
+    sandwich_plan = plan(spec, values=every, jacobian=every, meat=True, sampling=options.sampling)
+    clustered, fay = problem.cluster is not None, options.correction == "fay"
 
     def f(columns, w, theta0=None) -> PureFit:
         n = w.shape[0]
         extra = -n % chunk  # pad to whole chunks with weight-0 copies of row 0
         rows = {k: jnp.concatenate([v, jnp.repeat(v[:1], extra, axis=0)]) for k, v in columns.items()}
-        w = jnp.concatenate([w, jnp.zeros(extra, w.dtype)])
+        w = jnp.concatenate([jnp.asarray(w, float), jnp.zeros(extra)])
+        codes = jnp.concatenate([jnp.asarray(problem.cluster), jnp.zeros(extra, int)]) if clustered else None
 
         def sums(theta, what):
             zeros = Moments(*(jnp.asarray(z) for z in kernel.zeros()))
@@ -86,9 +94,18 @@ def fit_function(estimator, data, init=None, *, names=None, solve: str = "blockw
         inv_eq = linalg.inv(equilibrated)  # no LAPACK under vmap (mestim.linalg)
         singular = linalg.condition(equilibrated, inv_eq) > SINGULAR_COND
         inv = inv_eq / scale[:, None] / scale[None, :]
-        vcov = jnp.where(singular, jnp.nan, inv @ final.meat @ inv.T)
+        if clustered or fay:  # the same units as fit (mestim.covariance), from the rows' ψ and leverages
+            units = covariance.units(kernel.row_values(theta, rows), w, sampling=options.sampling, codes=codes,
+                                     n_clusters=problem.n_clusters, xp=jnp,
+                                     leverages=kernel.row_leverages(theta, rows, -inv) if fay else None)
+            meat = covariance.meat(units, xp=jnp)
+        else:
+            meat = final.meat
+        df_units = covariance.n_units(options.weight_type, w.sum(), n, problem.n_clusters)
+        vcov = covariance.covariance(inv, meat, df_units if options.correction == "df" else None, xp=jnp)
+        vcov = jnp.where(singular, jnp.nan, vcov)
         status = jnp.where((status == CONVERGED) & singular, SINGULAR, status)
-        return PureFit(theta, (vcov + vcov.T) / 2, status == CONVERGED, iterations, status)
+        return PureFit(theta, vcov, status == CONVERGED, iterations, status)
 
     return problem.used, f, problem
 

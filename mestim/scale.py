@@ -43,7 +43,10 @@ What differs from :func:`mestim.fit` in a streamed fit:
   missing a level raises (code categories as indicator columns instead), and a masked block whose mask
   selects no row of a batch raises (shuffle the rows, or use larger batches);
 - post-fit block checks (e.g. the separation check of logistic blocks) are skipped; influence functions are
-  not kept (they have one row per data row); ``cluster=`` and ``correction="fay"`` are not supported.
+  not kept (they have one row per data row);
+- ``cluster=`` and ``correction="fay"`` read the source once more after the solve: each batch's (or
+  partition's) covariance units are formed as ``fit`` forms them (:mod:`mestim.covariance`), the meats of row
+  units added up and cluster totals merged by label (a cluster may span batches); host memory O(clusters × K).
 """
 
 from __future__ import annotations
@@ -57,8 +60,8 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 
+from . import covariance, processes
 from . import data as datamod
-from . import processes
 from .driver import solve_stack
 from .constants import Summed, learn
 from .errors import DataError, MestimError, SpecificationError
@@ -67,7 +70,7 @@ from .options import FitOptions
 from .problem import Problem, as_blocks, prepare
 from .readers import (Batch, Layout, chunk_reader, host_columns, read_batches, source_error, source_errors,
                       source_kind)
-from .sources import centres, device_mesh, layout, place, run_slabs, store
+from .sources import InMemory, centres, device_mesh, layout, place, run_slabs, store
 from .sums import Kernel, Moments, batch_slab_chunks
 
 __all__ = ["fit_stream", "batches", "device_mesh", "Streamed", "DaskRows"]
@@ -83,14 +86,16 @@ def batches(source, batch_rows: int = DEFAULT_BATCH, columns=None) -> Iterator[d
 
 
 # ---------------------------------------------------------------------------------------------- one batch
-def prepared(blocks, batch: Batch, weights, spec, label: str, constants: Summed) -> Problem:
+def prepared(blocks, batch: Batch, weights, spec, label: str, constants: Summed,
+             cluster: str | None = None) -> Problem:
     """``batch`` prepared as ``fit`` prepares a table, its errors naming ``label`` (the pass), the chunk and the
     row of the source; ``spec``: the stack every batch must prepare (None for the first batch); ``constants``: the
     blocks' data-dependent constants, learnt from all rows (:mod:`mestim.constants`)."""
     weightless = _all_zero(batch.columns, weights)  # allowed in a part of the rows, as fit allows such rows
     with datamod.rows_numbered_from(batch.start):
         try:
-            problem = prepare(blocks, batch.columns, weights=None if weightless else weights, constants=constants)
+            problem = prepare(blocks, batch.columns, weights=None if weightless else weights, constants=constants,
+                              cluster=cluster)
         except DataError as e:
             raise DataError(f"{label}, {batch.where(getattr(e, 'row', None))}: {e}") from None
     if weightless:
@@ -140,6 +145,16 @@ def add_rows(kernel: Kernel, capacity: int, problem: Problem, theta, plan, acc, 
     return acc
 
 
+def batch_units(kernel: Kernel, problem: Problem, theta, j_inv, sampling: bool, dtype, centre):
+    """A prepared batch's share of the meat (:mod:`mestim.covariance`, as ``fit`` forms it): the meat of its row
+    units, or ``(labels, Units)`` of its clusters; ``j_inv`` = J⁻¹ for Fay's leverages (None: no Fay)."""
+    rows = InMemory(kernel, problem.used, problem.w, dtype=dtype, centre=centre)
+    u = covariance.units(rows.row_values(theta), problem.w, sampling=sampling, codes=problem.cluster,
+                         n_clusters=problem.n_clusters, leverages=None if j_inv is None else rows.row_leverages(
+                             theta, j_inv))
+    return covariance.meat(u) if problem.cluster is None else (problem.cluster_labels, u)
+
+
 # ---------------------------------------------------------------------------------------------- row sources
 class _Checked:
     """Pass bookkeeping shared by the streamed sources: every pass must reproduce pass 1, piece by piece."""
@@ -165,6 +180,19 @@ class _Checked:
         if what is not None:
             raise DataError(f"{self.label}, {where}: the source changed since pass 1 (the {what} of these rows "
                             "differs); a source must give the same rows, in the same order, on every pass")
+
+    @staticmethod
+    def combine(total, share):
+        """Two pieces' :func:`batch_units` as one: row units' meats added, cluster units merged by label (as they
+        come: memory O(clusters))."""
+        if total is None or share is None:
+            return share if total is None else total
+        return covariance.merge_clusters([total, share]) if isinstance(share, tuple) else total + share
+
+    @staticmethod
+    def finish(total) -> tuple[np.ndarray, int | None]:
+        """(the meat, the number of clusters or None) from every piece's combined :func:`batch_units`."""
+        return (total, None) if not isinstance(total, tuple) else covariance.cluster_meat(total[1])
 
     def end_pass(self, n_rows: int, sum_w: float, start: float, out: Moments) -> Moments:
         """Pass 1 learns the row count and total weight; later passes matched pass 1 piece by piece
@@ -199,10 +227,11 @@ class Streamed(_Checked):
     """A row source read anew on every pass: batches prepared like ``fit``'s table, checked against pass 1,
     summed slab by slab on the device."""
 
-    def __init__(self, kernel, blocks, first, open_pass, layout_, *, weights, batch_rows, dtype, progress, constants):
+    def __init__(self, kernel, blocks, first, open_pass, layout_, *, weights, batch_rows, dtype, progress, constants,
+                 cluster=None):
         super().__init__(progress)
         self.kernel, self.blocks, self.first, self.open_pass, self.layout = kernel, blocks, first, open_pass, layout_
-        self.constants = constants
+        self.constants, self.cluster = constants, cluster
         self.weights, self.batch_rows, self.dtype = weights, batch_rows, dtype or np.float64
         self.centre = centres(first.used) if dtype == "float32" else None  # the first batch's, for every batch
         parts = 1 if kernel.mesh is None else kernel.mesh.size
@@ -216,6 +245,21 @@ class Streamed(_Checked):
             n_rows, sum_w = n_rows + rows, sum_w + weight
             del batch  # let go of this batch before the reader builds the next: one batch in memory at a time
         return self.end_pass(n_rows, sum_w, start, Moments(*jax.device_get(acc)))
+
+    def unit_meat(self, theta, j_inv, options, at: Moments):
+        """The meat of clusters or Fay's correction (:func:`mestim.estimate.unit_meat`): one more pass, batch by
+        batch (``at``: the sums at θ̂, for the progress line)."""
+        start, label, n_rows, sum_w, total = time.perf_counter(), self.label, 0, 0.0, None
+        for i, batch in enumerate(read_batches(self.open_pass, self.batch_rows, self.layout, label)):
+            problem = prepared(self.blocks, batch, self.weights, self.first.spec, label, self.constants.piece(),
+                               self.cluster)
+            self.check_piece(i, fingerprint(problem), batch.where())
+            total = self.combine(total, batch_units(self.kernel, problem, theta, j_inv, options.sampling, self.dtype,
+                                                    self.centre))
+            n_rows, sum_w = n_rows + problem.n_rows, sum_w + float(problem.w.sum())
+            del batch
+        self.end_pass(n_rows, sum_w, start, at)
+        return self.finish(total)
 
     def _add_batch(self, i, batch, theta, plan, acc, label, pending):
         problem = prepared(self.blocks, batch, self.weights, self.first.spec, label, self.constants.piece())
@@ -237,6 +281,10 @@ class _PartitionJob:
     dtype: object
     centre: dict | None
     constants: Summed  # the blocks' constants, learnt from every partition (mestim.constants)
+    cluster: str | None = None
+
+
+EMPTY = {"row count": np.array([0]), "total weight": np.zeros(1)}  # the fingerprint of an empty partition
 
 
 def _partition_batch(frame, job, label, index, start) -> Batch:
@@ -253,12 +301,21 @@ def _partition_constants(frame, job: _PartitionJob, totals, label: str, index: i
     return recorder
 
 
+def _partition_units(frame, job: _PartitionJob, theta, j_inv, sampling: bool, label: str, index: int, start: int):
+    """On a Dask worker: one partition's :func:`batch_units` (None: an empty partition) and fingerprint."""
+    batch = _partition_batch(frame, job, label, index, start)
+    if not batch.n_rows:
+        return None, EMPTY
+    problem = prepared(job.blocks, batch, job.weights, job.kernel.spec, label, job.constants.piece(), job.cluster)
+    return batch_units(job.kernel, problem, theta, j_inv, sampling, job.dtype, job.centre), fingerprint(problem)
+
+
 def _partition_sums(frame, job: _PartitionJob, theta, plan, label: str, index: int, start: int):
     """On a Dask worker: one partition's row sums and fingerprint (host arrays: a few kB go back)."""
     batch = _partition_batch(frame, job, label, index, start)
     kernel = job.kernel
     if not batch.n_rows:  # a filtered frame's empty partition adds nothing
-        return Moments(*jax.device_get(kernel.zeros())), {"row count": np.array([0]), "total weight": np.zeros(1)}
+        return Moments(*jax.device_get(kernel.zeros())), EMPTY
     problem = prepared(job.blocks, batch, job.weights, kernel.spec, label, job.constants.piece())
     acc = add_rows(kernel, job.capacity, problem, jax.device_put(theta), plan, kernel.zeros(), job.dtype,
                    job.centre)
@@ -271,7 +328,7 @@ class DaskRows(_Checked):
     the same compiled program, and the client adds the partitions' sums in partition order. Each partition's
     rows are counted once, before pass 1, so that errors raised on a worker name rows of the whole frame."""
 
-    def __init__(self, kernel, blocks, first, frame, layout_, *, weights, dtype, progress, learns: bool):
+    def __init__(self, kernel, blocks, first, frame, layout_, *, weights, dtype, progress, learns: bool, cluster=None):
         import dask
 
         super().__init__(progress)
@@ -281,7 +338,7 @@ class DaskRows(_Checked):
         self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         capacity = batch_slab_chunks(-(-int(max(lengths.max(), 1)) // kernel.chunk))
         job = _PartitionJob(tuple(blocks), weights, kernel, layout_, capacity, dtype or np.float64,
-                            centres(first.used) if dtype == "float32" else None, Summed())
+                            centres(first.used) if dtype == "float32" else None, Summed(), cluster)
         if learns:  # the blocks' constants from every partition, by a learning pass on the workers
             job.constants = learn(lambda recorder: self._learning_pass(job, recorder))
         client = _dask_client()
@@ -297,23 +354,37 @@ class DaskRows(_Checked):
             recorder.merge(part)
 
     def sums(self, theta, plan) -> Moments:
+        start, label, acc = time.perf_counter(), self.label, self.kernel.zeros()
+        for moments in self._on_workers(_partition_sums, np.asarray(theta, float), plan, label=label):
+            acc = Moments(*(a + m for a, m in zip(acc, moments)))
+        return self.end_pass(self._rows, self._weight, start, acc)
+
+    def unit_meat(self, theta, j_inv, options, at: Moments):
+        """As :meth:`Streamed.unit_meat`, each partition's units formed on its worker."""
+        start, total = time.perf_counter(), None
+        for share in self._on_workers(_partition_units, np.asarray(theta, float), j_inv, options.sampling,
+                                      label=self.label):
+            total = self.combine(total, share)
+        self.end_pass(self._rows, self._weight, start, at)
+        return self.finish(total)
+
+    def _on_workers(self, function, *args, label: str):
+        """``function(partition, job, *args, label, index, start)`` run on every partition's worker; yields the
+        results (their fingerprints checked against pass 1; rows and weight counted in ``_rows``, ``_weight``)."""
         import dask
 
-        start, label = time.perf_counter(), self.label
         parts = self.frame.to_delayed()
         if len(parts) != len(self.starts):
             raise DataError(f"{label}: the Dask frame has {len(parts)} partitions, it had {len(self.starts)} on "
                             "pass 1; a source must give the same rows on every pass")
-        theta = np.asarray(theta, float)
-        tasks = [dask.delayed(_partition_sums, pure=False)(part, self.job, theta, plan, label, i, int(row))
+        tasks = [dask.delayed(function, pure=False)(part, self.job, *args, label, i, int(row))
                  for i, (part, row) in enumerate(zip(parts, self.starts))]
-        acc, n_rows, sum_w = self.kernel.zeros(), 0, 0.0
-        for i, (moments, print_) in enumerate(self._computed(tasks, label)):
+        self._rows, self._weight = 0, 0.0
+        for i, (out, print_) in enumerate(self._computed(tasks, label)):
             self.check_piece(i, print_, self._where(i))
-            acc = Moments(*(a + m for a, m in zip(acc, moments)))
-            n_rows += int(print_["row count"][0])
-            sum_w += float(print_["total weight"][0])
-        return self.end_pass(n_rows, sum_w, start, acc)
+            self._rows += int(print_["row count"][0])
+            self._weight += float(print_["total weight"][0])
+            yield out
 
     def _where(self, i: int) -> str:
         return f"partition {i} (from row {int(self.starts[i]):,} of the source)"
@@ -365,7 +436,8 @@ def _dask_client():
 
 # ---------------------------------------------------------------------------------------------- fit_stream
 def fit_stream(estimator, source, init=None, *, names=None, columns=None, weights=None,
-               weight_type: str = "frequency", correction: str | None = None, solve: str = "blockwise",
+               weight_type: str = "frequency", cluster: str | None = None, correction: str | None = None,
+               solve: str = "blockwise",
                batch_rows: int = DEFAULT_BATCH, chunk_size: int | None = None, devices=None, data_dtype=None,
                max_iter: int = 100, xtol: float = 1e-10, gtol: float = 1e-12,
                progress: bool | Callable[[dict], None] = False):
@@ -384,24 +456,25 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
             rows of one fit) or ``"local"`` (this process's rows alone).
         progress: True prints one line per pass to stderr; a function receives a dict per pass
             (passes, rows, seconds, residual).
-        Other arguments as :func:`mestim.fit` (``weights`` must be a column name).
+        cluster: a column of the source (labels; a cluster may span batches): the clustered sandwich, from one
+            more pass over the source after the solve (as ``correction="fay"``).
+        Other arguments as :func:`mestim.fit` (``weights`` and ``cluster`` must be column names).
     """
     mesh, group = processes.placement(devices)
     with processes.reporting(group):
         options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype)
-        return _fit_stream(estimator, source, init, names, columns, weights, batch_rows, progress, options, mesh,
-                           group)
+        return _fit_stream(estimator, source, init, names, columns, weights, cluster, batch_rows, progress, options,
+                           mesh, group)
 
 
-def _fit_stream(estimator, source, init, names, columns, weights, batch_rows, progress, options: FitOptions, mesh,
-                group):
+def _fit_stream(estimator, source, init, names, columns, weights, cluster, batch_rows, progress,
+                options: FitOptions, mesh, group):
     """:func:`fit_stream` with its devices placed (as :func:`mestim.estimate._fit`)."""
     if group is not None:
-        processes.agree_call(group, "mestim.scale.fit_stream", options, weights, None)
-    if options.correction == "fay":
-        raise SpecificationError("correction='fay' is not available for streamed fits; use None or 'df'")
-    if weights is not None and not isinstance(weights, str):
-        raise SpecificationError("weights= of a streamed fit must be a column name of the source")
+        processes.agree_call(group, "mestim.scale.fit_stream", options, weights, cluster)
+    for name, value in (("weights", weights), ("cluster", cluster)):
+        if value is not None and not isinstance(value, str):
+            raise SpecificationError(f"{name}= of a streamed fit must be a column name of the source")
     if not isinstance(batch_rows, int) or batch_rows < 1:
         raise SpecificationError(f"batch_rows={batch_rows!r}: give a positive whole number")
     blocks = as_blocks(estimator, init, names)
@@ -421,12 +494,16 @@ def _fit_stream(estimator, source, init, names, columns, weights, batch_rows, pr
         if dask_frame:
             raise SpecificationError("a Dask DataFrame is already summed on its cluster's workers: fit it from one "
                                      "process, not from several JAX processes")
+        if cluster is not None or options.correction == "fay":
+            raise SpecificationError("cluster= and correction='fay' are not available for a stream read by several "
+                                     "processes (their extra pass is not merged across processes): stream from one "
+                                     "process, or fit(..., devices=...) the rows in memory")
     # spec, labels, starting values; does a block learn constants from the data (mestim.constants)?
     probe = Summed(learning=True)
-    first = prepared(blocks, first_batch, weights, None, "pass 1", probe.piece())
+    first = prepared(blocks, first_batch, weights, None, "pass 1", probe.piece(), cluster)
     constants = _learnt_constants(blocks, open_pass, batch_rows, layout_, weights, probe, group, dask_frame)
     if constants.totals:
-        first = prepared(blocks, first_batch, weights, None, "pass 1", constants.piece())
+        first = prepared(blocks, first_batch, weights, None, "pass 1", constants.piece(), cluster)
     notes = ()
     if group is not None:  # every process streams its own rows: agree on the stack and the start
         start, _, _ = processes.agree(group, first)
@@ -436,11 +513,11 @@ def _fit_stream(estimator, source, init, names, columns, weights, batch_rows, pr
     kernel = kernel_for(first, options, mesh, streamed=True, batch_rows=None if dask_frame else batch_rows)
     if dask_frame:
         stream = DaskRows(kernel, blocks, first, frame, layout_, weights=weights, dtype=options.data_dtype,
-                          progress=progress, learns=bool(probe.asked))
+                          progress=progress, learns=bool(probe.asked), cluster=cluster)
         how = f"{len(stream.starts):,} Dask partitions summed on the workers"
     else:
         stream = Streamed(kernel, blocks, first, open_pass, layout_, weights=weights, batch_rows=batch_rows,
-                          dtype=options.data_dtype, progress=progress, constants=constants)
+                          dtype=options.data_dtype, progress=progress, constants=constants, cluster=cluster)
         how = f"batches of {batch_rows:,}"
     if group is not None:
         stream = processes.Distributed(stream, group)

@@ -127,9 +127,10 @@ class InMemory:
     """Rows held on the device(s) as slabs, summed by the stack's compiled program on every pass; with
     ``kernel.hoist``, the work that does not depend on θ is done once here (:mod:`mestim.hoist`)."""
 
-    def __init__(self, kernel: Kernel, columns: dict, w: np.ndarray, *, dtype=None):
+    def __init__(self, kernel: Kernel, columns: dict, w: np.ndarray, *, dtype=None, centre=None):
+        """``dtype="float32"``: columns stored centred, on ``centre`` (default: their own, :func:`centres`)."""
         self.kernel, self.n_rows, self.sum_w, self.passes = kernel, int(w.shape[0]), float(np.sum(w)), 0
-        self.centre = centres(columns) if dtype == "float32" else None
+        self.centre = (centres(columns) if centre is None else centre) if dtype == "float32" else None
         columns = store(columns, dtype or np.float64, self.centre)
         parts = 1 if kernel.mesh is None else kernel.mesh.size
         host, self._sizes = layout(columns, np.asarray(w, float), kernel.chunk, parts)

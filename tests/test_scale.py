@@ -151,9 +151,10 @@ def test_in_memory_refit_does_not_recompile(data, reference):
     assert count.programs == 0
 
 
-def test_stream_rejects_unsupported(data):
-    with pytest.raises(SpecificationError, match="fay"):
-        fit_stream(_stack(), data, correction="fay")
+def test_stream_refuses_cluster_labels_that_are_not_a_column(data):
+    """Streams take cluster= and Fay (tests/test_conformance.py); cluster labels must be a column of the source."""
+    with pytest.raises(SpecificationError, match="cluster= of a streamed fit must be a column name"):
+        fit_stream(_stack(), data, cluster=np.zeros(N))
 
 
 def test_float32_data_path_accuracy(data):
