@@ -138,37 +138,39 @@ class InMemory:
         self._hoisted = {}  # plan → residuals of every slab (None: not worth it)
 
     def _residuals(self, plan: tuple):
-        """(the plan to run, the residuals of its θ-free work per slab) for a requested ``plan``, or None.
+        """(the hoisted plan that serves a requested ``plan``, the residuals of its θ-free work per slab), or None.
 
-        The first full Jacobian pass (every block's Jacobian) makes the residuals of its plan; a later pass that
-        needs no more (a residual-only backtracking step) runs that plan too (it computes a little more, with no
-        further program to compile). None when the kernel does not hoist or the residuals would not fit."""
+        The first full Jacobian pass (every block's Jacobian) makes the residuals of its plan with the meat (a
+        later pass of that plan that asks for the meat needs no further residuals); a later pass that needs no more
+        (a residual-only backtracking step, the values and meat at θ̂) is served by them (:func:`hoist.serves`).
+        None when the kernel does not hoist, partial evaluation fails, or the residuals would not fit."""
         n_blocks = len(self.kernel.spec.blocks)
         for hoisted, residuals in self._hoisted.items():
-            # a hoisted program computes no less for every block and the meat (weighted alike, if asked for)
-            meat_ok = plan[n_blocks] <= hoisted[n_blocks] and (not plan[n_blocks] or plan[-1] == hoisted[-1])
-            if meat_ok and all(m <= h for m, h in zip(plan[:n_blocks], hoisted[:n_blocks])):
+            if hoist.serves(hoisted, plan, n_blocks):
                 return (hoisted, residuals) if residuals is not None else None
         if not self.kernel.hoist or not all(mode == JACOBIAN for mode in plan[:n_blocks]):
             return None
-        s = hoist.split(self.kernel, self._layout, plan, self.centre is not None)
-        fits = s is not None and hoist.residual_bytes(s, self.kernel.chunk, self.n_rows) <= hoist.HOIST_BUDGET
-        self._hoisted[plan] = [hoist.residuals_program(self.kernel, self._layout, plan, rows, w, self.centre)
-                               for rows, w, _ in self._slabs] if fits else None
-        return (plan, self._hoisted[plan]) if fits else None
+        key = plan[:n_blocks] + (1, plan[-1])
+        s = hoist.split(self.kernel, self._layout, key, self.centre is not None)
+        allocated = sum(w.shape[0] for _, w, _ in self._slabs) // self.kernel.chunk
+        fits = s is not None and hoist.residual_bytes(s, allocated) <= hoist.HOIST_BUDGET
+        self._hoisted[key] = [hoist.residuals_program(self.kernel, self._layout, key, rows, w, n_chunks, self.centre)
+                              for rows, w, n_chunks in self._slabs] if fits else None
+        return (key, self._hoisted[key]) if fits else None
 
     def sums(self, theta, plan) -> Moments:
         """The row sums at ``theta`` (host arrays), one pass over the device slabs."""
         theta = jax.device_put(np.asarray(theta, float))
-        hoisted = self._residuals(tuple(int(m) for m in plan))
+        plan = tuple(int(m) for m in plan)
+        hoisted = self._residuals(plan)
         if hoisted is None:
-            acc = run_slabs(self.kernel, self._slabs, theta, plan, centre=self.centre)
+            acc = run_slabs(self.kernel, self._slabs, theta, np.asarray(plan, np.int32), centre=self.centre)
         else:
             key, residuals = hoisted
             acc = self.kernel.zeros()
             for res, (_, _, n_chunks) in zip(residuals, self._slabs):
-                acc = hoist.sums_program(self.kernel, self._layout, key, self.centre is not None, acc, theta, res,
-                                         n_chunks)
+                acc = hoist.sums_program(self.kernel, self._layout, key, plan, self.centre is not None, acc, theta,
+                                         res, n_chunks)
         self.passes += 1
         return Moments(*jax.device_get(acc))
 

@@ -7,6 +7,7 @@ import pytest
 
 import estimators as est
 from mestim import Block
+from mestim.hoist import residuals_program as _residuals  # the real program (spied on below)
 from mestim.problem import prepare
 from mestim.sources import InMemory
 from mestim.sums import Kernel, plan
@@ -60,3 +61,87 @@ def test_a_hoisted_plan_without_the_meat_does_not_serve_a_pass_that_asks_for_it(
         got = hoisted.sums(theta, asked)
         assert np.abs(got.meat).max() > 0
         _same(got, whole.sums(theta, asked))
+
+
+def test_a_residual_only_pass_is_residual_only(problem):
+    """Served by the hoisted residuals, a residual-only pass returns no Jacobian and no meat (the whole program
+    returns zeros there), and a pass that skips a block returns zero for its equations."""
+    every = ("lg", "r")
+    theta = problem.init + 0.05
+    hoisted, whole = _sources(problem)
+    hoisted.sums(theta, plan(problem.spec, values=every, jacobian=every))
+    for p in (plan(problem.spec, values=every), plan(problem.spec, values=("r",))):
+        got = hoisted.sums(theta, p)
+        assert not np.any(got.jac) and not np.any(got.meat)
+        _same(got, whole.sums(theta, p))
+    assert len(hoisted._hoisted) == 1  # both served by the first pass's residuals
+
+
+def test_without_partial_evaluation_the_source_falls_back_visibly(problem, monkeypatch, caplog):
+    """Where JAX's internal partial evaluation is missing, the source runs the whole program (same sums), the
+    fallback is counted and logged."""
+    from mestim import hoist, internals
+
+    def moved():
+        raise ImportError("jax._src.interpreters.partial_eval moved")
+
+    monkeypatch.setattr(internals, "_partial_eval_module", moved)
+    monkeypatch.setattr(internals, "FALLBACKS", type(internals.FALLBACKS)())
+    hoist.split.cache_clear()
+    try:
+        every = ("lg", "r")
+        theta = problem.init + 0.05
+        hoisted, whole = _sources(problem)
+        p = plan(problem.spec, values=every, jacobian=every, meat=True)
+        with caplog.at_level("WARNING", logger="mestim"):
+            _same(hoisted.sums(theta, p), whole.sums(theta, p))
+        assert list(hoisted._hoisted.values()) == [None]
+        assert sum(internals.FALLBACKS.values()) == 1 and "moved" in caplog.text
+    finally:
+        hoist.split.cache_clear()
+
+
+def _psi_user(theta, row):  # a user's ψ of two models and an estimand written as one block (W2's form)
+    x = jnp.array([1.0, row["x1"], row["x2"]])
+    p = 1 / (1 + jnp.exp(-(x @ theta[:3])))
+    mu = x @ theta[3:6]
+    return jnp.concatenate([(row["y"] - p) * x, (row["z"] - mu) * x, jnp.atleast_1d(row["y"] / p - theta[6])])
+
+
+@pytest.fixture(scope="module")
+def table():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, 2))
+    y = (rng.random(3000) < 1 / (1 + np.exp(-0.3 - x[:, 0]))).astype(float)
+    return {"x1": x[:, 0], "x2": x[:, 1], "y": y, "z": x @ [0.5, -1.0] + rng.normal(size=3000),
+            "w": rng.uniform(0.5, 2.0, 3000)}
+
+
+@pytest.mark.parametrize("case", ["user psi", "registered blocks, joint", "sampling weights, float32 columns"])
+def test_fits_with_hoisting_forced_on_equal_the_plain_path(table, case, monkeypatch):
+    """Whole fits (every pass of the solve and the sandwich) with hoisting forced on (data this small are
+    otherwise compiled quick, unhoisted) equal the plain path to 1e-12, and the hoisted path ran."""
+    import mestim
+    from mestim import hoist, sums
+
+    if case == "user psi":
+        args, kw = (_psi_user, table), dict(init=np.r_[np.zeros(6), 1.0], weights="w", chunk_size=256)  # 12 of 64
+    elif case == "registered blocks, joint":
+        args, kw = ([est.logistic("lg", "y", ["x1", "x2"]), Block("r", _ratio, init=[1.0], reads=("lg",))],
+                    table), dict(solve="joint", weights="w")
+    else:
+        args, kw = (_psi_user, table), dict(init=np.r_[np.zeros(6), 1.0], weights="w", weight_type="sampling",
+                                            data_dtype="float32", chunk_size=512)
+    monkeypatch.setattr(sums, "QUICK_WORK", 0)  # every fit here is compiled optimised, so hoisted on a CPU
+    built = []
+    monkeypatch.setattr(hoist, "residuals_program", lambda *a: built.append(a[2]) or _residuals(*a))
+    on = mestim.fit(*args, **kw)
+    assert built, "the hoisted path did not run"
+    monkeypatch.setattr(hoist, "HOIST_BUDGET", 0)  # the residuals never fit: the plain path
+    built.clear()
+    off = mestim.fit(*args, **kw)
+    assert not built
+    np.testing.assert_allclose(on.theta, off.theta, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(on.vcov, off.vcov, rtol=1e-12, atol=1e-14 * np.abs(off.vcov).max())
+    assert on.iterations == off.iterations
+
