@@ -127,6 +127,8 @@ class InMemory:
     """Rows held on the device(s) as slabs, summed by the stack's compiled program on every pass; with
     ``kernel.hoist``, the work that does not depend on θ is done once here (:mod:`mestim.hoist`)."""
 
+    meat_once = True  # a pass is cheap to repeat: the solver takes the meat in one pass at θ̂ (mestim.driver)
+
     def __init__(self, kernel: Kernel, columns: dict, w: np.ndarray, *, dtype=None):
         self.kernel, self.n_rows, self.sum_w, self.passes = kernel, int(w.shape[0]), float(np.sum(w)), 0
         self.centre = centres(columns) if dtype == "float32" else None

@@ -145,3 +145,21 @@ def test_fits_with_hoisting_forced_on_equal_the_plain_path(table, case, monkeypa
     np.testing.assert_allclose(on.vcov, off.vcov, rtol=1e-12, atol=1e-14 * np.abs(off.vcov).max())
     assert on.iterations == off.iterations
 
+
+
+def test_the_meat_is_taken_once_at_the_estimate(table, monkeypatch):
+    """In memory, the Newton passes take no meat; one values+meat pass at θ̂ does (the same sandwich as the meat
+    taken on every pass of the last level, as a stream still does)."""
+    import mestim
+    from mestim.sources import InMemory
+
+    asked = []
+    sums = InMemory.sums
+    monkeypatch.setattr(InMemory, "sums", lambda self, theta, p: asked.append(tuple(p)) or sums(self, theta, p))
+    once = mestim.fit(_psi_user, table, init=np.r_[np.zeros(6), 1.0], weights="w")
+    n_blocks = 1
+    assert all(p[n_blocks] == 0 for p in asked[:-1]) and asked[-1][:n_blocks + 1] == (1, 1)
+    monkeypatch.setattr(InMemory, "meat_once", False)
+    every_pass = mestim.fit(_psi_user, table, init=np.r_[np.zeros(6), 1.0], weights="w")
+    np.testing.assert_array_equal(once.theta, every_pass.theta)
+    np.testing.assert_allclose(once.vcov, every_pass.vcov, rtol=1e-12, atol=0)
