@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 
 from . import internals
-from .sums import JACOBIAN, VALUES, Moments
+from .sums import JACOBIAN, VALUES, Moments, _pow2_ceil
 
 HOIST_BUDGET = 1 << 30  # bytes of residuals an in-memory source may keep on the device
 
@@ -84,11 +84,11 @@ def residual_bytes(s: Split, n_chunks: int) -> int:
     return n_chunks * sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in s.residuals)
 
 
-def slab_residuals(s: Split, kernel, rows, w, n_chunks, centre=None):
-    """The residuals of the first ``n_chunks`` chunks of a slab, stacked along a leading chunk axis (traceable;
-    the empty chunks' entries are zeros, never read)."""
+def slab_residuals(s: Split, kernel, rows, w, n_chunks, capacity: int, centre=None):
+    """The residuals of the first ``n_chunks`` chunks of a slab, stacked along a leading chunk axis of ``capacity``
+    (at least ``n_chunks``; traceable; the entries past ``n_chunks`` are zeros, never read)."""
     c = kernel.chunk
-    empty = tuple(jnp.zeros((w.shape[0] // c,) + a.shape, a.dtype) for a in s.residuals)
+    empty = tuple(jnp.zeros((capacity,) + a.shape, a.dtype) for a in s.residuals)
 
     def body(i, stacked):
         cut = lambda a: lax.dynamic_slice_in_dim(a, i * c, c)  # noqa: E731
@@ -126,10 +126,17 @@ def slab_sums(s: Split, kernel, plan: tuple, acc, theta, residuals, n_chunks):
     return lax.fori_loop(0, n_chunks, body, acc)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def residuals_program(kernel, layout, plan, rows, w, n_chunks, centre):
-    """:func:`slab_residuals`, compiled once per kernel, plan and slab shape (once per fit's source)."""
-    return slab_residuals(split(kernel, layout, plan, centre is not None), kernel, rows, w, n_chunks, centre)
+def capacity(n_chunks: int) -> int:
+    """The chunks of residuals kept for a slab of ``n_chunks`` filled chunks: the next power of two (a slab of 64
+    chunks holding 10 kept 64 chunks of residuals, 5× the memory to fill), so a program serves many sizes."""
+    return _pow2_ceil(n_chunks)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def residuals_program(kernel, layout, plan, capacity, rows, w, n_chunks, centre):
+    """:func:`slab_residuals`, compiled once per kernel, plan, slab shape and capacity."""
+    return slab_residuals(split(kernel, layout, plan, centre is not None), kernel, rows, w, n_chunks, capacity,
+                          centre)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))

@@ -135,6 +135,7 @@ class InMemory:
         columns = store(columns, dtype or np.float64, self.centre)
         parts = 1 if kernel.mesh is None else kernel.mesh.size
         host, self._sizes = layout(columns, np.asarray(w, float), kernel.chunk, parts)
+        self._filled = [int(n.max()) for _, _, n in host]  # chunks holding rows, per slab
         self._slabs = place(kernel, host)
         self._layout = tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in columns.items()))
         self._hoisted = {}  # plan → residuals of every slab (None: not worth it)
@@ -154,10 +155,11 @@ class InMemory:
             return None
         key = plan[:n_blocks] + (1, plan[-1])
         s = hoist.split(self.kernel, self._layout, key, self.centre is not None)
-        allocated = sum(w.shape[0] for _, w, _ in self._slabs) // self.kernel.chunk
-        fits = s is not None and hoist.residual_bytes(s, allocated) <= hoist.HOIST_BUDGET
-        self._hoisted[key] = [hoist.residuals_program(self.kernel, self._layout, key, rows, w, n_chunks, self.centre)
-                              for rows, w, n_chunks in self._slabs] if fits else None
+        kept = [hoist.capacity(n) for n in self._filled]
+        fits = s is not None and hoist.residual_bytes(s, sum(kept)) <= hoist.HOIST_BUDGET
+        self._hoisted[key] = [hoist.residuals_program(self.kernel, self._layout, key, capacity, rows, w, n_chunks,
+                                                      self.centre)
+                              for capacity, (rows, w, n_chunks) in zip(kept, self._slabs)] if fits else None
         return (key, self._hoisted[key]) if fits else None
 
     def sums(self, theta, plan) -> Moments:
