@@ -145,7 +145,7 @@ class Kernel:
             upstream[name], at = u[at:at + z - a], at + z - a
         return block(own, row, upstream)
 
-    def _pattern(self, block, rows) -> Pattern:
+    def pattern(self, block, rows) -> Pattern:
         """The block's Jacobian pattern for rows shaped like ``rows`` (a chunk; read once per block and layout)."""
         one_row = tuple(sorted((name, a.shape[1:], a.dtype.str) for name, a in rows.items()))
         return _pattern(self, self.spec.blocks.index(block), one_row)
@@ -167,7 +167,7 @@ class Kernel:
                 return block.psi.chunk_sums(u, rows, w)
             # Σ w ∂ψ/∂u as the Jacobian of the weighted chunk sum u ↦ Σ w ψ(u) (its per-row values ride along),
             # one backward pass per colour of equations, or one forward pass per colour of inputs (fewer wins)
-            pattern = self._pattern(block, rows)
+            pattern = self.pattern(block, rows)
 
             def weighted(u):
                 return w @ (v := values(u)), v

@@ -1,14 +1,20 @@
 """Causal meta-analysis (Berenfeld et al. 2026) as an M-estimation stack: BCG reference values, the sandwich on the
 weighted table vs the expanded rows, and every SE against an independent NumPy closed form."""
 
+import pathlib
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 
-import mestim
-from estimators import causal_meta as cm
-from estimators import meta_batch as mb
-from mestim.errors import DataError
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1]))  # the benchmarks' data generators
+
+import mestim  # noqa: E402
+from benchmarks.workloads import cochrane_like  # noqa: E402
+from estimators import causal_meta as cm  # noqa: E402
+from estimators import meta_batch as mb  # noqa: E402
+from mestim.errors import DataError  # noqa: E402
 
 BCG = mb.load_bcg()
 COUNTS = [BCG[c].to_numpy(float) for c in ("ai", "bi", "ci", "di")]
@@ -177,17 +183,6 @@ def test_batch_causal_equals_single():
         row = long[(long["meta_id"] == mid) & (long["method"] == "causal")].iloc[0]
         assert row["se"] == pytest.approx(ref["sandwich"], rel=1e-10)
         assert row["se_paper"] == pytest.approx(ref["paper"], rel=1e-10)
-
-
-def cochrane_like(k, seed=0):
-    """k studies as a collection of Cochrane reviews looks when read without --by: arms of 3–400, a third of the
-    studies with a zero cell, control risks from 0.1% to 60% (log-uniform), treated risks about 20% lower."""
-    rng = np.random.default_rng(seed)
-    n1, n0 = rng.integers(3, 400, k), rng.integers(3, 400, k)
-    base = np.exp(rng.uniform(np.log(0.001), np.log(0.6), k))
-    ai = rng.binomial(n1, np.clip(base * np.exp(rng.normal(-0.2, 0.3, k)), 0, 1))
-    ci = rng.binomial(n0, base)
-    return pd.DataFrame({"ai": ai, "bi": n1 - ai, "ci": ci, "di": n0 - ci})
 
 
 @pytest.mark.parametrize("measure", ["RD", "RR", "OR", "SR"])

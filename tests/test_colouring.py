@@ -117,7 +117,7 @@ def test_a_coloured_jacobian_equals_the_dense_one_in_both_modes():
     theta = np.array([0.5, -0.3, 0.2])
     jac, kernel, problem = _kernel_jacobian(tall, data, theta)
     rows = {k: jnp.asarray(v[:2]) for k, v in problem.used.items()}
-    pattern = kernel._pattern(problem.spec.blocks[0], rows)
+    pattern = kernel.pattern(problem.spec.blocks[0], rows)
     assert not pattern.reverse and pattern.basis.shape[0] == 2
     np.testing.assert_allclose(jac, _dense_jacobian(tall, data, theta), rtol=1e-12, atol=1e-12)
 
