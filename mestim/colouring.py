@@ -39,12 +39,10 @@ def supports(closed, n_inputs: int) -> np.ndarray:
     """(k, n_inputs) bool: which of the first input's ``n_inputs`` elements each element of the (flattened)
     outputs of ``closed`` (a ClosedJaxpr whose first input is the vector u; the others, rows, are constants in u)
     may depend on, for every value of every input (conservative: a superset of the true supports)."""
-    from jax.extend import core as jcore
-
     jaxpr = closed.jaxpr
     first = np.eye(n_inputs, dtype=bool).reshape(tuple(jaxpr.invars[0].aval.shape) + (n_inputs,))
     ins = [first] + [_none(v.aval.shape, n_inputs) for v in jaxpr.invars[1:]]
-    outs = _propagate(jaxpr, [_none(np.shape(c), n_inputs) for c in closed.consts], ins, n_inputs, jcore.Literal)
+    outs = _propagate(jaxpr, [_none(np.shape(c), n_inputs) for c in closed.consts], ins, n_inputs)
     return np.concatenate([o.reshape(-1, n_inputs) for o in outs]) if outs else np.zeros((0, n_inputs), bool)
 
 
@@ -52,23 +50,23 @@ def _none(shape, n):
     return np.zeros(tuple(shape) + (n,), bool)
 
 
-def _propagate(jaxpr, const_deps, in_deps, n, literal):
+def _propagate(jaxpr, const_deps, in_deps, n):
     env = {}
 
-    def read(v):
-        return _none(np.shape(v.val), n) if isinstance(v, literal) else env[v]
+    def read(v):  # a literal (a constant written into the program) holds its value; a variable does not
+        return _none(np.shape(v.val), n) if hasattr(v, "val") else env[v]
 
     for var, dep in list(zip(jaxpr.constvars, const_deps)) + list(zip(jaxpr.invars, in_deps)):
         env[var] = dep
     for eqn in jaxpr.eqns:
         deps = [read(v) for v in eqn.invars]
-        outs = _equation(eqn, deps, n, literal)
+        outs = _equation(eqn, deps, n)
         for var, dep in zip(eqn.outvars, outs):
             env[var] = dep
     return [read(v) for v in jaxpr.outvars]
 
 
-def _equation(eqn, deps, n, literal):
+def _equation(eqn, deps, n):
     """The dependence of each output of ``eqn`` (arrays of shape out_shape + (n,))."""
     name, p = eqn.primitive.name, eqn.params
     shapes = [tuple(v.aval.shape) for v in eqn.outvars]
@@ -81,7 +79,7 @@ def _equation(eqn, deps, n, literal):
         if name in CALLS and CALLS[name] in p:
             sub = p[CALLS[name]]
             inner, consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, [])
-            return _propagate(inner, [_none(np.shape(c), n) for c in consts], deps, n, literal)
+            return _propagate(inner, [_none(np.shape(c), n) for c in consts], deps, n)
         if name == "split":
             return np.split(deps[0], np.cumsum(p["sizes"])[:-1], axis=p["axis"])
         out = _layout(name, p, deps, shapes[0], n)
