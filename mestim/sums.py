@@ -18,9 +18,9 @@ Jacobian passes of large in-memory data.)
 
 **Jacobians block by block, never an (n, p, p) tangent.** Block b's rows of Σw∂ψ/∂θ are non-zero only in the
 columns of its own parameters and of the blocks it reads; they are taken with respect to those columns alone, on
-each chunk of rows, as the Jacobian of the weighted chunk sum u ↦ Σ w ψ(u): reverse mode (k_b backward passes,
-batched) when the block has no more equations than inputs, forward mode otherwise, or in closed form when the
-block's ψ offers ``chunk_sums(own, rows, w) -> (values, Σ w ∂ψ/∂own)`` (GLM scores: one matrix product). The
+each chunk of rows, as the Jacobian of the weighted chunk sum u ↦ Σ w ψ(u): one batched backward pass per colour
+of equations (equations whose supports, read off ψ's jaxpr, are disjoint share one: :mod:`mestim.colouring`), or
+one forward pass per colour of inputs where that takes fewer, or in closed form when the block's ψ offers ``chunk_sums(own, rows, w) -> (values, Σ w ∂ψ/∂own)`` (GLM scores: one matrix product). The
 chunk is sized so that a block's Jacobian work stays in cache (:func:`chunk_rows`); small data are one chunk,
 compiled for compile speed (:func:`quick_compile`).
 """
