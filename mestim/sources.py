@@ -135,7 +135,8 @@ class InMemory:
         columns = store(columns, dtype or np.float64, self.centre)
         parts = 1 if kernel.mesh is None else kernel.mesh.size
         host, self._sizes = layout(columns, np.asarray(w, float), kernel.chunk, parts)
-        self._filled = [int(n.max()) for _, _, n in host]  # chunks holding rows, per slab
+        self._filled = [int(n.max()) for _, _, n in host]  # chunks holding rows per device, per slab
+        self._capacity = host[0][1].shape[0] // (parts * kernel.chunk)  # chunks per device of a slab
         self._slabs = place(kernel, host)
         self._layout = tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in columns.items()))
         self._hoisted = {}  # plan → residuals of every slab (None: not worth it)
@@ -155,7 +156,8 @@ class InMemory:
             return None
         key = plan[:n_blocks] + (1, plan[-1])
         s = hoist.split(self.kernel, self._layout, key, self.centre is not None)
-        kept = [hoist.capacity(n) for n in self._filled]
+        # one slab keeps its filled chunks; of several, all keep a whole slab (one program for every slab)
+        kept = [hoist.capacity(n) if len(self._filled) == 1 else self._capacity for n in self._filled]
         fits = s is not None and hoist.residual_bytes(s, sum(kept)) <= hoist.HOIST_BUDGET
         self._hoisted[key] = [hoist.residuals_program(self.kernel, self._layout, key, capacity, rows, w, n_chunks,
                                                       self.centre)
