@@ -1,7 +1,7 @@
 """Issue 9 benchmarks: how fast a fit starts (cold, fresh processes) and runs (warm), against peers in the same run.
 
     python -m benchmarks.bench_engine                  # cold and warm, ~10 min on 2 cores
-    python -m benchmarks.bench_engine --only cold      # or: --only warm
+    python -m benchmarks.bench_engine --only cold      # or: --only warm, --only meta
 
 **Cold** (every number a fresh Python process, measured from its start to its exit, median of ``--repeats``
 runs interleaved tool by tool; ``MESTIM_CACHE_DIR=off`` is an empty compilation cache, "filled" a cache that a
@@ -16,7 +16,15 @@ first process wrote):
 parameters (:func:`benchmarks.workloads.w2_user_psi`) at n = 1e4, 1e5, 1e6, against the one-jit yardstick of
 ``shared/spec/performance.md`` (:func:`benchmarks.workloads.one_jit_fit`: vmap ψ, jacrev of Σψ, 8 Newton steps,
 sandwich, data already on the device) and delicatessen (n ≤ 1e5, exact-derivative mode off: its defaults); beside
-it the same estimator as registered blocks (``workloads.mestim_stack("W2")``: closed-form GLM Jacobians).
+it the same estimator as registered blocks (``workloads.mestim_stack("W2")``: closed-form GLM Jacobians). Each
+row records the programs the first fit compiled (or loaded), the backward passes of the user ψ's coloured Jacobian
+(:mod:`mestim.colouring`; 27 without colouring) and whether its passes were hoisted (:mod:`mestim.hoist`; a
+fallback is counted in ``mestim.internals.FALLBACKS``).
+
+**Meta-analysis at any k** (a fresh process per case): ``meta_analysis`` of k Cochrane-like 2×2 tables
+(:func:`benchmarks.workloads.cochrane_like`) at k = 100 and 2,728 (a collection of 603 reviews read without
+``--by``), time and peak memory, against the engine's stacked fit of the same causal estimator at k = 100 (the path
+a single analysis took before: cubic in k).
 
 Results: ``benchmarks/results/bench_engine.{json,md}``.
 """
@@ -77,6 +85,22 @@ def child(kind: str, n: int) -> dict:
         est = MEstimator(lambda theta: ee_regression(theta, X=Xd, y=y, model="logistic"), init=[0.0] * 11)
         est.estimate()
         return {"theta": list(est.theta), "se": np.sqrt(np.diag(est.variance)).tolist()}
+    if kind in ("meta-k", "meta-k-engine"):
+        import resource
+
+        from estimators import causal_meta as cm
+        from estimators import meta_batch as mb
+
+        tables = W.cochrane_like(n)
+        start = time.perf_counter()
+        if kind == "meta-k":
+            long, report = mb.meta_analysis(tables, "RR")
+            se = float(long.set_index("method").loc["causal", "se"])
+        else:
+            res = cm.fit_causal_meta(*(tables[c].to_numpy(float) for c in ("ai", "bi", "ci", "di")), measure="RR")
+            se = float(res.se[-1])
+        return {"seconds": time.perf_counter() - start, "se": se,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if kind in ("meta", "transport"):
         import io
         from contextlib import redirect_stderr, redirect_stdout
@@ -156,7 +180,19 @@ def warm_child(n: int, repeats: int, with_delicatessen: bool) -> dict:
             ts.append(time.perf_counter() - t)
         return statistics.median(ts)
 
-    res = mestim.fit(W.w2_user_psi, used, init=np.zeros(27))
+    from mestim import hoist, internals
+    from mestim.estimate import kernel_for
+    from mestim.options import FitOptions
+    from mestim.problem import prepare
+
+    with mestim.compilations() as count:
+        res = mestim.fit(W.w2_user_psi, used, init=np.zeros(27))
+    out["programs_first_fit"], out["loaded_first_fit"] = count.programs, count.loaded
+    problem = prepare(W.w2_user_psi, used, np.zeros(27))
+    kernel = kernel_for(problem, FitOptions())
+    rows = {k: jax.ShapeDtypeStruct((kernel.chunk,) + v.shape[1:], jnp.float64) for k, v in problem.used.items()}
+    out["jacobian_passes"] = int(kernel.pattern(problem.spec.blocks[0], rows).basis.shape[0])
+    out["hoisted"] = bool(kernel.hoist and hoist.split.cache_info().currsize and not internals.FALLBACKS)
     out["mestim_user_psi_s"] = timed(lambda: mestim.fit(W.w2_user_psi, used, init=np.zeros(27)))
     out["mestim_iterations"] = res.iterations
     out["mestim_registered_blocks_s"] = timed(lambda: W.mestim_fit("W2", cols))
@@ -190,7 +226,26 @@ def warm(a) -> list[dict]:
     return rows
 
 
-def markdown(cold_rows, warm_rows) -> str:
+def meta_k(a) -> list[dict]:
+    me = ["-m", "benchmarks.bench_engine", "--child"]
+    cases = [(f"meta_analysis, k={k:,} (closed form)", "meta-k", k) for k in a.meta_k]
+    cases.append((f"engine's stacked causal fit, k={a.meta_engine_k:,}", "meta-k-engine", a.meta_engine_k))
+    times = {name: [] for name, _, _ in cases}
+    info = {}
+    for _ in range(a.repeats):
+        for name, kind, k in cases:
+            wall, out = run_child([*me, kind, "--n", str(k)], None)
+            times[name].append(out["seconds"])
+            info[name] = dict(out, k=k)
+    rows = []
+    for name, ts in times.items():
+        rows.append({"case": name, "k": info[name]["k"], "median_s": statistics.median(ts), "runs": ts,
+                     "peak_rss_mb": info[name]["peak_rss_mb"], "se": info[name]["se"]})
+        print(f"meta {name}: {rows[-1]['median_s']:.3f} s, peak {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
+    return rows
+
+
+def markdown(cold_rows, warm_rows, meta_rows=()) -> str:
     lines = []
     if cold_rows:
         lines += ["## Cold: fresh processes, start to exit (median)", "",
@@ -201,21 +256,31 @@ def markdown(cold_rows, warm_rows) -> str:
     if warm_rows:
         lines += ["", "## Warm: W2 as one user ψ (27 parameters), median of repeated fits", "",
                   "| n | mestim user ψ | one-jit yardstick | mestim ÷ one-jit | mestim registered blocks | "
-                  "delicatessen | delicatessen ÷ mestim |", "|---|---|---|---|---|---|---|"]
+                  "delicatessen | delicatessen ÷ mestim | backward passes (of 27) | hoisted | programs (loaded) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in warm_rows:
             d, m = r.get("delicatessen_s"), r["mestim_user_psi_s"]
             peer = (harness._fmt(d), f"{d / m:.0f}×") if d else ("—", "—")
             lines.append(f"| {r['n']:,} | {harness._fmt(m)} | {harness._fmt(r['one_jit_s'])} | {m / r['one_jit_s']:.2f} | "
-                         f"{harness._fmt(r['mestim_registered_blocks_s'])} | {peer[0]} | {peer[1]} |")
+                         f"{harness._fmt(r['mestim_registered_blocks_s'])} | {peer[0]} | {peer[1]} | "
+                         f"{r['jacobian_passes']} | {'yes' if r['hoisted'] else 'no'} | "
+                         f"{r['programs_first_fit']} ({r['loaded_first_fit']}) |")
+    if meta_rows:
+        lines += ["", "## A single meta-analysis of k studies: fresh process per run (median)", "",
+                  "| case | time | peak memory | causal SE (log RR) |", "|---|---|---|---|"]
+        for r in meta_rows:
+            lines.append(f"| {r['case']} | {r['median_s']:.3f} s | {r['peak_rss_mb']:.0f} MB | {r['se']:.6g} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["cold", "warm"])
+    p.add_argument("--only", choices=["cold", "warm", "meta"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--n-cold", type=int, default=10_000)
     p.add_argument("--ns", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--meta-k", type=int, nargs="+", default=[100, 2728], help="studies per meta-analysis")
+    p.add_argument("--meta-engine-k", type=int, default=100, help="studies in the engine's stacked fit (peer)")
     p.add_argument("--delicatessen-max", type=int, default=100_000, help="largest n delicatessen runs at (warm)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=10_000, help=argparse.SUPPRESS)
@@ -232,11 +297,13 @@ def main(argv=None):
                 repeats=a.repeats)
     cold_rows = cold(a) if a.only in (None, "cold") else []
     warm_rows = warm(a) if a.only in (None, "warm") else []
+    meta_rows = meta_k(a) if a.only in (None, "meta") else []
     meta["load_average_end"] = os.getloadavg()
     notes = ("Peers in the same run: `python -c 'import jax'`; delicatessen "
              f"{meta['hardware']['versions'].get('delicatessen')} (`MEstimator` defaults); the one-jit yardstick of "
              "`shared/spec/performance.md`. Ratios within this run are what to compare; the machine is shared.")
-    out = harness.write_results("bench_engine", cold_rows + warm_rows, meta, markdown(cold_rows, warm_rows), notes)
+    out = harness.write_results("bench_engine", cold_rows + warm_rows + meta_rows, meta,
+                                markdown(cold_rows, warm_rows, meta_rows), notes)
     print(f"results in {out}/bench_engine.md")
 
 

@@ -3,8 +3,10 @@
 Level by level (:func:`mestim.blocks.solve_levels`; one level when ``solve="joint"``), each evaluation is one pass
 of the source with a plan that computes the level's values and Jacobian (residual-only for backtracking). A
 level's rows of the bread come from its last pass: later levels do not change the parameters they depend on.
-The passes of the last level also compute every block's values and the meat, so the pass that ends the solve
-already holds all the sandwich needs; no further pass over the rows.
+The meat (Σ a ψψᵀ, as costly as a coloured Jacobian for a wide stack) is computed once, at θ̂, by one pass of every
+block's values and the meat, where the source's passes are cheap to repeat (``source.meat_once``: data on the
+device); otherwise (a stream reads its rows anew on every pass) the passes of the last level also compute every
+block's values and the meat, so the pass that ends the solve holds all the sandwich needs.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
     theta = np.array(init, float)
     jac = np.zeros((spec.equations, spec.dim))
     iterations = 0
+    once = getattr(source, "meat_once", False)
     for number, level in enumerate(levels):
-        last = number == len(levels) - 1
+        last = number == len(levels) - 1 and not once  # this level's passes carry every value and the meat
         idx = np.concatenate([np.arange(offsets[b].start, offsets[b].stop) for b in level])
         eqs = np.concatenate([np.arange(equations[b].start, equations[b].stop) for b in level])
         with_jac = plan(spec, values=every if last else level, jacobian=level, meat=last, sampling=options.sampling)
@@ -58,6 +61,8 @@ def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
         final = seen.get(np.asarray(state.theta).tobytes()) or source.sums(theta, with_jac)
         jac[eqs] = final.jac[eqs]
         iterations += int(state.iterations)
+    if once:
+        final = source.sums(theta, plan(spec, values=every, meat=True, sampling=options.sampling))
     return theta, Moments(final.psi, jac, final.meat, final.sum_w), iterations
 
 

@@ -150,7 +150,7 @@ def kernel_for(problem: Problem, options: FitOptions, mesh=None, streamed: bool 
     rows = -(-problem.n_rows // devices)
     quick = quick_compile(problem.spec, platform, rows)
     return Kernel(problem.spec, options.chunk_size or chunk_rows(problem.spec, platform, rows), mesh, quick,
-                  hoist=not quick and mesh is None and platform == "cpu")
+                  hoist=not quick and platform == "cpu")
 
 
 def assemble(problem: Problem, source, theta, moments: Moments, options: FitOptions, *, iterations: int,

@@ -3,18 +3,21 @@
 A pass over a user's ψ spends much of its time on work that depends on the rows alone: building design vectors
 from columns, broadcasts, the layout changes of the backward pass. In a Newton loop written as one program XLA
 hoists that work out of the loop; across host-driven passes it cannot. :func:`split` unzips the chunk program
-(:meth:`mestim.sums.Kernel.add_chunk`) by data dependence (JAX's partial evaluation, the machinery of
-``jax.linearize``): the *known* part (rows, weights → residuals) runs once per slab when an in-memory source is
-built; the *unknown* part (θ, plan, residuals → sums) runs on every pass, about twice as fast as the whole chunk
+(:meth:`mestim.sums.Kernel.add_chunk`) by data dependence (JAX's partial evaluation, :mod:`mestim.internals`): the
+*known* part (rows, weights → residuals) runs once per slab, on its filled chunks, when an in-memory source first
+runs the plan; the *unknown* part (θ, residuals → sums) runs on every pass, about twice as fast as the whole chunk
 program for a typical user's ψ. Both parts compute exactly the operations of the original program.
 
 The split is made for one fixed plan (what a pass computes), the one of a Newton pass that takes every block's
-Jacobian and the meat: with the plan an argument, its branches (``lax.cond`` on the plan) would keep the θ-free
-work inside them, out of reach. A source hoists that plan's passes and runs any other pass (a residual-only
-backtracking step) with the whole program. The residuals take memory (W2 written as one ψ: ~145 numbers a row,
-8× its columns), so hoisting is used when they fit :data:`HOIST_BUDGET`, and only on a CPU: a GPU is bound by
-memory bandwidth, where reading residuals costs more than recomputing them. Partial evaluation is internal JAX
-machinery: if it is unavailable or fails, the source simply runs the whole chunk program on every pass.
+Jacobian (and the meat): with the plan an argument, its branches (``lax.cond`` on the plan) would keep the θ-free
+work inside them, out of reach. The same residuals serve any pass that asks for no more (:func:`serves`): the
+unknown part's outputs the pass does not ask for are left unused, so XLA removes their work (a residual-only
+backtracking step runs no Jacobian), and the blocks it skips are zero, as in the whole program. The residuals
+take memory (W2 written as one ψ: ~85 numbers a row, 5× its columns), so hoisting is used when they fit
+:data:`HOIST_BUDGET`, and only on a CPU: a GPU is bound by memory bandwidth, where reading residuals costs more
+than recomputing them. Rows sharded over CPU devices are hoisted too, each device its own rows (without it,
+``devices=2`` ran at 0.41× one hoisted device). Where partial evaluation is unavailable or fails, the source runs the whole chunk program
+on every pass and :data:`mestim.internals.FALLBACKS` counts it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+
+from . import internals
+from .sums import JACOBIAN, VALUES, Moments, _pow2_ceil
 
 HOIST_BUDGET = 1 << 30  # bytes of residuals an in-memory source may keep on the device
 
@@ -39,11 +46,7 @@ class Split(NamedTuple):
 def split(kernel, layout: tuple, plan: tuple, centred: bool = False) -> Split | None:
     """The chunk program of ``kernel`` for the fixed ``plan``, unzipped by data dependence, for rows of ``layout``
     ((name, shape per row, dtype) per column; ``centred``: float32 columns stored less their centres);
-    None where JAX's partial evaluation is unavailable or fails."""
-    try:
-        from jax._src.interpreters import partial_eval as pe
-    except ImportError:
-        return None
+    None (counted in :data:`mestim.internals.FALLBACKS`) where partial evaluation is unavailable or fails."""
     k, p = kernel.shape
     c = kernel.chunk
     acc = [jax.ShapeDtypeStruct(s, jnp.float64) for s in ((k,), (k, p), (k, k), ())]
@@ -53,64 +56,118 @@ def split(kernel, layout: tuple, plan: tuple, centred: bool = False) -> Split | 
     centre = {name: jax.ShapeDtypeStruct(tuple(shape), jnp.float64) for name, shape, _ in layout} if centred else None
 
     def chunk(acc, theta, rows, w, centre):
-        from .sums import Moments
-
         return tuple(kernel.add_chunk(Moments(*acc), theta, rows, w, np.asarray(plan, np.int32), centre))
 
-    try:
-        closed = jax.make_jaxpr(chunk)(acc, theta, rows, w, centre)
-        n_unknown = len(acc) + 1
-        unknowns = [True] * n_unknown + [False] * (len(closed.in_avals) - n_unknown)
-        known, unknown, _, residuals = pe.partial_eval_jaxpr_nounits(closed, unknowns, instantiate=True)
-    except Exception:  # an internal API that moved, or a program it cannot unzip: run the whole program
+    closed = jax.make_jaxpr(chunk)(acc, theta, rows, w, centre)
+    n_unknown = len(acc) + 1
+    parts = internals.partial_eval(closed, [True] * n_unknown + [False] * (len(closed.in_avals) - n_unknown))
+    if parts is None:
         return None
+    known, unknown, residuals = parts
     expected = list(residuals) + list(closed.in_avals[:n_unknown])
     if [a.shape for a in unknown.in_avals] != [a.shape for a in expected]:
+        internals.fell_back("JAX partial evaluation returned a program of another signature")
         return None
-    return Split(known, unknown, tuple(residuals))
+    return Split(known, unknown, residuals)
 
 
-def residual_bytes(s: Split, chunk: int, n_rows: int) -> int:
-    per_chunk = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in s.residuals)
-    return per_chunk * -(-n_rows // chunk)
+def serves(hoisted: tuple, plan: tuple, n_blocks: int) -> bool:
+    """Whether the residuals of the ``hoisted`` plan serve a pass of ``plan``: no block asks for more than was
+    hoisted; the meat only where it was hoisted with the same weights (frequency or sampling) and the pass takes
+    every block's values (a skipped block's ψ is zero in the whole program's meat)."""
+    blocks = all(m <= h for m, h in zip(plan[:n_blocks], hoisted[:n_blocks]))
+    meat = not plan[n_blocks] or (hoisted[n_blocks] and plan[-1] == hoisted[-1] and min(plan[:n_blocks]) >= VALUES)
+    return blocks and bool(meat)
 
 
-def _eval(closed, *args):
-    from jax._src.core import eval_jaxpr
+def residual_bytes(s: Split, n_chunks: int) -> int:
+    """The memory of the residuals of ``n_chunks`` chunks."""
+    return n_chunks * sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in s.residuals)
 
-    return eval_jaxpr(closed.jaxpr, closed.consts, *args)
 
-
-def slab_residuals(s: Split, kernel, rows, w, centre=None):
-    """The residuals of every chunk of a slab, stacked along a leading chunk axis (traceable)."""
+def slab_residuals(s: Split, kernel, rows, w, n_chunks, capacity: int, centre=None):
+    """The residuals of the first ``n_chunks`` chunks of a slab, stacked along a leading chunk axis of ``capacity``
+    (at least ``n_chunks``; traceable; the entries past ``n_chunks`` are zeros, never read)."""
     c = kernel.chunk
-    n_chunks = w.shape[0] // c
-    shaped = jax.tree.map(lambda a: a.reshape((n_chunks, c) + a.shape[1:]), (rows, w))
+    empty = tuple(jnp.zeros((capacity,) + a.shape, a.dtype) for a in s.residuals)
 
-    def one(args):
-        rows, w = args
-        return tuple(_eval(s.known, *jax.tree.leaves(rows), w, *jax.tree.leaves(centre)))
+    def body(i, stacked):
+        cut = lambda a: lax.dynamic_slice_in_dim(a, i * c, c)  # noqa: E731
+        out = internals.evaluate(s.known, *jax.tree.leaves(jax.tree.map(cut, rows)), cut(w),
+                                 *jax.tree.leaves(centre))
+        return tuple(lax.dynamic_update_index_in_dim(r, o, i, 0) for r, o in zip(stacked, out))
 
-    return jax.lax.map(one, shaped)
+    return lax.fori_loop(0, n_chunks, body, empty)
 
 
-def slab_sums(s: Split, acc, theta, residuals, n_chunks):
-    """``acc`` plus the sums over the first ``n_chunks`` chunks of a slab, from its residuals (traceable)."""
-    from .sums import Moments
+def slab_sums(s: Split, kernel, plan: tuple, acc, theta, residuals, n_chunks):
+    """``acc`` plus the sums of a pass of ``plan`` (served by ``s``, :func:`serves`) over the first ``n_chunks``
+    chunks of a slab, from its residuals (traceable). The outputs the plan does not ask for are left unused (XLA
+    removes their work); the rows of blocks it skips, or takes no Jacobian of, are zero as in the whole program."""
+    n_blocks = len(kernel.spec.blocks)
+    eq = kernel.spec.equation_offsets()
+
+    def rows_at_least(mode):  # the equations of the blocks the plan asks ``mode`` (or more) of
+        rows = np.zeros(kernel.shape[0], bool)
+        for block, m in zip(kernel.spec.blocks, plan):
+            rows[eq[block.name]] = m >= mode
+        return rows
+
+    def masked(x, rows):
+        return x if rows.all() else jnp.where(rows.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0.0)
+
+    values, jacobian = rows_at_least(VALUES), rows_at_least(JACOBIAN)
+    zero = [jnp.zeros(x.shape, x.dtype) for x in kernel.zeros()]
 
     def body(i, acc):
-        return Moments(*_eval(s.unknown, *[r[i] for r in residuals], *acc, theta))
+        psi, jac, meat, sum_w = internals.evaluate(s.unknown, *[r[i] for r in residuals], *zero, theta)
+        return Moments(acc.psi + masked(psi, values), acc.jac + masked(jac, jacobian) if jacobian.any() else acc.jac,
+                       acc.meat + meat if plan[n_blocks] else acc.meat, acc.sum_w + sum_w)
 
-    return jax.lax.fori_loop(0, n_chunks, body, acc)
+    return lax.fori_loop(0, n_chunks, body, acc)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def residuals_program(kernel, layout, plan, rows, w, centre):
-    """:func:`slab_residuals`, compiled once per kernel, plan and slab shape (once per fit's source)."""
-    return slab_residuals(split(kernel, layout, plan, centre is not None), kernel, rows, w, centre)
+def capacity(n_chunks: int) -> int:
+    """The chunks of residuals kept for a slab of ``n_chunks`` filled chunks: the next power of two (a slab of 64
+    chunks holding 10 kept 64 chunks of residuals, 5× the memory to fill), so a program serves many sizes."""
+    return _pow2_ceil(n_chunks)
+
+
+def _per_device(kernel, per_device, in_specs, out_specs):
+    """``per_device`` run on each device of the kernel's mesh on its own rows (``"rows"``: split along the rows,
+    ``"all"``: replicated), as :meth:`mestim.sums.Kernel.slab_sums` does."""
+    from jax.sharding import PartitionSpec as P
+
+    spec = {"rows": P(kernel.mesh.axis_names), "all": P()}
+    return jax.shard_map(per_device, mesh=kernel.mesh, in_specs=tuple(spec[s] for s in in_specs),
+                         out_specs=spec[out_specs], check_vma=False)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def sums_program(kernel, layout, plan, centred, acc, theta, residuals, n_chunks):
-    """:func:`slab_sums`, compiled once per kernel, plan and slab shape: the hoisted passes run it."""
-    return slab_sums(split(kernel, layout, plan, centred), acc, theta, residuals, n_chunks)
+def residuals_program(kernel, layout, plan, capacity, rows, w, n_chunks, centre):
+    """:func:`slab_residuals`, compiled once per kernel, plan, slab shape and capacity; on a mesh, each device's
+    residuals of its own rows (``capacity`` chunks per device, stacked along the chunk axis)."""
+    s = split(kernel, layout, plan, centre is not None)
+    if kernel.mesh is None:
+        return slab_residuals(s, kernel, rows, w, n_chunks, capacity, centre)
+
+    def per_device(rows, w, n_chunks, centre):
+        return slab_residuals(s, kernel, rows, w, n_chunks[0], capacity, centre)
+
+    return _per_device(kernel, per_device, ("rows", "rows", "rows", "all"), "rows")(rows, w, n_chunks, centre)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def sums_program(kernel, layout, hoisted, plan, centred, acc, theta, residuals, n_chunks):
+    """:func:`slab_sums` of a pass of ``plan`` from the residuals of the ``hoisted`` plan, compiled once per kernel,
+    plan and slab shape: the hoisted passes run it (on a mesh, each device on its own residuals, then ``psum``)."""
+    s = split(kernel, layout, hoisted, centred)
+    if kernel.mesh is None:
+        return slab_sums(s, kernel, plan, acc, theta, residuals, n_chunks)
+
+    def per_device(theta, residuals, n_chunks):
+        zero = Moments(*(jnp.zeros(x.shape, x.dtype) for x in kernel.zeros()))
+        return lax.psum(slab_sums(s, kernel, plan, zero, theta, residuals, n_chunks[0]), kernel.mesh.axis_names)
+
+    total = _per_device(kernel, per_device, ("all", "rows", "rows"), "all")(theta, residuals, n_chunks)
+    return jax.tree.map(jnp.add, acc, total)

@@ -47,7 +47,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jcore
 from jax.scipy.special import ndtr
 
 from .constants import require_all_rows
@@ -221,6 +220,7 @@ def _nothing_to_smooth(block: str) -> SpecificationError:
 
 def _evaluate(ctx: _Context, jaxpr, consts, const_flags, args, arg_flags):
     """Evaluate ``jaxpr`` on ``args`` with the smoothing substitutions; (outputs, their flags)."""
+    from jax.extend import core as jcore  # lazy: jax.extend costs 60–110 ms of every import
     env, flags = {}, {}
 
     def read(v):
@@ -239,6 +239,7 @@ def _evaluate(ctx: _Context, jaxpr, consts, const_flags, args, arg_flags):
 
 
 def _equation(ctx: _Context, eqn, values, in_flags):
+    from jax.extend import core as jcore
     name = eqn.primitive.name
     flag = functools.reduce(lambda a, b: a | b, in_flags, 0)
     lazy = any(isinstance(v, (_Event, _Blend)) for v in values)
@@ -283,6 +284,7 @@ def _equation(ctx: _Context, eqn, values, in_flags):
 
 def _call_jaxpr(eqn):
     """(jaxpr, consts) of a call-like equation (jit, closed_call, checkpoint, custom_jvp/vjp), else None."""
+    from jax.extend import core as jcore
     param = CALLS.get(eqn.primitive.name) or CUSTOM.get(eqn.primitive.name)
     if param is None or param not in eqn.params:
         return None
@@ -292,6 +294,7 @@ def _call_jaxpr(eqn):
 
 def _has_sites(jaxpr) -> bool:
     """Does ``jaxpr`` (or one inside it) hold a sign, or a comparison that becomes a number or enters a call?"""
+    from jax.extend import core as jcore
     compared = set()
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name

@@ -127,6 +127,8 @@ class InMemory:
     """Rows held on the device(s) as slabs, summed by the stack's compiled program on every pass; with
     ``kernel.hoist``, the work that does not depend on θ is done once here (:mod:`mestim.hoist`)."""
 
+    meat_once = True  # a pass is cheap to repeat: the solver takes the meat in one pass at θ̂ (mestim.driver)
+
     def __init__(self, kernel: Kernel, columns: dict, w: np.ndarray, *, dtype=None, centre=None):
         """``dtype="float32"``: columns stored centred, on ``centre`` (default: their own, :func:`centres`)."""
         self.kernel, self.n_rows, self.sum_w, self.passes = kernel, int(w.shape[0]), float(np.sum(w)), 0
@@ -134,42 +136,48 @@ class InMemory:
         columns = store(columns, dtype or np.float64, self.centre)
         parts = 1 if kernel.mesh is None else kernel.mesh.size
         host, self._sizes = layout(columns, np.asarray(w, float), kernel.chunk, parts)
+        self._filled = [int(n.max()) for _, _, n in host]  # chunks holding rows per device, per slab
+        self._capacity = host[0][1].shape[0] // (parts * kernel.chunk)  # chunks per device of a slab
         self._slabs = place(kernel, host)
         self._layout = tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in columns.items()))
         self._hoisted = {}  # plan → residuals of every slab (None: not worth it)
 
     def _residuals(self, plan: tuple):
-        """(the plan to run, the residuals of its θ-free work per slab) for a requested ``plan``, or None.
+        """(the hoisted plan that serves a requested ``plan``, the residuals of its θ-free work per slab), or None.
 
-        The first full Jacobian pass (every block's Jacobian) makes the residuals of its plan; a later pass that
-        needs no more (a residual-only backtracking step) runs that plan too (it computes a little more, with no
-        further program to compile). None when the kernel does not hoist or the residuals would not fit."""
+        The first full Jacobian pass (every block's Jacobian) makes the residuals of its plan with the meat (a
+        later pass of that plan that asks for the meat needs no further residuals); a later pass that needs no more
+        (a residual-only backtracking step, the values and meat at θ̂) is served by them (:func:`hoist.serves`).
+        None when the kernel does not hoist, partial evaluation fails, or the residuals would not fit."""
         n_blocks = len(self.kernel.spec.blocks)
         for hoisted, residuals in self._hoisted.items():
-            # a hoisted program computes no less for every block and the meat (weighted alike, if asked for)
-            meat_ok = plan[n_blocks] <= hoisted[n_blocks] and (not plan[n_blocks] or plan[-1] == hoisted[-1])
-            if meat_ok and all(m <= h for m, h in zip(plan[:n_blocks], hoisted[:n_blocks])):
+            if hoist.serves(hoisted, plan, n_blocks):
                 return (hoisted, residuals) if residuals is not None else None
         if not self.kernel.hoist or not all(mode == JACOBIAN for mode in plan[:n_blocks]):
             return None
-        s = hoist.split(self.kernel, self._layout, plan, self.centre is not None)
-        fits = s is not None and hoist.residual_bytes(s, self.kernel.chunk, self.n_rows) <= hoist.HOIST_BUDGET
-        self._hoisted[plan] = [hoist.residuals_program(self.kernel, self._layout, plan, rows, w, self.centre)
-                               for rows, w, _ in self._slabs] if fits else None
-        return (plan, self._hoisted[plan]) if fits else None
+        key = plan[:n_blocks] + (1, plan[-1])
+        s = hoist.split(self.kernel, self._layout, key, self.centre is not None)
+        # one slab keeps its filled chunks; of several, all keep a whole slab (one program for every slab)
+        kept = [hoist.capacity(n) if len(self._filled) == 1 else self._capacity for n in self._filled]
+        fits = s is not None and hoist.residual_bytes(s, sum(kept)) <= hoist.HOIST_BUDGET
+        self._hoisted[key] = [hoist.residuals_program(self.kernel, self._layout, key, capacity, rows, w, n_chunks,
+                                                      self.centre)
+                              for capacity, (rows, w, n_chunks) in zip(kept, self._slabs)] if fits else None
+        return (key, self._hoisted[key]) if fits else None
 
     def sums(self, theta, plan) -> Moments:
         """The row sums at ``theta`` (host arrays), one pass over the device slabs."""
         theta = jax.device_put(np.asarray(theta, float))
-        hoisted = self._residuals(tuple(int(m) for m in plan))
+        plan = tuple(int(m) for m in plan)
+        hoisted = self._residuals(plan)
         if hoisted is None:
-            acc = run_slabs(self.kernel, self._slabs, theta, plan, centre=self.centre)
+            acc = run_slabs(self.kernel, self._slabs, theta, np.asarray(plan, np.int32), centre=self.centre)
         else:
             key, residuals = hoisted
             acc = self.kernel.zeros()
             for res, (_, _, n_chunks) in zip(residuals, self._slabs):
-                acc = hoist.sums_program(self.kernel, self._layout, key, self.centre is not None, acc, theta, res,
-                                         n_chunks)
+                acc = hoist.sums_program(self.kernel, self._layout, key, plan, self.centre is not None, acc, theta,
+                                         res, n_chunks)
         self.passes += 1
         return Moments(*jax.device_get(acc))
 

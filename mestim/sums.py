@@ -18,9 +18,9 @@ Jacobian passes of large in-memory data.)
 
 **Jacobians block by block, never an (n, p, p) tangent.** Block b's rows of Σw∂ψ/∂θ are non-zero only in the
 columns of its own parameters and of the blocks it reads; they are taken with respect to those columns alone, on
-each chunk of rows, as the Jacobian of the weighted chunk sum u ↦ Σ w ψ(u): reverse mode (k_b backward passes,
-batched) when the block has no more equations than inputs, forward mode otherwise, or in closed form when the
-block's ψ offers ``chunk_sums(own, rows, w) -> (values, Σ w ∂ψ/∂own)`` (GLM scores: one matrix product). The
+each chunk of rows, as the Jacobian of the weighted chunk sum u ↦ Σ w ψ(u): one batched backward pass per colour
+of equations (equations whose supports, read off ψ's jaxpr, are disjoint share one: :mod:`mestim.colouring`), or
+one forward pass per colour of inputs where that takes fewer, or in closed form when the block's ψ offers ``chunk_sums(own, rows, w) -> (values, Σ w ∂ψ/∂own)`` (GLM scores: one matrix product). The
 chunk is sized so that a block's Jacobian work stays in cache (:func:`chunk_rows`); small data are one chunk,
 compiled for compile speed (:func:`quick_compile`).
 """
@@ -145,6 +145,11 @@ class Kernel:
             upstream[name], at = u[at:at + z - a], at + z - a
         return block(own, row, upstream)
 
+    def pattern(self, block, rows) -> Pattern:
+        """The block's Jacobian pattern for rows shaped like ``rows`` (a chunk; read once per block and layout)."""
+        one_row = tuple(sorted((name, a.shape[1:], a.dtype.str) for name, a in rows.items()))
+        return _pattern(self, self.spec.blocks.index(block), one_row)
+
     def _block(self, block, theta, rows, w, mode):
         """(values (c, k), Σ w ∂ψ/∂inputs (k, n_in)) of one block on one chunk; ``mode``: SKIP/VALUES/JACOBIAN, a
         traced value (one program for every plan) or a number (a program for one plan, :mod:`mestim.hoist`).
@@ -160,11 +165,20 @@ class Kernel:
         def with_jacobian():
             if _closed_form(block):
                 return block.psi.chunk_sums(u, rows, w)
-            # Σ w ∂ψ/∂u as the Jacobian of the weighted chunk sum u ↦ Σ w ψ(u) (its per-row values ride along):
-            # reverse mode when the block has no more equations than inputs, forward mode otherwise
-            weighted = jax.jacrev if k <= n_in else jax.jacfwd
-            jac, v = weighted(lambda u: (w @ (v := values(u)), v), has_aux=True)(u)
-            return v, jac
+            # Σ w ∂ψ/∂u as the Jacobian of the weighted chunk sum u ↦ Σ w ψ(u) (its per-row values ride along),
+            # one backward pass per colour of equations, or one forward pass per colour of inputs (fewer wins)
+            pattern = self.pattern(block, rows)
+
+            def weighted(u):
+                return w @ (v := values(u)), v
+
+            if pattern.reverse:
+                _, pullback, v = jax.vjp(weighted, u, has_aux=True)
+                compressed = jax.vmap(pullback)(pattern.basis)[0]  # (colours, n_in): Σ of each colour's rows
+                return v, pattern.recover(compressed)
+            push = lambda t: jax.jvp(weighted, (u,), (t,), has_aux=True)  # noqa: E731
+            _, compressed, v = jax.vmap(push, out_axes=(None, 0, None))(pattern.basis)
+            return v, pattern.recover(compressed)  # compressed: (colours, k), Σ of each colour's columns
 
         skip = lambda: (jnp.zeros((c, k), u.dtype), zero_jac)  # noqa: E731
         only_values = lambda: (values(u), zero_jac)  # noqa: E731
@@ -263,6 +277,39 @@ class Kernel:
                 bad_jac.append(~jnp.all(jnp.isfinite(jac), axis=(1, 2)))
             return jnp.stack([jnp.any(jnp.stack(bad_value), 0), jnp.any(jnp.stack(bad_jac), 0)], axis=1)
         return self._per_row(theta, rows, chunk, centre)
+
+
+class Pattern(NamedTuple):
+    """How a block's Jacobian is computed by colouring (:mod:`mestim.colouring`): ``basis`` (colours × k
+    cotangents in reverse mode, colours × n_in tangents in forward mode), and where each entry is read back."""
+
+    support: np.ndarray  # (k, n_in) bool: the inputs each equation may depend on
+    colour: np.ndarray  # the colour of each equation (reverse) or input (forward)
+    reverse: bool
+
+    @property
+    def basis(self):
+        return np.eye(int(self.colour.max()) + 1)[:, self.colour] if self.colour.size else np.zeros((0, 0))
+
+    def recover(self, compressed):
+        """The (k, n_in) Jacobian from the compressed one: entry (e, j) is the row of e's colour (reverse) or the
+        column of j's colour (forward), zero outside the support."""
+        full = compressed[self.colour] if self.reverse else compressed[self.colour].T
+        return full if self.support.all() else jnp.where(self.support, full, 0.0)
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(kernel: Kernel, index: int, one_row: tuple) -> Pattern:
+    from .colouring import colours, supports
+
+    block = kernel.spec.blocks[index]
+    n_in = _n_inputs(kernel.spec, block)
+    row = {name: jax.ShapeDtypeStruct(shape, np.dtype(dtype)) for name, shape, dtype in one_row}
+    u = jax.ShapeDtypeStruct((n_in,), jnp.float64)
+    support = supports(jax.make_jaxpr(lambda u, row: kernel._call(block, u, row))(u, row), n_in)
+    by_row, by_column = colours(support), colours(support.T)
+    reverse = by_row[1] < by_column[1] or (by_row[1] == by_column[1] and block.equations <= n_in)
+    return Pattern(support, (by_row if reverse else by_column)[0], reverse)
 
 
 def widen(rows, centre, dtype):

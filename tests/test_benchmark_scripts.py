@@ -4,6 +4,7 @@ Each runs in a fresh process with its results written to a temporary folder (``M
 the recorded results in ``benchmarks/results``.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {
-    "bench_engine": ["--repeats", "1", "--n-cold", "300", "--ns", "1000", "--delicatessen-max", "1000"],
+    # n = 20,000: the smallest W2 fit compiled optimised, so hoisted (see test_bench_engine_took_the_fast_paths)
+    "bench_engine": ["--repeats", "1", "--n-cold", "300", "--ns", "20000", "--delicatessen-max", "1000",
+                     "--meta-k", "2728", "--meta-engine-k", "12"],
     "bench_logistic": ["--ns", "300", "--budget", "5", "--repeats", "1"],
     "bench_scale": ["--ns", "300", "--budget", "5", "--repeats", "1", "--no-float32"],
     "bench_scale --gpu": ["--gpu", "--gpu-ns", "2000", "--workloads", "W1", "W3", "--bandwidth-gib", "0.01"],
@@ -35,3 +38,21 @@ def test_benchmark_script_runs(name, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     written = [p.name for p in tmp_path.iterdir()]
     assert written, f"{name} wrote no results"
+    if name == "bench_engine":
+        bench_engine_took_the_fast_paths(json.loads((tmp_path / "bench_engine.json").read_text())["rows"])
+
+
+def bench_engine_took_the_fast_paths(rows):
+    """A regression to a slow path fails here: the programs each run compiled (empty cache), the coloured and
+    hoisted Jacobian passes of the W2 user ψ, the closed-form meta-analysis at k = 2,728."""
+    cases = {r.get("case", r.get("n")): r for r in rows}
+    assert cases["mestim, user logistic ψ, n=300, empty cache"]["programs"] == 1
+    assert cases["mestim meta (bundled BCG), empty cache"]["programs"] == 1  # the engine's check of the closed form
+    assert cases["mestim transport (bundled), empty cache"]["programs"] == 2
+    warm = cases[20000]
+    assert warm["jacobian_passes"] == 16  # of 27 equations: colouring
+    assert warm["hoisted"]
+    assert warm["programs_first_fit"] == 3  # residuals, Newton pass, values + meat at θ̂
+    assert warm["max_dtheta_vs_one_jit"] < 1e-10 and warm["max_rel_dse_vs_one_jit"] < 1e-10
+    meta = cases["meta_analysis, k=2,728 (closed form)"]
+    assert meta["median_s"] < 10 and meta["peak_rss_mb"] < 1024

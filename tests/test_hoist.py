@@ -1,12 +1,19 @@
 """Hoisting (mestim.hoist): the θ-free work of a full Jacobian pass done once per in-memory source gives the same
 sums as the whole chunk program, and a hoisted program serves only passes that ask for no more than it computes."""
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import estimators as est
 from mestim import Block
+from mestim.hoist import residuals_program as _residuals  # the real program (spied on below)
 from mestim.problem import prepare
 from mestim.sources import InMemory
 from mestim.sums import Kernel, plan
@@ -60,3 +67,139 @@ def test_a_hoisted_plan_without_the_meat_does_not_serve_a_pass_that_asks_for_it(
         got = hoisted.sums(theta, asked)
         assert np.abs(got.meat).max() > 0
         _same(got, whole.sums(theta, asked))
+
+
+def test_a_residual_only_pass_is_residual_only(problem):
+    """Served by the hoisted residuals, a residual-only pass returns no Jacobian and no meat (the whole program
+    returns zeros there), and a pass that skips a block returns zero for its equations."""
+    every = ("lg", "r")
+    theta = problem.init + 0.05
+    hoisted, whole = _sources(problem)
+    hoisted.sums(theta, plan(problem.spec, values=every, jacobian=every))
+    for p in (plan(problem.spec, values=every), plan(problem.spec, values=("r",))):
+        got = hoisted.sums(theta, p)
+        assert not np.any(got.jac) and not np.any(got.meat)
+        _same(got, whole.sums(theta, p))
+    assert len(hoisted._hoisted) == 1  # both served by the first pass's residuals
+
+
+def test_without_partial_evaluation_the_source_falls_back_visibly(problem, monkeypatch, caplog):
+    """Where JAX's internal partial evaluation is missing, the source runs the whole program (same sums), the
+    fallback is counted and logged."""
+    from mestim import hoist, internals
+
+    def moved():
+        raise ImportError("jax._src.interpreters.partial_eval moved")
+
+    monkeypatch.setattr(internals, "_partial_eval_module", moved)
+    monkeypatch.setattr(internals, "FALLBACKS", type(internals.FALLBACKS)())
+    hoist.split.cache_clear()
+    try:
+        every = ("lg", "r")
+        theta = problem.init + 0.05
+        hoisted, whole = _sources(problem)
+        p = plan(problem.spec, values=every, jacobian=every, meat=True)
+        with caplog.at_level("WARNING", logger="mestim"):
+            _same(hoisted.sums(theta, p), whole.sums(theta, p))
+        assert list(hoisted._hoisted.values()) == [None]
+        assert sum(internals.FALLBACKS.values()) == 1 and "moved" in caplog.text
+    finally:
+        hoist.split.cache_clear()
+
+
+def _psi_user(theta, row):  # a user's ψ of two models and an estimand written as one block (W2's form)
+    x = jnp.array([1.0, row["x1"], row["x2"]])
+    p = 1 / (1 + jnp.exp(-(x @ theta[:3])))
+    mu = x @ theta[3:6]
+    return jnp.concatenate([(row["y"] - p) * x, (row["z"] - mu) * x, jnp.atleast_1d(row["y"] / p - theta[6])])
+
+
+@pytest.fixture(scope="module")
+def table():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3000, 2))
+    y = (rng.random(3000) < 1 / (1 + np.exp(-0.3 - x[:, 0]))).astype(float)
+    return {"x1": x[:, 0], "x2": x[:, 1], "y": y, "z": x @ [0.5, -1.0] + rng.normal(size=3000),
+            "w": rng.uniform(0.5, 2.0, 3000)}
+
+
+@pytest.mark.parametrize("case", ["user psi", "registered blocks, joint", "sampling weights, float32 columns"])
+def test_fits_with_hoisting_forced_on_equal_the_plain_path(table, case, monkeypatch):
+    """Whole fits (every pass of the solve and the sandwich) with hoisting forced on (data this small are
+    otherwise compiled quick, unhoisted) equal the plain path to 1e-12, and the hoisted path ran."""
+    import mestim
+    from mestim import hoist, sums
+
+    if case == "user psi":
+        args, kw = (_psi_user, table), dict(init=np.r_[np.zeros(6), 1.0], weights="w", chunk_size=256)  # 12 of 64
+    elif case == "registered blocks, joint":
+        args, kw = ([est.logistic("lg", "y", ["x1", "x2"]), Block("r", _ratio, init=[1.0], reads=("lg",))],
+                    table), dict(solve="joint", weights="w")
+    else:
+        args, kw = (_psi_user, table), dict(init=np.r_[np.zeros(6), 1.0], weights="w", weight_type="sampling",
+                                            data_dtype="float32", chunk_size=512)
+    monkeypatch.setattr(sums, "QUICK_WORK", 0)  # every fit here is compiled optimised, so hoisted on a CPU
+    built = []
+    monkeypatch.setattr(hoist, "residuals_program", lambda *a: built.append(a[2]) or _residuals(*a))
+    on = mestim.fit(*args, **kw)
+    assert built, "the hoisted path did not run"
+    monkeypatch.setattr(hoist, "HOIST_BUDGET", 0)  # the residuals never fit: the plain path
+    built.clear()
+    off = mestim.fit(*args, **kw)
+    assert not built
+    np.testing.assert_allclose(on.theta, off.theta, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(on.vcov, off.vcov, rtol=1e-12, atol=1e-14 * np.abs(off.vcov).max())
+    assert on.iterations == off.iterations
+
+
+
+def test_the_meat_is_taken_once_at_the_estimate(table, monkeypatch):
+    """In memory, the Newton passes take no meat; one values+meat pass at θ̂ does (the same sandwich as the meat
+    taken on every pass of the last level, as a stream still does)."""
+    import mestim
+    from mestim.sources import InMemory
+
+    asked = []
+    sums = InMemory.sums
+    monkeypatch.setattr(InMemory, "sums", lambda self, theta, p: asked.append(tuple(p)) or sums(self, theta, p))
+    once = mestim.fit(_psi_user, table, init=np.r_[np.zeros(6), 1.0], weights="w")
+    n_blocks = 1
+    assert all(p[n_blocks] == 0 for p in asked[:-1]) and asked[-1][:n_blocks + 1] == (1, 1)
+    monkeypatch.setattr(InMemory, "meat_once", False)
+    every_pass = mestim.fit(_psi_user, table, init=np.r_[np.zeros(6), 1.0], weights="w")
+    np.testing.assert_array_equal(once.theta, every_pass.theta)
+    np.testing.assert_allclose(once.vcov, every_pass.vcov, rtol=1e-12, atol=0)
+
+
+_SHARDED = textwrap.dedent("""
+    import json, sys
+    import numpy as np, jax, mestim
+    sys.path.insert(0, {tests!r})
+    from mestim import hoist, sums
+    from test_hoist import _psi_user, _residuals, table
+    assert len(jax.devices()) == 4
+    sums.QUICK_WORK = 0  # compiled optimised, so hoisted on a CPU
+    data = table.__wrapped__()
+    meshes = []
+    hoist.residuals_program = lambda *a: meshes.append(a[0].mesh is not None) or _residuals(*a)
+    kw = dict(init=np.r_[np.zeros(6), 1.0], weights="w", chunk_size=128)
+    sharded = mestim.fit(_psi_user, data, devices=4, **kw)
+    one = mestim.fit(_psi_user, data, **kw)
+    hoist.HOIST_BUDGET = 0
+    plain = mestim.fit(_psi_user, data, devices=4, **kw)
+    def diff(a, b):
+        return [float(np.max(np.abs(a.theta - b.theta))), float(np.max(np.abs(a.vcov - b.vcov) / np.abs(b.vcov).max()))]
+    print(json.dumps(dict(meshes=meshes, one=diff(sharded, one), plain=diff(sharded, plain))))
+""")
+
+
+def test_rows_sharded_over_devices_are_hoisted_per_device():
+    """devices=k on a CPU hoists each device's rows (it ran unhoisted: 0.41× one device), with the same sums as
+    one hoisted device and the plain sharded path."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    code = _SHARDED.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["meshes"] == [True, False]  # the sharded fit was hoisted, then the one-device fit
+    assert max(res["one"]) < 1e-12 and max(res["plain"]) < 1e-12, res
