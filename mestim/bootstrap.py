@@ -61,11 +61,12 @@ class BootstrapResult:
 
 def bootstrap(estimator, data, init=None, *, replicates: int = 1000, seed: int = 0, cluster=None, weights=None,
               weight_type: str = "frequency", correction: str | None = None, batch: int = 100, level: float = 0.95,
-              **fit_kw) -> BootstrapResult:
+              progress: bool | None = False, **fit_kw) -> BootstrapResult:
     """Refit ``estimator`` on ``replicates`` bootstrap resamples of ``data``; see the module docstring.
 
     ``weights``, ``weight_type``, ``cluster`` and ``correction`` are those of :func:`mestim.fit`, which gives the
-    sandwich fit the replicates are set beside (``correction`` applies to it alone)."""
+    sandwich fit the replicates are set beside (``correction`` applies to it alone). ``progress``: a bar over the
+    replicates on stderr: True (always), False (never), None (only when stderr is a terminal)."""
     if replicates < 2:
         raise SpecificationError("replicates must be at least 2")
     if fit_kw.get("gmm") is not None:
@@ -106,10 +107,12 @@ def bootstrap(estimator, data, init=None, *, replicates: int = 1000, seed: int =
         return jax.vmap(lambda k: f(columns, draw(k, *draw_args), theta_hat))(keys)
 
     thetas, oks = [], []
-    for start in range(0, n_batches * batch, batch):  # batches of replicates bound the memory; rows never looped
-        out = run(columns, draw_args, result.theta, np.int64(seed), np.int64(start))
-        thetas.append(np.asarray(out.theta))
-        oks.append(np.asarray(out.converged) & np.all(np.isfinite(np.asarray(out.theta)), axis=1))
+    with _replicate_bar(replicates, progress) as bar:
+        for start in range(0, n_batches * batch, batch):  # batches of replicates bound the memory; rows never looped
+            out = run(columns, draw_args, result.theta, np.int64(seed), np.int64(start))
+            thetas.append(np.asarray(out.theta))
+            oks.append(np.asarray(out.converged) & np.all(np.isfinite(np.asarray(out.theta)), axis=1))
+            bar.update(min(batch, replicates - start))
     thetas, oks = np.concatenate(thetas)[:replicates], np.concatenate(oks)[:replicates]
     failed = int((~oks).sum())
     if failed > replicates - 2:
@@ -119,6 +122,16 @@ def bootstrap(estimator, data, init=None, *, replicates: int = 1000, seed: int =
         warnings.warn(f"{failed} of {replicates} bootstrap replicates did not converge and are excluded",
                       MestimWarning, stacklevel=2)
     return BootstrapResult(result, thetas[oks], failed)
+
+
+def _replicate_bar(replicates: int, progress: bool | None):
+    """tqdm's bar over the replicates on stderr (``disable=None``: only on a terminal); it leaves no trace."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=replicates, desc="bootstrap", unit="replicate", file=sys.stderr, leave=False,
+                disable=None if progress is None else not progress)
 
 
 def _row_draw(key, w):

@@ -48,6 +48,16 @@ def test_bootstrap_agrees_with_sandwich_and_is_reproducible():
     assert np.all(lo < a.fit.theta) and np.all(a.fit.theta < hi)
 
 
+def test_bootstrap_progress_bar_counts_replicates_and_changes_nothing(capsys):
+    d = _data(4, 120)
+    quiet = bootstrap([est.logistic("lg", "y", ["x"])], d, replicates=6, batch=4, seed=2)
+    assert capsys.readouterr().err == ""  # progress=False (the default) prints nothing
+    shown = bootstrap([est.logistic("lg", "y", ["x"])], d, replicates=6, batch=4, seed=2, progress=True)
+    err = capsys.readouterr().err
+    assert "bootstrap" in err and "0/6" in err and "4/6" in err, err  # the bar counts replicates, batch by batch
+    np.testing.assert_array_equal(quiet.replicates, shown.replicates)
+
+
 def test_cluster_and_weighted_bootstrap_run():
     d = _data(2, 600).assign(g=np.repeat(np.arange(60), 10), w=np.tile([1.0, 2.0], 300))
     c = bootstrap([est.logistic("lg", "y", ["x"])], d, replicates=200, cluster="g", seed=1)
