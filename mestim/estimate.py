@@ -146,17 +146,18 @@ def kernel_for(problem: Problem, options: FitOptions, mesh=None, streamed: bool 
 
 
 def assemble(problem: Problem, source, theta, moments: Moments, options: FitOptions, *, iterations: int,
-             status: str = "converged", notes=(), checks: bool = True, weight=None) -> Result:
+             status: str = "converged", notes=(), checks: bool = True, weight=None, totals=None) -> Result:
     """The Result from the row sums at θ̂ (shared by in-memory, sharded and streamed fits).
 
     ``checks=False`` (a stream, which never holds all rows) skips the blocks' post-fit checks and the weight
-    diagnostics, which need every row. ``weight``: GMM's weight matrix W (over-identified stacks)."""
+    diagnostics, which need every row. ``weight``: GMM's weight matrix W (over-identified stacks). ``totals``: the
+    cluster totals U_g (G, K) when the source gives them (federated sites as clusters, :mod:`mestim.federated`)."""
     labels, spec = problem.labels, problem.spec
     if not np.all(np.isfinite(moments.psi)):
         bad = [problem.equation_labels[i] for i in np.flatnonzero(~np.isfinite(moments.psi))]
         raise DataError(f"ψ is not finite at θ̂ for parameter(s) {bad}: check the data and ψ for log(0), 1/0, …")
-    clustered = problem.cluster is not None
-    totals = _cluster_totals(source, problem, theta) if clustered else None
+    clustered = problem.cluster is not None or totals is not None
+    totals = _cluster_totals(source, problem, theta) if totals is None and clustered else totals
     n_clusters = totals.shape[0] if clustered else None
     if clustered and n_clusters < 2:
         raise DataError("the cluster column has a single cluster: the clustered meat needs at least two")

@@ -89,12 +89,13 @@ def as_blocks(estimator, init=None, names=None) -> list[Block]:
 
 
 def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=None, levels=None,
-            over_identified: bool = False) -> Problem:
+            over_identified: bool = False, empty_masks: bool = False) -> Problem:
     """Blocks prepared, ψ traced and checked, the columns it reads validated (host arrays only).
 
     ``levels(columns) -> {name: values}`` gives categorical columns their levels before the blocks prepare (the
     levels several processes agreed on, :mod:`mestim.processes`); ``over_identified``: a block's ψ may return more
-    values than it has parameters (GMM)."""
+    values than it has parameters (GMM); ``empty_masks``: a block's mask may select no row (a federated site holding
+    none of the block's rows adds zero to its sums)."""
     blocks = as_blocks(estimator, init, names)
     cols = datamod.as_columns(data)
     n = datamod.n_rows(cols)
@@ -117,7 +118,7 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
         if b.mask is not None:
             mask = MASK_PREFIX + b.name
             masks[mask] = datamod.row_mask(all_cols, b.mask, n)
-            if not masks[mask].any():
+            if not (empty_masks or masks[mask].any()):
                 raise DataError(f"block '{b.name}' has no rows: its mask selects none of the {n} rows")
         if b.smooth is not None:  # indicators and signs in ψ replaced by their Gaussian smoothing
             psi, note = smooth.smoothed(b, psi, start, {s.name: i for s, i in zip(specs, inits)}, all_cols,
