@@ -101,6 +101,7 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
     n = datamod.n_rows(cols)
     all_cols = datamod.Columns(cols)
     all_cols.levels = levels(cols) if levels is not None else {}
+    all_cols.empty_masks = empty_masks
     specs, labels, inits, notes, masks = [], [], [], [], {}
     for b in blocks:
         prep = b.prepare(all_cols) if b.prepare is not None else None

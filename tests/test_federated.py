@@ -128,3 +128,194 @@ def test_data_changed_between_passes_is_detected():
 
     with pytest.raises(F.FederatedError, match="site 'hospital1' refused pass 2: pass 2: the site's data changed.*'x'"):
         F.fit(est, Tamper(sites))
+
+
+# ---------------------------------------------------------------------------------------------- over Flower
+# A SuperLink, three SuperNodes and the three sites' processes (mestim.federated.serve), each a separate process on
+# 127.0.0.1, started once for these tests; every fit is a `flwr run` of the ServerApp mestim.federated.flower.
+# Flower answers each message in a fresh ClientApp process (a few seconds on a loaded machine), so these are slow.
+FLOWER_APP = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "mestim-federated-test"
+version = "1.0.0"
+description = "mestim federated fits"
+license = "MIT"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "mestim"
+
+[tool.flwr.app.components]
+serverapp = "mestim.federated.flower:server_app"
+clientapp = "mestim.federated.flower:client_app"
+
+[tool.flwr.app.config]
+estimator = ""
+sites = ""
+options = "{}"
+timeout = 120.0
+result = ""
+"""
+
+SITE_ESTIMATORS = '''
+import jax.numpy as jnp
+import numpy as np
+from estimators.glm import glm
+from mestim.federated import Estimator
+
+LOGIT = Estimator("logit", "1", [glm("m", "y", formula="~ x", family="binomial")])
+KIDS = Estimator("kids", "1", [glm("m", "y", formula="~ x", family="binomial",
+                                   mask=lambda c: 1 - np.asarray(c["adult"]))])
+
+
+def mean_var(theta, row):
+    return jnp.array([row["y"] - theta[0], (row["y"] - theta[0]) ** 2 - theta[1]])
+
+
+MEAN_VAR = Estimator.user_psi(mean_var, init=[0.0, 1.0], names=["mean", "var"])
+'''
+
+
+def _free_ports(k):
+    import socket
+
+    socks = [socket.socket() for _ in range(k)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _wait_port(port, seconds=120):
+    import socket
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def flower(tmp_path_factory):
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("flwr")
+    root = tmp_path_factory.mktemp("flower")
+    (root / "app").mkdir()
+    (root / "app" / "pyproject.toml").write_text(FLOWER_APP)
+    (root / "app" / "site_estimators.py").write_text(SITE_ESTIMATORS)
+    (root / "home").mkdir()
+    link, *ports = _free_ports(7)
+    (root / "home" / "config.toml").write_text(f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
+                                               f'address = "127.0.0.1:{link}"\ninsecure = true\n')
+    env = dict(os.environ, FLWR_HOME=str(root / "home"), PYTHONPATH=str(root / "app"))
+    sys.path.insert(0, str(root / "app"))
+    import site_estimators
+
+    df = _clustered_data(n=450)
+    df["hospital"] = df.hospital % 3
+    df["adult"] = (np.arange(len(df)) % 40 != 0).astype(float)
+    procs, names = [], ["h0", "h1", "h2"]
+    bin_ = os.path.dirname(sys.executable)
+    procs.append(subprocess.Popen([f"{bin_}/flower-superlink", "--insecure", "--port", str(link), "--database",
+                                   ":flwr-in-memory:"], env=env, cwd=root, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.STDOUT))
+    for k, name in enumerate(names):
+        table = root / f"{name}.csv"
+        df[df.hospital == k].drop(columns="hospital").to_csv(table, index=False)
+        (root / f"{name}.toml").write_text(
+            f'site = "{name}"\ntable = "{table}"\nestimators = "site_estimators:LOGIT,site_estimators:KIDS"\n'
+            f'sources = "{site_estimators.MEAN_VAR.digest}"\nlog = "{root / name}.jsonl"\n'
+            f'port = {ports[3 + k]}\nauthkey = "test-secret"\n')
+        procs.append(subprocess.Popen([sys.executable, "-m", "mestim.federated", str(root / f"{name}.toml")],
+                                      env=env, cwd=root))
+    _wait_port(link)
+    for k, name in enumerate(names):
+        _wait_port(ports[3 + k])
+        procs.append(subprocess.Popen(
+            [f"{bin_}/flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", str(ports[k]),
+             "--node-config", f"site='{name}' daemon={ports[3 + k]} authkey='test-secret' timeout=300"],
+            env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+
+    def run(estimator, timeout=300, **options):
+        import pickle
+        import time
+
+        result = root / f"result-{time.monotonic_ns()}.pkl"
+        config = root / "run.toml"
+        config.write_text(f"estimator = '{estimator}'\nsites = 'h0,h1,h2'\noptions = '{json.dumps(options)}'\n"
+                          f"timeout = {float(timeout)}\nresult = '{result}'\n")
+        subprocess.run([f"{bin_}/flwr", "run", str(root / "app"), "local", "--run-config", str(config)], env=env,
+                       cwd=root, check=True, capture_output=True, timeout=600)
+        deadline = time.monotonic() + 1500
+        while not result.exists() and time.monotonic() < deadline:
+            time.sleep(1)
+        time.sleep(0.5)
+        with open(result, "rb") as fh:
+            return pickle.load(fh)
+
+    yield type("Flower", (), {"run": staticmethod(run), "df": df, "root": root, "procs": procs,
+                              "supernodes": procs[-3:]})
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        p.wait(30)
+    sys.path.remove(str(root / "app"))
+
+
+@pytest.mark.slow
+def test_flower_glm_and_user_psi_equal_pooled(flower):
+    """Coordinator (ServerApp) and three sites as separate processes through a SuperLink on 127.0.0.1."""
+    df = flower.df
+    out = flower.run("site_estimators:LOGIT", cluster="sites")
+    assert "error" not in out, out.get("error")
+    pooled = mestim.fit([glm("m", "y", formula="~ x", family="binomial")], df, cluster="hospital")
+    _same(out["result"], pooled)
+    assert out["rounds"] >= 4 and out["bytes"] > 0
+    log = [json.loads(line) for line in (flower.root / "h1.jsonl").read_text().splitlines()]
+    assert [e["request"] for e in log][:3] == ["levels", "prepare", "sums of pass 1"]
+    out = flower.run("site_estimators:MEAN_VAR")  # a user ψ: sites rebuild it from the source they allowed
+    _same(out["result"], mestim.fit(_mean_var, df, init=[0.0, 1.0], names=["mean", "var"]))
+
+
+@pytest.mark.slow
+def test_flower_request_under_min_rows_refused(flower):
+    out = flower.run("site_estimators:KIDS")
+    assert "result" not in out
+    assert "refused to prepare the fit: disclosure control" in out["error"] and "min_rows = 10" in out["error"]
+
+
+@pytest.mark.slow
+def test_flower_site_killed_mid_fit(flower):
+    """Last: it stops a SuperNode. The fit ends with an error naming the site and the pass, and no Result."""
+    import threading
+    import time
+
+    log = flower.root / "h2.jsonl"
+    before = log.read_text().count("sums of pass") if log.exists() else 0
+
+    def kill_after_first_pass():
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            if log.exists() and log.read_text().count("sums of pass") > before:
+                flower.supernodes[2].kill()
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_first_pass)
+    killer.start()
+    out = flower.run("site_estimators:LOGIT", timeout=30)
+    killer.join()
+    assert "result" not in out
+    assert "site 'h2' did not answer pass" in out["error"] and "within 30 s" in out["error"]

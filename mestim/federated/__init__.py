@@ -203,7 +203,9 @@ class Site:
         self.estimators = {e.name: e for e in estimators}
         self.sources, self.columns = set(sources), None if columns is None else list(columns)
         self.log = log if isinstance(log, AuditLog) else AuditLog(log)
-        self._fit = None  # (request id, problem, source, fingerprint) of the fit being served
+        self.state = {}  # the fit being served and its rows' fingerprint (JSON: a Flower ClientApp keeps it in its
+        # Context between messages, each answered by a fresh process)
+        self._serving = None  # (fit, the InMemory source of its prepared rows)
 
     # ------------------------------------------------------------------------------------------ requests
     def handle(self, header: dict, arrays: dict) -> tuple[dict, dict]:
@@ -264,23 +266,24 @@ class Site:
             raise FederatedError(f"the request's estimator differs from this site's: {_differs(mine.identity(), identity)}")
         return mine
 
-    def _problem(self, estimator: Estimator, header: dict) -> Problem:
-        levels = {k: v for k, v in header["levels"].items()}
-        cols = self.read()
+    def _problem(self, estimator: Estimator, header: dict, cols: dict) -> Problem:
+        levels = dict(header["levels"])
         weights = header.get("weights")
         if weights is not None and weights not in cols:
             raise FederatedError(f"the weights column '{weights}' is not among the columns this site allows")
         return prepare(estimator.blocks(), cols, weights=weights, levels=lambda _: levels, empty_masks=True)
 
+    def _source(self, problem: Problem, header: dict) -> InMemory:
+        return InMemory(kernel_for(problem, FitOptions(chunk_size=header.get("chunk_size"))), problem.used, problem.w)
+
     def _prepare(self, header, arrays):
-        estimator = self._estimator(header["estimator"])
-        problem = self._problem(estimator, header)
-        rows = self._check_disclosure(problem, set(self.read()))
+        cols = self.read()
+        problem = self._problem(self._estimator(header["estimator"]), header, cols)
+        rows = self._check_disclosure(problem, set(cols))
         offsets = problem.spec.offsets()
         starts = {b.name: problem.init[offsets[b.name]].tolist() for b in problem.spec.blocks if rows[b.name]}
-        source = InMemory(kernel_for(problem, FitOptions(chunk_size=header.get("chunk_size"))), problem.used,
-                          problem.w)
-        self._fit = (header["fit"], source, _fingerprint(self.read()))
+        self.state = {"fit": header["fit"], "print": {k: v.tolist() for k, v in _fingerprint(cols).items()}}
+        self._serving = (header["fit"], self._source(problem, header))
         self.log.record(header["coordinator"], "prepare", f"signature, row count, weight total, starting values of "
                         f"blocks {sorted(starts)}", problem.n_rows)
         return {"signature": processes.signature(problem), "n_rows": problem.n_rows,
@@ -316,13 +319,17 @@ class Site:
         return rows
 
     def _sums(self, header, arrays):
-        if self._fit is None or self._fit[0] != header["fit"]:
+        if self.state.get("fit") != header["fit"]:
             raise FederatedError("a pass of a fit this site has not prepared (send 'prepare' first)")
-        _, source, before = self._fit
-        what = changed(before, _fingerprint(self.read()))  # the rows as they are now against those prepared
+        cols = self.read()  # the rows as they are now, against those prepared
+        what = changed({k: np.asarray(v) for k, v in self.state["print"].items()}, _fingerprint(cols))
         if what is not None:
             raise DataError(f"pass {header['pass']}: the site's data changed since the fit was prepared (the {what} "
                             "differs); rows must stay the same for the whole fit")
+        if self._serving is None or self._serving[0] != header["fit"]:  # a fresh process (a Flower ClientApp)
+            self._serving = (header["fit"], self._source(self._problem(self._estimator(header["estimator"]), header,
+                                                                       cols), header))
+        source = self._serving[1]
         m = source.sums(np.asarray(arrays["theta"], float), np.asarray(arrays["plan"], np.int32))
         self.log.record(header["coordinator"], f"sums of pass {header['pass']}",
                         f"Σψ ({m.psi.size}), ΣJ {m.jac.shape}, meat {m.meat.shape}, Σw", source.n_rows)
@@ -337,6 +344,52 @@ def _fingerprint(cols: dict) -> dict:
         out[f"column '{name}'"] = (np.asarray(v.sum(axis=0), float).ravel() if v.dtype.kind in "biuf" else
                                    np.frombuffer(hashlib.sha256("\x1f".join(map(str, v)).encode()).digest(), np.uint8))
     return out
+
+
+def load(reference: str):
+    """The object a ``module:attribute`` reference names (an :class:`Estimator` installed at the site)."""
+    import importlib
+
+    module, _, attribute = reference.partition(":")
+    if not attribute:
+        raise SpecificationError(f"'{reference}': give an estimator as module:attribute")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def site_from_config(config: Mapping) -> Site:
+    """A site from its configuration (a SuperNode's ``--node-config`` or a site file, :func:`serve`): ``site``,
+    ``table``, ``estimators`` (comma-separated ``module:attribute`` references to :class:`Estimator` objects),
+    ``sources`` (digests of reviewed user ψ sources), ``columns``, ``min-rows``, ``log``."""
+    def listed(key):
+        value = config.get(key, "")
+        return [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+
+    return Site(str(config["site"]), str(config["table"]), estimators=[load(r) for r in listed("estimators")],
+                sources=listed("sources"), columns=listed("columns") or None,
+                min_rows=int(config.get("min-rows", DEFAULT_MIN_ROWS)), log=config.get("log"))
+
+
+def serve(site: Site, port: int, authkey: bytes) -> None:
+    """Answer requests for ``site`` on 127.0.0.1:``port`` until stopped: the site's long-lived process, which a
+    Flower ClientApp relays each message to (``daemon=`` in its node config), so the rows are read, prepared and
+    compiled once per fit rather than once per message. Connections must present ``authkey``."""
+    from multiprocessing.connection import Listener
+
+    with Listener(("127.0.0.1", port), authkey=authkey) as listener:
+        while True:
+            with listener.accept() as conn:
+                conn.send_bytes(encode(*site.handle(*decode(conn.recv_bytes()))))
+
+
+def relay(port: int, authkey: bytes, blob: bytes, timeout: float) -> bytes:
+    """One message to the site's process on 127.0.0.1:``port`` and its reply."""
+    from multiprocessing.connection import Client
+
+    with Client(("127.0.0.1", port), authkey=authkey) as conn:
+        conn.send_bytes(blob)
+        if not conn.poll(timeout):
+            raise FederatedError(f"the site's process on port {port} did not answer within {timeout:g} s")
+        return conn.recv_bytes()
 
 
 # ---------------------------------------------------------------------------------------------- networks
@@ -455,8 +508,8 @@ def fit(estimator, sites, *, init=None, names=None, weights=None, weight_type: s
     common = {"coordinator": coordinator, "fit": fit_id, "weights": weights, "chunk_size": chunk_size}
     everyone = ask(sites, dict(common, kind="levels"), {}, "the levels of its categorical columns")
     levels = processes.union_levels([everyone[n][0]["levels"] for n in sorted(everyone)])
-    common["levels"] = levels
-    prepared = ask(sites, dict(common, kind="prepare", estimator=estimator.request()), {}, "to prepare the fit")
+    common.update(levels=levels, estimator=estimator.request())
+    prepared = ask(sites, dict(common, kind="prepare"), {}, "to prepare the fit")
     spec, labels, init_ = _agree(prepared)
     n_rows = sum(h["n_rows"] for h, _ in prepared.values())
     sum_w = float(sum(h["sum_w"] for h, _ in prepared.values()))
