@@ -5,6 +5,8 @@ separate processes on 127.0.0.1 once for the module."""
 
 import hashlib
 import json
+import os
+import signal
 
 import jax.numpy as jnp
 import numpy as np
@@ -204,9 +206,16 @@ def _wait_port(port, seconds=120):
     raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
 
 
+def _stop(process, sig=signal.SIGTERM):
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        return
+    process.wait(30)
+
+
 @pytest.fixture(scope="module")
 def flower(tmp_path_factory):
-    import os
     import subprocess
     import sys
 
@@ -230,7 +239,7 @@ def flower(tmp_path_factory):
     bin_ = os.path.dirname(sys.executable)
     procs.append(subprocess.Popen([f"{bin_}/flower-superlink", "--insecure", "--port", str(link), "--database",
                                    ":flwr-in-memory:"], env=env, cwd=root, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.STDOUT))
+                                  stderr=subprocess.STDOUT, start_new_session=True))
     for k, name in enumerate(names):
         table = root / f"{name}.csv"
         df[df.hospital == k].drop(columns="hospital").to_csv(table, index=False)
@@ -239,14 +248,14 @@ def flower(tmp_path_factory):
             f'sources = "{site_estimators.MEAN_VAR.digest}"\nlog = "{root / name}.jsonl"\n'
             f'port = {ports[3 + k]}\nauthkey = "test-secret"\n')
         procs.append(subprocess.Popen([sys.executable, "-m", "mestim.federated", str(root / f"{name}.toml")],
-                                      env=env, cwd=root))
+                                      env=env, cwd=root, start_new_session=True))
     _wait_port(link)
     for k, name in enumerate(names):
         _wait_port(ports[3 + k])
         procs.append(subprocess.Popen(
             [f"{bin_}/flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", str(ports[k]),
              "--node-config", f"site='{name}' daemon={ports[3 + k]} authkey='test-secret' timeout=300"],
-            env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+            env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True))
 
     def run(estimator, timeout=300, **options):
         import pickle
@@ -267,10 +276,8 @@ def flower(tmp_path_factory):
 
     yield type("Flower", (), {"run": staticmethod(run), "df": df, "root": root, "procs": procs,
                               "supernodes": procs[-3:]})
-    for p in reversed(procs):
-        p.terminate()
-    for p in procs:
-        p.wait(30)
+    for p in reversed(procs):  # each with the processes it started (a SuperNode's SuperExec, its ClientApps)
+        _stop(p)
     sys.path.remove(str(root / "app"))
 
 
@@ -309,7 +316,7 @@ def test_flower_site_killed_mid_fit(flower):
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             if log.exists() and log.read_text().count("sums of pass") > before:
-                flower.supernodes[2].kill()
+                _stop(flower.supernodes[2], signal.SIGKILL)
                 return
             time.sleep(0.2)
 
@@ -319,3 +326,31 @@ def test_flower_site_killed_mid_fit(flower):
     killer.join()
     assert "result" not in out
     assert "site 'h2' did not answer pass" in out["error"] and "within 30 s" in out["error"]
+
+
+def test_transport_sites_equal_pooled():
+    """The bundled transport data split by trial (each trial a site, the target sample a site): every estimator
+    per trial and pooled, their SEs and the homogeneity tests are those of the pooled call."""
+    import warnings
+
+    from estimators.transport import load_transport_sim, transport
+
+    df = load_transport_sim()
+    sites = {("target" if s == 0 else f"trial{s}"): g for s, g in df.groupby("S")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mestim.MestimWarning)
+        pooled = transport(df, covariates=["X1", "X2", "X3"])
+        fed = transport(sites=sites, covariates=["X1", "X2", "X3"])
+    assert len(pooled.table) == len(fed.table) == 20  # 4 per-trial estimators × 4 trials, 4 pooled
+    pd.testing.assert_frame_equal(fed.table[["estimator", "trial", "contrast", "scale", "n"]],
+                                  pooled.table[["estimator", "trial", "contrast", "scale", "n"]])
+    np.testing.assert_allclose(fed.table.estimate, pooled.table.estimate, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(fed.table.se, pooled.table.se, rtol=1e-8)
+    _same(fed.fit, pooled.fit)
+    for estimator, tests in pooled.tests["homogeneity"].items():
+        for contrast, test in tests.items():
+            assert fed.tests["homogeneity"][estimator][contrast]["statistic"] == pytest.approx(test["statistic"],
+                                                                                              rel=1e-8)
+    assert "federated over 5 sites" in fed.fit.notes[-1]
+    with pytest.raises(mestim.SpecificationError, match="not both"):
+        transport(df, sites=sites)

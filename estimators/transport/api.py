@@ -254,7 +254,7 @@ def check_bias_grid(grid) -> np.ndarray:
     return values
 
 
-def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", covariates=None, *,
+def transport(df=None, study: str = "S", treatment: str = "Z", outcome: str = "Y", covariates=None, *, sites=None,
               formula: str | None = None, target=0, estimators: Sequence[str] | None = None,
               per_trial: bool = True, pooled: bool = True, contrasts=None,
               participation: str = "logistic", treatment_model: str = "trial", treatment_probabilities=None,
@@ -298,9 +298,19 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
         diagnostics: compute the positivity diagnostics of the inverse-odds weights (``result.diagnostics``) and
             warn (:class:`mestim.MestimWarning`) on extreme weights; see :mod:`~estimators.transport.diagnostics`.
 
+        sites: ``{"trial1": t1, …, "target": t0}`` in place of ``df``: the same fit over sites that keep their
+            rows (:mod:`~estimators.transport.federated`, a simulated federation: no positivity diagnostics).
+
     Returns:
         :class:`TransportResult`.
     """
+    if (df is None) == (sites is None):
+        raise SpecificationError("give the data as df= (one table) or as sites= ({'site': table, ...}), not both")
+    if sites is not None:
+        from .federated import pooled_frame
+
+        df, origin = pooled_frame(sites)
+        diagnostics = False
     stack = transport_stack(df, study=study, treatment=treatment, outcome=outcome, covariates=covariates,
                             formula=formula, target=target, estimators=estimators, per_trial=per_trial, pooled=pooled,
                             contrasts=contrasts, participation=participation, treatment_model=treatment_model,
@@ -308,7 +318,12 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
                             trial_effects=trial_effects, weighting=weighting, received=received,
                             post_covariates=post_covariates, bias=bias, bias_grid=bias_grid, weights=weights,
                             cluster=cluster, level=level, solve=solve)
-    fit = stack.fit()
+    if sites is None:
+        fit = stack.fit()
+    else:
+        from .federated import fit_sites
+
+        fit = fit_sites(stack, origin)
     res = _result(stack, fit)
     if diagnostics:
         from .diagnostics import positivity_diagnostics, positivity_warnings

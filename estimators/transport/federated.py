@@ -1,0 +1,41 @@
+"""``transport(sites={...})``: the transport stack fitted over sites that keep their rows (simulated federation).
+
+Each site (every trial, and the target sample) holds its own rows. The stack's blocks depend on what the sites
+agree on (the trials' labels, the arms, the covariates' coding), and every derived column of
+:mod:`~estimators.transport.data` is computed from its own row alone; so the stack is built once from the
+agreed description and each site's rows of the derived columns go to :func:`mestim.federated.simulate`, which
+sums them site by site: the result equals the pooled ``transport(df)`` (tested to 1e-10). Here whoever calls
+holds every table (a simulation, to try a configuration before deploying it), so the stack is built from their
+union; the positivity diagnostics, which read every row's weight, are not computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from mestim.errors import SpecificationError
+
+from .data import as_frame
+
+
+def pooled_frame(sites: Mapping) -> tuple[pd.DataFrame, np.ndarray]:
+    """The sites' tables one after another, and the site of each row."""
+    if not isinstance(sites, Mapping) or not sites:
+        raise SpecificationError("sites= takes {'site name': table, ...} with at least one site")
+    frames = {str(name): as_frame(table) for name, table in sites.items()}
+    origin = np.concatenate([np.full(len(f), name, dtype=object) for name, f in frames.items()])
+    return pd.concat(list(frames.values()), ignore_index=True), origin
+
+
+def fit_sites(stack, origin: np.ndarray, **fit_options):
+    """The stack fitted over the sites: each site's rows of the stack's columns, summed where they are."""
+    from mestim.federated import simulate
+
+    if stack.weights is not None or stack.cluster is not None:
+        raise SpecificationError("weights= and cluster= are not available with sites= yet: fit the pooled table")
+    tables = {name: {k: np.asarray(v)[origin == name] for k, v in stack.data_for_fit.items()}
+              for name in dict.fromkeys(origin)}
+    return simulate(stack.blocks, tables, solve=stack.solve, **fit_options)
