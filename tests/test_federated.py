@@ -354,3 +354,23 @@ def test_transport_sites_equal_pooled():
     assert "federated over 5 sites" in fed.fit.notes[-1]
     with pytest.raises(mestim.SpecificationError, match="not both"):
         transport(df, sites=sites)
+
+
+def test_replies_of_another_pass_are_never_mixed():
+    df = _clustered_data()
+    est = F.Estimator("logit", "1", [glm("m", "y", formula="~ x", family="binomial")])
+    sites = {n: F.Site(n, t, estimators=[est]) for n, t in _split(df, "hospital").items()}
+
+    class Stale(F.Loopback):
+        """hospital3 answers pass 3 with its reply to pass 2."""
+
+        def exchange(self, requests, what):
+            out = super().exchange(requests, what)
+            if what == "pass 2":
+                self.kept = out["hospital3"]
+            if what == "pass 3":
+                out["hospital3"] = self.kept
+            return out
+
+    with pytest.raises(F.FederatedError, match="site 'hospital3' answered pass 2 when pass 3 was asked for"):
+        F.fit(est, Stale(sites))

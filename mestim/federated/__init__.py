@@ -56,7 +56,7 @@ from ..options import FitOptions
 from ..problem import MASK_PREFIX, Problem, as_blocks, prepare
 from ..scale import changed
 from ..sources import InMemory
-from ..sums import Moments
+from ..sums import Moments, plan
 
 __all__ = ["fit", "simulate", "Site", "Estimator", "AuditLog", "FederatedError", "Loopback", "DEFAULT_MIN_ROWS",
            "DEFAULT_TIMEOUT"]
@@ -373,12 +373,20 @@ def serve(site: Site, port: int, authkey: bytes) -> None:
     """Answer requests for ``site`` on 127.0.0.1:``port`` until stopped: the site's long-lived process, which a
     Flower ClientApp relays each message to (``daemon=`` in its node config), so the rows are read, prepared and
     compiled once per fit rather than once per message. Connections must present ``authkey``."""
+    from multiprocessing import AuthenticationError
     from multiprocessing.connection import Listener
 
     with Listener(("127.0.0.1", port), authkey=authkey) as listener:
         while True:
-            with listener.accept() as conn:
-                conn.send_bytes(encode(*site.handle(*decode(conn.recv_bytes()))))
+            try:
+                conn = listener.accept()
+            except (AuthenticationError, EOFError, OSError):  # a caller without the key, or gone before asking
+                continue
+            with conn:
+                try:
+                    conn.send_bytes(encode(*site.handle(*decode(conn.recv_bytes()))))
+                except (EOFError, OSError):  # the ClientApp gave up waiting (its timeout): the next request follows
+                    continue
 
 
 def relay(port: int, authkey: bytes, blob: bytes, timeout: float) -> bytes:
@@ -448,8 +456,6 @@ class Sites:
         """(sites, K): each site's Σ w ψ at θ (the cluster totals when the sites are the clusters)."""
         if self.last is None or not np.array_equal(self.last[0], theta):
             every = tuple(b.name for b in self.kernel.spec.blocks)
-            from ..sums import plan
-
             self.sums(theta, plan(self.kernel.spec, values=every))
         return np.stack(list(self.last[1].values()))
 
