@@ -35,13 +35,17 @@ def _same(fed, pooled):
     np.testing.assert_allclose(fed.se, pooled.se, rtol=1e-8)
 
 
-def test_glm_clusters_as_sites_equals_pooled():
+def test_glm_clusters_as_sites_equals_pooled(tmp_path):
     """Logistic GLM, frequency weights, the hospitals as clusters and as sites: θ and SE of the pooled fit (the
     pooled clustered meat Σ_g U_g U_gᵀ is built from per-row ψ; the federated one from the sites' totals)."""
     df = _clustered_data()
     est = [glm("m", "y", formula="~ x", family="binomial")]
     pooled = mestim.fit(est, df, weights="w", cluster="hospital", correction="df")
-    fed = F.simulate(est, _split(df, "hospital"), weights="w", cluster="sites", correction="df")
+    tables = _split(df, "hospital")
+    tables["hospital0"].to_parquet(tmp_path / "h0.parquet")
+    tables["hospital1"].to_csv(tmp_path / "h1.csv", index=False)
+    tables.update(hospital0=str(tmp_path / "h0.parquet"), hospital1=str(tmp_path / "h1.csv"))  # files, read anew
+    fed = F.simulate(est, tables, weights="w", cluster="sites", correction="df")
     _same(fed, pooled)
     assert fed.n_clusters == pooled.n_clusters == 4 and fed.n_rows == len(df)
     unclustered = F.simulate(est, _split(df, "hospital"), weights="w")
@@ -322,10 +326,10 @@ def test_flower_site_killed_mid_fit(flower):
 
     killer = threading.Thread(target=kill_after_first_pass)
     killer.start()
-    out = flower.run("site_estimators:LOGIT", timeout=30)
+    out = flower.run("site_estimators:LOGIT", timeout=120)  # per round; a round under load takes ~40 s
     killer.join()
     assert "result" not in out
-    assert "site 'h2' did not answer pass" in out["error"] and "within 30 s" in out["error"]
+    assert "site 'h2' did not answer pass" in out["error"] and "within 120 s" in out["error"]
 
 
 def test_transport_sites_equal_pooled():
