@@ -153,7 +153,7 @@ def _differs(mine: dict, theirs: dict) -> str:
     if list(a) != list(b):
         return f"the blocks {list(b)} were asked for; this site's '{mine['name']}' has {list(a)}"
     for name in a:
-        for i, what in enumerate(("name", "blocks read", "mask", "estimating function"), 0):
+        for i, what in ((1, "blocks read"), (2, "mask"), (3, "estimating function")):
             if a[name][i] != b[name][i]:
                 return f"block '{name}': its {what} is {_short(b[name][i])} in the request, {_short(a[name][i])} here"
     return "nothing"
