@@ -13,9 +13,9 @@ Workloads (float64, in one process, the protocol's messages encoded exactly as o
 
 Rounds = request rounds (every site is asked once per round: levels, prepare, then one per pass); bytes = every
 request and reply, as :func:`mestim.federated.encode` writes them (a JSON header and an ``.npz`` of the arrays;
-Flower's RecordDicts carry the same arrays). Seconds = wall time of the whole fit, compilation included, the
-median of ``--repeats`` runs after one warm-up (the sites share this process's CPU: the sums of the sites run one
-after another). Over Flower each round adds the transport's latency and, unless the site runs its own process
+Flower's RecordDicts carry the same arrays). Seconds = wall time of the whole fit, the median of ``--repeats`` runs after
+one warm-up run (compiled programs reused; the sites share this process's CPU: their sums run one after another;
+each site reads and checks its table on every pass). Over Flower each round adds the transport's latency and, unless the site runs its own process
 (``python -m mestim.federated site.toml``), a ClientApp process per message: see the notes in the results.
 
 Results: ``benchmarks/results/bench_federated.{json,md}``.
@@ -129,7 +129,7 @@ def main(argv=None):
     meta["load_average_end"] = os.getloadavg()
     notes = ("Federated fits run the protocol of mestim.federated in one process (Loopback: every message encoded "
              "and decoded as over Flower, the sites summed one after another); rounds and bytes are what would "
-             "cross the network. Seconds include compilation (median of the repeats after a warm-up).")
+             "cross the network. Seconds: the median of the repeats after a warm-up run (compiled programs reused); a federated fit also reads and checks every site's table on every pass (the data-change check).")
     out = harness.write_results("bench_federated", rows, meta, table(rows), notes)
     print(f"results in {out}/bench_federated.md")
 
