@@ -13,10 +13,10 @@ Workloads (float64, in one process, the protocol's messages encoded exactly as o
 
 Rounds = request rounds (every site is asked once per round: levels, prepare, then one per pass); bytes = every
 request and reply, as :func:`mestim.federated.encode` writes them (a JSON header and an ``.npz`` of the arrays;
-Flower's RecordDicts carry the same arrays). Seconds = wall time of the whole fit, the median of ``--repeats`` runs after
-one warm-up run (compiled programs reused; the sites share this process's CPU: their sums run one after another;
-each site reads and checks its table on every pass). Over Flower each round adds the transport's latency and, unless the site runs its own process
-(``python -m mestim.federated site.toml``), a ClientApp process per message: see the notes in the results.
+Flower's RecordDicts carry the same arrays). Seconds = wall time of the whole fit, the median of ``--repeats``
+runs after one warm-up run (compiled programs reused; the sites share this process's CPU, their sums run one
+after another, and each site reads and checks its table on every pass). Over Flower each round also costs the
+network's latency and a fresh ClientApp process per message (Flower starts one for each).
 
 Results: ``benchmarks/results/bench_federated.{json,md}``.
 """
