@@ -105,7 +105,8 @@ def test_min_rows_refusal_and_audit_log(tmp_path):
     kids = F.Estimator("kids", "1", [glm("m", "y", formula="~ x", family="binomial",
                                          mask=lambda c: 1 - np.asarray(c["adult"]))])
     sites = {n: F.Site(n, t, estimators=[kids]) for n, t in tables.items()}
-    with pytest.raises(F.FederatedError, match="refused to prepare.*fewer than min_rows = 10 rows.*where 'm.mask' is 1"):
+    with pytest.raises(F.FederatedError,
+                       match="refused to prepare.*fewer than min_rows = 10 rows.*where 'm.mask' is 1"):
         F.fit(kids, F.Loopback(sites))
     assert all(e["request"] == "levels" for s in sites.values() for e in s.log.entries)
 

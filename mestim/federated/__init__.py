@@ -26,7 +26,8 @@ carries them in Flower RecordDicts, :func:`simulate` in one process):
 residuals or fitted values: ``Result.influence()`` is unavailable); a site refuses to prepare when an aggregate
 would rest on fewer than ``min_rows`` rows (default 10): the site's rows, every block's mask, and each value of
 every 0/1 column ψ reads (arms, trials, category indicators, a block's rows; a 0/1 outcome) has zero or at
-least ``min_rows`` ones (and zeros, for a column of the site's table); every released aggregate is logged at the site (what, to whom, when, rows behind it: :class:`AuditLog`).
+least ``min_rows`` ones (and zeros, for a column of the site's table); every released aggregate is logged at the
+site (what, to whom, when, rows behind it: :class:`AuditLog`).
 
 **Faults**: a site that does not answer within ``timeout`` seconds (:data:`DEFAULT_TIMEOUT`), refuses, or fails
 ends the fit with a :class:`FederatedError` naming the site and the pass; a reply for another pass is refused
@@ -139,7 +140,8 @@ class Estimator:
         out = {"identity": self.identity()}
         if self.source is not None:
             out.update(source=self.source, function=self.estimator.__name__,
-                       init=np.asarray(self.init, float).tolist(), names=None if self.names is None else list(self.names))
+                       init=np.asarray(self.init, float).tolist(),
+                       names=None if self.names is None else list(self.names))
         return out
 
 
@@ -263,7 +265,8 @@ class Site:
             raise FederatedError(f"estimator '{identity['name']}' is not allowed at this site (it allows "
                                  f"{sorted(self.estimators)})")
         if mine.identity() != identity:
-            raise FederatedError(f"the request's estimator differs from this site's: {_differs(mine.identity(), identity)}")
+            raise FederatedError("the request's estimator differs from this site's: "
+                                 f"{_differs(mine.identity(), identity)}")
         return mine
 
     def _problem(self, estimator: Estimator, header: dict, cols: dict) -> Problem:
@@ -510,7 +513,8 @@ def fit(estimator, sites, *, init=None, names=None, weights=None, weight_type: s
     if not isinstance(estimator, Estimator):
         estimator = Estimator("estimator", "1", estimator, init, names)
     options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol)
-    fit_id = hashlib.sha256(f"{coordinator}/{datetime.datetime.now().isoformat()}/{id(sites)}".encode()).hexdigest()[:16]
+    fit_id = hashlib.sha256(f"{coordinator}/{datetime.datetime.now().isoformat()}/{id(sites)}".encode()
+                            ).hexdigest()[:16]
     common = {"coordinator": coordinator, "fit": fit_id, "weights": weights, "chunk_size": chunk_size}
     everyone = ask(sites, dict(common, kind="levels"), {}, "the levels of its categorical columns")
     levels = processes.union_levels([everyone[n][0]["levels"] for n in sorted(everyone)])
@@ -542,9 +546,10 @@ def _agree(prepared: dict) -> tuple[StackSpec, tuple, np.ndarray]:
         if theirs != first:
             what = next(k for k in ("labels", "columns", "blocks", "clustered") if theirs[k] != first[k])
             raise FederatedError(
-                f"site '{name}' prepared a different stack from site '{names[0]}': its {what} are {_short(theirs[what])}"
-                f" against {_short(first[what])}; every site must code the same columns and categories (a category "
-                "missing at a site, or a column with a value on fewer than min_rows rows, is not agreed)")
+                f"site '{name}' prepared a different stack from site '{names[0]}': its {what} are "
+                f"{_short(theirs[what])} against {_short(first[what])}; every site must code the same columns and "
+                "categories (a category missing at a site, or a column with a value on fewer than min_rows rows, is "
+                "not agreed)")
     blocks = tuple(BlockSpec(name, None, tuple(reads), dim, equations, mask)
                    for name, dim, equations, reads, mask, _ in first["blocks"])
     spec = StackSpec(blocks)
@@ -563,7 +568,8 @@ def simulate(estimator, tables: Mapping, **fit_options):
     :class:`~mestim.Result` of :func:`fit`. ``min_rows=`` sets every site's disclosure threshold."""
     min_rows = fit_options.pop("min_rows", DEFAULT_MIN_ROWS)
     if not isinstance(estimator, Estimator):
-        estimator = Estimator("estimator", "1", estimator, fit_options.pop("init", None), fit_options.pop("names", None))
+        estimator = Estimator("estimator", "1", estimator, fit_options.pop("init", None),
+                              fit_options.pop("names", None))
     if not tables:
         raise SpecificationError("simulate() needs at least one site's table: {'site_a': table_a, ...}")
     allowed = [estimator.digest] if estimator.digest else []
