@@ -69,7 +69,7 @@ def test_user_psi_allowed_by_its_source():
     _same(F.fit(est, F.Loopback(allowed)), pooled)
     assert est.digest == hashlib.sha256(est.source.encode()).hexdigest()
     refusing = dict(allowed, hospital2=F.Site("hospital2", tables["hospital2"]))
-    with pytest.raises(F.FederatedError, match="site 'hospital2' refused to prepare.*not allowed at this site"):
+    with pytest.raises(F.FederatedError, match="site 'hospital2' refused the levels.*'_mean_var'.*not allowed at this site"):
         F.fit(est, F.Loopback(refusing))
 
 
@@ -109,12 +109,15 @@ def test_min_rows_refusal_and_audit_log(tmp_path):
                        match="refused to prepare.*fewer than min_rows = 10 rows.*where 'm.mask' is 1"):
         F.fit(kids, F.Loopback(sites))
     assert all(e["request"] == "levels" for s in sites.values() for e in s.log.entries)
+    assert sites["hospital0"].log.entries[0]["rows"] >= 10
 
 
 def test_small_category_is_neither_revealed_nor_fitted():
     df = _clustered_data()
     df["grp"] = np.where(np.arange(len(df)) < 6, "rare", "common")  # 6 rows, all at one site
-    levels = F.Site("a", df).handle({"protocol": 1, "kind": "levels", "coordinator": "c"}, {})[0]["levels"]
+    est = F.Estimator("estimator", "1", [glm("m", "y", formula="~ x", family="binomial")])
+    levels = F.Site("a", df, estimators=[est]).handle(
+        {"protocol": 1, "kind": "levels", "coordinator": "c", "estimator": est.request()}, {})[0]["levels"]
     assert levels["grp"] is None and levels["hospital"] == [0, 1, 2, 3]  # 'rare' is not even named
     est = [glm("m", "y", formula="~ x + C(grp)", family="binomial")]
     with pytest.raises(F.FederatedError, match="fewer than min_rows"):
@@ -339,6 +342,7 @@ def test_transport_sites_equal_pooled():
     import warnings
 
     from estimators.transport import load_transport_sim, transport
+    from estimators.transport.federated import transport_estimator
 
     df = load_transport_sim()
     sites = {("target" if s == 0 else f"trial{s}"): g for s, g in df.groupby("S")}
@@ -359,6 +363,10 @@ def test_transport_sites_equal_pooled():
     assert "federated over 5 sites" in fed.fit.notes[-1]
     with pytest.raises(mestim.SpecificationError, match="not both"):
         transport(df, sites=sites)
+    # deployed: each site installs the stack built from what the sites agreed on and derives its own columns
+    est, _ = transport_estimator("transport", "1", trials=[1, 2, 3, 4], arms=[0, 1], covariates=["X1", "X2", "X3"])
+    installed = {name: F.Site(name, table, estimators=[est]) for name, table in sites.items()}
+    _same(F.fit(est, F.Loopback(installed)), pooled.fit)
 
 
 def test_replies_of_another_pass_are_never_mixed():

@@ -39,3 +39,35 @@ def fit_sites(stack, origin: np.ndarray, **fit_options):
     tables = {name: {k: np.asarray(v)[origin == name] for k, v in stack.data_for_fit.items()}
               for name in dict.fromkeys(origin)}
     return simulate(stack.blocks, tables, solve=stack.solve, **fit_options)
+
+
+def transport_estimator(name: str, version: str, *, trials, arms, covariates, target=0, binary: bool = False,
+                        study: str = "S", treatment: str = "Z", outcome: str = "Y", **options):
+    """The transport stack as an :class:`mestim.federated.Estimator` a site installs and allows, built from what
+    the sites agreed on (the trials' labels, the arms, numeric covariates, a 0/1 outcome or not) rather than from
+    their rows; ``options`` as :func:`~estimators.transport.api.transport_stack` (not ``weights``/``cluster``).
+
+    The stack is built on a *skeleton*: one row per trial, arm and outcome value, and three target rows, which
+    code the trials, arms and covariates as the pooled table would. A site's columns are derived from its own
+    rows the same way (its rows after the skeleton's, the skeleton's then dropped): every derived column of a row
+    depends on that row alone, so the federated fit is the pooled ``transport(df)``'s (tested to 1e-10)."""
+    from mestim.federated import Estimator
+
+    from .api import transport_stack
+
+    rows = [{study: s, treatment: z, outcome: y} for s in trials for z in arms for y in ((0.0, 1.0) if binary else
+                                                                                           (0.5, 1.5))]
+    rows += [{study: target, treatment: np.nan, outcome: np.nan} for _ in range(3)]
+    skeleton = pd.DataFrame(rows)
+    for j, c in enumerate(covariates):
+        skeleton[c] = (np.arange(len(skeleton)) + j) % 3.0
+    options = dict(options, study=study, treatment=treatment, outcome=outcome, covariates=list(covariates),
+                   target=target)
+    stack = transport_stack(skeleton, **options)
+
+    def derive(columns: dict) -> dict:
+        both = pd.concat([skeleton, pd.DataFrame({k: columns[k] for k in skeleton.columns})], ignore_index=True)
+        derived = transport_stack(both, **options).data_for_fit
+        return {k: np.asarray(v)[len(skeleton):] for k, v in derived.items()}
+
+    return Estimator(name, version, stack.blocks, derive=derive), stack

@@ -12,8 +12,8 @@ in the standard errors).
 **The protocol** (messages are a small JSON header and named float64 arrays; :mod:`mestim.federated.flower`
 carries them in Flower RecordDicts, :func:`simulate` in one process):
 
-1. ``levels``: each site gives the values of its low-cardinality columns, but only for columns where every value
-   rests on at least ``min_rows`` rows (so no small count is revealed, not even as a value's existence); the
+1. ``levels``: each site gives the values of its low-cardinality columns (those the estimator reads, derived by
+   it where it derives them), but only for columns where every value rests on at least ``min_rows`` rows (so no small count is revealed, not even as a value's existence); the
    coordinator takes their union, and every site codes its categories with it (as :mod:`mestim.processes` does).
 2. ``prepare``: the request names the estimator (name, version and identity: its blocks, what they read and their
    ψ); a site runs only an estimator it allowed (:class:`Estimator`), on the columns it allowed, and refuses a
@@ -94,7 +94,8 @@ class Estimator:
 
     A registered estimator's blocks come from code the site installed (the library's ``estimators/``); a user ψ
     travels as its source text (``source``), which a site runs only when it allowed that source's SHA-256
-    (:attr:`digest`) after reviewing it."""
+    (:attr:`digest`) after reviewing it. ``derive(columns) -> columns``: the columns the blocks read, computed
+    from the site's own table row by row (installed code too, e.g. the transport stack's derived columns)."""
 
     name: str
     version: str
@@ -102,6 +103,7 @@ class Estimator:
     init: object = None
     names: object = None
     source: str | None = None
+    derive: Callable[[dict], dict] | None = None
 
     @classmethod
     def user_psi(cls, psi: Callable, init, names=None, name: str | None = None, version: str = "1") -> "Estimator":
@@ -133,7 +135,8 @@ class Estimator:
         blocks = [[b.name, list(b.reads), b.mask if isinstance(b.mask, str) else None,
                    self.digest or (processes._psi_name(b.psi) if b.psi is not None else None)]
                   for b in self.blocks()]
-        return {"name": self.name, "version": self.version, "blocks": blocks}
+        derive = None if self.derive is None else processes._psi_name(self.derive)
+        return {"name": self.name, "version": self.version, "blocks": blocks, "derive": derive}
 
     def request(self) -> dict:
         """The estimator as a request carries it (a user ψ with its source, init and names)."""
@@ -154,6 +157,8 @@ def _differs(mine: dict, theirs: dict) -> str:
     a, b = {x[0]: x for x in mine["blocks"]}, {x[0]: x for x in theirs["blocks"]}
     if list(a) != list(b):
         return f"the blocks {list(b)} were asked for; this site's '{mine['name']}' has {list(a)}"
+    if mine.get("derive") != theirs.get("derive"):
+        return f"its columns are derived by {theirs.get('derive')} in the request, by {mine.get('derive')} here"
     for name in a:
         for i, what in ((1, "blocks read"), (2, "mask"), (3, "estimating function")):
             if a[name][i] != b[name][i]:
@@ -240,7 +245,9 @@ class Site:
 
     def _levels(self, header, arrays):
         """Values of the low-cardinality columns, for columns where every value has at least min_rows rows."""
-        counts = processes.local_levels(self.read(), counts=True)
+        estimator = self._estimator(header["estimator"])
+        cols = self.read()
+        counts = processes.local_levels(cols if estimator.derive is None else estimator.derive(cols), counts=True)
         out = {k: (None if v is None or min(v.values(), default=0) < self.min_rows else list(v)) for k, v in
                counts.items()}
         shown = [k for k, v in out.items() if v is not None]
@@ -271,6 +278,7 @@ class Site:
 
     def _problem(self, estimator: Estimator, header: dict, cols: dict) -> Problem:
         levels = dict(header["levels"])
+        cols = cols if estimator.derive is None else estimator.derive(cols)
         weights = header.get("weights")
         if weights is not None and weights not in cols:
             raise FederatedError(f"the weights column '{weights}' is not among the columns this site allows")
@@ -515,10 +523,10 @@ def fit(estimator, sites, *, init=None, names=None, weights=None, weight_type: s
     options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol)
     fit_id = hashlib.sha256(f"{coordinator}/{datetime.datetime.now().isoformat()}/{id(sites)}".encode()
                             ).hexdigest()[:16]
-    common = {"coordinator": coordinator, "fit": fit_id, "weights": weights, "chunk_size": chunk_size}
+    common = {"coordinator": coordinator, "fit": fit_id, "weights": weights, "chunk_size": chunk_size,
+              "estimator": estimator.request()}
     everyone = ask(sites, dict(common, kind="levels"), {}, "the levels of its categorical columns")
-    levels = processes.union_levels([everyone[n][0]["levels"] for n in sorted(everyone)])
-    common.update(levels=levels, estimator=estimator.request())
+    common["levels"] = processes.union_levels([everyone[n][0]["levels"] for n in sorted(everyone)])
     prepared = ask(sites, dict(common, kind="prepare"), {}, "to prepare the fit")
     spec, labels, init_ = _agree(prepared)
     n_rows = sum(h["n_rows"] for h, _ in prepared.values())
