@@ -174,19 +174,23 @@ SITE_ESTIMATORS = '''
 import jax.numpy as jnp
 import numpy as np
 from estimators.glm import glm
+from estimators.transport.federated import transport_estimator
 from mestim.federated import Estimator
 
-LOGIT = Estimator("logit", "1", [glm("m", "y", formula="~ x", family="binomial")])
-KIDS = Estimator("kids", "1", [glm("m", "y", formula="~ x", family="binomial",
-                                   mask=lambda c: 1 - np.asarray(c["adult"]))])
+TRANSPORT, TRANSPORT_STACK = transport_estimator("transport", "1", trials=[1, 2, 3, 4], arms=[0, 1],
+                                                 covariates=["X1", "X2", "X3"])
+LINEAR = Estimator("linear", "1", [glm("m", "Y", formula="~ X1 + X2 + X3", mask=lambda c: np.asarray(c["S"]) > 0)])
+FEW = Estimator("few", "1", [glm("m", "Y", formula="~ X1",
+                                  mask=lambda c: (np.asarray(c["S"]) > 0) & (np.asarray(c["X1"]) > 2.2))])
 
 
 def mean_var(theta, row):
-    return jnp.array([row["y"] - theta[0], (row["y"] - theta[0]) ** 2 - theta[1]])
+    return jnp.array([row["X1"] - theta[0], (row["X1"] - theta[0]) ** 2 - theta[1]])
 
 
 MEAN_VAR = Estimator.user_psi(mean_var, init=[0.0, 1.0], names=["mean", "var"])
 '''
+SITES = ["target", "trial1", "trial2", "trial3", "trial4"]
 
 
 def _free_ports(k):
@@ -224,8 +228,12 @@ def _stop(process, sig=signal.SIGTERM):
 
 @pytest.fixture(scope="module")
 def flower(tmp_path_factory):
+    """A SuperLink, and per site (the bundled transport data split by trial: each trial a site, the target sample
+    a site) a SuperNode and the site's own process, every one a separate process on 127.0.0.1."""
     import subprocess
     import sys
+
+    from estimators.transport import load_transport_sim
 
     pytest.importorskip("flwr")
     root = tmp_path_factory.mktemp("flower")
@@ -233,80 +241,95 @@ def flower(tmp_path_factory):
     (root / "app" / "pyproject.toml").write_text(FLOWER_APP)
     (root / "app" / "site_estimators.py").write_text(SITE_ESTIMATORS)
     (root / "home").mkdir()
-    link, *ports = _free_ports(7)
+    link, *ports = _free_ports(1 + 2 * len(SITES))
     (root / "home" / "config.toml").write_text(f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
                                                f'address = "127.0.0.1:{link}"\ninsecure = true\n')
     env = dict(os.environ, FLWR_HOME=str(root / "home"), PYTHONPATH=str(root / "app"))
     sys.path.insert(0, str(root / "app"))
     import site_estimators
 
-    df = _clustered_data(n=450)
-    df["hospital"] = df.hospital % 3
-    df["adult"] = (np.arange(len(df)) % 40 != 0).astype(float)
-    procs, names = [], ["h0", "h1", "h2"]
+    df = load_transport_sim()
+    quiet = dict(env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     bin_ = os.path.dirname(sys.executable)
-    procs.append(subprocess.Popen([f"{bin_}/flower-superlink", "--insecure", "--port", str(link), "--database",
-                                   ":flwr-in-memory:"], env=env, cwd=root, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.STDOUT, start_new_session=True))
-    for k, name in enumerate(names):
+    procs = [subprocess.Popen([f"{bin_}/flower-superlink", "--insecure", "--port", str(link), "--database",
+                               ":flwr-in-memory:"], **quiet)]
+    daemons = ports[len(SITES):]
+    for k, name in enumerate(SITES):
         table = root / f"{name}.csv"
-        df[df.hospital == k].drop(columns="hospital").to_csv(table, index=False)
+        df[df.S == k].to_csv(table, index=False)
         (root / f"{name}.toml").write_text(
-            f'site = "{name}"\ntable = "{table}"\nestimators = "site_estimators:LOGIT,site_estimators:KIDS"\n'
+            f'site = "{name}"\ntable = "{table}"\n'
+            'estimators = "site_estimators:TRANSPORT,site_estimators:LINEAR,site_estimators:FEW"\n'
             f'sources = "{site_estimators.MEAN_VAR.digest}"\nlog = "{root / name}.jsonl"\n'
-            f'port = {ports[3 + k]}\nauthkey = "test-secret"\n')
+            f'port = {daemons[k]}\nauthkey = "test-secret"\n')
         procs.append(subprocess.Popen([sys.executable, "-m", "mestim.federated", str(root / f"{name}.toml")],
                                       env=env, cwd=root, start_new_session=True))
     _wait_port(link)
-    for k, name in enumerate(names):
-        _wait_port(ports[3 + k])
+    for k, name in enumerate(SITES):
+        _wait_port(daemons[k], 300)
         procs.append(subprocess.Popen(
             [f"{bin_}/flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", str(ports[k]),
-             "--node-config", f"site='{name}' daemon={ports[3 + k]} authkey='test-secret' timeout=300"],
-            env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True))
+             "--node-config", f"site='{name}' daemon={daemons[k]} authkey='test-secret' timeout=600"], **quiet))
 
-    def run(estimator, timeout=300, **options):
+    def run(estimator, timeout=600, **options):
         import pickle
         import time
 
         result = root / f"result-{time.monotonic_ns()}.pkl"
         config = root / "run.toml"
-        config.write_text(f"estimator = '{estimator}'\nsites = 'h0,h1,h2'\noptions = '{json.dumps(options)}'\n"
-                          f"timeout = {float(timeout)}\nresult = '{result}'\n")
+        config.write_text(f"estimator = '{estimator}'\nsites = '{','.join(SITES)}'\noptions = '{json.dumps(options)}'"
+                          f"\ntimeout = {float(timeout)}\nresult = '{result}'\n")
         subprocess.run([f"{bin_}/flwr", "run", str(root / "app"), "local", "--run-config", str(config)], env=env,
                        cwd=root, check=True, capture_output=True, timeout=600)
-        deadline = time.monotonic() + 1500
+        deadline = time.monotonic() + 3000
         while not result.exists() and time.monotonic() < deadline:
             time.sleep(1)
         time.sleep(0.5)
         with open(result, "rb") as fh:
             return pickle.load(fh)
 
-    yield type("Flower", (), {"run": staticmethod(run), "df": df, "root": root, "procs": procs,
-                              "supernodes": procs[-3:]})
+    yield type("Flower", (), {"run": staticmethod(run), "df": df, "root": root, "estimators": site_estimators,
+                              "supernodes": procs[-len(SITES):]})
     for p in reversed(procs):  # each with the processes it started (a SuperNode's SuperExec, its ClientApps)
         _stop(p)
     sys.path.remove(str(root / "app"))
 
 
 @pytest.mark.slow
-def test_flower_glm_and_user_psi_equal_pooled(flower):
-    """Coordinator (ServerApp) and three sites as separate processes through a SuperLink on 127.0.0.1."""
-    df = flower.df
-    out = flower.run("site_estimators:LOGIT", cluster="sites")
+def test_flower_transport_equals_pooled(flower):
+    """The coordinator (a ServerApp) and five sites as separate processes through Flower: every transport
+    estimator per trial and pooled, with the joint covariance, as the pooled in-memory fit."""
+    from estimators.transport.api import transport_stack
+
+    out = flower.run("site_estimators:TRANSPORT")
     assert "error" not in out, out.get("error")
-    pooled = mestim.fit([glm("m", "y", formula="~ x", family="binomial")], df, cluster="hospital")
+    stack = transport_stack(flower.df, covariates=["X1", "X2", "X3"])
+    pooled = stack.fit()
     _same(out["result"], pooled)
-    assert out["rounds"] >= 4 and out["bytes"] > 0
-    log = [json.loads(line) for line in (flower.root / "h1.jsonl").read_text().splitlines()]
+    fed = flower.estimators.TRANSPORT_STACK.differences(out["result"].theta, out["result"].vcov, out["result"].blocks)
+    ref = stack.differences(pooled.theta, pooled.vcov, pooled.blocks)
+    np.testing.assert_allclose(fed[0], ref[0], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(fed[1], ref[1], rtol=1e-8)
+    assert out["rounds"] > 4 and out["bytes"] > 0
+    log = [json.loads(line) for line in (flower.root / "trial2.jsonl").read_text().splitlines()]
     assert [e["request"] for e in log][:3] == ["levels", "prepare", "sums of pass 1"]
-    out = flower.run("site_estimators:MEAN_VAR")  # a user ψ: sites rebuild it from the source they allowed
-    _same(out["result"], mestim.fit(_mean_var, df, init=[0.0, 1.0], names=["mean", "var"]))
+
+
+@pytest.mark.slow
+def test_flower_glm_with_sites_as_clusters_and_user_psi_equal_pooled(flower):
+    df = flower.df
+    out = flower.run("site_estimators:LINEAR", cluster="sites")
+    assert "error" not in out, out.get("error")
+    pooled = mestim.fit(flower.estimators.LINEAR.estimator, df, cluster="S")
+    _same(out["result"], pooled)
+    assert out["result"].n_clusters == 5
+    out = flower.run("site_estimators:MEAN_VAR")  # a user ψ: the sites rebuild it from the source they allowed
+    _same(out["result"], mestim.fit(flower.estimators.mean_var, df, init=[0.0, 1.0], names=["mean", "var"]))
 
 
 @pytest.mark.slow
 def test_flower_request_under_min_rows_refused(flower):
-    out = flower.run("site_estimators:KIDS")
+    out = flower.run("site_estimators:FEW")
     assert "result" not in out
     assert "refused to prepare the fit: disclosure control" in out["error"] and "min_rows = 10" in out["error"]
 
@@ -317,23 +340,23 @@ def test_flower_site_killed_mid_fit(flower):
     import threading
     import time
 
-    log = flower.root / "h2.jsonl"
+    log = flower.root / "trial3.jsonl"
     before = log.read_text().count("sums of pass") if log.exists() else 0
 
     def kill_after_first_pass():
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             if log.exists() and log.read_text().count("sums of pass") > before:
-                _stop(flower.supernodes[2], signal.SIGKILL)
+                _stop(flower.supernodes[3], signal.SIGKILL)
                 return
             time.sleep(0.2)
 
     killer = threading.Thread(target=kill_after_first_pass)
     killer.start()
-    out = flower.run("site_estimators:LOGIT", timeout=120)  # per round; a round under load takes ~40 s
+    out = flower.run("site_estimators:LINEAR", timeout=120)  # per round; a round under load takes ~40 s
     killer.join()
     assert "result" not in out
-    assert "site 'h2' did not answer pass" in out["error"] and "within 120 s" in out["error"]
+    assert "site 'trial3' did not answer pass" in out["error"] and "within 120 s" in out["error"]
 
 
 def test_transport_sites_equal_pooled():
