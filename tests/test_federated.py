@@ -359,7 +359,7 @@ def test_flower_site_killed_mid_fit(flower):
     assert "site 'trial3' did not answer pass" in out["error"] and "within 120 s" in out["error"]
 
 
-def test_transport_sites_equal_pooled():
+def test_transport_sites_equal_pooled(tmp_path):
     """The bundled transport data split by trial (each trial a site, the target sample a site): every estimator
     per trial and pooled, their SEs and the homogeneity tests are those of the pooled call."""
     import warnings
@@ -386,6 +386,19 @@ def test_transport_sites_equal_pooled():
     assert "federated over 5 sites" in fed.fit.notes[-1]
     with pytest.raises(mestim.SpecificationError, match="not both"):
         transport(df, sites=sites)
+    # the command line: mestim transport --sites sites.toml (one CSV per site)
+    from estimators.cli import main
+
+    for name, table in sites.items():
+        table.to_csv(tmp_path / f"{name}.csv", index=False)
+    (tmp_path / "sites.toml").write_text("".join(f'{n} = "{tmp_path / n}.csv"\n' for n in sites))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mestim.MestimWarning)
+        main(["transport", "--sites", str(tmp_path / "sites.toml"), "--covariates", "X1,X2,X3", "--json",
+              str(tmp_path / "out.json")])
+    cli = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["estimates"])
+    np.testing.assert_allclose(cli.estimate, pooled.table.estimate, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(cli.se, pooled.table.se, rtol=1e-8)
     # deployed: each site installs the stack built from what the sites agreed on and derives its own columns
     est, _ = transport_estimator("transport", "1", trials=[1, 2, 3, 4], arms=[0, 1], covariates=["X1", "X2", "X3"])
     installed = {name: F.Site(name, table, estimators=[est]) for name, table in sites.items()}
