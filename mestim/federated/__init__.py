@@ -29,10 +29,15 @@ every 0/1 column ψ reads (arms, trials, category indicators, a block's rows; a 
 least ``min_rows`` ones (and zeros, for a column of the site's table); every released aggregate is logged at the
 site (what, to whom, when, rows behind it: :class:`AuditLog`).
 
+**Deployment**: each site runs its own process over its table and configuration (:func:`serve`, ``python -m
+mestim.federated site.toml``) next to a Flower SuperNode whose ClientApp relays the messages; the coordinator
+runs the ServerApp (:mod:`mestim.federated.flower`) through a SuperLink. :func:`simulate` runs the same sites and
+messages in one process.
+
 **Faults**: a site that does not answer within ``timeout`` seconds (:data:`DEFAULT_TIMEOUT`), refuses, or fails
 ends the fit with a :class:`FederatedError` naming the site and the pass; a reply for another pass is refused
-(nothing mixes passes); a site re-checks its rows on every pass against those it prepared (row count, total weight,
-the sum of every column ψ reads, as streams do) and refuses a pass whose rows changed.
+(nothing mixes passes); a site re-reads its table on every pass and refuses the pass when it differs from the table
+it prepared (its row count, or the sum of any column, the weights included: as streams check their batches).
 """
 
 from __future__ import annotations
