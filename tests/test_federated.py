@@ -6,6 +6,7 @@ separate processes on 127.0.0.1 once for the module."""
 import hashlib
 import json
 import os
+import re
 import signal
 
 import jax.numpy as jnp
@@ -353,10 +354,11 @@ def test_flower_site_killed_mid_fit(flower):
 
     killer = threading.Thread(target=kill_after_first_pass)
     killer.start()
-    out = flower.run("site_estimators:LINEAR", timeout=120)  # per round; a round under load takes ~40 s
+    out = flower.run("site_estimators:LINEAR", timeout=240)  # per round: one takes ~1 min on a loaded machine
     killer.join()
     assert "result" not in out
-    assert "site 'trial3' did not answer pass" in out["error"] and "within 120 s" in out["error"]
+    # named with any other site too slow for the round on a loaded machine
+    assert re.search(r"sites? ('\w+', )*'trial3'(, '\w+')* did not answer pass \d+ within 240 s", out["error"])
 
 
 def test_transport_sites_equal_pooled(tmp_path):

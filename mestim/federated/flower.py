@@ -86,11 +86,12 @@ class FlowerSites:
                     for node, request in requests.items()]
         start = time.monotonic()
         replies = {m.metadata.src_node_id: m for m in self.grid.send_and_receive(messages, timeout=self.timeout)}
+        missing = [f"'{names.get(node, node)}'" for node in requests if node not in replies]
+        if missing:
+            raise FederatedError(f"site{'s' if len(missing) > 1 else ''} {', '.join(missing)} did not answer {what} "
+                                 f"within {self.timeout:g} s (waited {time.monotonic() - start:.0f} s): down, too "
+                                 "slow or gone from the fit; no result")
         for node in requests:
-            if node not in replies:
-                raise FederatedError(f"site '{names.get(node, node)}' did not answer {what} within {self.timeout:g} s "
-                                     f"(waited {time.monotonic() - start:.0f} s): it is down, too slow or has left "
-                                     "the fit; no result")
             if replies[node].has_error():
                 raise FederatedError(f"site '{names.get(node, node)}' failed on {what}: "
                                      f"{replies[node].error.reason}; no result")
