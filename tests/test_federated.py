@@ -425,3 +425,15 @@ def test_replies_of_another_pass_are_never_mixed():
 
     with pytest.raises(F.FederatedError, match="site 'hospital3' answered pass 2 when pass 3 was asked for"):
         F.fit(est, Stale(sites))
+
+
+def test_sites_that_prepared_different_stacks_are_named():
+    """Site a holds 5 rows of category 'a' (too few to name, so the column's levels are not agreed): each site
+    codes its own levels and their designs differ."""
+    df = _clustered_data(n=400)
+    a, b = df.iloc[:200].copy(), df.iloc[200:].copy()
+    a["g"] = np.where(np.arange(200) < 5, "a", "b")
+    b["g"] = np.where(np.arange(200) < 100, "b", "c")
+    with pytest.raises(F.FederatedError, match=r"site 'b' prepared a different stack from site 'a': its "
+                                               r"(parameter )?labels: .*C\(g\)\[T.c\].* against .*C\(g\)\[T.b\]"):
+        F.simulate([glm("m", "y", formula="~ x + C(g)", family="binomial")], {"a": a, "b": b})

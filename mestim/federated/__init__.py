@@ -138,9 +138,8 @@ class Estimator:
         """What a site compares with its own copy: name, version, and per block its name, the blocks it reads,
         its mask and its ψ (a registered ψ by its class and parameters, a user ψ by its source's digest)."""
         blocks = [[b.name, list(b.reads), b.mask if isinstance(b.mask, str) else None,
-                   self.digest or (processes._psi_name(b.psi) if b.psi is not None else None)]
-                  for b in self.blocks()]
-        derive = None if self.derive is None else processes._psi_name(self.derive)
+                   self.digest or (_named(b.psi) if b.psi is not None else None)] for b in self.blocks()]
+        derive = None if self.derive is None else _named(self.derive)
         return {"name": self.name, "version": self.version, "blocks": blocks, "derive": derive}
 
     def request(self) -> dict:
@@ -151,6 +150,12 @@ class Estimator:
                        init=np.asarray(self.init, float).tolist(),
                        names=None if self.names is None else list(self.names))
         return out
+
+
+def _named(function) -> str:
+    """A registered function by its class and parameters (a dataclass), else by its qualified name."""
+    return repr(function) if hasattr(function, "__dataclass_fields__") else getattr(
+        function, "__qualname__", type(function).__name__)
 
 
 def _differs(mine: dict, theirs: dict) -> str:
@@ -302,8 +307,9 @@ class Site:
         self._serving = (header["fit"], self._source(problem, header))
         self.log.record(header["coordinator"], "prepare", f"signature, row count, weight total, starting values of "
                         f"blocks {sorted(starts)}", problem.n_rows)
-        return {"signature": processes.signature(problem), "n_rows": problem.n_rows,
-                "sum_w": float(problem.w.sum()), "starts": starts}, {}
+        blocks = [[b.name, b.dim, b.equations, list(b.reads), b.mask] for b in problem.spec.blocks]
+        return {"signature": processes.signature(problem), "blocks": blocks, "labels": list(problem.labels),
+                "n_rows": problem.n_rows, "sum_w": float(problem.w.sum()), "starts": starts}, {}
 
     def _check_disclosure(self, problem: Problem, raw) -> dict:
         """Rows behind each block; refuse when an aggregate would rest on 1 to min_rows − 1 rows."""
@@ -553,18 +559,18 @@ def _agree(prepared: dict) -> tuple[StackSpec, tuple, np.ndarray]:
     """The stack every site prepared (else an error naming the site and what differs), and starting values: per
     block, those of the first site (in name order) holding rows of it."""
     names = sorted(prepared)
-    first = prepared[names[0]][0]["signature"]
+    first = prepared[names[0]][0]
     for name in names[1:]:
         theirs = prepared[name][0]["signature"]
-        if theirs != first:
-            what = next(k for k in ("labels", "columns", "blocks", "clustered") if theirs[k] != first[k])
+        if theirs != first["signature"]:
+            what = next(k for k in first["signature"] if theirs.get(k) != first["signature"][k])
             raise FederatedError(
-                f"site '{name}' prepared a different stack from site '{names[0]}': its {what} are "
-                f"{_short(theirs[what])} against {_short(first[what])}; every site must code the same columns and "
-                "categories (a category missing at a site, or a column with a value on fewer than min_rows rows, is "
-                "not agreed)")
+                f"site '{name}' prepared a different stack from site '{names[0]}': its {what}: "
+                f"{_short(theirs.get(what))} against {_short(first['signature'][what])}; every site must code the "
+                "same columns and categories (a category missing at a site, or a column with a value on fewer than "
+                "min_rows rows, is not agreed)")
     blocks = tuple(BlockSpec(name, None, tuple(reads), dim, equations, mask)
-                   for name, dim, equations, reads, mask, _ in first["blocks"])
+                   for name, dim, equations, reads, mask in first["blocks"])
     spec = StackSpec(blocks)
     starts = []
     for b in blocks:
