@@ -73,7 +73,7 @@ def federated(blocks, tables, repeats, **options):
 
 def logistic_row(n: int, n_sites: int, repeats: int) -> dict:
     import mestim
-    from estimators.glm import glm
+    from estimators.generalized_linear import glm
 
     cols = logistic_data(n)
     site = np.arange(n) * n_sites // n
@@ -129,7 +129,8 @@ def main(argv=None):
     meta["load_average_end"] = os.getloadavg()
     notes = ("Federated fits run the protocol of mestim.federated in one process (Loopback: every message encoded "
              "and decoded as over Flower, the sites summed one after another); rounds and bytes are what would "
-             "cross the network. Seconds: the median of the repeats after a warm-up run (compiled programs reused); a federated fit also reads and checks every site's table on every pass (the data-change check).")
+             "cross the network. Seconds: the median of the repeats after a warm-up run (compiled programs reused); "
+             "a federated fit also reads and checks every site's table on every pass (the data-change check).")
     out = harness.write_results("bench_federated", rows, meta, table(rows), notes)
     print(f"results in {out}/bench_federated.md")
 

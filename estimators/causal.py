@@ -54,10 +54,10 @@ import numpy as np
 
 from mestim import Block, Prepared
 from mestim.data import require_numeric
-from mestim.errors import DataError, SpecificationError
+from mestim.errors import DataError, SpecificationError, check_choice
 
 from .design import block_rows, clean_design, clean_in_mask, level_label
-from .glm import GLMScore
+from .generalized_linear import GLMScore
 
 IPW_ESTIMATORS = ("hajek", "horvitz-thompson")
 
@@ -248,8 +248,7 @@ def ipw(name: str, y: str, treatment: str, *, propensity, estimator: str = "haje
         estimator: ``"hajek"`` (normalised weights, default) or ``"horvitz-thompson"``.
         mask: rows averaged over (and weighted); truncate: clip e to (lo, hi).
     """
-    if estimator not in IPW_ESTIMATORS:
-        raise SpecificationError(f"estimator={estimator!r}: use one of {list(IPW_ESTIMATORS)}")
+    check_choice("estimator", estimator, IPW_ESTIMATORS)
     ps = None if isinstance(propensity, str) else _model(propensity, "propensity", "ipw", family="binomial",
                                                          outcome_of=treatment)
     score = CausalScore(name, "ipw", ps, None, estimator == "hajek", _check_truncate(truncate, "ipw"))

@@ -13,6 +13,7 @@ import importlib
 import os
 import re
 import sys
+import warnings
 
 COMMANDS = {
     "transport": "transport effects from a collection of trials to a target population (Dahabreh et al.)",
@@ -50,6 +51,20 @@ def _subparsers(parser):
             yield from action.choices.values()
 
 
+def print_warnings(command: str, caught, first=(), skip=()) -> None:
+    """On stderr, each warning once: the lines ``first``, then every caught :class:`~mestim.MestimWarning` not in
+    ``skip`` (as "mestim COMMAND: warning: …"), then other libraries' warnings (NumPy's, say), each distinct
+    (category, message) once however often it was raised."""
+    from mestim.errors import MestimWarning
+
+    ours = [str(w.message) for w in caught if issubclass(w.category, MestimWarning) and str(w.message) not in skip]
+    for message in dict.fromkeys([*first, *ours]):
+        print(f"mestim {command}: warning: {message}", file=sys.stderr)
+    others = {(w.category, str(w.message)): w for w in caught if not issubclass(w.category, MestimWarning)}
+    for w in others.values():
+        print(warnings.formatwarning(w.message, w.category, w.filename, w.lineno), file=sys.stderr, end="")
+
+
 def main(argv=None) -> int:
     from mestim.errors import MestimError
 
@@ -65,7 +80,11 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as command-line tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except MemoryError:  # the size check before reading a file is an estimate: an analysis may still run out
+    except (MemoryError, RuntimeError) as e:
+        # the size check before reading a file is an estimate: an analysis may still run out (XLA's out of
+        # memory is a RuntimeError "RESOURCE_EXHAUSTED: ...")
+        if isinstance(e, RuntimeError) and "RESOURCE_EXHAUSTED" not in str(e):
+            raise
         from estimators.io import out_of_memory
 
         path = getattr(args, "data", None) or getattr(args, "tables", None) or "the bundled data"

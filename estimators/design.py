@@ -9,12 +9,21 @@ NaN (a target sample has no outcome): they are replaced by 0 *before* anything i
 
 from __future__ import annotations
 
+import ast
 import re
 
 import numpy as np
 
+from mestim.constants import partial, require_all_rows, total
 from mestim.data import check_finite, missing_values, require_numeric, row_mask
-from mestim.errors import DataError
+from mestim.errors import DataError, MestimError
+
+# formulaic's stateful transforms whose state is a mean and a standard deviation (sums over rows), and the
+# position and keyword of their arguments that fix those constants (a value given, not learnt)
+SCALING = {"center": {}, "scale": {"center": 1, "scale": 2}, "standardize": {"center": 1, "rescale": 2}}
+_KNOTS = ("give the knots and bounds explicitly (the ones a fit on all rows notes in its model spec), e.g. "
+          "{}(x, knots=[…], lower_bound=…, upper_bound=…), or fit all rows in memory")
+EXPLICIT = {name: _KNOTS.format(name) for name in ("bs", "cr", "cs", "cc")}  # how to give what is not a sum
 
 
 def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = True, reference=None):
@@ -61,16 +70,20 @@ def formula_design(frame, formula: str, reference=None):
     from formulaic.errors import DataMismatchWarning
 
     rhs = formula.split("~", 1)[1] if "~" in formula else formula
+    learnt_from = frame if reference is None else reference
     frame = _frame(frame)
     try:
-        if reference is not None:
-            spec = model_matrix(rhs, _frame(reference), na_action="ignore").model_spec
+        if reference is not None or partial(learnt_from):
+            spec = _learnt_state(model_matrix(rhs, _frame(learnt_from), na_action="ignore").model_spec, learnt_from,
+                                 formula)
             with warnings.catch_warnings():
                 # a value outside the levels learnt from the reference would be coded as the reference level
                 warnings.simplefilter("error", DataMismatchWarning)
                 mm = spec.get_model_matrix(frame, na_action="ignore")
         else:
             mm = model_matrix(rhs, frame, na_action="ignore")
+    except MestimError:
+        raise
     except Exception as e:  # formulaic reports unknown names, syntax errors and unseen levels with its own types
         raise DataError(f"formula '{formula}' could not be built on this data: {e}") from None
     matrix, labels = np.asarray(mm, dtype=float), list(mm.columns)
@@ -79,6 +92,94 @@ def formula_design(frame, formula: str, reference=None):
     if missing.any():
         matrix[np.ix_(missing, [j for j, lab in enumerate(labels) if lab not in ("Intercept", "(Intercept)")])] = np.nan
     return matrix, labels, variables
+
+
+def _learnt_state(spec, cols, formula: str):
+    """The formula's spec with its stateful transforms' constants learnt from all rows of the fit
+    (:mod:`mestim.constants`): ``center``, ``scale``, ``standardize`` from the sums Σ1, Σx and Σ(x − x̄)²,
+    ``poly`` from its recurrence's sums; any other (``bs`` and splines: knots at quantiles) is refused where the
+    rows are only part of the fit."""
+    state = dict(spec.transform_state)
+    if not state or not partial(cols):
+        return spec
+    frame = _frame(cols)
+    for key in sorted(state, key=len):  # a transform inside another (its key is shorter) first
+        call = ast.parse(key, mode="eval").body
+        name = call.func.id if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) else None
+        if name == "poly":
+            state[key] = _poly_state(frame, cols, formula, key, call, state)
+            continue
+        if name not in SCALING:
+            require_all_rows(cols, f"the term {key} of formula '{formula}'",
+                             EXPLICIT.get(name, "fit all rows in memory, or compute the term as columns of the data"))
+        state[key] = _scaling_state(frame, cols, formula, key, call, state)
+    return spec.update(transform_state=state)
+
+
+def _scaling_state(frame, cols, formula, key, call, state) -> dict:
+    """center/scale/standardize's state (mean, sd with its ddof) from the sums over all rows of its argument."""
+    own = dict(state[key])
+    given = {k for k, at in SCALING[call.func.id].items()
+             if any(kw.arg == k and not _is_bool(kw.value) for kw in call.keywords)
+             or (len(call.args) > at and not _is_bool(call.args[at]))}
+    x = _evaluated(frame, key, dict(state, **{key: dict(own, center=None, scale=None)}))  # the term unscaled
+    where, inner = f"formula '{formula}': {key}", _inner(formula, key, state)
+    if own["center"] is not None and "center" not in given:
+        sums = total(cols, f"{where} (mean)", after=inner, n=x.shape[0], x=x.sum(axis=0))
+        own["center"] = sums["x"] / sums["n"]
+    if own["scale"] is not None and not given & {"scale", "rescale"}:
+        c = 0.0 if own["center"] is None else own["center"]
+        sums = total(cols, f"{where} (sd)", after=inner + (f"{where} (mean)",), n=x.shape[0],
+                     ss=((x - c) ** 2).sum(axis=0))
+        own["scale"] = np.sqrt(sums["ss"] / (sums["n"] - own["ddof"]))
+    for k in ("center", "scale"):
+        if own[k] is not None and np.ndim(own[k]) == 1 and np.size(own[k]) == 1:
+            own[k] = own[k][0]  # formulaic's state of a single column is a scalar
+    return own
+
+
+def _poly_state(frame, cols, formula, key, call, state) -> dict:
+    """poly's state from all rows: its three-term recurrence (formulaic's, R's ``poly``) on the non-missing x,
+
+        P₀ = 1,  P₁ = (x − α₀)P₀,  P_k = (x − α_{k−1})P_{k−1} − (‖P_{k−1}‖²/‖P_{k−2}‖²) P_{k−2},
+        α_k = Σ x P_k² / Σ P_k²,  ‖P_k‖² = Σ P_k²,
+
+    whose sums are learnt one degree at a time (P_k is built from the constants of the degrees below)."""
+    own = state[key]
+    if "alpha" not in own:  # raw=True: powers of x, nothing learnt
+        return own
+    degree = len(own["norms2"]) - 1
+    x = _evaluated(frame, ast.get_source_segment(key, call.args[0]), state).ravel()
+    x = x[~np.isnan(x)]
+    where, inner = f"formula '{formula}': {key}", _inner(formula, key, state)
+    alpha, norms2, p, before = {}, {}, np.ones_like(x), np.zeros_like(x)
+    for k in range(degree + 1):
+        if k:
+            step = norms2[k - 1] / norms2[k - 2] if k >= 2 else 0.0
+            p, before = (x - alpha[k - 1]) * p - step * before, p
+        sums = total(cols, f"{where} (degree {k})", after=inner + ((f"{where} (degree {k - 1})",) if k else ()),
+                     pp=np.sum(p * p), xpp=np.sum(x * p * p))
+        norms2[k] = float(sums["pp"])
+        if k < degree:
+            alpha[k] = float(sums["xpp"]) / norms2[k]
+    return {"alpha": alpha, "norms2": norms2}
+
+
+def _evaluated(frame, term: str, state) -> np.ndarray:
+    """``term`` (a formula's term or expression) on ``frame``, with the transforms' ``state`` learnt so far."""
+    from formulaic import model_matrix
+
+    spec = model_matrix(f"0 + {term}", frame, na_action="ignore").model_spec
+    return np.asarray(spec.update(transform_state=dict(state)).get_model_matrix(frame, na_action="ignore"), float)
+
+
+def _inner(formula, key, state) -> tuple:
+    """The (key prefixes of the) constants of the transforms inside ``key``, which its constants are computed from."""
+    return tuple(f"formula '{formula}': {k} (" for k in state if k != key and k in key)
+
+
+def _is_bool(node) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, bool)
 
 
 def _frame(cols):

@@ -2,7 +2,7 @@
 
 ``from_statsmodels(name, fitted)`` reads a fitted statsmodels GLM (or OLS/WLS, Logit, Probit, Poisson) and
 returns a block with the same estimating function, parameters and labels: the GLM quasi-score of
-:mod:`estimators.glm`,
+:mod:`estimators.generalized_linear`,
 
     ψ = v_i (y_i − μ_i) μ'(η_i)/V(μ_i) x_i,    η_i = x_iᵀβ + offset_i + log(exposure_i),
 
@@ -20,8 +20,8 @@ What is not in ψ:
   other blocks) must hold the same rows in the same order: those statsmodels kept (a formula drops rows with
   missing values: pass ``data.loc[fitted.model.data.row_labels]``). Columns of the table named like the model's
   outcome or covariates are compared with the model's arrays, so misaligned rows are caught.
-- **Families and links** outside :mod:`estimators.glm` (Tweedie, the negative binomial link, power links other
-  than ±1, ±2, ½) and models other than those above are refused with the list of what is supported. The
+- **Families and links** outside :mod:`estimators.generalized_linear` (Tweedie, the negative binomial link, power
+  links other than ±1, ±2, ½) and models other than those above are refused with the list of what is supported. The
   negative binomial GLM family keeps its fixed α; gamma gives β only (statsmodels' GLM does not estimate a shape).
 
 Example (a statsmodels logistic fit, then a standardised risk read from it by a user block)::
@@ -45,10 +45,11 @@ from __future__ import annotations
 import numpy as np
 
 from mestim import Block, Prepared
+from mestim.constants import partial
 from mestim.data import check_finite
 from mestim.errors import DataError, SpecificationError
 
-from .glm import FAMILIES, PROBABILITY_LINKS, GLMScore, _separation_check
+from .generalized_linear import FAMILIES, PROBABILITY_LINKS, GLMScore, _separation_check
 
 # statsmodels class names → mestim names
 SM_FAMILIES = {"Gaussian": "gaussian", "Binomial": "binomial", "Poisson": "poisson", "Gamma": "gamma",
@@ -107,8 +108,8 @@ def _offset(model, n) -> np.ndarray:
 
 class FittedModelDesign:
     """The host side of a converted model: the model's own arrays as the block's columns (``prepare``), and the
-    design interface of :class:`estimators.glm.GLMDesign` (``design``, ``offset_values``, ``y``), so that IPW and
-    AIPW take the block as their propensity model. The design cannot be rebuilt under an intervention (A := a):
+    design interface of :class:`estimators.generalized_linear.GLMDesign` (``design``, ``offset_values``, ``y``), so
+    that IPW and AIPW take the block as their propensity model. The design cannot be rebuilt under an intervention (A := a):
     for a g-formula or AIPW outcome model use :func:`estimators.glm` with a formula."""
 
     def __init__(self, score, model, exog, endog, offset, prior, labels, params, source):
@@ -117,6 +118,12 @@ class FittedModelDesign:
         self.y = str(model.endog_names)
 
     def _check_rows(self, cols):
+        where = partial(cols)
+        if where is not None:  # the block holds the model's arrays of all its rows, row for row
+            raise SpecificationError(
+                f"block '{self.score.name}' comes from a {self.source} and holds its {len(self.endog)} rows, so "
+                f"{where} it cannot be matched to part of the rows: fit it in memory (mestim.fit without devices=), "
+                "or build the model with estimators.glm on the streamed or distributed rows")
         rows, n = next(iter(cols.values())).shape[0], len(self.endog)
         if rows != n:
             raise DataError(

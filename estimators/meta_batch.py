@@ -54,6 +54,7 @@ from mestim.results import z_crit
 
 from . import causal_meta as cm
 from . import meta_classical as mc
+from .plotting import interval, numbers_column, readable_log_axis
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,6 +82,16 @@ def load_bcg() -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------ input tables
+STUDY_LABELS = ("studlab", "label", "study", "author", "trial", "study_id", "studyid", "name")
+
+
+def study_label_column(columns) -> str | None:
+    """The column that names the studies (R meta's ``studlab``, metafor's ``label``/``author``, …, compared
+    case-insensitively), or None: rows are then labelled by their position."""
+    by_lower = {str(c).lower(): c for c in columns}
+    return next((by_lower[name] for name in STUDY_LABELS if name in by_lower), None)
+
+
 def by_columns(by, columns_in_table) -> list[str]:
     """The meta-analysis id columns named by ``by``: a column name, several comma-separated names, or a list."""
     if by is None:
@@ -91,17 +102,23 @@ def by_columns(by, columns_in_table) -> list[str]:
         names = [str(b) for b in by]
     missing = [b for b in names if b not in columns_in_table]
     if not names or missing:
-        raise DataError(f"meta-analysis id column(s) {missing or [by]} not in the table; its columns are "
-                        f"{list(columns_in_table)}")
+        from estimators.transport.data import column_hint
+
+        raise DataError(f"meta-analysis id column(s) {missing or [by]} not in the table; "
+                        f"{column_hint((missing or [by])[0], columns_in_table)}")
     if len(set(names)) < len(names):
         raise DataError(f"meta-analysis id columns {names} name a column twice")
     return names
 
 
-def _id_values(df, names):
+MISSING_ID = "(missing)"  # the level of an empty id kept with missing_ids="keep" (e.g. "no subgroup")
+
+
+def _id_values(df, names, keep_missing: bool = False):
     """(ids, blank, values): one hashable id per row — the value of the one id column, or the values of several
     joined by " | " —, a (rows, columns) boolean array of empty ids (NaN, None or blank text), and each column's
-    values. Whole-number floats (an integer column with a blank cell reads as float) become integers."""
+    values. Whole-number floats (an integer column with a blank cell reads as float) become integers. With
+    ``keep_missing`` an empty id is the level ``MISSING_ID`` and nothing is blank."""
     import pandas as pd
 
     parts, blank = [], np.zeros((len(df), len(names)), bool)
@@ -112,7 +129,10 @@ def _id_values(df, names):
             blank[:, j] |= col.astype(str).str.strip().eq("").to_numpy()
         if pd.api.types.is_float_dtype(col) and np.all(np.mod(col[~blank[:, j]], 1) == 0):
             col = col.astype("Int64")
-        parts.append(col.astype(object).to_numpy())  # Python scalars, as JSON wants them
+        parts.append(col.astype(object).to_numpy(copy=True))  # Python scalars, as JSON wants them
+        if keep_missing:
+            parts[-1][blank[:, j]] = MISSING_ID
+            blank[:, j] = False
     if len(parts) == 1:
         return parts[0], blank, parts
     text = [pd.Series(p, dtype=object).astype(str) for p in parts]
@@ -120,16 +140,19 @@ def _id_values(df, names):
 
 
 def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
-                       invalid: str = "raise") -> tuple[pd.DataFrame, dict]:
+                       invalid: str = "raise", missing_ids: str = "exclude") -> tuple[pd.DataFrame, dict]:
     """(tables, report): tables with columns meta_id, study, ai, bi, ci, di (floats, one row per usable study; and
     the ``by`` columns when there are several) and a report {"excluded": [{meta_id, study, row, kind, reason}],
     "notes": [...], "warnings": [...], "format": ..., "by": [id columns]}. ``by``: one id column, several
     (a list or comma-separated names), or None (one meta-analysis). See the module docstring for accepted names
-    and the validation rules. ``invalid``: "raise" (default) or "exclude"."""
+    and the validation rules. ``invalid``: "raise" (default) or "exclude". ``missing_ids``: rows with an empty
+    id are "exclude"d (default, reported) or "keep"-t as their own level "(missing)" (e.g. no subgroup)."""
     import pandas as pd
 
     if invalid not in ("raise", "exclude"):
         raise DataError(f"invalid={invalid!r}: use 'raise' or 'exclude'")
+    if missing_ids not in ("exclude", "keep"):
+        raise DataError(f"missing_ids={missing_ids!r}: use 'exclude' or 'keep'")
     if not isinstance(df, pd.DataFrame):
         df = pd.DataFrame(df)
     if len(df) == 0:
@@ -141,7 +164,10 @@ def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
         raise DataError(f"unknown column role(s) {bad_roles}; roles are {sorted(known)}")
     missing_cols = [c for c in columns.values() if c not in df.columns]
     if missing_cols:
-        raise DataError(f"mapped column(s) {missing_cols} are not in the table; its columns are {list(df.columns)}")
+        from estimators.transport.data import column_hint
+
+        raise DataError(f"mapped column(s) {missing_cols} are not in the table; "
+                        f"{column_hint(missing_cols[0], df.columns)}")
     name = {**{c: c for c in df.columns}, **{role: col for role, col in columns.items()}}
     have = lambda roles: all(r in columns or r in df.columns for r in roles)  # noqa: E731
     if have(("ai", "bi", "ci", "di")):
@@ -164,14 +190,14 @@ def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
         e1, t1, e0, t0 = ai, ai + bi, ci, ci + di
     else:
         e1, t1, e0, t0 = (raw[r] for r in roles)
-    study_col = columns.get("study", next((c for c in ("label", "study") if c in df.columns), None))
+    study_col = columns.get("study", study_label_column(df.columns))
     study = df[study_col].astype(str).to_numpy() if study_col else np.array([str(i + 1) for i in range(len(df))])
     if groups:
-        meta_id, blank, group_values = _id_values(df, groups)
+        meta_id, blank, group_values = _id_values(df, groups, missing_ids == "keep")
     else:
         meta_id, blank, group_values = np.full(len(df), "all", dtype=object), np.zeros((len(df), 0), bool), []
     no_id = blank.any(axis=1)
-    excluded = [{"meta_id": None, "study": study[i], "row": int(i + 1), "kind": "missing id",
+    excluded = [{"meta_id": None, "study": study[i], "row": int(i + 1), "line": int(i + 2), "kind": "missing id",
                  "reason": f"meta-analysis id missing ({', '.join(np.asarray(groups)[blank[i]])}): the row "
                            "belongs to no meta-analysis (excluded)"} for i in np.flatnonzero(no_id)]
     reasons = [[] for _ in range(len(df))]
@@ -186,19 +212,21 @@ def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
             for i in np.flatnonzero((e > t) & ~no_id):
                 reasons[i].append(f"{name[en]}={e[i]:g} exceeds {name[tn]}={t[i]:g}")
     bad = np.array([bool(r) for r in reasons])
+    _warn_fractional(raw, name, study, ~bad & ~no_id)
     if bad.any():
-        listed = [f"row {i + 1} (study {study[i]}): {'; '.join(reasons[i])}" for i in np.flatnonzero(bad)]
+        listed = [f"row {i + 1}, line {i + 2} of the file (study {study[i]}): {'; '.join(reasons[i])}"
+                  for i in np.flatnonzero(bad)]
         if invalid == "raise":
             more = f" … and {len(listed) - 5} more" if len(listed) > 5 else ""
             raise DataError(f"{len(listed)} malformed row(s): " + " | ".join(listed[:5]) + more
                             + "; fix them, or exclude them with invalid='exclude' (CLI: --drop-invalid)")
-        excluded += [{"meta_id": meta_id[i], "study": study[i], "row": int(i + 1), "kind": "malformed",
+        excluded += [{"meta_id": meta_id[i], "study": study[i], "row": int(i + 1), "line": int(i + 2), "kind": "malformed",
                       "reason": "malformed: " + "; ".join(reasons[i])} for i in np.flatnonzero(bad)]
     with np.errstate(invalid="ignore"):
         empty_arm = ~bad & ~no_id & ((t1 == 0) | (t0 == 0))
     for i in np.flatnonzero(empty_arm):
         which = "both arms" if t1[i] == 0 and t0[i] == 0 else ("arm 1 (treated)" if t1[i] == 0 else "arm 0 (control)")
-        excluded.append({"meta_id": meta_id[i], "study": study[i], "row": int(i + 1), "kind": "empty arm",
+        excluded.append({"meta_id": meta_id[i], "study": study[i], "row": int(i + 1), "line": int(i + 2), "kind": "empty arm",
                          "reason": f"{which} has no participants: no comparison (study excluded)"})
     keep = ~bad & ~empty_arm & ~no_id
     out = pd.DataFrame({"meta_id": meta_id[keep], "study": study[keep], "ai": e1[keep], "bi": (t1 - e1)[keep],
@@ -209,7 +237,7 @@ def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
     kept_ids = set(out["meta_id"])
     for m in pd.unique(meta_id[~no_id]):
         if m not in kept_ids:
-            excluded.append({"meta_id": m, "study": None, "row": None, "kind": "no usable study",
+            excluded.append({"meta_id": m, "study": None, "row": None, "line": None, "kind": "no usable study",
                              "reason": "meta-analysis has no usable study: no result"})
     if len(out) == 0:
         raise DataError("no usable study left: " + "; ".join(e["reason"] for e in excluded[:5]))
@@ -223,6 +251,20 @@ def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
         notes.append(f"{int(dz.sum())} stud(ies) with no events in either arm are kept (they carry weight in the "
                      "causal target and, corrected, in the classical pooling)")
     return out, {"excluded": excluded, "notes": notes, "warnings": [], "format": fmt, "by": groups}
+
+
+def _warn_fractional(counts: dict, name: dict, study, rows) -> None:
+    """A :class:`MestimWarning` naming the rows (of ``rows``) whose counts are not whole numbers: counts of
+    people are whole, so a fraction is a typo, or imputed or corrected counts; they are used as given."""
+    with np.errstate(invalid="ignore"):
+        fractional = {r: rows & np.isfinite(v) & (np.mod(v, 1) != 0) for r, v in counts.items()}
+    hit = np.flatnonzero(np.any(list(fractional.values()), axis=0))
+    if hit.size:
+        listed = [f"row {i + 1}, line {i + 2} of the file (study {study[i]}): "
+                  + ", ".join(f"{name[r]}={counts[r][i]:g}" for r in counts if fractional[r][i]) for i in hit[:5]]
+        warnings.warn(f"{hit.size} row(s) with fractional counts: " + " | ".join(listed)
+                      + (f" … and {hit.size - 5} more" if hit.size > 5 else "") + "; counts of people are whole "
+                      "numbers: fix typos; imputed or corrected counts are used as given", MestimWarning, stacklevel=3)
 
 
 def _jsonable(v):
@@ -247,13 +289,14 @@ def exclusion_summary(excluded: list[dict], limit: int = 10) -> list[str]:
         return []
     kinds = collections.Counter(e["kind"] for e in excluded)
     lines = ["excluded: " + ", ".join(f"{n} {EXCLUSION_KINDS.get(kind, kind)}" for kind, n in kinds.items())
-             + (" (to keep rows whose empty id is meaningful, e.g. no subgroup, fill it in)"
+             + (" (to keep rows whose empty id is meaningful, e.g. no subgroup, as their own level: "
+                "--keep-missing-ids, Python missing_ids='keep')"
                 if "missing id" in kinds else "")]
     for e in excluded[:limit]:
         if e["row"] is None:
             where = f"meta-analysis {e['meta_id']}"
         else:
-            where = f"row {e['row']} (" + (f"meta-analysis {e['meta_id']}, " if e["meta_id"] is not None else "") \
+            where = f"row {e['row']}, line {e['line']} of the file (" + (f"meta-analysis {e['meta_id']}, " if e["meta_id"] is not None else "") \
                 + f"study {e['study']})"
         lines.append(f"  {where}: {e['reason']}")
     if len(excluded) > limit:
@@ -360,9 +403,11 @@ def batch_core(counts, mask, measure: str):
 
 
 def meta_analyses(df: pd.DataFrame, by, measure: str = "RR", columns: dict | None = None,
-                  invalid: str = "raise", classical: str = CLASSICAL_DEFAULT, level: float = 0.95):
+                  invalid: str = "raise", classical: str = CLASSICAL_DEFAULT, level: float = 0.95,
+                  missing_ids: str = "exclude", progress: bool | None = False):
     """Many meta-analyses at once from one long table (``by`` = the meta-analysis id column, or several: a list or
-    comma-separated names; rows with a missing id are excluded and reported).
+    comma-separated names; rows with a missing id are excluded and reported, or with ``missing_ids="keep"`` form
+    their own level "(missing)"). ``progress``: a bar over the stages on stderr (True; None: only on a terminal).
 
     Returns (long, wide, report): ``long`` has one row per meta-analysis × method (as :func:`meta_analysis`, the
     causal SE from the closed-form sandwich); ``wide`` one row per meta-analysis with the causal and the
@@ -376,18 +421,26 @@ def meta_analyses(df: pd.DataFrame, by, measure: str = "RR", columns: dict | Non
     if classical not in METHODS[1:]:
         raise DataError(f"classical={classical!r}: use one of {METHODS[1:]}")
     level = mc.check_level(level)
-    tables, report = standardise_tables(df, columns, by, invalid)
-    ids, counts, mask, m = pad_tables(tables)
-    core = {k: np.asarray(v)[:m] for k, v in batch_core(counts, mask, measure).items()}
-    methods = {"causal": causal_columns(core, measure, level), **mc.summary_columns(core, measure, level)}
-    long = _long_table(ids, methods, measure)
-    groups = report["by"]
-    if len(groups) > 1:
-        first = tables.drop_duplicates("meta_id").set_index("meta_id")[groups]
-        for pos, g in enumerate(groups):
-            long.insert(1 + pos, g, first[g].reindex(long["meta_id"]).to_numpy())
-    _report_batch_diagnostics(report, ids, core, measure, np.not_equal(methods["causal"]["undefined_reason"], None))
-    wide = comparison_table(long, classical, level)
+    from .progress import stages
+
+    with stages("meta_analyses", ["checking the tables", "fitting (one vectorised program)", "comparing"],
+                progress) as step:
+        step("checking the tables")
+        tables, report = standardise_tables(df, columns, by, invalid, missing_ids)
+        step("fitting (one vectorised program)")
+        ids, counts, mask, m = pad_tables(tables)
+        core = {k: np.asarray(v)[:m] for k, v in batch_core(counts, mask, measure).items()}
+        methods = {"causal": causal_columns(core, measure, level), **mc.summary_columns(core, measure, level)}
+        step("comparing")
+        long = _long_table(ids, methods, measure)
+        groups = report["by"]
+        if len(groups) > 1:
+            first = tables.drop_duplicates("meta_id").set_index("meta_id")[groups]
+            for pos, g in enumerate(groups):
+                long.insert(1 + pos, g, first[g].reindex(long["meta_id"]).to_numpy())
+        _report_batch_diagnostics(report, ids, core, measure,
+                                  np.not_equal(methods["causal"]["undefined_reason"], None))
+        wide = comparison_table(long, classical, level)
     return long, wide, report
 
 
@@ -541,6 +594,11 @@ def _json_row(rec: dict) -> dict:
         if not isinstance(val, str) and (pd.isna(val) or (isinstance(val, float) and not np.isfinite(val))):
             val = None
         row[key] = val
+    if "estimate" in row and "se" in row:  # two-sided Wald p-value of no effect, on the analysis scale
+        from mestim.results import normal_two_sided_p
+
+        z = np.nan if row["estimate"] is None or not row["se"] else row["estimate"] / row["se"]
+        row["p_value"] = None if not np.isfinite(z) else float(normal_two_sided_p(z))
     ratio = row.get("measure") in ("RR", "OR")
     row["scale"] = "log" if ratio else "identity"
     if ratio:
@@ -603,27 +661,36 @@ def forest_plot(studies: pd.DataFrame, results: pd.DataFrame, measure: str, path
     pooled = results.set_index("method")
     methods = [m for m in methods if m in pooled.index]
     k = len(y)
-    fig, ax = plt.subplots(figsize=(7.5, 0.32 * (k + len(methods)) + 1.6))
+    fig, ax = plt.subplots(figsize=(9.5, 0.32 * (k + len(methods)) + 1.6))
     rows = np.arange(k + len(methods) + 1)[::-1]
+    numbers = []
     for i in range(k):
         ax.plot([tr(y[i] - z * se[i]), tr(y[i] + z * se[i])], [rows[i]] * 2, color="k", lw=1)
         ax.plot(tr(y[i]), rows[i], "s", color="k", ms=4)
+        numbers.append(interval(tr(y[i]), tr(y[i] - z * se[i]), tr(y[i] + z * se[i])))
     colors = {"causal": "tab:red"}
     for j, meth in enumerate(methods):
         r = pooled.loc[meth]
         yy = rows[k + 1 + j]
         lo, est, hi = tr(r["ci_low"]), tr(r["estimate"]), tr(r["ci_high"])
+        numbers.append(interval(est, lo, hi) if np.isfinite(est) else "not defined")
         if np.isfinite(est):
             ax.fill([lo, est, hi, est], [yy, yy + 0.3, yy, yy - 0.3], color=colors.get(meth, "tab:blue"))
     ax.axvline(tr(0.0), color="grey", lw=0.8, ls="--")
-    ax.set_yticks(list(rows[:k]) + list(rows[k + 1:]))
+    ticks = list(rows[:k]) + list(rows[k + 1:])
+    ax.set_yticks(ticks)
     ax.set_yticklabels(labels + ["causal (union of trials)" if m == "causal" else f"{m} (classical)"
                                  for m in methods], fontsize=8)
+    ax.set_ylim(-0.7, rows[0] + 0.7)
+    numbers_column(ax, ticks, numbers, f"{measure} ({100 * level:g}% CI)",
+                   colors=["k"] * k + [colors.get(m, "tab:blue") for m in methods])
     if ratio:
         ax.set_xscale("log")
+        lo, hi = ax.get_xlim()
+        readable_log_axis(ax.xaxis, lo, hi)
     ax.set_xlabel({"RR": "risk ratio", "OR": "odds ratio", "RD": "risk difference"}[measure])
     ax.set_title(title or f"Forest plot ({measure})")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.8, 1))  # the right fifth holds the numbers column
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -638,7 +705,6 @@ def scatter_plot(wide: pd.DataFrame, path: str, title: str | None = None):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.FuncFormatter)
 
     measure = str(wide["measure"].iloc[0])
     ratio = measure in ("RR", "OR")
@@ -655,11 +721,9 @@ def scatter_plot(wide: pd.DataFrame, path: str, title: str | None = None):
     if ratio:
         ax.set_xscale("log")
         ax.set_yscale("log")
-        plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_formatter(plain)
-            axis.set_minor_formatter(plain)
-            axis.set_tick_params(which="minor", labelsize=7)
+        if len(shown):
+            for axis in (ax.xaxis, ax.yaxis):
+                readable_log_axis(axis, lo, hi)
     ax.set_xlabel(f"classical ({wide['classical_method'].iloc[0]}) {measure}")
     ax.set_ylabel(f"causal {measure}")
     left_out = not_compared_summary(wide).replace("not compared", "not plotted")

@@ -7,7 +7,7 @@ Each factory returns a :class:`mestim.Block`; restrict it to rows with ``mask=``
     logistic      ψ = m_i (y_i − expit(x_iᵀβ)) x_i
     multinomial   ψ_c = m_i (I(y_i = c) − π_c(x_i)) x_i,  c = 1..C−1, π_c = exp(x_iᵀβ_c) / (1 + Σ_c' exp(x_iᵀβ_c'))
     GLM           ψ = m_i (y_i − μ_i) μ'(η_i)/V(μ_i) x_i,  η_i = x_iᵀβ + offset_i (families and links:
-                  :mod:`estimators.glm`; linear, logistic and poisson are its canonical cases)
+                  :mod:`estimators.generalized_linear`; linear, logistic and poisson are its canonical cases)
     mean          ψ = m_i (y_i − μ)
 
 These are the score equations of the (quasi-)likelihood, so θ̂ equals the MLE and the sandwich is the
@@ -28,7 +28,7 @@ from mestim.data import levels, require_numeric
 from mestim.errors import DataError
 
 from .design import block_rows, clean_in_mask, level_label
-from .glm import GLMScore, glm, prepared_design
+from .generalized_linear import GLMScore, glm, prepared_design
 from .separation import raise_if_separated, suspicious
 
 __all__ = ["GLMScore", "glm", "linear", "logistic", "poisson", "multinomial", "mean"]
@@ -100,7 +100,7 @@ def multinomial(name: str, y: str, X=None, *, formula=None, mask=None, intercept
         note = f"multinomial logistic regression of {y} ({len(classes)} classes, reference {classes[0]!r})"
         return Prepared({f"{name}.X": x, f"{name}.Y": onehot, f"{name}.mask": m.astype(float)},
                         np.zeros((len(classes) - 1) * x.shape[1]), plabels, (note,),
-                        psi=MultinomialScore(name, len(classes)))  # the class count fixes the parameter count
+                        psi=MultinomialScore(name, len(classes)), rows=m)  # the class count fixes the parameter count
 
     def check(beta, cols):
         m = cols[f"{name}.mask"] > 0
@@ -123,7 +123,7 @@ def mean(name: str, y: str, *, mask=None) -> Block:
         m = block_rows(cols, mask, name)
         yv = clean_in_mask(require_numeric(cols, y, what="outcome"), m, y)
         return Prepared({f"{name}.y": yv, f"{name}.mask": m.astype(float)}, np.array([yv[m].mean()]), (y,),
-                        (f"mean of {y} over {int(m.sum())} rows",))
+                        (f"mean of {y} over {int(m.sum())} rows",), rows=m)
 
     return Block(name, MeanScore(name), prepare=prepare)
 

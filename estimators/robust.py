@@ -52,11 +52,12 @@ import numpy as np
 from statistics import NormalDist
 
 from mestim import Block, Prepared
+from mestim.constants import partial, require_all_rows, total
 from mestim.data import require_numeric
-from mestim.errors import DataError, SpecificationError
+from mestim.errors import DataError, SpecificationError, check_choice
 
 from .design import clean_in_mask
-from .glm import _least_squares, prepared_design
+from .generalized_linear import _least_squares, prepared_design
 
 HUBER_SCALE_D = 2.5  # tuning constant of proposal 2's χ (statsmodels' HuberScale default)
 MAD_NORMAL = 0.6744897501960817  # Φ⁻¹(3/4): median |Z| of a standard normal
@@ -139,8 +140,7 @@ def robust_regression(name: str, y: str, X=None, *, formula: str | None = None, 
             number (fixed).
     Parameters: the design's coefficients, then ``log(scale)`` when the scale is stacked.
     """
-    if norm not in NORMS:
-        raise SpecificationError(f"norm={norm!r}: use one of {list(NORMS)}")
+    check_choice("norm", norm, tuple(NORMS))
     c = NORMS[norm][1] if c is None else c
     if not (isinstance(c, (int, float)) and np.isfinite(c) and c > 0):
         raise SpecificationError(f"c={c!r}: the tuning constant must be a positive number")
@@ -155,17 +155,24 @@ def robust_regression(name: str, y: str, X=None, *, formula: str | None = None, 
         yv = clean_in_mask(require_numeric(cols, y, what="outcome"), m, y)
         xm, ym = x[m], yv[m]
         n, p = int(m.sum()), x.shape[1]
-        if n <= p:
+        if scale == "mad":
+            require_all_rows(cols, f"block '{name}': scale='mad' (the median absolute residual of a least-squares "
+                             "fit)", "give scale= the number (the MAD of a fit on all rows) or scale='huber' (stacked)")
+        if n <= p and partial(cols) is None:
             raise DataError(f"block '{name}' has {n} rows for {p} coefficients")
-        beta0 = _least_squares(xm, ym)
-        # σ: the fixed scale given, or the MAD of the least-squares residuals (scale='mad'; the others' start)
-        sigma0 = float(scale) if not isinstance(scale, str) else _positive_mad(name, ym - xm @ beta0, ym)
-        if norm == "tukey":  # a redescending ψ has several roots: start from Huber's fit
-            beta0 = _huber_start(xm, ym, beta0, sigma0)
+        if n > p:
+            beta0 = _least_squares(xm, ym)
+            # σ: the fixed scale given, or the MAD of the least-squares residuals (scale='mad'; the others' start)
+            sigma0 = float(scale) if not isinstance(scale, str) else _positive_mad(name, ym - xm @ beta0, ym)
+            if norm == "tukey":  # a redescending ψ has several roots: start from Huber's fit
+                beta0 = _huber_start(xm, ym, beta0, sigma0)
+        else:  # too few rows to start from, in part of the rows (a stream's last batch): the fit starts elsewhere
+            beta0, sigma0 = np.zeros(p), float(scale) if not isinstance(scale, str) else 1.0
         out = {f"{name}.X": x, f"{name}.y": yv, f"{name}.mask": m.astype(float)}
         if scale == "huber":
-            out[f"{name}.kappa"] = np.full(m.size, proposal2_kappa(HUBER_SCALE_D, n, p))
-            init = np.append(beta0, np.log(_positive_mad(name, ym - xm @ beta0, ym)))
+            rows = int(total(cols, f"block '{name}': rows (κ of proposal 2)", n=n)["n"])  # of the whole fit
+            out[f"{name}.kappa"] = np.full(m.size, proposal2_kappa(HUBER_SCALE_D, rows, p))
+            init = np.append(beta0, np.log(_positive_mad(name, ym - xm @ beta0, ym)) if n > p else 0.0)
             extra, how = ("log(scale)",), "stacked (proposal 2)"
         else:
             out[f"{name}.scale"] = np.full(m.size, sigma0)

@@ -13,7 +13,7 @@ from .compile_cache import enable_compilation_cache, enable_default_cache  # noq
 enable_default_cache()
 
 from .blocks import Block, Prepared  # noqa: E402
-from .compilations import compilations  # noqa: E402
+from .compilation_count import compilations  # noqa: E402
 from .errors import (  # noqa: E402
     ConvergenceError, DataError, MestimError, MestimWarning, SeparationError, SingularBreadError,
     SpecificationError)

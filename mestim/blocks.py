@@ -39,6 +39,9 @@ class Prepared:
     labels: tuple[str, ...] | None = None
     notes: tuple[str, ...] = ()  # what the block chose (reported in summaries: model, rows used, …)
     psi: Callable[..., Any] | None = None  # replaces the block's ψ when its form depends on the data (classes)
+    rows: np.ndarray | None = None  # the rows the block uses, when ψ applies its mask itself (m·ψ): for the rows check
+    # GMM: the column holding the block's instruments z (ψ = z·e(θ)): its first step is 2SLS, W = (Σ w z zᵀ)⁻¹
+    instruments: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

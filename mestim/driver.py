@@ -103,11 +103,17 @@ def raise_for_status(state, level, labels, scale, nonfinite_rows=None, equation_
             f"block(s) {names}: the Jacobian of Σψ became singular{cond} after {int(state.iterations)} "
             f"iteration(s); parameters {involved} are not identified: {advice.split(': ', 1)[1]}")
     where = ""
+    at = "at the starting values" if int(state.iterations) == 0 else "at the last θ"
+    advice = advice.format(at=at)
     if int(state.status) == NONFINITE:
         bad = sorted({labels[j] for j in np.argwhere(~np.isfinite(np.asarray(state.jac)))[:, 1]})
         bad_r = [equation_labels[j] for j in np.flatnonzero(~np.isfinite(np.asarray(state.r)))]
         where = (f"; ψ is non-finite for {bad_r}" if bad_r else "") + (
             f"; its derivative is non-finite with respect to {bad}" if bad else "")
+        if bad and not bad_r:
+            advice = (f"the derivative of ψ is NaN or infinite {at} where ψ itself is finite: ψ is not "
+                      "differentiable there (√θ or |θ| at 0, a power below 1 at 0, a log multiplied by 0); give init= "
+                      "values where ψ is differentiable, or reparametrise (e.g. θ = exp(η))")
         if nonfinite_rows is not None:
             for kind, rows in zip(("ψ", "its derivative"), nonfinite_rows):
                 if rows.size:

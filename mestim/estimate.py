@@ -8,6 +8,7 @@ the one solve loop (:func:`mestim.driver.solve_stack`) → :func:`assemble` (the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings as _warnings
 from collections.abc import Mapping, Sequence
 
@@ -15,6 +16,7 @@ import jax
 import numpy as np
 
 from . import processes
+from .constants import AcrossProcesses
 from .covariance import WARN_COND, BreadFactor, df_factor, fay_meat, sandwich_covariance
 from .driver import solve_stack
 from .errors import DataError, MestimWarning, SpecificationError
@@ -22,15 +24,16 @@ from .gmm import solve_gmm
 from .options import FitOptions
 from .problem import Problem, prepare
 from .results import Result, WaldTest
-from .sources import InMemory, device_mesh
+from .sources import InMemory
 from .sums import Kernel, Moments, chunk_rows, plan, quick_compile
 
 EXTREME_WEIGHT = 1e6  # a row weighing this many times the median row: almost surely a data error
 DOMINANT_SHARE = 0.5  # one row carrying this share of the total weight, among ≥ 10 rows
+RUN_OFF = 1e6  # θ̂ this many times farther from 0 than the start, with an ill-conditioned bread: a root at infinity
 
 
 def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weights=None,
-        weight_type: str = "frequency", cluster=None, correction: str | None = None, solve: str = "blockwise",
+        weight_type: str = "frequency", cluster=None, correction: str | None = None, solve: str | None = None,
         chunk_size: int | None = None, max_iter: int = 100, xtol: float = 1e-10, gtol: float = 1e-12,
         devices=None, data_dtype=None, root_finder="auto", gmm: str | None = None) -> Result:
     """Solve Σ_i w_i ψ(θ; row_i) = 0 and return θ̂ with its sandwich covariance.
@@ -45,12 +48,15 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
             ``"sampling"`` (inverse-probability weights: meat Σ w² ψψᵀ, n = number of rows).
         cluster: column name or array of cluster labels: meat Σ_g U_g U_gᵀ over cluster totals U_g = Σ_{i∈g} w ψ.
         correction: None, ``"df"`` (n/(n−p)) or ``"fay"`` (Fay's bias-corrected meat, b = 0.75).
-        solve: ``"blockwise"`` (one solve per dependency level, see :mod:`mestim.blocks`) or ``"joint"``.
+        solve: ``"blockwise"`` (one solve per dependency level, see :mod:`mestim.blocks`) or ``"joint"``; default
+            blockwise, joint with ``gmm=`` (``"blockwise"`` with ``gmm=`` is refused).
         chunk_size: rows per chunk in every sum over rows (memory is O(chunk · p²)); default: chosen from the
             stack's size and the device (:func:`mestim.sums.chunk_rows`).
         max_iter, xtol, gtol: solver limits (see :mod:`mestim.solve`).
         devices: shard the rows over devices (:mod:`mestim.scale`): an int (the first k devices), a list of
-            devices, a :class:`jax.sharding.Mesh`, or ``"all"``; every sum becomes a cross-device reduction.
+            devices, a :class:`jax.sharding.Mesh`, or ``"all"``; every sum becomes a cross-device reduction. In a
+            job of several processes (:mod:`mestim.processes`) it must be given: ``"all"`` fits every process's
+            rows together, ``"local"`` this process's rows alone.
         data_dtype: ``"float32"`` stores the columns ψ reads in float32 on the device (half the memory and
             bandwidth); ψ, θ and every sum stay float64. Default float64.
         root_finder: ``"auto"`` (Newton; Levenberg–Marquardt where Newton cannot go on), ``"newton"``, ``"lm"``, or
@@ -59,23 +65,28 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
         gmm: ``"two-step"`` or ``"iterated"``: over-identified estimating equations (more moment conditions than
             parameters) by the generalized method of moments, with Hansen's J test (:mod:`mestim.gmm`).
     """
-    options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype, root_finder,
-                         gmm)
-    mesh = None if devices is None else device_mesh(devices)
-    group = processes.Group() if mesh is not None and processes.several() else None
+    mesh, group = processes.placement(devices)
+    with processes.reporting(group):
+        options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype,
+                             root_finder, gmm)
+        return _fit(estimator, data, init, names, weights, cluster, options, mesh, group)
+
+
+def _fit(estimator, data, init, names, weights, cluster, options: FitOptions, mesh, group) -> Result:
+    """:func:`fit` with its devices placed: ``mesh`` (this process's devices, or None), ``group`` (the processes
+    fitting together, or None)."""
     if group is not None:
+        processes.agree_call(group, "mestim.fit", options, weights, cluster)
         _check_across_processes(options)
-        mesh = local_mesh(mesh)
     problem = prepare(estimator, data, init, names=names, weights=weights, cluster=cluster,
                       levels=None if group is None else (lambda cols: processes.agree_levels(group, cols)),
-                      over_identified=gmm is not None)
+                      constants=None if group is None else AcrossProcesses(group),
+                      over_identified=options.gmm is not None)
+    if group is None:  # across processes each holds a part of the rows
+        problem.check_rows()
     source = InMemory(kernel_for(problem, options, mesh), problem.used, problem.w, dtype=options.data_dtype)
     notes = ()
     if group is not None:
-        auto = [b.name for b in problem.blocks if isinstance(b.smooth, str)]
-        if auto:
-            raise SpecificationError(f"block(s) {auto}: smooth='auto' chooses the bandwidth from each process's "
-                                     "own rows; across processes give smooth=h (a number)")
         start, n_rows, sum_w = processes.agree(group, problem)
         problem = dataclasses.replace(problem, init=start)
         source = processes.Distributed(source, group, n_rows, sum_w)
@@ -87,19 +98,13 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
     else:
         clustered = None if problem.cluster is None else (  # clusters weight the moments by their totals' covariance
             lambda theta, _: (lambda u: u.T @ u)(_cluster_totals(source, problem, theta)))
-        theta, moments, iterations, weight = solve_gmm(source, problem.init, problem.labels,
-                                                       problem.equation_labels, options, meat=clustered)
+        theta, moments, iterations, weight, gmm_notes = solve_gmm(source, problem, options, meat=clustered)
+        notes = notes + gmm_notes
     result = assemble(problem, source, theta, moments, options, iterations=iterations, notes=notes,
                       checks=group is None, weight=weight)
     if group is not None:
         group.barrier("the end of the fit")
     return result
-
-
-def local_mesh(mesh):
-    """The devices of ``mesh`` that belong to this process (None: one device), when processes fit together."""
-    mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-    return None if len(mine) <= 1 else device_mesh(mine)
 
 
 def _check_across_processes(options: FitOptions) -> None:
@@ -115,6 +120,7 @@ def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="f
     options = FitOptions(weight_type, correction, chunk_size=chunk_size)
     problem = prepare(estimator, data, theta if _single(estimator) else None, names=names, weights=weights,
                       cluster=cluster)
+    problem.check_rows()
     if isinstance(theta, Mapping):
         theta = np.concatenate([np.atleast_1d(np.asarray(theta[b.name], float)) for b in problem.spec.blocks])
     theta = np.asarray(theta, float).ravel()
@@ -180,7 +186,7 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
     vcov = sandwich_covariance(bread_inv, meat)
     if options.correction == "df":
         vcov = vcov * df_factor(n_clusters or n, theta.size)
-    warnings = _warnings_for(problem, factor, theta, checks)
+    warnings = _warnings_for(problem, factor, theta, checks) + _zero_variance(labels, theta, vcov)
     for message in warnings:
         _warnings.warn(message, MestimWarning, stacklevel=3)
     kernel = source.kernel
@@ -194,7 +200,7 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
                   residual_norm=float(np.max(np.abs(moments.psi))), bread_cond=factor.condition,
                   warnings=tuple(warnings), notes=tuple(problem.notes) + tuple(notes), bread=bread, meat=meat,
                   flat_theta=problem.single, j_test=j_test,
-                  _influence=lambda: _influence(kernel, problem, options, theta, n * bread_inv))
+                  _influence=functools.partial(_influence, kernel, problem, options, theta, n * bread_inv))
 
 
 def _cluster_totals(source, problem: Problem, theta):
@@ -225,6 +231,11 @@ def _warnings_for(problem: Problem, factor: BreadFactor, theta, checks: bool) ->
     if factor.condition > WARN_COND:
         out.append(f"the bread is ill-conditioned (condition number {factor.condition:.3g}); parameters "
                    f"{factor.involved} are nearly collinear or weakly identified, so their SEs are unreliable")
+        far, start = float(np.max(np.abs(theta))), float(np.max(np.abs(problem.init)))
+        if far > RUN_OFF * (1 + start):  # Σψ small only because every ψ_i vanishes as θ → ∞
+            out.append(f"θ ran off to |θ̂| = {far:.3g} from a start of size {start:.3g}: ψ vanishes as θ grows (a "
+                       "root at infinity, not a solution: a parameter on the wrong scale or with the wrong sign, such "
+                       "as σ = exp(θ) for exp(−θ)); check ψ and start closer to the solution")
     if problem.cluster is not None and problem.n_clusters == problem.n_rows:
         out.append("every cluster has one row: the clustered sandwich equals the unclustered one")
     if checks:
@@ -234,6 +245,18 @@ def _warnings_for(problem: Problem, factor: BreadFactor, theta, checks: bool) ->
             if b.check is not None:
                 out += list(b.check(np.asarray(theta)[offs[b.name]], problem.columns) or [])
     return out
+
+
+def _zero_variance(labels, theta, vcov) -> list[str]:
+    """A standard error of 0 to rounding (SE ≤ 10⁻¹⁰|θ̂|): ψ does not vary between rows in that direction."""
+    variance = np.diag(vcov)
+    zero = [lab for lab, v, t in zip(labels, variance, np.asarray(theta)) if not v > (1e-10 * t) ** 2]
+    if not zero:
+        return []
+    return [f"the standard error of {zero[:8]}{'…' if len(zero) > 8 else ''} is zero (to rounding) or not a number: "
+            "ψ does not vary between rows in that direction at θ̂ (a constant outcome, a model that fits every row "
+            "exactly, a subgroup with no more rows than parameters), so their CIs and tests mean nothing; check the "
+            "data the block uses"]
 
 
 def _weight_warnings(w: np.ndarray, factor: BreadFactor) -> list[str]:

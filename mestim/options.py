@@ -9,7 +9,7 @@ from .errors import SpecificationError, check_choice
 
 WEIGHT_TYPES = ("frequency", "sampling")
 CORRECTIONS = (None, "df", "fay")
-SOLVES = ("blockwise", "joint")
+SOLVES = (None, "blockwise", "joint")
 DATA_DTYPES = (None, "float64", "float32")
 ROOT_FINDERS = ("auto", "newton", "lm")
 GMM = (None, "two-step", "iterated")
@@ -23,7 +23,8 @@ class FitOptions:
         weight_type: ``"frequency"`` (a row of weight w counts as w rows) or ``"sampling"`` (inverse-probability
             weights: meat Σ w² ψψᵀ, n = number of rows).
         correction: None, ``"df"`` (n/(n − p)) or ``"fay"`` (Fay & Graubard's bias-corrected meat).
-        solve: ``"blockwise"`` (one solve per dependency level) or ``"joint"`` (one solve of the whole stack).
+        solve: ``"blockwise"`` (one solve per dependency level) or ``"joint"`` (one solve of the whole stack);
+            None: blockwise, or joint with ``gmm=`` (which minimises one quadratic form of the whole stack).
         chunk_size: rows per chunk of every sum over rows; None chooses it from the stack's size and the device.
         max_iter, xtol, gtol: solver limits (:mod:`mestim.solve`).
         data_dtype: None/``"float64"``, or ``"float32"`` to store the columns ψ reads in float32.
@@ -35,7 +36,7 @@ class FitOptions:
 
     weight_type: str = "frequency"
     correction: str | None = None
-    solve: str = "blockwise"
+    solve: str | None = None
     chunk_size: int | None = None
     max_iter: int = 100
     xtol: float = 1e-10
@@ -54,6 +55,10 @@ class FitOptions:
         if not callable(self.root_finder):
             check_choice("root_finder", self.root_finder, ROOT_FINDERS)
         check_choice("gmm", self.gmm, GMM)
+        if self.gmm is not None and self.solve == "blockwise":
+            raise SpecificationError("solve='blockwise' is not available with gmm=: GMM minimises one quadratic form "
+                                     "of the whole stack's moments; leave solve= out (or use 'joint')")
+        object.__setattr__(self, "solve", self.solve or ("joint" if self.gmm is not None else "blockwise"))
         if self.gmm is not None and self.correction == "fay":
             raise SpecificationError("correction='fay' is not available with gmm=: use None or 'df'")
         if self.gmm is not None and callable(self.root_finder):

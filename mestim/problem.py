@@ -20,7 +20,8 @@ import numpy as np
 from . import data as datamod
 from . import smooth
 from .blocks import Block, BlockSpec, StackSpec, solve_groups
-from .errors import DataError, SpecificationError
+from .constants import ALL_ROWS
+from .errors import DataError, SpecificationError, untraceable
 
 MASK_PREFIX = "mask:"  # device column holding a user block's row mask
 
@@ -39,6 +40,8 @@ class Problem:
     cluster: np.ndarray | None  # cluster code of each row
     cluster_labels: np.ndarray | None  # the label each code stands for
     notes: tuple[str, ...]
+    instruments: dict = dataclasses.field(default_factory=dict)  # block name → its instruments' column (GMM)
+    rows: dict = dataclasses.field(default_factory=dict)  # block name → the rows a masked block uses
 
     @property
     def n_clusters(self) -> int:
@@ -47,6 +50,21 @@ class Problem:
     @property
     def n_rows(self) -> int:
         return int(self.w.shape[0])
+
+    def check_rows(self) -> None:
+        """Refuse a block fitted to no more rows (of positive weight, in its mask) than it has parameters: at θ̂ its
+        ψ sums to 0 over those rows, so its meat has rank below p (a zero SE), or its bread is singular. A block
+        that reads others (a prediction at one covariate profile) takes its variance from them: not refused."""
+        used = self.w > 0
+        weighted = " with positive weight" if not used.all() else ""
+        for b in self.spec.blocks:
+            rows = int((used & self.rows.get(b.name, True)).sum())
+            if not b.reads and rows <= b.dim:
+                raise DataError(
+                    f"block '{b.name}' has {rows} row{'s' * (rows != 1)}{weighted} for its {b.dim} parameters: a "
+                    "model fitted to no more rows than parameters fits them exactly (standard errors 0) or is not "
+                    "identified; give it more rows than parameters (a wider mask, fewer covariates or levels) or "
+                    "leave the block out")
 
     @property
     def single(self) -> bool:
@@ -88,27 +106,34 @@ def as_blocks(estimator, init=None, names=None) -> list[Block]:
     return blocks
 
 
-def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=None, levels=None,
+def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=None, levels=None, constants=None,
             over_identified: bool = False, empty_masks: bool = False) -> Problem:
     """Blocks prepared, ψ traced and checked, the columns it reads validated (host arrays only).
 
     ``levels(columns) -> {name: values}`` gives categorical columns their levels before the blocks prepare (the
-    levels several processes agreed on, :mod:`mestim.processes`); ``over_identified``: a block's ψ may return more
-    values than it has parameters (GMM); ``empty_masks``: a block's mask may select no row (a federated site holding
-    none of the block's rows adds zero to its sums)."""
+    levels several processes agreed on, :mod:`mestim.processes`); ``constants``: where the blocks' data-dependent
+    constants come from when ``data`` is part of the rows (:mod:`mestim.constants`; default: these rows are all
+    rows); ``over_identified``: a block's ψ may return more values than it has parameters (GMM);
+    ``empty_masks``: a block's mask may select no row (a federated site holding none of the block's rows adds zero
+    to its sums)."""
     blocks = as_blocks(estimator, init, names)
     cols = datamod.as_columns(data)
     n = datamod.n_rows(cols)
     all_cols = datamod.Columns(cols)
     all_cols.levels = levels(cols) if levels is not None else {}
+    all_cols.constants = constants if constants is not None else ALL_ROWS
     all_cols.empty_masks = empty_masks
-    specs, labels, inits, notes, masks = [], [], [], [], {}
+    specs, labels, inits, notes, masks, instruments, used_rows = [], [], [], [], {}, {}, {}
     for b in blocks:
         prep = b.prepare(all_cols) if b.prepare is not None else None
         if prep is not None:
             all_cols.update(prep.columns)
             notes += [f"{b.name}: {t}" for t in prep.notes]
         start = _start(b, prep)
+        if prep is not None and prep.instruments is not None:
+            instruments[b.name] = prep.instruments
+        if prep is not None and prep.rows is not None:
+            used_rows[b.name] = np.asarray(prep.rows, bool)
         blabels = b.labels or (prep.labels if prep is not None else None) or tuple(str(i) for i in range(start.size))
         if len(blabels) != start.size:
             raise SpecificationError(f"block '{b.name}' has {len(blabels)} labels for {start.size} parameters")
@@ -119,6 +144,7 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
         if b.mask is not None:
             mask = MASK_PREFIX + b.name
             masks[mask] = datamod.row_mask(all_cols, b.mask, n)
+            used_rows[b.name] = masks[mask]
             if not (empty_masks or masks[mask].any()):
                 raise DataError(f"block '{b.name}' has no rows: its mask selects none of the {n} rows")
         if b.smooth is not None:  # indicators and signs in ψ replaced by their Gaussian smoothing
@@ -150,7 +176,7 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
     w = datamod.row_weights(cols, weights, n)  # the user's own columns (not the blocks' prepared ones)
     codes, cluster_labels = (None, None) if cluster is None else datamod.cluster_labels(cols, cluster, n)
     return Problem(spec, tuple(blocks), tuple(labels), np.concatenate(inits), all_cols, used, w, codes,
-                   cluster_labels, tuple(notes))
+                   cluster_labels, tuple(notes), instruments, used_rows)
 
 
 def _start(block: Block, prep) -> np.ndarray:
@@ -221,12 +247,9 @@ def _traced_columns(spec: StackSpec, layout):
                                        **{name: p[name] for name in b.reads})
         try:
             out = jax.eval_shape(call, params, row)
-        except (jax.errors.TracerBoolConversionError, jax.errors.ConcretizationTypeError,
-                jax.errors.TracerIntegerConversionError):
-            raise SpecificationError(
-                f"ψ of block '{b.name}' uses Python control flow (if, and/or, min/max, a comparison) on a value "
-                "that depends on θ or the data; ψ is traced by JAX, so write it with jnp.where(condition, a, b), "
-                "jnp.clip, jnp.minimum/jnp.maximum or jnp.abs instead") from None
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError,
+                jax.errors.TracerArrayConversionError) as e:  # TracerBoolConversionError is a ConcretizationTypeError
+            raise untraceable(b.name, e) from None
         except KeyError as e:
             raise SpecificationError(f"block '{b.name}': ψ failed with KeyError {e} (does it read a block it does "
                                      "not declare in reads=?)") from None

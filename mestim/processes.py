@@ -4,11 +4,21 @@ The contract: every process calls ``jax.distributed.initialize(...)``, then ``me
 devices="all")`` (or :func:`mestim.scale.fit_stream` on its own files), and every process returns the Result of
 one fit on all rows. How:
 
-- **Agreement before any pass.** Each process prepares its own rows, then the processes exchange a signature of
-  what they prepared (blocks, parameter labels, the columns ψ reads and their shapes) and stop with an error
-  naming the processes that differ; the levels of categorical columns are agreed from every process's values
-  before the blocks prepare (:func:`agree_levels`), and the starting values are process 0's (a registered
-  block's start is computed from its own rows), so every process walks the same Newton path.
+- **Agreement before any pass.** First the processes compare the call (:func:`agree_call`: the entry point, every
+  fit option, how weights and clusters are given); then each prepares its own rows and they compare what they
+  prepared (:func:`signature`: blocks, parameter labels, the columns ψ reads and their shapes, and each block's
+  traced computation, its jaxpr and constants, hashed: two ψ that compute different things differ whatever their
+  names). Any difference stops every process with an error naming the field and the processes. The levels of
+  categorical columns are agreed from every process's values before the blocks prepare (:func:`agree_levels`),
+  and so are the constants the blocks learn from the data (:class:`mestim.constants.AcrossProcesses`: sums over
+  every process's rows). The starting values are process 0's (a registered block's start is computed from its
+  own rows), so every process walks the same Newton path.
+- **A single-process fit inside a multi-process job is an error** unless asked for: ``devices=None`` there raises
+  (the process would fit its own rows only); ``devices="all"`` fits every process's rows together,
+  ``devices="local"`` this process's rows alone (:func:`placement`).
+- **A process that fails** (a ``DataError`` on its rows, an error in ψ) posts its error where the others wait: the
+  key of the next exchange (:meth:`Group.reporting`); they raise at once, naming it, and every process leaves
+  the fit, so none waits in JAX's shutdown for another still in the fit.
 - **Each pass** sums the process's rows on its own devices with the stack's compiled program; the host sums
   (K, K×P and K×K numbers) go through the distributed runtime's key-value store and are added in process order,
   so every process holds the same totals, bit for bit. Row counts and weight totals are global and checked on
@@ -20,15 +30,19 @@ one fit on all rows. How:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
 import os
+import re
 import time
 
 import jax
 import numpy as np
 
+from . import errors
 from .data import missing_values
 from .errors import DataError, MestimError, SpecificationError
 from .sums import Moments
@@ -36,6 +50,7 @@ from .sums import Moments
 TIMEOUT_ENV = "MESTIM_PROCESS_TIMEOUT"
 DEFAULT_TIMEOUT = 300.0
 MAX_LEVELS = 256  # columns with at most this many distinct values per process have their levels agreed
+FAILED = b"\0mestim: failed\0"  # what a failing process posts in place of its data
 _fits = itertools.count()
 
 
@@ -73,30 +88,67 @@ class Group:
         for rank in range(self.size):
             try:
                 left = max(1, int((deadline - time.monotonic()) * 1000))
-                out.append(data if rank == self.rank else self.client.blocking_key_value_get_bytes(f"{key}/{rank}",
-                                                                                                      left))
+                got = data if rank == self.rank else self.client.blocking_key_value_get_bytes(f"{key}/{rank}", left)
             except Exception as e:  # DEADLINE_EXCEEDED, or the coordination service itself is gone
                 raise MestimError(
                     f"process {rank} of {self.size} did not send {what} within {self.timeout:g} s (this is process "
                     f"{self.rank}): a process was lost or stopped; the fit cannot go on ({type(e).__name__}). "
                     f"Set ${TIMEOUT_ENV} to wait longer for slow processes") from None
+            if got.startswith(FAILED):
+                self._raise_posted(rank, got[len(FAILED):])
+            out.append(got)
         while len(self._mine) > 2:
             self.client.key_value_delete(self._mine.pop(0))
         return out
 
     def barrier(self, what: str) -> None:
         """Wait (bounded) until every process gets here: no process leaves a fit while others still read its sums
-        (process 0 serves the key-value store)."""
-        key = f"{self.prefix}/{self._step}"
-        self._step += 1
+        (process 0 serves the key-value store). An exchange, so that an error posted by a process reaches it."""
+        self.allgather(b"", what)
+
+    @contextlib.contextmanager
+    def reporting(self):
+        """Run a fit's steps; an error raised here is posted for the other processes (in place of this process's
+        data for the next exchange, where they wait) and raised."""
         try:
-            self.client.wait_at_barrier(key, int(self.timeout * 1000))
-        except Exception as e:
-            raise MestimError(f"not every process reached {what} within {self.timeout:g} s (this is process "
-                              f"{self.rank}): a process was lost or stopped ({type(e).__name__})") from None
+            yield self
+        except _Posted:
+            raise
+        except BaseException as e:
+            self.post(e)
+            raise
+
+    def post(self, e: BaseException) -> None:
+        """Post ``e`` in place of this process's data of the next exchange (every other process reaches it)."""
+        message = json.dumps({"type": type(e).__name__, "message": str(e)}).encode()
+        with contextlib.suppress(Exception):  # the service gone: the others learn of it from their own timeout
+            self.client.key_value_set_bytes(f"{self.prefix}/{self._step}/{self.rank}", FAILED + message)
+
+    def _raise_posted(self, rank: int, blob: bytes):
+        posted = json.loads(blob)
+        cls = getattr(errors, posted["type"], None)
+        cls = cls if isinstance(cls, type) and issubclass(cls, MestimError) else MestimError
+        raise type("Posted" + cls.__name__, (cls, _Posted), {})(
+            f"process {rank} of {self.size} stopped the fit (this is process {self.rank}) with "
+            f"{posted['type']}: {posted['message']}") from None
 
     def allgather_json(self, obj, what: str) -> list:
-        return [json.loads(b) for b in self.allgather(json.dumps(obj, sort_keys=True).encode(), what)]
+        """Every process's ``obj`` (JSON), each tagged with ``what`` it is: processes at different steps of
+        different fits (a constant on one, none on another) stop with an error naming both steps."""
+        sent = self.allgather(json.dumps({"exchange": what, "value": obj}, sort_keys=True).encode(), what)
+        got = []
+        for data in sent:
+            try:
+                got.append(json.loads(data))
+            except ValueError:  # raw sums: that process is summing a pass
+                got.append({"exchange": "the sums of a pass"})
+        differ = [i for i, p in enumerate(got) if p.get("exchange") != what]
+        if differ:
+            raise SpecificationError(
+                f"the processes are not making the same fit: process(es) {differ} sent "
+                f"{_short(got[differ[0]].get('exchange'))} where this process ({self.rank}) sent {_short(what)}; "
+                "every process must call the same fit with the same estimator")
+        return [p["value"] for p in got]
 
     def allsum(self, m: Moments, what: str) -> Moments:
         """The sums of every process, added in process order (the same bits on every process)."""
@@ -114,6 +166,97 @@ class Group:
                 at += a.size
             total = arrays if total is None else [t + a for t, a in zip(total, arrays)]
         return Moments(*total)
+
+
+def reporting(group: Group | None):
+    """:meth:`Group.reporting` of ``group`` (nothing to report without one)."""
+    return contextlib.nullcontext() if group is None else group.reporting()
+
+
+class _Posted(Exception):
+    """Marks an error another process posted (it is not posted again)."""
+
+
+def placement(devices):
+    """(mesh of this process's devices or None, :class:`Group` or None) for ``devices=`` of a fit.
+
+    In a job of several processes (``jax.distributed``): ``"all"`` (or any mesh) fits every process's rows
+    together; ``"local"`` fits this process's rows alone; None is an error, since a process that forgot
+    ``devices="all"`` would fit its own rows only (the error, as a bad ``devices=``, is posted for the others,
+    who wait for this process in the same fit). In one process ``"local"`` is ``"all"``."""
+    from .sources import device_mesh
+
+    if devices == "local":
+        return local_mesh(device_mesh("all")), None
+    if not several():
+        return (None if devices is None else device_mesh(devices)), None
+    group = Group()
+    with group.reporting():  # a mistake here reaches the processes waiting for this one in the same fit
+        if devices is None:
+            raise SpecificationError(
+                f"this is process {group.rank} of {group.size} of a jax.distributed job, but the fit was given no "
+                "devices=: give devices='all' to fit the rows of every process together (every process calls the "
+                "same fit on its own rows), or devices='local' to fit this process's rows alone")
+        return local_mesh(device_mesh(devices)), group
+
+
+def local_mesh(mesh):
+    """The devices of ``mesh`` that belong to this process (None: one device), when processes fit together."""
+    from .sources import device_mesh
+
+    mine = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    return None if len(mine) <= 1 else device_mesh(mine)
+
+
+def agree_call(group: Group, entry: str, options, weights, cluster) -> None:
+    """The first exchange of every fit: the processes made the same call (entry point, every fit option, how
+    weights and clusters are given), else every process stops naming what differs."""
+    call = {"entry point": entry, "weights": _given(weights), "cluster": _given(cluster)}
+    call.update({f"option {f.name}": _option(getattr(options, f.name)) for f in dataclasses.fields(options)})
+    _same(group, call, ("its call", "made different calls"), SpecificationError,
+          "every process must call the same fit (mestim.fit or fit_stream) with the same options, weights and "
+          "clusters")
+
+
+def _given(value) -> str:
+    if value is None:
+        return "not given"
+    return f"column '{value}'" if isinstance(value, str) else "an array"
+
+
+def _option(value):
+    return value if value is None or isinstance(value, (str, int, float)) else getattr(
+        value, "__qualname__", type(value).__qualname__)
+
+
+def _same(group: Group, fields: dict, what: tuple[str, str], error, fix: str) -> None:
+    """Every process's ``fields``, compared: an ``error`` naming each field that differs and the processes that
+    differ from process 0. ``what``: (what is exchanged, what the processes did when they differ)."""
+    everyone = group.allgather_json({"hash": _digest(fields), "fields": fields}, what[0])
+    if all(p["hash"] == everyone[0]["hash"] for p in everyone):
+        return
+    lines = []
+    for name, mine in everyone[0]["fields"].items():
+        differ = [i for i, p in enumerate(everyone) if p["fields"].get(name) != mine]
+        if differ:
+            theirs = everyone[differ[0]]["fields"].get(name)
+            lines.append(f"{name}: process(es) {differ} have {_short(theirs)}, process 0 has {_short(mine)}")
+    raise error(f"the processes {what[1]} ({'; '.join(lines)}): {fix}")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def add_learnt(group: Group, sums: dict, unsure: set, asked: set):
+    """A stream's learning pass over every process's rows (:func:`mestim.constants.learn`): each constant's sums
+    added in process order, and the constants any process was unsure of or asked for."""
+    everyone = group.allgather_json({"sums": {k: {n: v.tolist() for n, v in s.items()} for k, s in sums.items()},
+                                     "unsure": sorted(unsure), "asked": sorted(asked)}, "its learnt constants")
+    keys = set().union(*(p["sums"] for p in everyone))
+    added = {k: {n: sum(np.asarray(p["sums"][k][n], float) for p in everyone if k in p["sums"])
+                 for n in next(p["sums"][k] for p in everyone if k in p["sums"])} for k in keys}
+    return (added, set().union(*(p["unsure"] for p in everyone)), set().union(*(p["asked"] for p in everyone)))
 
 
 def agree_levels(group: Group, cols: dict) -> dict:
@@ -154,35 +297,39 @@ def union_levels(everyone: list[dict]) -> dict:
 
 
 def signature(problem) -> dict:
-    """What every process must have prepared identically."""
-    blocks = [[b.name, b.dim, b.equations, list(b.reads), b.mask, _psi_name(b.psi)] for b in problem.spec.blocks]
-    columns = {k: list(v.shape[1:]) for k, v in problem.used.items()}
-    return {"blocks": blocks, "labels": list(problem.labels), "columns": columns, "clustered": problem.cluster is not None}
+    """What every process must have prepared identically: the blocks, labels, columns ψ reads, clustering, and
+    each block's traced computation (:func:`traced`)."""
+    out = {"parameter labels": list(problem.labels),
+           "columns ψ reads": {k: list(v.shape[1:]) for k, v in problem.used.items()},
+           "clustering": problem.cluster is not None}
+    for b in problem.spec.blocks:
+        out[f"block '{b.name}'"] = {"parameters": b.dim, "equations": b.equations, "reads": list(b.reads),
+                                    "mask": b.mask}
+    out.update({f"ψ of block '{b.name}' (its traced computation)": traced(problem, b) for b in problem.spec.blocks})
+    return out
 
 
-def _psi_name(psi) -> str:
-    return repr(psi) if hasattr(psi, "__dataclass_fields__") else getattr(psi, "__qualname__", type(psi).__name__)
+def traced(problem, block) -> str:
+    """A hash of ``block``'s ψ as JAX traces it on the problem's columns (its jaxpr, memory addresses removed, and
+    the values of the arrays it closes over): equal for the same computation, whatever the function's name."""
+    row = {k: jax.ShapeDtypeStruct(v.shape[1:], np.float64) for k, v in problem.used.items()}
+    params = {b.name: jax.ShapeDtypeStruct((b.dim,), np.float64) for b in problem.spec.blocks}
+    closed = jax.make_jaxpr(lambda p, r: block(p[block.name], r, {n: p[n] for n in block.reads}))(params, row)
+    digest = hashlib.sha256(re.sub(r" at 0x[0-9a-f]+", "", str(closed.jaxpr)).encode())
+    for const in closed.consts:
+        digest.update(np.asarray(const).tobytes())
+    return digest.hexdigest()
 
 
 def agree(group: Group, problem):
-    """Check that every process prepared the same stack; return process 0's starting values and the global row
-    count and weight total."""
-    mine = signature(problem)
-    everyone = group.allgather_json(
-        {"signature": hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest(), "detail": mine,
-         "init": problem.init.tolist(), "n_rows": problem.n_rows, "sum_w": float(problem.w.sum())},
-        "what it prepared")
-    differ = [i for i, p in enumerate(everyone) if p["signature"] != everyone[0]["signature"]]
-    if differ:
-        first = everyone[differ[0]]["detail"]
-        what = next(k for k in ("labels", "columns", "blocks", "clustered") if first[k] != everyone[0]["detail"][k])
-        name = {"labels": "parameter labels", "columns": "columns ψ reads", "blocks": "blocks",
-                "clustered": "clustering"}[what]
-        raise DataError(
-            f"the processes prepared different stacks: process(es) {differ} differ from process 0 in their {name} "
-            f"({_short(first[what])} against {_short(everyone[0]['detail'][what])}); every process must fit the "
-            "same estimator on rows with the same columns and categories (give each process rows of every "
-            "category, or code categories as indicator columns)")
+    """Check that every process prepared the same stack (:func:`signature`); return process 0's starting values
+    and the global row count and weight total."""
+    _same(group, signature(problem), ("what it prepared", "prepared different stacks"), DataError,
+          "every process must fit the same estimator (the same ψ, not only the same names) on rows with the same "
+          "columns and categories (give each process rows of every category, or code categories as indicator "
+          "columns)")
+    everyone = group.allgather_json({"init": problem.init.tolist(), "n_rows": problem.n_rows,
+                                     "sum_w": float(problem.w.sum())}, "its starting values and row count")
     return (np.asarray(everyone[0]["init"], float), sum(p["n_rows"] for p in everyone),
             float(sum(p["sum_w"] for p in everyone)))
 

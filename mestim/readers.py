@@ -15,8 +15,10 @@ the file has them (written with ``write_page_checksum=True``).
 **Integrity.** Every chunk is checked where it arrives, and an error names the pass, the chunk and the rows of
 the source it holds (0-based, counted over the whole source): a chunk that is not a table, columns of different
 lengths (ragged), a column missing from or added to the columns of the first chunk, a column numeric in the first
-chunk but not in this one, a Parquet file that fails its checksums or cannot be decoded. Each is a
-:class:`~mestim.errors.DataError`.
+chunk but not in this one, a Parquet file that fails its checksums or cannot be decoded, a Parquet footer whose
+row counts disagree with its row groups' (pyarrow reads as many rows as a row group's count says, and drops the
+rest silently), any other exception the source raises (a file deleted, rewritten or truncated while a fit reads
+it). Each is a :class:`~mestim.errors.DataError`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from .data import is_number
-from .errors import DataError, SpecificationError
+from .errors import DataError, MestimError, SpecificationError
+
+READ_BUFFER = 1 << 20  # bytes read at a time from a Parquet column chunk
+_END = object()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +194,6 @@ def _dataset_chunks(dataset, columns, batch_rows) -> Iterator:
     its read-ahead set to 0, so its memory grew with the rows. Other datasets (filtered, or not Parquet) are
     scanned."""
     import pyarrow.dataset as ds
-    import pyarrow.parquet as pq
 
     try:
         fragments = list(dataset.get_fragments()) if isinstance(dataset.format, ds.ParquetFileFormat) else None
@@ -204,27 +208,90 @@ def _dataset_chunks(dataset, columns, batch_rows) -> Iterator:
     for fragment in fragments:
         keys = ds.get_partition_keys(fragment.partition_expression)  # hive-style directory keys: constant columns
         constants = {k: keys[k] for k in names if k in keys}
-        with _reading(f"the Parquet file '{fragment.path}'"):
-            reader = pq.ParquetFile(fragment.path, filesystem=dataset.filesystem, pre_buffer=False,
-                                    page_checksum_verification=True)
-            for batch in reader.iter_batches(batch_size=batch_rows, columns=[n for n in names if n not in keys]):
-                if constants:
-                    batch = dict({n: batch.column(n).to_numpy(zero_copy_only=False) for n in batch.column_names},
-                                 **{k: np.full(batch.num_rows, v) for k, v in constants.items()})
-                yield batch
+        for batch in _parquet_file_batches(fragment.path, dataset.filesystem, [n for n in names if n not in keys],
+                                           batch_rows):
+            if constants:
+                batch = dict({n: batch.column(n).to_numpy(zero_copy_only=False) for n in batch.column_names},
+                             **{k: np.full(batch.num_rows, v) for k, v in constants.items()})
+            yield batch
+
+
+def _parquet_file_batches(path: str, filesystem, names: list, batch_rows: int) -> Iterator:
+    """The record batches of one Parquet file, its footer's row counts checked before (:func:`_check_footer`)
+    and its rows read counted against them after. Column chunks are read through a buffer of ``READ_BUFFER``
+    bytes, not whole: a file written as one row group (older pyarrow's default) otherwise held a whole column
+    chunk per column, memory growing with the rows (peak RSS reading 1e7 rows of 7 columns: 571 MB, now 311 MB,
+    as for 3e6 rows)."""
+    import pyarrow.parquet as pq
+
+    what = f"the Parquet file '{path}'"
+    with _reading(what):
+        reader = pq.ParquetFile(path, filesystem=filesystem, pre_buffer=False, buffer_size=READ_BUFFER,
+                                page_checksum_verification=True)
+        meta, read = reader.metadata, 0
+        _check_footer(meta, names, what)
+        for batch in reader.iter_batches(batch_size=batch_rows, columns=names):  # batches span row groups
+            read += batch.num_rows
+            yield batch
+        if read != meta.num_rows:
+            raise DataError(f"{what} is damaged: {read:,} rows were read, its footer says {meta.num_rows:,}; write "
+                            "the file again from a good copy")
+
+
+def _check_footer(meta, names: list, what: str) -> None:
+    """A DataError where a Parquet footer's row counts disagree: the file's with its row groups', a row group's
+    with the values of its flat columns (nulls included). pyarrow reads as many rows as a row group's count says,
+    so a count one short dropped a row silently, page checksums or not."""
+    flat = [j for j in range(meta.num_columns) if meta.schema.column(j).max_repetition_level == 0
+            and meta.schema.column(j).path.split(".")[0] in names]
+    counts = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    fix = "the file was damaged or written wrongly: write it again from a good copy"
+    if sum(counts) != meta.num_rows:
+        raise DataError(f"{what} is damaged: its footer says {meta.num_rows:,} rows but its row groups hold "
+                        f"{sum(counts):,}; {fix}")
+    for group, rows in enumerate(counts):
+        for j in flat:
+            values = meta.row_group(group).column(j).num_values
+            if values != rows:
+                raise DataError(f"{what} is damaged: row group {group} says {rows:,} rows but its column "
+                                f"'{meta.schema.column(j).path}' holds {values:,} values; {fix}")
 
 
 @contextlib.contextmanager
 def _reading(what: str):
     """Arrow's read errors as DataErrors naming the file: a page that fails its checksum means a corrupt file."""
+    import pyarrow as pa
+
     try:
         yield
-    except OSError as e:
+    except (OSError, pa.ArrowException) as e:
         text = _first_line(e)
         if "checksum" in text.lower():
             raise DataError(f"{what} is corrupt: a page failed its checksum ({text}); restore the file from a good "
                             "copy or write it again") from None
-        raise DataError(f"{what} could not be read: {text}") from None
+        raise DataError(f"{what} could not be read ({type(e).__name__}: {text}); restore the file from a good "
+                        "copy or write it again") from None
+
+
+@contextlib.contextmanager
+def source_errors(where: str):
+    """Every exception a source raises as a DataError starting with ``where`` (the pass and the chunk)."""
+    try:
+        yield
+    except DataError as e:  # the readers' own (a file that cannot be decoded): prefixed with where it was
+        raise DataError(f"{where}: {e}") from None
+    except MestimError:
+        raise
+    except Exception as e:
+        raise source_error(where, e) from e
+
+
+def source_error(where: str, e: Exception) -> DataError:
+    """A reader's or a Dask worker's exception (a file deleted, rewritten or truncated under a reader, a lost
+    worker) as a DataError starting with ``where``; its type and first line are kept (they name the file where
+    the reader knows it), and the caller chains the original for the traceback."""
+    return DataError(f"{where}: the source could not be read ({type(e).__name__}: {_first_line(e)}); check that "
+                     "it exists and is not changed while a fit reads it")
 
 
 def host_columns(chunk, where: str) -> dict:
@@ -254,24 +321,25 @@ def host_columns(chunk, where: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- batches
-def read_batches(open_pass: Callable[[], Iterable], batch_rows: int, layout: Layout,
-                 label: str = "") -> Iterator[Batch]:
+def read_batches(open_pass: Callable[[], Iterable], batch_rows: int, layout: Layout, label: str = "",
+                 noun: str = "chunk") -> Iterator[Batch]:
     """One pass over a source: chunks checked as they arrive (against ``layout``), cut into batches of
-    ``batch_rows`` rows. ``label`` (e.g. ``"pass 2"``) starts every error message."""
-    return _rebatch(_checked(open_pass, layout, label), batch_rows)
+    ``batch_rows`` rows. ``label`` (e.g. ``"pass 2"``) starts every error message; ``noun``: what the source
+    calls its chunks (a Dask frame's are partitions)."""
+    return _rebatch(_checked(open_pass, layout, label, noun), batch_rows, noun)
 
 
-def _checked(open_pass, layout: Layout, label: str) -> Iterator[_Piece]:
+def _checked(open_pass, layout: Layout, label: str, noun: str) -> Iterator[_Piece]:
     prefix = f"{label}, " if label else ""
-    chunks, number, row = iter(open_pass()), 0, 0
+    with source_errors(f"{label or 'reading'}, opening the source"):
+        chunks = iter(open_pass())
+    number, row = 0, 0
     while True:
-        where = f"{prefix}chunk {number} (from row {row:,} of the source)"
-        try:
-            chunk = next(chunks)
-        except StopIteration:
+        where = f"{prefix}{noun} {number} (from row {row:,} of the source)"
+        with source_errors(where):
+            chunk = next(chunks, _END)
+        if chunk is _END:
             return
-        except DataError as e:  # a file that cannot be decoded
-            raise DataError(f"{where}: {e}") from None
         piece = _Piece(number, row, layout.check(host_columns(chunk, where), where))
         del chunk
         number, row = number + 1, row + piece.n_rows
@@ -279,19 +347,19 @@ def _checked(open_pass, layout: Layout, label: str) -> Iterator[_Piece]:
             yield piece
 
 
-def _rebatch(pieces: Iterable[_Piece], size: int) -> Iterator[Batch]:
+def _rebatch(pieces: Iterable[_Piece], size: int, noun: str) -> Iterator[Batch]:
     """Batches of ``size`` rows. Nothing is held between yields but the pieces not yet batched, so a consumer
     that lets go of a batch frees it before the next is read."""
     buf: list[_Piece] = []
     for piece in pieces:
         buf.append(piece)
         while sum(p.n_rows for p in buf) >= size:
-            yield _take(buf, size)
+            yield _take(buf, size, noun)
     if buf:
-        yield _take(buf, sum(p.n_rows for p in buf))
+        yield _take(buf, sum(p.n_rows for p in buf), noun)
 
 
-def _take(buf: list[_Piece], size: int) -> Batch:
+def _take(buf: list[_Piece], size: int, noun: str) -> Batch:
     """The first ``size`` rows of the buffered pieces as a batch (a view when one piece holds them); ``buf``
     keeps the rest."""
     taken, need = [], size
@@ -304,7 +372,7 @@ def _take(buf: list[_Piece], size: int) -> Batch:
         need -= piece.n_rows
     cols = taken[0].columns if len(taken) == 1 else {
         k: np.concatenate([p.columns[k] for p in taken]) for k in taken[0].columns}
-    return Batch(cols, taken[0].start, tuple((p.chunk, p.start) for p in taken))
+    return Batch(cols, taken[0].start, tuple((p.chunk, p.start) for p in taken), noun)
 
 
 def _length(cols: dict) -> int:

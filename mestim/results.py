@@ -63,6 +63,20 @@ class WaldTest(NamedTuple):
         return f"Wald χ² = {self.statistic:.4g} on {self.df} df, p = {self.p_value:.4g}"
 
 
+INTERCEPT_NAMES = ("(Intercept)", "Intercept")  # R's and mestim's name, formulaic's and statsmodels'
+
+
+def _same_name(label: str, key) -> bool:
+    """A parameter label and a lookup key name the same parameter: equal, or both an intercept of the same block
+    ("m:Intercept" and "m:(Intercept)")."""
+    if label == key:
+        return True
+    if not isinstance(key, str):
+        return False
+    (lb, ls, ln), (kb, ks, kn) = label.rpartition(":"), key.rpartition(":")
+    return (lb, ls) == (kb, ks) and ln in INTERCEPT_NAMES and kn in INTERCEPT_NAMES
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class Estimates:
     """Estimates θ̂ with joint covariance V; every inference below is read off V.
@@ -79,7 +93,8 @@ class Estimates:
 
     @property
     def se(self) -> np.ndarray:
-        return np.sqrt(np.diag(self.vcov))
+        with np.errstate(invalid="ignore"):  # a negative variance (rounding of a degenerate sandwich) is NaN
+            return np.sqrt(np.diag(self.vcov))
 
     def ci(self, level: float = 0.95) -> np.ndarray:
         """Wald CIs θ̂ ± z_{1-α/2}·SE, shape (p, 2) (exponentiated on the log scale)."""
@@ -106,7 +121,10 @@ class Estimates:
 
     @property
     def z(self) -> np.ndarray:
-        return self.theta / self.se
+        """θ̂/SE; NaN where the SE is 0 or NaN (no Wald statistic: the fit warned)."""
+        se = self.se
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(se > 0, self.theta / se, np.nan)
 
     @property
     def p_values(self) -> np.ndarray:
@@ -118,7 +136,7 @@ class Estimates:
             return np.concatenate([self.index(k) for k in key]) if len(key) else np.array([], int)
         if isinstance(key, (int, np.integer)):
             return np.array([int(key)])
-        hits = [i for i, lab in enumerate(self.labels) if lab == key or lab.split(":")[0] == key]
+        hits = [i for i, lab in enumerate(self.labels) if _same_name(lab, key) or lab.split(":")[0] == key]
         if not hits:
             raise SpecificationError(f"no parameter or block named {key!r}; labels are {list(self.labels)}")
         return np.array(hits)
@@ -229,11 +247,27 @@ class Result(Estimates):
     def _g_input(self, theta):
         return theta if self.flat_theta else {name: theta[sl] for name, sl in self.blocks.items()}
 
+    def index(self, key) -> np.ndarray:
+        """As :meth:`Estimates.index`; a single-block fit's labels carry no block prefix, yet "m:x" and "m" (the
+        block's name) find its parameters as in a stack."""
+        if isinstance(key, str) and len(self.blocks) == 1:
+            name = next(iter(self.blocks))
+            if key == name and key not in self.labels:
+                return np.arange(self.theta.size)
+            if key.startswith(name + ":") and not any(_same_name(lab, key) for lab in self.labels):
+                key = key[len(name) + 1:]
+        return super().index(key)
+
     def influence(self) -> np.ndarray:
         """Per-row influence functions φ_i = B⁻¹ψ_i, B = −(1/n)Σ w ∂ψ/∂θ: θ̂ − θ ≈ (1/n) Σ w_i φ_i, shape (rows, p)."""
         if self._influence is None:
-            raise SpecificationError("influence functions are not available for this result")
+            raise SpecificationError("influence functions are not available for this result (an unpickled result "
+                                     "does not carry the data: refit to get them)")
         return self._influence()
+
+    def __getstate__(self):
+        """A pickled Result holds the estimates and diagnostics, not the data behind :meth:`influence`."""
+        return {**self.__dict__, "_influence": None}
 
     def diagnostics(self) -> dict[str, Any]:
         return {"converged": self.converged, "status": self.status, "iterations": self.iterations,

@@ -26,11 +26,19 @@ partition. The stack is sent to the workers once per fit.
 checked against the same batch of pass 1 (its row count, total weight and the sums of every column ψ reads), so a
 source that changes between passes fails at the batch that changed; every pass must read the same number of rows
 and the same total weight. Each fault is a :class:`~mestim.errors.DataError` naming the pass, the chunk (or Dask
-partition) and the rows of the source, counted from 0 over the whole source.
+partition) and the rows of the source, counted from 0 over the whole source; so is every exception a reader or a
+Dask worker raises (a file deleted, rewritten or truncated mid-fit, workers lost). A batch or partition with no
+rows, or whose weights are all zero, adds nothing, as such rows add nothing to ``fit``'s sums; the whole source
+must have rows and a positive total weight.
 
 What differs from :func:`mestim.fit` in a streamed fit:
 
 - starting values that a block computes in ``prepare`` come from the **first batch** (labels too);
+- constants a block learns from the data (a formula's ``center``, ``scale``, ``standardize``, ``poly``; a robust
+  regression's κ) are learnt from **every batch** by a learning pass before the fit (:mod:`mestim.constants`;
+  one more pass where a constant is computed from another: a scale from its mean, each degree of ``poly`` from
+  the ones below); those that are not sums over rows (``bs`` and spline knots, ``scale="mad"``,
+  ``smooth="auto"``) are refused when the first batch is prepared, with the way to give them explicitly;
 - a block's ``prepare`` must give the same columns on every batch: a formula with ``C(site)`` on a batch
   missing a level raises (code categories as indicator columns instead), and a masked block whose mask
   selects no row of a batch raises (shuffle the rows, or use larger batches);
@@ -52,11 +60,13 @@ import numpy as np
 from . import data as datamod
 from . import processes
 from .driver import solve_stack
-from .errors import DataError, SpecificationError
-from .estimate import assemble, kernel_for, local_mesh
+from .constants import Summed, learn
+from .errors import DataError, MestimError, SpecificationError
+from .estimate import assemble, kernel_for
 from .options import FitOptions
 from .problem import Problem, as_blocks, prepare
-from .readers import Batch, Layout, chunk_reader, host_columns, read_batches, source_kind
+from .readers import (Batch, Layout, chunk_reader, host_columns, read_batches, source_error, source_errors,
+                      source_kind)
 from .sources import centres, device_mesh, layout, place, run_slabs, store
 from .sums import Kernel, Moments, batch_slab_chunks
 
@@ -73,19 +83,30 @@ def batches(source, batch_rows: int = DEFAULT_BATCH, columns=None) -> Iterator[d
 
 
 # ---------------------------------------------------------------------------------------------- one batch
-def prepared(blocks, batch: Batch, weights, spec, label: str) -> Problem:
+def prepared(blocks, batch: Batch, weights, spec, label: str, constants: Summed) -> Problem:
     """``batch`` prepared as ``fit`` prepares a table, its errors naming ``label`` (the pass), the chunk and the
-    row of the source; ``spec``: the stack every batch must prepare (None for the first batch)."""
+    row of the source; ``spec``: the stack every batch must prepare (None for the first batch); ``constants``: the
+    blocks' data-dependent constants, learnt from all rows (:mod:`mestim.constants`)."""
+    weightless = _all_zero(batch.columns, weights)  # allowed in a part of the rows, as fit allows such rows
     with datamod.rows_numbered_from(batch.start):
         try:
-            problem = prepare(blocks, batch.columns, weights=weights)
+            problem = prepare(blocks, batch.columns, weights=None if weightless else weights, constants=constants)
         except DataError as e:
             raise DataError(f"{label}, {batch.where(getattr(e, 'row', None))}: {e}") from None
+    if weightless:
+        problem = dataclasses.replace(problem, w=np.zeros(problem.n_rows))
     if spec is not None and problem.spec != spec:
         raise DataError(f"{label}, {batch.where()}: its blocks prepared different estimating functions or columns "
                         "than the first batch (e.g. a category missing from this batch): use larger or shuffled "
                         "batches, or code categories as indicator columns")
     return problem
+
+
+def _all_zero(columns: dict, weights: str | None) -> bool:
+    """Whether the weight column of a batch is numeric and all zero (which ``prepare`` refuses for a whole table:
+    the source's total weight is checked at the end of pass 1 instead)."""
+    w = columns.get(weights) if weights is not None else None
+    return w is not None and w.dtype.kind in "biuf" and not np.any(w != 0)
 
 
 def fingerprint(problem: Problem) -> dict:
@@ -151,10 +172,13 @@ class _Checked:
         if self.n_rows is None:
             if not n_rows:
                 raise DataError("the streamed source has no rows")
+            if not sum_w > 0:
+                raise DataError(f"the weights are all zero over the {n_rows:,} rows of the source: no row carries "
+                                "information")
             self.n_rows, self.sum_w = n_rows, sum_w
         elif n_rows != self.n_rows:
-            raise DataError(f"the streamed source changed between passes: {self.label} read {n_rows:,} rows, pass 1 "
-                            f"read {self.n_rows:,}; a source must give the same rows on every pass")
+            raise DataError(f"the streamed source changed between passes: {self.label} read {n_rows:,} rows where "
+                            f"pass 1 read {self.n_rows:,} rows; a source must give the same rows on every pass")
         self.passes += 1
         self._report(start, n_rows, out)
         return out
@@ -175,9 +199,10 @@ class Streamed(_Checked):
     """A row source read anew on every pass: batches prepared like ``fit``'s table, checked against pass 1,
     summed slab by slab on the device."""
 
-    def __init__(self, kernel, blocks, first, open_pass, layout_, *, weights, batch_rows, dtype, progress):
+    def __init__(self, kernel, blocks, first, open_pass, layout_, *, weights, batch_rows, dtype, progress, constants):
         super().__init__(progress)
         self.kernel, self.blocks, self.first, self.open_pass, self.layout = kernel, blocks, first, open_pass, layout_
+        self.constants = constants
         self.weights, self.batch_rows, self.dtype = weights, batch_rows, dtype or np.float64
         self.centre = centres(first.used) if dtype == "float32" else None  # the first batch's, for every batch
         parts = 1 if kernel.mesh is None else kernel.mesh.size
@@ -193,7 +218,7 @@ class Streamed(_Checked):
         return self.end_pass(n_rows, sum_w, start, Moments(*jax.device_get(acc)))
 
     def _add_batch(self, i, batch, theta, plan, acc, label, pending):
-        problem = prepared(self.blocks, batch, self.weights, self.first.spec, label)
+        problem = prepared(self.blocks, batch, self.weights, self.first.spec, label, self.constants.piece())
         self.check_piece(i, fingerprint(problem), batch.where())
         acc = add_rows(self.kernel, self.capacity, problem, theta, plan, acc, self.dtype, self.centre, pending)
         return acc, problem.n_rows, float(problem.w.sum())
@@ -211,14 +236,30 @@ class _PartitionJob:
     capacity: int
     dtype: object
     centre: dict | None
+    constants: Summed  # the blocks' constants, learnt from every partition (mestim.constants)
+
+
+def _partition_batch(frame, job, label, index, start) -> Batch:
+    where = f"{label}, partition {index} (from row {start:,} of the source)"
+    return Batch(job.layout.check(host_columns(frame, where), where), start, ((index, start),), "partition")
+
+
+def _partition_constants(frame, job: _PartitionJob, totals, label: str, index: int, start: int) -> Summed:
+    """On a Dask worker: one partition's sums of the constants its blocks learn (a learning pass)."""
+    recorder = Summed(totals, learning=True)
+    batch = _partition_batch(frame, job, label, index, start)
+    if batch.n_rows:  # a filtered frame's empty partition adds nothing
+        prepared(job.blocks, batch, job.weights, None, label, recorder)
+    return recorder
 
 
 def _partition_sums(frame, job: _PartitionJob, theta, plan, label: str, index: int, start: int):
     """On a Dask worker: one partition's row sums and fingerprint (host arrays: a few kB go back)."""
-    where = f"{label}, partition {index} (from row {start:,} of the source)"
-    batch = Batch(job.layout.check(host_columns(frame, where), where), start, ((index, start),), "partition")
-    problem = prepared(job.blocks, batch, job.weights, job.kernel.spec, label)
+    batch = _partition_batch(frame, job, label, index, start)
     kernel = job.kernel
+    if not batch.n_rows:  # a filtered frame's empty partition adds nothing
+        return Moments(*jax.device_get(kernel.zeros())), {"row count": np.array([0]), "total weight": np.zeros(1)}
+    problem = prepared(job.blocks, batch, job.weights, kernel.spec, label, job.constants.piece())
     acc = add_rows(kernel, job.capacity, problem, jax.device_put(theta), plan, kernel.zeros(), job.dtype,
                    job.centre)
     return Moments(*jax.device_get(acc)), fingerprint(problem)
@@ -230,18 +271,30 @@ class DaskRows(_Checked):
     the same compiled program, and the client adds the partitions' sums in partition order. Each partition's
     rows are counted once, before pass 1, so that errors raised on a worker name rows of the whole frame."""
 
-    def __init__(self, kernel, blocks, first, frame, layout_, *, weights, dtype, progress):
+    def __init__(self, kernel, blocks, first, frame, layout_, *, weights, dtype, progress, learns: bool):
         import dask
 
         super().__init__(progress)
         self.kernel, self.first, self.frame = kernel, first, frame
-        lengths = np.asarray(dask.compute(frame.map_partitions(len))[0], dtype=np.int64)
+        with source_errors("pass 1, counting the rows of the partitions"):
+            lengths = np.asarray(dask.compute(frame.map_partitions(len))[0], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         capacity = batch_slab_chunks(-(-int(max(lengths.max(), 1)) // kernel.chunk))
         job = _PartitionJob(tuple(blocks), weights, kernel, layout_, capacity, dtype or np.float64,
-                            centres(first.used) if dtype == "float32" else None)
+                            centres(first.used) if dtype == "float32" else None, Summed())
+        if learns:  # the blocks' constants from every partition, by a learning pass on the workers
+            job.constants = learn(lambda recorder: self._learning_pass(job, recorder))
         client = _dask_client()
         self.job = job if client is None else client.scatter(job, broadcast=True, hash=False)
+
+    def _learning_pass(self, job, recorder):
+        import dask
+
+        tasks = [dask.delayed(_partition_constants, pure=False)(part, job, recorder.totals, "learning pass", i,
+                                                                 int(row))
+                 for i, (part, row) in enumerate(zip(self.frame.to_delayed(), self.starts))]
+        for part in dask.compute(*tasks):
+            recorder.merge(part)
 
     def sums(self, theta, plan) -> Moments:
         import dask
@@ -255,12 +308,48 @@ class DaskRows(_Checked):
         tasks = [dask.delayed(_partition_sums, pure=False)(part, self.job, theta, plan, label, i, int(row))
                  for i, (part, row) in enumerate(zip(parts, self.starts))]
         acc, n_rows, sum_w = self.kernel.zeros(), 0, 0.0
-        for i, (moments, print_) in enumerate(dask.compute(*tasks)):
-            self.check_piece(i, print_, f"partition {i} (from row {int(self.starts[i]):,} of the source)")
+        for i, (moments, print_) in enumerate(self._computed(tasks, label)):
+            self.check_piece(i, print_, self._where(i))
             acc = Moments(*(a + m for a, m in zip(acc, moments)))
             n_rows += int(print_["row count"][0])
             sum_w += float(print_["total weight"][0])
         return self.end_pass(n_rows, sum_w, start, acc)
+
+    def _where(self, i: int) -> str:
+        return f"partition {i} (from row {int(self.starts[i]):,} of the source)"
+
+    def _computed(self, tasks, label: str) -> list:
+        """The tasks' results in partition order. An exception other than a MestimError (a file deleted under
+        ``dd.read_parquet``, workers lost with the fit's data) is a DataError naming the pass and the partition."""
+        import dask
+
+        client = _dask_client()
+        if client is None:
+            try:
+                return list(dask.compute(*tasks))
+            except MestimError:
+                raise
+            except Exception:  # Dask's own scheduler does not say which task failed: find it, in order
+                return [self._result(label, i, task.compute) for i, task in enumerate(tasks)]
+        futures = client.compute(tasks)
+        try:
+            return [self._result(label, i, future.result) for i, future in enumerate(futures)]
+        finally:
+            client.cancel(futures)
+
+    def _result(self, label: str, i: int, get: Callable):
+        from concurrent.futures import CancelledError
+
+        try:
+            return get()
+        except MestimError:
+            raise
+        except CancelledError as e:  # distributed forgets a pass's tasks and the stack when its workers die
+            raise DataError(f"{label}, {self._where(i)}: the Dask workers were lost during the fit (killed or "
+                            f"restarted: {type(e).__name__}: {str(e).strip()[:200]}); fit again once the cluster "
+                            "is up") from e
+        except Exception as e:
+            raise source_error(f"{label}, {self._where(i)}", e) from e
 
 
 def _dask_client():
@@ -290,42 +379,54 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
         columns: the raw columns to read (default all; reading fewer is faster for wide Parquet files).
         batch_rows: rows per host batch (host memory: O(batch_rows · columns)); a Dask fit reads partitions.
         chunk_size: rows per chunk inside the compiled program (memory: O(chunk · p²)), as in ``fit``.
-        devices: also shard each batch over devices (see :func:`device_mesh`); not with a Dask source.
+        devices: also shard each batch over devices (see :func:`device_mesh`); not with a Dask source. In a job of
+            several processes it must be given, as in :func:`mestim.fit`: ``"all"`` (every process streams its own
+            rows of one fit) or ``"local"`` (this process's rows alone).
         progress: True prints one line per pass to stderr; a function receives a dict per pass
             (passes, rows, seconds, residual).
         Other arguments as :func:`mestim.fit` (``weights`` must be a column name).
     """
-    options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype)
-    if correction == "fay":
+    mesh, group = processes.placement(devices)
+    with processes.reporting(group):
+        options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol, data_dtype)
+        return _fit_stream(estimator, source, init, names, columns, weights, batch_rows, progress, options, mesh,
+                           group)
+
+
+def _fit_stream(estimator, source, init, names, columns, weights, batch_rows, progress, options: FitOptions, mesh,
+                group):
+    """:func:`fit_stream` with its devices placed (as :func:`mestim.estimate._fit`)."""
+    if group is not None:
+        processes.agree_call(group, "mestim.scale.fit_stream", options, weights, None)
+    if options.correction == "fay":
         raise SpecificationError("correction='fay' is not available for streamed fits; use None or 'df'")
     if weights is not None and not isinstance(weights, str):
         raise SpecificationError("weights= of a streamed fit must be a column name of the source")
     if not isinstance(batch_rows, int) or batch_rows < 1:
         raise SpecificationError(f"batch_rows={batch_rows!r}: give a positive whole number")
     blocks = as_blocks(estimator, init, names)
-    auto = [b.name for b in blocks if isinstance(b.smooth, str)]
-    if auto:
-        raise SpecificationError(f"block(s) {auto}: smooth='auto' would choose a bandwidth from each batch's rows; "
-                                 "a streamed fit needs smooth=h (a number), e.g. the bandwidth fit() notes on a sample")
     layout_ = Layout(columns)
     dask_frame = source_kind(source) == "dask"
     open_pass = chunk_reader(source, batch_rows, columns)
     if dask_frame:
-        if devices is not None:
+        if mesh is not None:
             raise SpecificationError("devices= shards a fit within one process; a Dask fit sums on each worker's "
                                      "own device: leave devices=None")
         frame = source[columns] if columns is not None else source
-    first_batch = next(read_batches(open_pass, batch_rows, layout_, "pass 1"), None)
+    first_batch = next(read_batches(open_pass, batch_rows, layout_, "pass 1", "partition" if dask_frame else "chunk"),
+                       None)
     if first_batch is None:
         raise DataError("the streamed source has no rows")
-    mesh = None if devices is None else device_mesh(devices)
-    group = processes.Group() if mesh is not None and processes.several() else None
     if group is not None:
         if dask_frame:
             raise SpecificationError("a Dask DataFrame is already summed on its cluster's workers: fit it from one "
                                      "process, not from several JAX processes")
-        mesh = local_mesh(mesh)
-    first = prepared(blocks, first_batch, weights, None, "pass 1")  # spec, labels, starting values
+    # spec, labels, starting values; does a block learn constants from the data (mestim.constants)?
+    probe = Summed(learning=True)
+    first = prepared(blocks, first_batch, weights, None, "pass 1", probe.piece())
+    constants = _learnt_constants(blocks, open_pass, batch_rows, layout_, weights, probe, group, dask_frame)
+    if constants.totals:
+        first = prepared(blocks, first_batch, weights, None, "pass 1", constants.piece())
     notes = ()
     if group is not None:  # every process streams its own rows: agree on the stack and the start
         start, _, _ = processes.agree(group, first)
@@ -335,11 +436,11 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
     kernel = kernel_for(first, options, mesh, streamed=True, batch_rows=None if dask_frame else batch_rows)
     if dask_frame:
         stream = DaskRows(kernel, blocks, first, frame, layout_, weights=weights, dtype=options.data_dtype,
-                          progress=progress)
+                          progress=progress, learns=bool(probe.asked))
         how = f"{len(stream.starts):,} Dask partitions summed on the workers"
     else:
         stream = Streamed(kernel, blocks, first, open_pass, layout_, weights=weights, batch_rows=batch_rows,
-                          dtype=options.data_dtype, progress=progress)
+                          dtype=options.data_dtype, progress=progress, constants=constants)
         how = f"batches of {batch_rows:,}"
     if group is not None:
         stream = processes.Distributed(stream, group)
@@ -353,3 +454,18 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
         group.barrier("the end of the fit")
     return result
 
+
+def _learnt_constants(blocks, open_pass, batch_rows, layout_, weights, probe: Summed, group, dask_frame) -> Summed:
+    """The constants the blocks learn from the data (:mod:`mestim.constants`), by learning passes over every
+    batch of every process, when the first batch asked for one (``probe``); a Dask frame learns them on its
+    workers (:class:`DaskRows`)."""
+    learns = bool(probe.asked) if group is None else any(group.allgather_json(bool(probe.asked),
+                                                                              "whether it learns constants"))
+    if not learns or dask_frame:
+        return Summed()
+
+    def learning_pass(recorder):
+        for batch in read_batches(open_pass, batch_rows, layout_, "learning pass"):
+            prepared(blocks, batch, weights, None, "learning pass", recorder.piece())
+
+    return learn(learning_pass, None if group is None else (lambda *learnt: processes.add_learnt(group, *learnt)))

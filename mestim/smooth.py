@@ -50,6 +50,7 @@ import numpy as np
 from jax.extend import core as jcore
 from jax.scipy.special import ndtr
 
+from .constants import require_all_rows
 from .errors import SpecificationError
 
 AUTO = "auto"
@@ -317,6 +318,9 @@ def smoothed(block, psi, own_init, upstream_inits: dict, columns, rows: np.ndarr
         if option != AUTO:
             raise SpecificationError(f"block '{block.name}': smooth={option!r}; use 'auto', a positive bandwidth h "
                                      "(in the units of the compared quantities) or a tuple of them")
+        require_all_rows(columns, f"block '{block.name}': smooth='auto' (a bandwidth from the sd and IQR of the "
+                         "compared differences)", "give smooth=h (a number), e.g. the bandwidth fit() notes on a "
+                         "sample")
         bandwidth, used = _auto_bandwidths(block, psi, own_init, upstream_inits, columns, rows)
         rule = f"smooth='auto': h = min(sd, IQR/1.34)·n^(−1/3) of the compared differences, n = {used}"
     else:

@@ -17,7 +17,8 @@ points and end with the same status.
   step polishes θ to the last bit; if no trial improves on θ, θ is already converged to machine precision).
 - **More equations than parameters** (GMM, :mod:`mestim.gmm`): the same rules minimise f = ‖r‖², the Newton step
   being the least-squares (Gauss–Newton) step and every acceptance test relative to the decrease the linear model
-  predicts; f does not reach 0, so the step test ends the solve.
+  predicts; f does not reach 0, so the step test ends the solve, or the point where no step lowers f (a minimum
+  of f to rounding: the GMM objective's, never a root).
 - ``method``: ``"auto"`` (the above), ``"newton"`` (no Levenberg–Marquardt: a singular J or a failed line search
   stops the solve) or ``"lm"`` (Levenberg–Marquardt from the first step; λ never returns to 0).
 
@@ -37,8 +38,8 @@ STATUS = {
     MAX_ITER: ("reached the iteration limit", "try better init= values or a larger max_iter="),
     SINGULAR: ("singular Jacobian", "the parameters are not identified: look for a constant or collinear "
                "covariate, an empty subset of rows, or perfect separation"),
-    NONFINITE: ("non-finite ψ or Jacobian", "ψ is NaN or infinite at the starting values: check ψ for log(0), "
-                "1/0 or overflow, and give init= values inside its domain"),
+    NONFINITE: ("non-finite ψ or Jacobian", "ψ is NaN or infinite {at}: check ψ for log(0), 1/0 or overflow, and "
+                "give init= values inside its domain"),
     NO_PROGRESS: ("line search failed to reduce the residual", "no step reduces ‖Σψ‖: θ sits at a local minimum of "
                   "‖Σψ‖ that is not a root, or ψ is not smooth; try other init= values"),
 }
@@ -123,8 +124,10 @@ def advance(xp, s: State, r_t, jac_t, has_jac, scale, options: SolverOptions) ->
     done = to_lm & s.small  # no trial improves on θ: converged to machine precision
     lam_r = xp.where(to_lm, LM_START, xp.where(newton, 0.0, 10 * s.lam))
     stuck = (lam_r > LM_MAX) | (to_lm & (not options.lm))
-    status_r = xp.where(done, CONVERGED, xp.where(stuck, xp.where(_newton_ok(xp, s), NO_PROGRESS, SINGULAR),
-                                                  RUNNING))
+    # more equations than parameters: no step lowers f = ‖r‖² (Newton's nor a gradient step of any length): θ is
+    # a minimum of f to rounding, which is the answer; with as many, it is a minimum that is not a root
+    minimum = xp.where(s.jac.shape[0] > s.jac.shape[1], CONVERGED, NO_PROGRESS)
+    status_r = xp.where(done, CONVERGED, xp.where(stuck, xp.where(_newton_ok(xp, s), minimum, SINGULAR), RUNNING))
     alpha = s.alpha / 2
     retry = s._replace(lam=lam_r, alpha=alpha, halvings=halvings, trial=s.theta + alpha * s.delta,
                        want_jac=xp.asarray(False), evaluations=evaluations, status=status_r)
@@ -153,10 +156,12 @@ def _propose(xp, s: State, scale, options: SolverOptions) -> State:
                    want_jac=xp.asarray(True), status=status,
                    small=newton & (xp.max(xp.abs(step)) <= options.xtol * (1 + xp.max(xp.abs(s.theta)))))
     s = _select(xp, newton, s, _lm_step(xp, s))
-    flat = xp.all(s.jac == 0)  # ψ does not vary with θ: no step can help
+    # ψ does not vary with θ: no step can help, and a root there (a step function started where Σψ = 0) has no
+    # bread either
+    flat = xp.all(s.jac == 0)
     blocked = ~newton & (not options.lm)  # Newton only, and J is singular
-    return s._replace(status=xp.where((status == RUNNING) & (flat | blocked | ~_finite(xp, s.delta)), SINGULAR,
-                                      s.status))
+    singular = ((status == RUNNING) & (blocked | ~_finite(xp, s.delta))) | (flat & (status != NONFINITE))
+    return s._replace(status=xp.where(singular, SINGULAR, s.status))
 
 
 def _lm_step(xp, s: State) -> State:
@@ -220,11 +225,12 @@ def solve_host(evaluate, theta0, scale, options: SolverOptions) -> State:
     theta = np.asarray(theta0, float)
     r, jac = evaluate(theta, True)
     scale = scale() if callable(scale) else scale
-    s = start(np, theta, r, jac, scale, options)
-    while s.status == RUNNING:
-        point = s.theta if s.refresh else s.trial
-        r, jac = evaluate(point, bool(s.want_jac or s.refresh))
-        s = advance(np, s, r, s.jac if jac is None else jac, jac is not None, scale, options)
+    with np.errstate(all="ignore"):  # the rules judge non-finite values by status; numpy need not warn
+        s = start(np, theta, r, jac, scale, options)
+        while s.status == RUNNING:
+            point = s.theta if s.refresh else s.trial
+            r, jac = evaluate(point, bool(s.want_jac or s.refresh))
+            s = advance(np, s, r, s.jac if jac is None else jac, jac is not None, scale, options)
     return s
 
 

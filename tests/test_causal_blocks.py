@@ -12,7 +12,7 @@ import estimators as est
 import mestim
 from mestim.errors import DataError, SpecificationError
 
-RTOL_THETA, RTOL_SE = 1e-6, 1e-5
+RTOL_THETA, RTOL_SE = 1e-8, 1e-8  # measured against delicatessen: ≤ 1e-14
 
 
 @pytest.fixture(scope="module")

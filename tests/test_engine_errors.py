@@ -141,3 +141,57 @@ def test_one_extreme_weight_warns():
     d["w"][17] = 1e12
     with pytest.warns(mestim.MestimWarning, match=r"extreme weight: row 17 has weight 1e\+12"):
         mestim.fit(_mean, d, init=[0.0], weights="w")
+
+
+# ------------------------------------------------------------------ messages that say what is wrong (issue 15)
+def _median(t, r):
+    return jnp.atleast_1d(0.5 - jnp.where(r["y"] <= t[0], 1.0, 0.0))
+
+
+@pytest.mark.parametrize("start", [5.5, 3.5])
+def test_a_step_function_psi_says_it_does_not_vary_wherever_it_starts(start):
+    """Started where Σψ = 0 (between the two middle values of 10), the fit 'converged' at once and the bread's
+    check blamed 'a constant or collinear covariate'; from elsewhere the solver said ψ does not vary."""
+    with pytest.raises(SingularBreadError, match=r"ψ does not vary with \['0'\].*smooth='auto'"):
+        mestim.fit(_median, {"y": np.arange(1.0, 11.0)}, init=[start])
+
+
+def test_a_finite_psi_with_a_non_finite_derivative_is_told_so():
+    """ψ = √θ − ȳ is finite at θ = 0, its derivative is not: the advice said 'ψ is NaN or infinite'."""
+    with pytest.raises(ConvergenceError) as info:
+        mestim.fit(lambda t, r: jnp.atleast_1d(jnp.sqrt(t[0]) - r["y"]), {"y": np.arange(1.0, 6.0)}, init=[0.0])
+    message = str(info.value)
+    assert "; ψ is NaN or infinite" not in message
+    assert "the derivative of ψ is NaN or infinite at the starting values" in message and "differentiable" in message
+
+
+def _np_psi(t, r):
+    return np.array([r["y"] - t[0]])
+
+
+def _np_exp_psi(t, r):
+    return jnp.atleast_1d(np.exp(t[0]) - r["y"])
+
+
+def _math_psi(t, r):
+    import math
+
+    return jnp.atleast_1d(math.exp(t[0]) - r["y"])
+
+
+def _float_psi(t, r):
+    return jnp.atleast_1d(float(t[0]) - r["y"])
+
+
+@pytest.mark.parametrize("psi, construct, fix", [
+    (_np_psi, r"numpy \(np\.array\)", r"jnp\.array"),
+    (_np_exp_psi, r"numpy \(np\.exp\)", r"jnp\.exp"),
+    (_math_psi, r"the math module \(math\.exp\)", r"jnp\.exp"),
+    (_float_psi, r"float\(\)", r"keep it an array"),
+])
+def test_an_untraceable_psi_names_the_construct_and_the_jnp_replacement(psi, construct, fix):
+    """np.array raised a raw JAX TracerArrayConversionError; math.exp was blamed on 'Python control flow'."""
+    with pytest.raises(SpecificationError, match=rf"block 'theta' .*{construct}.*{fix}") as info:
+        mestim.fit(psi, {"y": np.arange(1.0, 6.0)}, init=[0.0])
+    assert "test_engine_errors.py" in str(info.value)  # the line of ψ that did it
+    assert "control flow" not in str(info.value)

@@ -74,9 +74,18 @@ def test_poisson_and_multinomial_match_statsmodels(logit_df):
     ref = sm.GLM(df.k, X, family=sm.families.Poisson()).fit(cov_type="HC0")
     np.testing.assert_allclose(pois.theta, ref.params.values, rtol=RTOL)
     np.testing.assert_allclose(pois.se, ref.bse.values, rtol=RTOL)
+    # multinomial: θ̂, the HC0 sandwich (statsmodels' cov_params rows: class, then covariate, as mestim's labels)
+    # and the cluster-robust SEs (no small-sample factor)
     mn = mestim.fit([est.multinomial("mn", "c", ["x1", "x2"])], df)
-    ref = sm.MNLogit(df.c, X).fit(disp=0, tol=1e-12, maxiter=200)
+    ref = sm.MNLogit(df.c, X).fit(disp=0, tol=1e-12, maxiter=200, cov_type="HC0")
+    assert mn.labels == tuple(f"{c}:{x}".replace("const", "(Intercept)") for c, x in ref.cov_params().index)
     np.testing.assert_allclose(mn.theta, ref.params.values.T.ravel(), rtol=RTOL)
+    np.testing.assert_allclose(mn.vcov, ref.cov_params().values, rtol=RTOL)
+    np.testing.assert_allclose(mn.se, ref.bse.values.T.ravel(), rtol=RTOL)
+    mn_c = mestim.fit([est.multinomial("mn", "c", ["x1", "x2"])], df, cluster="g")
+    ref_c = sm.MNLogit(df.c, X).fit(disp=0, tol=1e-12, maxiter=200, cov_type="cluster",
+                                    cov_kwds={"groups": df.g.values, "use_correction": False})
+    np.testing.assert_allclose(mn_c.se, ref_c.bse.values.T.ravel(), rtol=RTOL)
 
 
 def test_formula_design_matches_columns(logit_df):

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import mestim
-from estimators.glm import glm
+from estimators.generalized_linear import glm
 from mestim import federated as F
 
 
@@ -174,7 +174,7 @@ result = ""
 SITE_ESTIMATORS = '''
 import jax.numpy as jnp
 import numpy as np
-from estimators.glm import glm
+from estimators.generalized_linear import glm
 from estimators.transport.federated import transport_estimator
 from mestim.federated import Estimator
 

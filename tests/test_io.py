@@ -59,3 +59,38 @@ def test_semicolon_file_and_negative_bias_grid_on_the_command_line(trials, tmp_p
     assert code == 0, capsys.readouterr().err
     sweep = pd.DataFrame(json.loads(out.read_text())["sensitivity"])
     assert sorted(set(sweep["delta"])) == [-0.5, 0.0, 0.5]
+
+
+def _through_a_pipe(data: bytes):
+    """A path that reads ``data`` once, as ``<(cat file)`` gives the command line: /dev/fd/N of a pipe."""
+    import os
+    import threading
+
+    read, write = os.pipe()
+
+    def feed():
+        with os.fdopen(write, "wb") as fh:
+            fh.write(data)
+    threading.Thread(target=feed, daemon=True).start()
+    return read, f"/dev/fd/{read}"
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_a_pipe_is_read_like_its_file(tmp_path, kind):
+    """``mestim meta <(cat bcg.csv)`` said the file "is empty": detecting the delimiter and the encoding read the
+    pipe's first lines, which a pipe gives once."""
+    import os
+
+    from estimators.meta_batch import load_bcg
+
+    path = tmp_path / f"bcg.{kind}"
+    getattr(load_bcg(), f"to_{kind}")(path, index=False)
+    fd, pipe = _through_a_pipe(path.read_bytes())
+    try:
+        cli_json = tmp_path / "pipe.json"
+        assert cli(["meta", pipe, "--json", str(cli_json)]) == 0
+    finally:
+        os.close(fd)
+    assert cli(["meta", str(path), "--json", str(tmp_path / "file.json")]) == 0
+    piped, filed = (json.loads((tmp_path / f).read_text())["results"] for f in ("pipe.json", "file.json"))
+    assert [r["estimate"] for r in piped] == [r["estimate"] for r in filed] and len(piped) >= 5

@@ -28,7 +28,7 @@ WORKER = textwrap.dedent("""
     import numpy as np, mestim
     import jax.experimental.multihost_utils
     sys.path.insert(0, TESTS_DIR)
-    from test_processes import categorical_stack, data, stack
+    from test_processes import categorical_stack, data, iv_stack, stack
     d = data()
     half = slice(0, 1100) if rank == 0 else slice(1100, None)  # unequal parts
     mine = {k: v[half] for k, v in d.items()}
@@ -41,6 +41,8 @@ WORKER = textwrap.dedent("""
         if case == "stream":  # each process streams its own rows in batches
             from mestim.scale import fit_stream
             res = fit_stream(blocks, mine, devices="all", weights="w", batch_rows=300)
+        elif case == "gmm":  # the 2SLS first step sums Σ w z zᵀ over the processes
+            res = mestim.fit(iv_stack(), mine, devices="all", weights="w", gmm="two-step")
         else:
             res = mestim.fit(blocks, mine, devices="all", weights="w", cluster="g" if case == "cluster" else None)
         out = dict(theta=res.theta.tolist(), vcov=res.vcov.tolist(), n_rows=res.n_rows, n=res.n,
@@ -73,6 +75,10 @@ def _effect(t, row, out, ps):
     """A user block reading two registered blocks (whose starting values come from each process's rows)."""
     e = 1 / (1 + jnp.exp(-(ps[0] + ps[1] * row["x1"])))
     return (row["a"] / e - (1 - row["a"]) / (1 - e)) * (row["y"] - out[0]) - t
+
+
+def iv_stack():
+    return [est.iv("iv", "y", "a", ["x1", "x2"])]
 
 
 def stack(covariates):
@@ -127,6 +133,14 @@ def test_categories_and_classes_are_agreed_across_processes():
     for out in _two_processes("levels"):
         assert "theta" in out, out
         np.testing.assert_allclose(out["theta"], ref.theta, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(out["vcov"], ref.vcov, rtol=1e-8, atol=1e-8 * np.abs(ref.vcov).max())
+
+
+def test_two_processes_two_step_gmm_equal_one_process():
+    ref = mestim.fit(iv_stack(), data(), weights="w", gmm="two-step")
+    for out in _two_processes("gmm"):
+        assert "theta" in out, out
+        np.testing.assert_allclose(out["theta"], ref.theta, rtol=0, atol=1e-9)
         np.testing.assert_allclose(out["vcov"], ref.vcov, rtol=1e-8, atol=1e-8 * np.abs(ref.vcov).max())
 
 

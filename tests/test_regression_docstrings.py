@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["estimators.glm", "estimators.causal", "estimators.iv", "estimators.robust", "estimators.fitted_model"]
+MODULES = ["estimators.generalized_linear", "estimators.causal", "estimators.instrumental", "estimators.robust",
+           "estimators.fitted_model"]
 
 
 @pytest.mark.parametrize("name", MODULES)

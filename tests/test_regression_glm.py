@@ -1,5 +1,5 @@
-"""GLM families and links (estimators.glm) against statsmodels GLM (HC0), delicatessen's ee_glm (exact derivatives),
-MASS' published gamma shape, and autodiff for the closed-form Jacobian."""
+"""GLM families and links (estimators.generalized_linear) against statsmodels GLM (HC0), delicatessen's ee_glm (exact
+derivatives), MASS' published gamma shape, and autodiff for the closed-form Jacobian."""
 
 import warnings
 
@@ -13,10 +13,10 @@ import statsmodels.api as sm
 
 import estimators as est
 import mestim
-from estimators.glm import FAMILIES, LINKS
+from estimators.generalized_linear import FAMILIES, LINKS
 from mestim.errors import DataError, SpecificationError
 
-RTOL_THETA, RTOL_SE = 1e-6, 1e-5
+RTOL_THETA, RTOL_SE = 1e-6, 1e-6  # the README's promise (measured: ≤ 2.1e-8 θ, ≤ 3e-9 SE; statsmodels' IRLS stopping)
 _L = sm.families.links
 SM_LINKS = {"identity": _L.Identity, "log": _L.Log, "logit": _L.Logit, "probit": _L.Probit, "cloglog": _L.CLogLog,
             "loglog": _L.LogLog, "cauchit": _L.Cauchy, "inverse": _L.InversePower,

@@ -49,14 +49,14 @@ def test_fixed_mad_scale_matches_rlm_and_delicatessen(contaminated, norm):
     df = contaminated
     res = mestim.fit([est.robust_regression("rr", "y", ["x1", "x2"], norm=norm, scale="mad", mask="keep")], df)
     ref = _rlm(df, norm, update_scale=False)
-    np.testing.assert_allclose(res.theta, ref.params.values, rtol=1e-6)
+    np.testing.assert_allclose(res.theta, ref.params.values, rtol=1e-8)
     sub = df[df.keep == 1]
     X = sm.add_constant(sub[["x1", "x2"]]).values
     k = C[norm] * ref.scale  # delicatessen's unscaled ψ: f_k(y − xᵀβ) with k = c σ
     theta, se = _delicatessen(lambda theta: ee_robust_regression(theta, X=X, y=sub.y.values, model="linear", k=k,
                                                                  loss=norm), res.theta)
-    np.testing.assert_allclose(res.theta, theta, rtol=1e-6)
-    np.testing.assert_allclose(res.se, se, rtol=1e-5)
+    np.testing.assert_allclose(res.theta, theta, rtol=1e-8)
+    np.testing.assert_allclose(res.se, se, rtol=1e-8)
 
 
 @pytest.mark.parametrize("norm", ["huber", "tukey"])
@@ -66,8 +66,8 @@ def test_stacked_huber_scale_matches_rlm_and_delicatessen(contaminated, norm):
     res = mestim.fit([est.robust_regression("rr", "y", ["x1", "x2"], norm=norm, mask="keep")], df)
     assert res.labels[-1] == "log(scale)"
     ref = _rlm(df, norm, scale_est=sm.robust.scale.HuberScale(d=HUBER_SCALE_D, tol=1e-15, maxiter=10000))
-    np.testing.assert_allclose(res.theta[:-1], ref.params.values, rtol=1e-6)
-    assert np.exp(res.theta[-1]) == pytest.approx(ref.scale, rel=1e-6)
+    np.testing.assert_allclose(res.theta[:-1], ref.params.values, rtol=1e-8)
+    assert np.exp(res.theta[-1]) == pytest.approx(ref.scale, rel=1e-8)
 
     sub = df[df.keep == 1]
     X, y = sm.add_constant(sub[["x1", "x2"]]).values, sub.y.values
@@ -81,8 +81,8 @@ def test_stacked_huber_scale_matches_rlm_and_delicatessen(contaminated, norm):
         return np.vstack([ee_beta, chi - kappa])
 
     theta, se = _delicatessen(psi, res.theta)
-    np.testing.assert_allclose(res.theta, theta, rtol=1e-6)
-    np.testing.assert_allclose(res.se, se, rtol=1e-5)
+    np.testing.assert_allclose(res.theta, theta, rtol=1e-8)
+    np.testing.assert_allclose(res.se, se, rtol=1e-8)
 
 
 def test_fixed_numeric_scale_and_frequency_weights(contaminated):
@@ -92,8 +92,8 @@ def test_fixed_numeric_scale_and_frequency_weights(contaminated):
     X = sm.add_constant(df[["x1", "x2"]]).values
     theta, se = _delicatessen(lambda theta: ee_robust_regression(theta, X=X, y=df.y.values, model="linear",
                                                                  k=4.685 * 1.3, loss="tukey"), a.theta)
-    np.testing.assert_allclose(a.theta, theta, rtol=1e-6)
-    np.testing.assert_allclose(a.se, se, rtol=1e-5)
+    np.testing.assert_allclose(a.theta, theta, rtol=1e-8)
+    np.testing.assert_allclose(a.se, se, rtol=1e-8)
     expanded = df.loc[df.index.repeat(df.f.astype(int))].reset_index(drop=True)
     block = est.robust_regression("rr", "y", ["x1", "x2"], scale=1.3)
     w, e = mestim.fit([block], df, weights="f"), mestim.fit([block], expanded)
@@ -115,7 +115,7 @@ def test_tukey_root_is_the_one_next_to_the_huber_fit():
     tukey = sm.RLM(y, X, M=sm.robust.norms.TukeyBiweight()).fit(
         start_params=huber.params, start_scale=huber.scale, update_scale=False, conv="coefs", tol=1e-14,
         maxiter=5000)
-    np.testing.assert_allclose(res.theta, tukey.params, rtol=1e-6)
+    np.testing.assert_allclose(res.theta, tukey.params, rtol=1e-8)
 
 
 @pytest.mark.parametrize("kwargs,match", [

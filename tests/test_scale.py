@@ -159,9 +159,10 @@ def test_stream_rejects_unsupported(data):
 def test_float32_data_path_accuracy(data):
     reference = mestim.fit(logistic("part", "R", ["x1", "x2"]), data, weights="w", chunk_size=CHUNK)
     res = mestim.fit(logistic("part", "R", ["x1", "x2"]), data, weights="w", chunk_size=CHUNK, data_dtype="float32")
-    # float32 storage rounds the data (relative 6e-8); ψ and the sums stay float64
-    assert np.max(np.abs(res.theta - reference.theta) / reference.se) < 1e-4
-    np.testing.assert_allclose(res.se, reference.se, rtol=1e-5)
+    # float32 storage rounds the data (relative 6e-8); ψ and the sums stay float64 (measured: θ̂ moves 3.5e-8 SE,
+    # the SEs 3.8e-10 relative)
+    assert np.max(np.abs(res.theta - reference.theta) / reference.se) < 1e-6
+    np.testing.assert_allclose(res.se, reference.se, rtol=1e-8)
 
 
 
@@ -201,7 +202,7 @@ _SHARDED = textwrap.dedent("""
     refc = mestim.fit(_stack(), d, weights="w", chunk_size=CHUNK, cluster="site")
     shc = mestim.fit(_stack(), d, weights="w", chunk_size=CHUNK, cluster="site", devices=4)
     out["clustered sharded"] = diff(shc, refc)
-    out["influence rows"] = list(shc.influence().shape) if callable(getattr(shc, "influence", None)) else None
+    out["influence rows"] = list(shc.influence().shape)
     print(json.dumps(out))
 """)
 
@@ -216,8 +217,7 @@ def test_sharded_8_devices_equals_streamed_and_in_memory():
         dtheta, dvcov, n_rows = res[name]
         assert dtheta < TOL and dvcov < TOL, (name, res[name])
         assert n_rows == 2501
-    if res["influence rows"] is not None:
-        assert res["influence rows"][0] == 2501
+    assert res["influence rows"][0] == 2501
 
 
 def test_persistent_compilation_cache_reused_by_second_process(tmp_path):

@@ -142,3 +142,106 @@ def test_corrupt_parquet_page_is_a_data_error_naming_the_file(data, tmp_path):
     message = _raises(str(path), r"^pass 1, chunk 2 \(from row 1,400 of the source\): the Parquet file",
                       r"is corrupt: a page failed its checksum")
     assert str(path) in message
+
+
+def _parquet_parts(data, root, row_group_size=400):
+    """The data as three Parquet files under ``root``: rows 0–999, 1000–1799, 1800–2499."""
+    root.mkdir(exist_ok=True)
+    table, paths = pa.table(data), []
+    for i, (a, b) in enumerate([(0, 1000), (1000, 1800), (1800, N)]):
+        paths.append(root / f"part-{i}.parquet")
+        pq.write_table(table.slice(a, b - a), paths[-1], row_group_size=row_group_size, write_page_checksum=True)
+    return paths
+
+
+def _after_pass(k, action):
+    """A progress callback that runs ``action()`` once pass ``k`` has ended."""
+    return lambda info: action() if info["passes"] == k else None
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("when", [0, 1])
+def test_truncated_file_in_a_parquet_directory(data, tmp_path, when):
+    """It raised pyarrow's ArrowInvalid (not an OSError, so not caught): before the fit, or between passes."""
+    paths = _parquet_parts(data, tmp_path / "parts")
+    if when == 0:
+        _truncate(paths[1])
+    with pytest.raises(DataError) as info:
+        fit_stream(_small_stack(), str(tmp_path / "parts"), weights="w", batch_rows=BATCH, chunk_size=CHUNK,
+                   progress=_after_pass(1, lambda: _truncate(paths[1])))
+    assert re.search(rf"^pass {when + 1}, chunk 2 \(from row 1,000 of the source\): the Parquet file "
+                     rf"'{re.escape(str(paths[1]))}' could not be read \(ArrowInvalid", str(info.value)), info.value
+
+
+def _footer_row_counts(path, hits: list, n: int):
+    """Write ``n - 1`` over the row counts ``n`` of the footer numbered ``hits`` (0: the file's; with one row
+    group, -1: the row group's): zigzag varints of the same length in Thrift's compact encoding."""
+    def varint(v):
+        out = bytearray()
+        while True:
+            out.append((v & 0x7F) | (0x80 if v >> 7 else 0))
+            v >>= 7
+            if not v:
+                return bytes(out)
+    raw = bytearray(path.read_bytes())
+    start = len(raw) - 8 - int.from_bytes(raw[-8:-4], "little")
+    old, new = varint(2 * n), varint(2 * (n - 1))
+    assert len(old) == len(new)
+    found = [i for i in range(start, len(raw) - 8) if raw[i:i + len(old)] == old]
+    for at in (found[h] for h in hits):
+        raw[at:at + len(old)] = new
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("hits, message", [
+    ([0, -1], r"row group 0 says 2,499 rows but its column '.*' holds 2,500 values"),  # the file's count agrees
+    ([-1], r"its footer says 2,500 rows but its row groups hold 2,499"),
+    ([0], r"its footer says 2,499 rows but its row groups hold 2,500")])
+def test_parquet_footer_row_count_off_by_one(data, tmp_path, hits, message):
+    """pyarrow reads as many rows as a row group's count says: one short dropped a row silently, page checksums
+    on (the fit had 2,499 rows and moved θ); a file count that disagrees with its row groups is as suspect."""
+    path = tmp_path / "one.parquet"
+    pq.write_table(pa.table(data), path, row_group_size=N, write_page_checksum=True)
+    _footer_row_counts(path, hits, N)
+    meta = pq.ParquetFile(path).metadata
+    assert (meta.num_rows, meta.row_group(0).num_rows) == tuple(N - (h in hits) for h in (0, -1))
+    _raises(str(path), rf"^pass 1, chunk 0 \(from row 0 of the source\): the Parquet file '.*' is damaged: {message}")
+
+
+def test_polars_source_deleted_or_rewritten_mid_fit(data, tmp_path):
+    """polars raised FileNotFoundError (deleted) or ComputeError (rewritten) from the middle of a fit."""
+    pl = pytest.importorskip("polars")
+
+    def fit_then(action):
+        paths = _parquet_parts(data, tmp_path / "parts")
+        with pytest.raises(DataError) as info:
+            fit_stream(_small_stack(), pl.scan_parquet(tmp_path / "parts" / "*.parquet"), weights="w",
+                       batch_rows=BATCH, chunk_size=CHUNK, progress=_after_pass(1, lambda: action(paths)))
+        return str(info.value)
+
+    message = fit_then(lambda paths: paths[1].unlink())
+    assert re.search(r"^pass 2, chunk \d+ \(from row [\d,]+ of the source\): the source could not be read "
+                     r"\(FileNotFoundError", message), message
+    message = fit_then(lambda paths: pq.write_table(pa.table(data).drop_columns(["x2"]), paths[2]))
+    assert re.search(r"^pass 2, chunk \d+ \(from row [\d,]+ of the source\): the source could not be read "
+                     r"\(\w+Error", message), message
+    message = fit_then(lambda paths: pq.write_table(pa.table(data).slice(0, 10), paths[2]))  # fewer rows
+    assert re.search(r"^pass 2, chunks? [\d–]+ .*the source changed since pass 1|^the streamed source changed "
+                     r"between passes: pass 2 read", message), message
+
+
+def test_zero_weight_batches_are_rows_fit_accepts(data):
+    """A batch whose weights are all zero was refused ('w are all zero'); fit accepts such rows."""
+    import mestim
+
+    w = data["w"].copy()
+    w[:BATCH] = 0.0
+    w[1500:2200] = 0.0
+    light = dict(data, w=w)
+    from test_scale import _same
+    reference = mestim.fit(_small_stack(), light, weights="w", chunk_size=CHUNK)
+    _same(_fit(light), reference)
+    _raises(dict(data, w=np.zeros(N)), r"^the weights are all zero over the 2,500 rows of the source")

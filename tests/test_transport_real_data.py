@@ -307,7 +307,7 @@ def test_infinite_bias_refused(small):
 
 
 def test_polars_table_is_accepted(small):
-    pl = pytest.importorskip("polars")
+    import polars as pl  # a test dependency: missing, the test fails (it was skipped)
     kw = dict(covariates=COVS, estimators=["outcome"], per_trial=False)
     assert _quiet(pl.from_pandas(small), **kw).estimate("outcome").estimate == \
         pytest.approx(_quiet(small, **kw).estimate("outcome").estimate, rel=1e-12)
@@ -331,7 +331,8 @@ def test_diagnostics_compile_one_program():
     from estimators.transport.api import transport_stack
     from estimators.transport.diagnostics import positivity_diagnostics
 
-    sim = simulate_trials(n_trials=3, n_per_trial=120, n_target=200, seed=2)
+    # sizes no other test uses: eager jax.numpy calls on them would compile (a cached shape would hide them)
+    sim = simulate_trials(n_trials=3, n_per_trial=[117, 121, 119], n_target=203, seed=2)
     stack = transport_stack(sim.data, covariates=COVS, estimators=["weighting", "dr"])
     fit = stack.fit()
     count = [0]
@@ -347,7 +348,7 @@ def test_diagnostics_compile_one_program():
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert first <= 1, first
-    assert count[0] - first <= 1
+    assert count[0] == first
 
 
 def test_transport_import_is_light():

@@ -1,5 +1,5 @@
-"""``mestim meta [TABLES.csv] [--measure RR|OR|RD] [--by META_ID[,...]] [--level 0.95] [--json OUT.json]
-[--plot OUT.png]``
+"""``mestim meta [TABLES.csv] [--measure RR|OR|RD] [--by META_ID[,...]] [--keep-missing-ids] [--level 0.95]
+[--json OUT.json] [--table OUT.csv] [--plot OUT.png] [--quiet]``
 
 Causal (Berenfeld et al. 2026) and classical meta-analysis of 2×2 tables. Without a file it runs on the bundled
 BCG vaccine trials. Columns: ``ai, bi, ci, di`` (2×2 cells: treated events/non-events, control events/non-events)
@@ -22,30 +22,40 @@ import warnings
 import numpy as np
 
 from estimators.io import add_file_options, read_table
+from estimators.progress import stages
 from mestim.errors import DataError, MestimWarning
 
 
+STAGES = ("reading the table", "fitting", "writing the results")
 META_MEMORY = 40  # measured: `mestim meta --by` peaks at ~35× its table's float64 size (1.7 kB a row)
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("tables", nargs="?", default=None,
                         help="CSV of 2×2 tables, one row per study (default: the bundled BCG vaccine trials)")
-    parser.add_argument("--measure", default="RR", choices=["RR", "OR", "RD"], help="effect measure (default RR)")
+    parser.add_argument("--measure", default="RR", type=str.upper, choices=["RR", "OR", "RD"],
+                        help="effect measure, any case (default RR)")
     parser.add_argument("--by", default=None, metavar="META_ID_COLUMN[,...]",
                         help="column(s) identifying meta-analyses, comma-separated (e.g. review,comparison,outcome,"
                              "subgroup): batch mode, one result set per meta-analysis; rows with a missing id are "
                              "excluded and reported")
+    parser.add_argument("--keep-missing-ids", action="store_true",
+                        help="with --by: rows whose id is empty (e.g. group.no blank = no subgroup) form their own "
+                        "level '(missing)' instead of being excluded")
     parser.add_argument("--level", default="0.95", metavar="LEVEL",
                         help="confidence level of the CIs, in (0, 1) (default 0.95)")
     add_file_options(parser)
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar on stderr (it is shown only when stderr is a terminal)")
     parser.add_argument("--json", default=None, metavar="OUT.json", help="write the results as JSON")
+    parser.add_argument("--table", default=None, metavar="OUT.csv",
+                        help="write the results as CSV: one row per meta-analysis × method, the JSON's fields")
     parser.add_argument("--plot", default=None, metavar="OUT.png",
                         help="forest plot (one meta-analysis) or causal-vs-classical scatter (with --by)")
     parser.add_argument("--columns", default=None, metavar="ROLE=COLUMN,...",
                         help="map column names: roles ai, bi, ci, di, event.e, n.e, event.c, n.c, study")
-    parser.add_argument("--classical", default="REML",
-                        help="classical method compared with the causal one in batch mode (default REML)")
+    parser.add_argument("--classical", default="REML", type=str.upper,
+                        help="classical method compared with the causal one in batch mode, any case (default REML)")
     parser.add_argument("--drop-invalid", action="store_true",
                         help="exclude malformed rows (reported) instead of stopping with an error")
 
@@ -62,12 +72,12 @@ def _parse_columns(text):
     return out
 
 
-def _read(path, sep=None, encoding=None):
+def _read(path, sep=None, encoding=None, decimal=None):
     if path is None:
         from estimators.meta_batch import load_bcg
 
         return load_bcg(), "BCG vaccine trials (bundled)"
-    return read_table(path, sep, encoding, working_memory=META_MEMORY), path
+    return read_table(path, sep, encoding, working_memory=META_MEMORY, decimal=decimal), path
 
 
 def _fmt(x, ratio):
@@ -77,33 +87,30 @@ def _fmt(x, ratio):
 
 
 def run(args) -> int:
+    from estimators.cli import print_warnings
     from estimators.meta_classical import check_level
 
     level = check_level(args.level, f"--level {args.level}")
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, \
+            stages("mestim meta", STAGES, False if args.quiet else None) as step:
         warnings.simplefilter("always", MestimWarning)
-        code = _run(args, level)
+        code = _run(args, level, step)
     sys.stdout.flush()
-    printed = set()
-    for w in caught:  # each warning once, on stderr (the library also lists them in the JSON's "warnings")
-        if issubclass(w.category, MestimWarning):
-            if str(w.message) not in printed:
-                printed.add(str(w.message))
-                print(f"mestim meta: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    print_warnings("meta", caught)  # the library also lists them in the JSON's "warnings"
     return code
 
 
-def _run(args, level) -> int:
+def _run(args, level, step) -> int:
     from estimators import meta_batch as mb
 
-    df, source = _read(args.tables, args.sep, args.encoding)
+    step(STAGES[0])
+    df, source = _read(args.tables, args.sep, args.encoding, args.decimal)
     columns = _parse_columns(args.columns)
     invalid = "exclude" if args.drop_invalid else "raise"
     ratio = args.measure in ("RR", "OR")
     out = sys.stdout
     wide = None
+    step(STAGES[1])
     if args.by is None:
         # the causal sandwich in closed form: the engine's stacked fit gives the same SE (tests: to 1e-10) but
         # compiles its programs first, which would dominate a command-line run
@@ -128,21 +135,30 @@ def _run(args, level) -> int:
             print(f"forest plot written to {args.plot}", file=out)
     else:
         long, wide, report = mb.meta_analyses(df, args.by, args.measure, columns=columns, invalid=invalid,
-                                              classical=args.classical, level=level)
+                                              classical=args.classical, level=level,
+                                              missing_ids="keep" if args.keep_missing_ids else "exclude")
         _print_batch(wide, source, args, ratio, level, out)
         if args.plot:
             mb.scatter_plot(wide, args.plot)
             print(f"scatter plot written to {args.plot}", file=out)
+    step(STAGES[2])
     for line in mb.exclusion_summary(report["excluded"]):
         print(line, file=out)
-    for n in report["notes"]:
+    for n in ([f"read {source} as {df.attrs['read_as']}"] if "read_as" in df.attrs else []) + report["notes"]:
         print(f"note: {n}", file=out)
+    payload = mb.results_json(long, report, wide)
     if args.json:
-        payload = mb.results_json(long, report, wide)
-        payload["source"] = source
+        import mestim
+
+        payload.update(source=source, level=level, version=mestim.__version__)
         with open(args.json, "w") as f:
             json.dump(payload, f, indent=1)
         print(f"results written to {args.json}", file=out)
+    if args.table:
+        import pandas as pd
+
+        pd.DataFrame(payload["results"]).to_csv(args.table, index=False)
+        print(f"table written to {args.table}", file=out)
     return 0
 
 

@@ -1,18 +1,23 @@
 """``mestim transport``: transport treatment effects from a collection of trials to a target population.
 
 With no DATA file it runs on the bundled simulated data set (4 trials, target S=0 without Z/Y; true target
-effect 2.8). Prints a table like Table 1 of Dahabreh et al. (per trial: n, unadjusted, outcome model, weighting,
+effect 2.8). The first line names the reference arm (``--reference``; default a control-like label, else the
+smallest level). Prints a table like Table 1 of Dahabreh et al. (per trial: n, unadjusted, outcome model, weighting,
 doubly robust; a pooled row), the homogeneity and CATE-equality tests, and the working models used.
 Positivity diagnostics of the inverse-odds weights (effective sample size and largest weight share per trial and
 arm) are printed too, and notes say how the data were used (a text covariate's coding, an estimator skipped and
 why). Warnings (extreme weights, the engine's) are printed once, on stderr ("warning:" lines; many positivity
-warnings are summarised); the summary on stdout counts them. The run still exits 0.
+warnings are summarised, advice they share printed once); the summary on stdout counts them. The run still
+exits 0. Row weights (``--weights``, ``--weight-type frequency|sampling``) and clusters (``--cluster``) are named
+on the "Variance:" line; ``--plot`` with a sensitivity sweep also draws it; a progress bar shows on a terminal
+(``--quiet``: none).
 """
 
 from __future__ import annotations
 
 from estimators.io import add_file_options, read_table
 
+import os
 import sys
 import warnings
 
@@ -46,8 +51,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--target", default="0", help="label of the target sample in the study column (default 0)")
     parser.add_argument("--estimators", help="comma-separated subset of unadjusted,outcome,weighting,dr,"
                         "pseudo_outcome,target_only (default: all that apply)")
+    parser.add_argument("--reference", metavar="LABEL",
+                        help="reference arm: every other arm is compared with it (default: a control-like label such "
+                        "as placebo/control, else the smallest level, e.g. 0; stated on the first output line)")
     parser.add_argument("--contrast", action="append", metavar="Z1,Z0",
-                        help="arms compared, e.g. 1,0 (repeatable; default every arm vs the smallest)")
+                        help="arms compared, e.g. 1,0 (repeatable; default every arm vs the reference arm, "
+                        "--reference)")
     parser.add_argument("--participation", default="logistic", choices=["logistic", "multinomial"],
                         help="participation model (default logistic, as in the paper)")
     parser.add_argument("--treatment-model", default="trial", choices=["trial", "pooled", "per_trial", "known"],
@@ -68,10 +77,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--post-covariates", help="comma-separated post-randomisation covariates (with --received)")
     parser.add_argument("--bias", help="sensitivity analysis bias function u: a number or a covariate name")
     parser.add_argument("--bias-grid", help="comma-separated multipliers δ of the bias function (eq. 11)")
+    parser.add_argument("--weights", metavar="COLUMN", help="row weights column (read as --weight-type says)")
+    parser.add_argument("--weight-type", default="frequency", choices=["frequency", "sampling"],
+                        help="frequency (default: a row of weight w counts as w rows) or sampling (survey / "
+                        "inverse-probability weights, e.g. on the target sample: each estimating equation times w)")
+    parser.add_argument("--cluster", metavar="COLUMN",
+                        help="cluster column (e.g. the recruiting site): cluster-robust sandwich SEs")
     parser.add_argument("--level", type=float, default=0.95, help="confidence level in (0, 1) (default 0.95)")
     add_file_options(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar on stderr (it is shown only when "
+                        "stderr is a terminal)")
     parser.add_argument("--json", metavar="OUT.json", help="write estimates and tests as JSON")
-    parser.add_argument("--plot", metavar="OUT.png", help="draw the forest plot (as the paper's Figure 1)")
+    parser.add_argument("--plot", metavar="OUT.png", help="draw the forest plot (as the paper's Figure 1); with "
+                        "--bias/--bias-grid also OUT_sensitivity.png (estimates against the bias multiplier δ)")
     parser.add_argument("--table", metavar="OUT.csv", help="write the tidy table of estimates as CSV (with the "
                         "sensitivity sweep's rows, one per delta, when --bias/--bias-grid is given)")
 
@@ -97,8 +115,8 @@ def run(args) -> int:
         source = f"bundled simulated data ({simulate.bundled_data_path()}; true target effect {simulate.bundled_truth():.4g})"
         covariates = _list(args.covariates) or (None if args.formula else ["X1", "X2", "X3"])
     else:
-        df = read_table(args.data, args.sep, args.encoding, working_memory=TRANSPORT_MEMORY)
-        source = args.data
+        df = read_table(args.data, args.sep, args.encoding, working_memory=TRANSPORT_MEMORY, decimal=args.decimal)
+        source = args.data + (f" ({df.attrs['read_as']})" if "read_as" in df.attrs else "")
         covariates = _list(args.covariates)
         if covariates is None and args.formula is None:
             raise DataError("give --covariates X1,X2,... (or --formula '~ ...')")
@@ -134,10 +152,13 @@ def run(args) -> int:
                         participation=args.participation, treatment_model=args.treatment_model,
                         treatment_probabilities=probs, outcome_model=args.outcome_model,
                         trial_effects=False if args.no_trial_effects else None, weighting=args.weighting,
+                        reference=None if args.reference is None else _number_or_text(args.reference),
                         received=args.received, post_covariates=_list(args.post_covariates), bias=bias, bias_grid=grid,
-                        level=args.level)
-    print(f"Data: {source}")
-    print(res.summary(warnings=False))
+                        weights=args.weights, weight_type=args.weight_type, cluster=args.cluster, level=args.level,
+                        progress=False if args.quiet else None)
+    summary = res.summary(warnings=False).splitlines()
+    first = summary[0] if summary[0].startswith("Reference arm") else None  # the sign of every contrast: line 1
+    print("\n".join(([first] if first else []) + [f"Data: {source}"] + summary[bool(first):]))
     if args.json:
         res.to_json(args.json)
         print(f"wrote {args.json}")
@@ -147,14 +168,13 @@ def run(args) -> int:
     if args.plot:
         res.plot(args.plot)
         print(f"wrote {args.plot}")
+        if res.sensitivity is not None and not res.sensitivity.empty:
+            root, ext = os.path.splitext(args.plot)
+            res.plot_sensitivity(f"{root}_sensitivity{ext or '.png'}")
+            print(f"wrote {root}_sensitivity{ext or '.png'} (estimate against the bias multiplier δ, eq. 11)")
     sys.stdout.flush()
+    from estimators.cli import print_warnings
     from estimators.transport.report import warning_lines
 
-    reported = set(res.warnings)
-    others = [str(w.message) for w in caught if issubclass(w.category, MestimWarning) and str(w.message) not in reported]
-    for message in warning_lines(res) + list(dict.fromkeys(others)):  # each warning once, on stderr
-        print(f"mestim transport: warning: {message}", file=sys.stderr)
-    for w in caught:
-        if not issubclass(w.category, MestimWarning):
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    print_warnings("transport", caught, first=warning_lines(res), skip=set(res.warnings))
     return 0

@@ -27,12 +27,12 @@ import pandas as pd
 import mestim
 from mestim import Block
 from mestim.errors import DataError, SpecificationError
-from mestim.results import check_level, z_crit
+from mestim.results import check_level, normal_two_sided_p, z_crit
 
 from .data import TransportData, as_frame, label, missing_column, prepare_data
 from .iterated import IteratedOutcome, iterated_blocks
 from .nonadherence import Adherence, add_adherence_columns, adherence_blocks
-from .outcome import OUTCOME_MODELS, Outcome, outcome_blocks
+from .outcome import OUTCOME_MODELS, Outcome, check_arm_rows, outcome_blocks
 from .participation import PARTICIPATION_MODELS, Participation, participation_blocks
 from .per_trial import TrialDoublyRobust, TrialOutcomeModel, TrialUnadjusted, TrialWeighting
 from .pooled import PooledDoublyRobust, PooledOutcomeModel, PooledPseudoOutcome, PooledWeighting, TargetOnly
@@ -45,6 +45,7 @@ POOLED = ("outcome", "weighting", "dr", "pseudo_outcome", "target_only")
 DISPLAY = {"unadjusted": "Unadjusted", "outcome": "Outcome model", "weighting": "Weighting", "dr": "Doubly robust",
            "pseudo_outcome": "Pseudo-outcome", "target_only": "Target only"}
 WEIGHTING = ("normalized", "unnormalized")
+WEIGHT_TYPES = ("frequency", "sampling")
 SENSITIVITY_COLUMNS = ["estimator", "trial", "contrast", "delta", "bias_mean", "estimate", "se", "ci_low", "ci_high", "n"]
 DEFAULT_WEIGHTING = "normalized"
 
@@ -123,9 +124,9 @@ class TransportResult:
         for r in self.table.itertuples(index=False):
             rows.append({"estimator": r.estimator, "trial": r.trial, "contrast": r.contrast, "scale": r.scale,
                          "estimate": _num(r.estimate), "se": _num(r.se), "ci_low": _num(r.ci_low),
-                         "ci_high": _num(r.ci_high), "n": int(r.n)})
+                         "ci_high": _num(r.ci_high), "n": int(r.n), "p_value": _num(_p_value(r))})
         out = {"estimates": rows, "tests": self.tests, "settings": self.settings, "notes": self.notes,
-               "warnings": self.warnings}
+               "warnings": self.warnings, "level": self.level, "version": mestim.__version__}
         if self.diagnostics is not None:
             from .diagnostics import diagnostics_records
 
@@ -155,6 +156,13 @@ class TransportResult:
 
         return forest_plot(self, path, contrast)
 
+    def plot_sensitivity(self, path: str | None = None, contrast=None, trial="pooled"):
+        """The sensitivity sweep (eq. 10–11) drawn: estimate and CI against δ, one line per estimator, for
+        ``trial`` ("pooled" or a trial label); saved to ``path`` if given; returns the matplotlib figure."""
+        from .report import sensitivity_plot
+
+        return sensitivity_plot(self, path, contrast, trial)
+
     def __repr__(self):
         return self.summary()
 
@@ -162,6 +170,14 @@ class TransportResult:
 def _num(v):
     v = float(v)
     return v if np.isfinite(v) else None
+
+
+def _p_value(row) -> float:
+    """Two-sided Wald p-value of no effect: z = estimate / se for a difference, log r / (se / r) for a ratio r
+    (its CI and SE are from the log scale)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = row.estimate / row.se if row.scale == "difference" else np.log(row.estimate) * row.estimate / row.se
+    return float(normal_two_sided_p(z))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +220,7 @@ class TransportStack:
     settings: dict
     transport_data: TransportData
     weights: object = None
+    weight_type: str = "frequency"
     cluster: object = None
     solve: str = "blockwise"
     pairs: tuple = ()
@@ -243,7 +260,24 @@ class TransportStack:
         return est, np.sqrt(np.maximum(var, 0.0)), [self.estimands[i] for i in keep]
 
     def fit(self) -> mestim.Result:
-        return mestim.fit(self.blocks, self.data_for_fit, weights=self.weights, cluster=self.cluster, solve=self.solve)
+        return mestim.fit(self.blocks, self.data_for_fit, weights=self.weights, weight_type=self.weight_type,
+                          cluster=self.cluster, solve=self.solve)
+
+
+CONTROL_LIKE = {"placebo", "control", "controls", "ctrl", "usual care", "usual_care", "standard care", "standard",
+                "soc", "sham", "untreated", "no treatment", "none", "no", "comparator", "vehicle", "reference"}
+
+
+def natural_reference(arms) -> tuple[int, str]:
+    """(index of the default reference arm, why): the one control-like label ("placebo", "control", "usual
+    care", …) when text arms have exactly one, else the smallest level (0 of a 0/1 treatment) or the first text
+    label in sorted order — stated in the output, since a wrong guess flips the sign of every contrast."""
+    control = [i for i, a in enumerate(arms) if isinstance(a, str) and a.strip().lower() in CONTROL_LIKE]
+    if len(control) == 1:
+        return control[0], "a control-like label"
+    if isinstance(arms[0], str):
+        return 0, "first in sorted order"
+    return 0, "the smallest level"
 
 
 def check_bias_grid(grid) -> np.ndarray:
@@ -259,9 +293,9 @@ def transport(df=None, study: str = "S", treatment: str = "Z", outcome: str = "Y
               per_trial: bool = True, pooled: bool = True, contrasts=None,
               participation: str = "logistic", treatment_model: str = "trial", treatment_probabilities=None,
               outcome_model: str = "auto", trial_effects: bool | None = None, weighting: str = DEFAULT_WEIGHTING,
-              received: str | None = None, post_covariates=None, bias=None, bias_grid=None,
-              weights=None, cluster=None, level: float = 0.95, solve: str = "blockwise",
-              diagnostics: bool = True) -> TransportResult:
+              reference=None, received: str | None = None, post_covariates=None, bias=None, bias_grid=None,
+              weights=None, weight_type: str = "frequency", cluster=None, level: float = 0.95,
+              solve: str = "blockwise", diagnostics: bool = True, progress: bool | None = False) -> TransportResult:
     """Transport treatment effects from a collection of trials to a target population (Dahabreh et al.).
 
     Args:
@@ -278,7 +312,11 @@ def transport(df=None, study: str = "S", treatment: str = "Z", outcome: str = "Y
             outcome that varies (else it is skipped with a note saying why; asked for explicitly, it runs when
             every arm is present and is refused otherwise).
         per_trial, pooled: fit the one-trial-at-a-time estimators (eq. 6–7) and/or the pooled ones (eq. 8–9).
-        contrasts: list of pairs (z, z') of arms; default (z, z_0) for every arm z ≠ z_0 (the smallest level).
+        contrasts: list of pairs (z, z') of arms; default (z, z_0) for every arm z ≠ the reference z_0.
+        reference: the reference arm z_0 of the default contrasts. Default: the one control-like text label
+            ("placebo", "control", "usual care", …), else the smallest level (0 of a 0/1 treatment), else the first
+            text label in sorted order; ``settings["reference"]`` and ``settings["reference_reason"]`` say which
+            and why, and the summary's first line states it.
         participation: ``"logistic"`` (paper: P[S=0|X] pooled, P[S=0|X, S∈{0,s}] per trial) or ``"multinomial"``.
         treatment_model: ``"trial"`` (paper's e(z; X, S), default), ``"pooled"``, ``"per_trial"`` or ``"known"``
             (then ``treatment_probabilities={z: p}`` or ``{trial: {z: p}}``: each p in (0, 1), summing to 1 per
@@ -291,12 +329,19 @@ def transport(df=None, study: str = "S", treatment: str = "Z", outcome: str = "Y
             iterated expectation (eq. C.2) and doubly robust (both, one trial at a time and pooled).
         bias, bias_grid: sensitivity analysis (eq. 11): bias function u (number, covariate name, or ``u(X, trial)``)
             and multipliers δ; each estimate is reported at ψ̂ + δ·mean_{S=0} u.
-        weights, cluster: row weights and cluster labels passed to :func:`mestim.fit`.
+        weights: row weights (a column name or an array), passed to :func:`mestim.fit`.
+        weight_type: how ``weights`` are read: ``"frequency"`` (default: a row of weight w counts as w rows, the
+            same answer as the expanded table) or ``"sampling"`` (survey / inverse-probability weights, e.g. on the
+            target sample: every ψ is multiplied by w, meat Σ w²ψψᵀ, n = rows).
+        cluster: cluster labels (a column name or an array): cluster-robust sandwich over cluster totals, for
+            trials recruited by site. The result's ``settings`` and summary name the weights and clusters used.
         level: confidence level of the Wald intervals, in (0, 1).
         solve: how the engine solves the stack: ``"blockwise"`` (default: one Newton per dependency level —
             working models first, then the estimands that read them) or ``"joint"`` (one Newton on the whole stack).
         diagnostics: compute the positivity diagnostics of the inverse-odds weights (``result.diagnostics``) and
             warn (:class:`mestim.MestimWarning`) on extreme weights; see :mod:`~estimators.transport.diagnostics`.
+        progress: a progress bar over the analysis's stages on stderr: True, False (default), or None (only when
+            stderr is a terminal; the command line's default, off with ``--quiet``).
 
         sites: ``{"trial1": t1, …, "target": t0}`` in place of ``df``: the same fit over sites that keep their
             rows (:mod:`~estimators.transport.federated`, a simulated federation: no positivity diagnostics).
@@ -304,6 +349,8 @@ def transport(df=None, study: str = "S", treatment: str = "Z", outcome: str = "Y
     Returns:
         :class:`TransportResult`.
     """
+    from estimators.progress import stages
+
     if (df is None) == (sites is None):
         raise SpecificationError("give the data as df= (one table) or as sites= ({'site': table, ...}), not both")
     if sites is not None:
@@ -311,30 +358,38 @@ def transport(df=None, study: str = "S", treatment: str = "Z", outcome: str = "Y
 
         df, origin = pooled_frame(sites)
         diagnostics = False
-    stack = transport_stack(df, study=study, treatment=treatment, outcome=outcome, covariates=covariates,
-                            formula=formula, target=target, estimators=estimators, per_trial=per_trial, pooled=pooled,
-                            contrasts=contrasts, participation=participation, treatment_model=treatment_model,
-                            treatment_probabilities=treatment_probabilities, outcome_model=outcome_model,
-                            trial_effects=trial_effects, weighting=weighting, received=received,
-                            post_covariates=post_covariates, bias=bias, bias_grid=bias_grid, weights=weights,
-                            cluster=cluster, level=level, solve=solve)
-    if sites is None:
-        fit = stack.fit()
-    else:
-        from .federated import fit_sites
 
-        fit = fit_sites(stack, origin)
-    res = _result(stack, fit)
-    if diagnostics:
-        from .diagnostics import positivity_diagnostics, positivity_warnings
+    with stages("mestim transport", ["checking the data", "fitting the stack", "contrasts and tests",
+                                     "positivity diagnostics"][:3 + bool(diagnostics)], progress) as step:
+        step("checking the data")
+        stack = transport_stack(df, study=study, treatment=treatment, outcome=outcome, covariates=covariates,
+                                formula=formula, target=target, estimators=estimators, per_trial=per_trial,
+                                pooled=pooled, contrasts=contrasts, participation=participation,
+                                treatment_model=treatment_model, treatment_probabilities=treatment_probabilities,
+                                outcome_model=outcome_model, trial_effects=trial_effects, weighting=weighting,
+                                reference=reference, received=received, post_covariates=post_covariates, bias=bias,
+                                bias_grid=bias_grid, weights=weights, weight_type=weight_type, cluster=cluster,
+                                level=level, solve=solve)
+        step("fitting the stack")
+        if sites is None:
+            fit = stack.fit()
+        else:
+            from .federated import fit_sites
 
-        res.diagnostics = positivity_diagnostics(stack, fit)
-        if res.diagnostics is not None:
-            res.diagnostic_warnings = positivity_warnings(res.diagnostics, stack.settings)
-            import warnings as _warnings
+            fit = fit_sites(stack, origin)
+        step("contrasts and tests")
+        res = _result(stack, fit)
+        if diagnostics:
+            from .diagnostics import positivity_diagnostics, positivity_warnings
 
-            for msg in res.diagnostic_warnings:
-                _warnings.warn(msg, mestim.MestimWarning, stacklevel=2)
+            step("positivity diagnostics")
+            res.diagnostics = positivity_diagnostics(stack, fit)
+            if res.diagnostics is not None:
+                res.diagnostic_warnings = positivity_warnings(res.diagnostics, stack.settings)
+    import warnings as _warnings
+
+    for msg in res.diagnostic_warnings:
+        _warnings.warn(msg, mestim.MestimWarning, stacklevel=2)
     return res
 
 
@@ -343,8 +398,9 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
                     per_trial: bool = True, pooled: bool = True, contrasts=None,
                     participation: str = "logistic", treatment_model: str = "trial", treatment_probabilities=None,
                     outcome_model: str = "auto", trial_effects: bool | None = None,
-                    weighting: str = DEFAULT_WEIGHTING, received: str | None = None, post_covariates=None, bias=None,
-                    bias_grid=None, weights=None, cluster=None, level: float = 0.95,
+                    weighting: str = DEFAULT_WEIGHTING, reference=None, received: str | None = None,
+                    post_covariates=None, bias=None,
+                    bias_grid=None, weights=None, weight_type: str = "frequency", cluster=None, level: float = 0.95,
                     solve: str = "blockwise") -> TransportStack:
     """The stack :func:`transport` fits, without fitting it (same arguments; see :func:`transport`).
 
@@ -362,6 +418,8 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
         raise SpecificationError(f"outcome_model={outcome_model!r}: use one of {OUTCOME_MODELS}")
     if weighting not in WEIGHTING:
         raise SpecificationError(f"weighting={weighting!r}: use one of {WEIGHTING}")
+    if weight_type not in WEIGHT_TYPES:
+        raise SpecificationError(f"weight_type={weight_type!r}: use one of {WEIGHT_TYPES}")
     if not (per_trial or pooled):
         raise SpecificationError("per_trial and pooled are both False: nothing to estimate")
     level = check_level(level)
@@ -405,6 +463,10 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
             raise DataError(f"estimator 'target_only' needs treatment and outcome in the target sample "
                             f"({study}={label(data.target)}): {data.target_only_problem}")
         notes.append(f"target-only comparison: {data.target_only_problem}")
+    left_out = data.n_target - data.target_outcome_rows
+    if "target_only" in chosen and data.target_outcome_rows > 0 and left_out > 0:
+        notes.append(f"{left_out} target row(s) without treatment or outcome are left out of the target-only "
+                     f"comparison (it uses {data.target_outcome_rows} of {data.n_target})")
     trial_est = [e for e in chosen if e in PER_TRIAL] if per_trial else []
     pooled_est = [e for e in chosen if e in POOLED and (pooled or e == "target_only")]
     if not pooled:
@@ -416,8 +478,12 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
 
     # ------------------------------------------------------------------ contrasts
     C = data.n_arms
+    if contrasts is not None and reference is not None:
+        raise SpecificationError("give reference= (every arm against it) or contrasts= (explicit pairs), not both")
+    ref, reference_reason = ((_arm_index(data, reference), "given") if reference is not None else
+                             (None, "contrasts given") if contrasts is not None else natural_reference(data.arms))
     if contrasts is None:
-        pairs = [(c, 0) for c in range(1, C)]
+        pairs = [(c, ref) for c in range(C) if c != ref]
     else:
         if isinstance(contrasts, tuple) and len(contrasts) == 2 and not isinstance(contrasts[0], (tuple, list)):
             contrasts = [contrasts]
@@ -448,10 +514,14 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
                                                  per_trial=bool(trial_est))
         armw = ArmWeights(treat, Adherence(C))  # I(Z=z, A=z)/(e(z) π_A(z)): the per-protocol arm weight
         out = IteratedOutcome(family, C, data.m, trial_effects)
+        check_arm_rows(data, per_trial=trial_outcome, pooled=pooled_outcome)  # the outer model, on all rows
+        check_arm_rows(data, per_trial=trial_outcome, pooled=pooled_outcome, among=cols["tr.adherent"] > 0,
+                       extra=post)
         outcome_model_blocks = iterated_blocks(data, out, post, per_trial=trial_outcome, pooled=pooled_outcome)
     else:
         armw = itt_weights
         out = Outcome(family, C, data.m, trial_effects)
+        check_arm_rows(data, per_trial=trial_outcome, pooled=pooled_outcome)
         outcome_model_blocks = outcome_blocks(data, family, per_trial=trial_outcome, pooled=pooled_outcome,
                                               trial_effects=trial_effects)
     # per protocol, DR weights two residuals: q1 − q2 by the ITT weight and Y − q1 by the per-protocol one
@@ -572,8 +642,11 @@ def transport_stack(df, study: str = "S", treatment: str = "Z", outcome: str = "
     settings = _settings(data, family, participation, treatment_model, treatment_probabilities, trial_effects,
                          weighting, per_protocol, received, post_covariates, chosen, trial_est, pooled_est,
                          contrast_names, level)
+    settings.update(_sampling_design(weights, weight_type, cluster), reference=None if ref is None else label(data.arms[ref]),
+                    reference_reason=reference_reason)
     settings["notes"] = notes
-    return TransportStack(blocks, fit_cols, estimands, settings, data, weights=weights, cluster=cluster, solve=solve,
+    return TransportStack(blocks, fit_cols, estimands, settings, data, weights=weights, weight_type=weight_type,
+                          cluster=cluster, solve=solve,
                           pairs=tuple(pairs), contrast_names=tuple(contrast_names), family=family,
                           trial_estimators=tuple(trial_est), pooled_estimators=tuple(pooled_est), participation=part,
                           arm_weights=armw, use_bias=use_bias, bias_grid=bias_grid, level=level)
@@ -652,7 +725,9 @@ def _result(stack: TransportStack, fit: mestim.Result) -> TransportResult:
                              "ci_low": float(value - z * se), "ci_high": float(value + z * se), "n": n})
         sens = pd.DataFrame(recs, columns=SENSITIVITY_COLUMNS)
 
-    return TransportResult(table, tests, stack.settings, fit, est, data, sens, level)
+    settings = dict(stack.settings, n_clusters=fit.n_clusters)
+    settings["variance"] += _design_text(settings)
+    return TransportResult(table, tests, settings, fit, est, data, sens, level)
 
 
 def _arm_index(data, value) -> int:
@@ -710,6 +785,24 @@ def _delta(fit, items, extra_idx, labels) -> mestim.Estimates:
         grads.append(g)
     G = np.array(grads)
     return mestim.Estimates(np.array(values, float), G @ fit.vcov @ G.T, tuple(labels))
+
+
+def _sampling_design(weights, weight_type, cluster) -> dict:
+    """The settings that name the row weights and clusters (None when not given)."""
+    name = lambda v: None if v is None else v if isinstance(v, str) else "array"  # noqa: E731
+    return {"weights": name(weights), "weight_type": weight_type, "cluster": name(cluster)}
+
+
+def _design_text(settings: dict) -> str:
+    """How the variance uses the row weights and clusters, for the printed "Variance:" line ('' without them)."""
+    parts = []
+    if settings["weights"] is not None:
+        parts.append(f"{settings['weight_type']} weights '{settings['weights']}' ("
+                     + ("a row of weight w counts as w rows" if settings["weight_type"] == "frequency" else
+                        "survey/inverse-probability weights: each ψ multiplied by w, meat Σ w²ψψᵀ, n = rows") + ")")
+    if settings["cluster"] is not None:
+        parts.append(f"cluster-robust by '{settings['cluster']}' ({settings['n_clusters']} clusters)")
+    return "".join(f"; {p}" for p in parts)
 
 
 def _settings(data, family, participation, treatment_model, probs, trial_effects, weighting, per_protocol, received,

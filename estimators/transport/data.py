@@ -315,9 +315,12 @@ def _refuse_stray_text(col: pd.Series, name: str) -> None:
                         f"with formula='~ C({name})'")
     n_levels = values.nunique()
     if n_levels > MAX_LEVELS_BY_NAME:
+        comma = values.astype(str).str.fullmatch(r"[+-]?\d*,\d+").mean() > 0.5
         raise DataError(f"text covariate '{name}' has {n_levels} distinct values (an identifier?); as a covariate it "
-                        f"would add {n_levels - 1} indicator columns: coarsen it, or give formula='~ C({name})' if "
-                        "that is intended")
+                        f"would add {n_levels - 1} indicator columns: " + (
+                            f"they look like numbers with a decimal comma (e.g. {values.iloc[0]!r}): read the file "
+                            "with --decimal , (Python: pandas.read_csv(..., decimal=','))" if comma else
+                            f"coarsen it, or give formula='~ C({name})' if that is intended"))
 
 
 def _check_level_support(col: pd.Series, name: str, source) -> None:
@@ -333,6 +336,15 @@ def _check_level_support(col: pd.Series, name: str, source) -> None:
                         "the target population")
 
 
+def _where(rows: np.ndarray, shown: int = 5) -> str:
+    """'rows 3, 7 (from 0, as the data frame's positions; lines 5, 9 of a CSV file)' for a boolean row mask:
+    the positions the engine's messages use, and the lines a user finds in the file (the header is line 1)."""
+    hit = np.flatnonzero(rows)
+    more = f", … ({hit.size - shown} more)" if hit.size > shown else ""
+    return (f"rows {', '.join(str(i) for i in hit[:shown])}{more} (from 0, as the data frame's positions; lines "
+            f"{', '.join(str(i + 2) for i in hit[:shown])}{more} of a CSV file)")
+
+
 def _raise_missing(df, covs, is_target):
     """DataError naming the first covariate with missing values and where they are (target sample / trials)."""
     for c in covs:
@@ -344,8 +356,8 @@ def _raise_missing(df, covs, is_target):
             where_r = int((bad & ~is_target).sum())
             parts = []
             if where_t:
-                parts.append(f"{where_t} row(s) of the target sample")
+                parts.append(f"{where_t} row(s) of the target sample ({_where(bad & is_target)})")
             if where_r:
-                parts.append(f"{where_r} trial row(s)")
+                parts.append(f"{where_r} trial row(s) ({_where(bad & ~is_target)})")
             raise DataError(f"covariate '{c}' is missing (NaN) in {' and '.join(parts)}; the transport estimators need "
                             "every covariate in the target sample and the trials: drop or impute those rows")

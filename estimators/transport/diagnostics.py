@@ -168,9 +168,13 @@ def format_diagnostics(diag: pd.DataFrame, settings: dict, display: dict) -> lis
     study, treatment = settings["study"], settings["treatment"]
     lines = [f"Positivity (inverse-odds weights per arm: effective sample size / rows, largest weight's share of "
              f"the arm total; flagged if ESS < {ESS_FRACTION:.0%} of rows or share > {MAX_SHARE:.0%}):"]
+    rows = {}  # (trial, cells) → estimators: the weighting and DR estimators share their weights, listed once
     for (e, trial), g in diag.groupby(["estimator", "trial"], sort=False):
-        where = "pooled" if trial == "pooled" else f"{study}={trial}"
-        cells = [f"{treatment}={r.arm} ESS {r.ess:.1f}/{r.n} ({r.ess_fraction:.0%}), max {r.max_share:.1%}"
-                 + (" [EXTREME]" if r.flagged else "") for r in g.itertuples()]
-        lines.append(f"  {display[e]:<14} {where:<8} " + "; ".join(cells))
-    return lines
+        cells = "; ".join(f"{treatment}={r.arm} ESS {r.ess:.1f}/{r.n} ({r.ess_fraction:.0%}), max {r.max_share:.1%}"
+                          + (" [EXTREME]" if r.flagged else "") for r in g.itertuples())
+        rows.setdefault((trial, cells), []).append(display[e])
+    names = {key: ", ".join(es) for key, es in rows.items()}
+    width = max(map(len, names.values()))
+    order = sorted(rows, key=lambda key: key[0] == "pooled")  # trials first, pooled last (stable)
+    return lines + [f"  {names[key]:<{width}}  {'pooled' if key[0] == 'pooled' else f'{study}={key[0]}':<8} "
+                    f"{key[1]}" for key in order]

@@ -47,20 +47,22 @@ def transport_estimator(name: str, version: str, *, trials, arms, covariates, ta
     the sites agreed on (the trials' labels, the arms, numeric covariates, a 0/1 outcome or not) rather than from
     their rows; ``options`` as :func:`~estimators.transport.api.transport_stack` (not ``weights``/``cluster``).
 
-    The stack is built on a *skeleton*: one row per trial, arm and outcome value, and three target rows, which
-    code the trials, arms and covariates as the pooled table would. A site's columns are derived from its own
+    The stack is built on a *skeleton*: a few rows per trial and arm and of the target sample, which code the
+    trials, arms and covariates as the pooled table would. A site's columns are derived from its own
     rows the same way (its rows after the skeleton's, the skeleton's then dropped): every derived column of a row
     depends on that row alone, so the federated fit is the pooled ``transport(df)``'s (tested to 1e-10)."""
     from mestim.federated import Estimator
 
     from .api import transport_stack
 
-    rows = [{study: s, treatment: z, outcome: y} for s in trials for z in arms for y in ((0.0, 1.0) if binary else
-                                                                                           (0.5, 1.5))]
-    rows += [{study: target, treatment: np.nan, outcome: np.nan} for _ in range(3)]
+    per_cell = 2 * (len(covariates) + 2)  # rows per trial and arm: more than its outcome model's parameters
+    values = (0.0, 1.0) if binary else (0.5, 1.5)
+    rows = [{study: s, treatment: z, outcome: values[i % 2]} for s in trials for z in arms for i in range(per_cell)]
+    rows += [{study: target, treatment: np.nan, outcome: np.nan} for _ in range(per_cell)]
     skeleton = pd.DataFrame(rows)
+    covariate_values = np.random.default_rng(0).normal(size=(len(skeleton), len(covariates)))  # of full rank
     for j, c in enumerate(covariates):
-        skeleton[c] = (np.arange(len(skeleton)) + j) % 3.0
+        skeleton[c] = covariate_values[:, j]
     options = dict(options, study=study, treatment=treatment, outcome=outcome, covariates=list(covariates),
                    target=target)
     stack = transport_stack(skeleton, **options)

@@ -14,8 +14,8 @@ stage (naive second-stage OLS SEs do not). The Jacobian Σ w ∂ψ/∂β = −Z�
 More instruments than endogenous regressors (over-identified) give more moment conditions than parameters
 (``IVMoments`` returns one value per instrument): fit them with ``mestim.fit(..., gmm="two-step")`` (or
 ``"iterated"``), the efficient GMM estimator with its sandwich and Hansen's J test of the over-identifying
-restrictions (:mod:`mestim.gmm`); with homoskedastic errors the first step (W = I) is not 2SLS, the second is
-efficient whatever the errors.
+restrictions (:mod:`mestim.gmm`): the block declares its instruments, so the first step is 2SLS (as Stata's
+``ivregress gmm`` and linearmodels' ``IVGMM``) and the second is efficient whatever the errors.
 
 Example (one endogenous regressor, one instrument)::
 
@@ -102,6 +102,6 @@ def iv(name: str, y: str, endogenous, instruments, exogenous=None, *, intercept:
                 f"over-identified: {z.shape[1]} moments for {x.shape[1]} parameters, fit with gmm=")
         note = f"IV regression of {y} on {labels} with instruments {instr} for {endog}, {int(m.sum())} rows ({kind})"
         return Prepared({f"{name}.X": x, f"{name}.Z": z, f"{name}.y": yv, f"{name}.mask": m.astype(float)}, start,
-                        tuple(labels), (note,))
+                        tuple(labels), (note,), rows=m, instruments=f"{name}.Z")
 
     return Block(name, IVMoments(name), prepare=prepare)

@@ -66,7 +66,7 @@ import numpy as np
 
 from mestim import Block, Prepared
 from mestim.data import require_numeric
-from mestim.errors import DataError, SpecificationError
+from mestim.errors import DataError, SpecificationError, check_choice
 
 from .design import block_rows, clean_design, clean_in_mask, design_matrix
 from .separation import raise_if_separated, suspicious
@@ -148,8 +148,7 @@ PROBABILITY_LINKS = ("logit", "probit", "cloglog", "loglog", "cauchit")  # onto 
 
 def resolve(family: str, link: str | None) -> tuple[str, str]:
     """(family, link) validated, the family's default link filled in; a SpecificationError lists the choices."""
-    if family not in FAMILIES:
-        raise SpecificationError(f"family={family!r}: use one of {list(FAMILIES)}")
+    check_choice("family", family, tuple(FAMILIES))
     allowed = FAMILIES[family].links
     if link is None:
         return family, allowed[0]
@@ -293,7 +292,7 @@ class GLMDesign:
                 + (f", α fixed at {s.alpha:g}" if s.alpha is not None else ""))
         extra = (family.extra,) if s.n_extra else ()
         return Prepared({f"{s.name}.X": x, f"{s.name}.y": y, f"{s.name}.mask": m * prior, f"{s.name}.offset": off},
-                        init, tuple(labels) + extra, (note,))
+                        init, tuple(labels) + extra, (note,), rows=m)
 
     def _outcome(self, cols, m, weighted):
         s, y = self.score, self.y
