@@ -427,6 +427,13 @@ def test_replies_of_another_pass_are_never_mixed():
         F.fit(est, Stale(sites))
 
 
+def test_constants_learnt_from_rows_are_refused():
+    """center(x) at a site would centre by that site's mean: another estimator at every site, so it is refused."""
+    df = _clustered_data(n=200)
+    with pytest.raises(F.FederatedError, match="refused to prepare.*constant .* does not learn constants"):
+        F.simulate([glm("m", "y", formula="~ center(x)", family="binomial")], {"a": df[:100], "b": df[100:]})
+
+
 def test_sites_that_prepared_different_stacks_are_named():
     """Site a holds 5 rows of category 'a' (too few to name, so the column's levels are not agreed): each site
     codes its own levels and their designs differ."""

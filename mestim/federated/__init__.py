@@ -55,6 +55,7 @@ import numpy as np
 
 from .. import processes
 from ..blocks import Block, BlockSpec, StackSpec
+from ..constants import Constants
 from ..driver import solve_stack
 from ..errors import DataError, MestimError, SpecificationError
 from ..estimate import assemble, kernel_for
@@ -292,7 +293,8 @@ class Site:
         weights = header.get("weights")
         if weights is not None and weights not in cols:
             raise FederatedError(f"the weights column '{weights}' is not among the columns this site allows")
-        return prepare(estimator.blocks(), cols, weights=weights, levels=lambda _: levels, empty_masks=True)
+        return prepare(estimator.blocks(), cols, weights=weights, levels=lambda _: levels, constants=AT_A_SITE,
+                       empty_masks=True)
 
     def _source(self, problem: Problem, header: dict) -> InMemory:
         return InMemory(kernel_for(problem, FitOptions(chunk_size=header.get("chunk_size"))), problem.used, problem.w)
@@ -356,6 +358,22 @@ class Site:
         self.log.record(header["coordinator"], f"sums of pass {header['pass']}",
                         f"Σψ ({m.psi.size}), ΣJ {m.jac.shape}, meat {m.meat.shape}, Σw", source.n_rows)
         return {"pass": header["pass"]}, {"psi": m.psi, "jac": m.jac, "meat": m.meat, "sum_w": np.asarray(m.sum_w)}
+
+
+class _AtASite(Constants):
+    """A site's rows are part of the rows: a constant a block learns from the data (``center(x)``, ``poly``, a
+    robust κ) would be learnt from one site's rows and give another estimator at every site, with no sign of it.
+    Learning such constants across sites is not implemented: refused, naming the constant."""
+
+    partial = True
+    where = "at a federated site"
+
+    def total(self, key, local, after=()):
+        raise SpecificationError(f"the constant {key} is learnt from the rows, and a federated fit does not learn "
+                                 "constants across sites: give it explicitly (e.g. center(x, value)) or leave it out")
+
+
+AT_A_SITE = _AtASite()
 
 
 def _fingerprint(cols: dict) -> dict:
