@@ -434,6 +434,13 @@ def test_constants_learnt_from_rows_are_refused():
         F.simulate([glm("m", "y", formula="~ center(x)", family="binomial")], {"a": df[:100], "b": df[100:]})
 
 
+def test_smooth_auto_is_refused():
+    df = _clustered_data(n=200)
+    median = mestim.Block("q", lambda t, row: 0.5 - (row["x"] <= t[0]), init=[0.0], smooth="auto")
+    with pytest.raises(mestim.SpecificationError, match="smooth='auto' would choose a bandwidth from each site"):
+        F.simulate([median], {"a": df[:100], "b": df[100:]})
+
+
 def test_sites_that_prepared_different_stacks_are_named():
     """Site a holds 5 rows of category 'a' (too few to name, so the column's levels are not agreed): each site
     codes its own levels and their designs differ."""

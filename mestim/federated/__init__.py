@@ -549,6 +549,10 @@ def fit(estimator, sites, *, init=None, names=None, weights=None, weight_type: s
     _check_options(weights, weight_type, cluster, correction, solve)
     if not isinstance(estimator, Estimator):
         estimator = Estimator("estimator", "1", estimator, init, names)
+    auto = [b.name for b in estimator.blocks() if isinstance(b.smooth, str)]
+    if auto:
+        raise SpecificationError(f"block(s) {auto}: smooth='auto' would choose a bandwidth from each site's own rows; "
+                                 "a federated fit needs smooth=h (a number)")
     options = FitOptions(weight_type, correction, solve, chunk_size, max_iter, xtol, gtol)
     fit_id = hashlib.sha256(f"{coordinator}/{datetime.datetime.now().isoformat()}/{id(sites)}".encode()
                             ).hexdigest()[:16]
