@@ -451,3 +451,18 @@ def test_sites_that_prepared_different_stacks_are_named():
     with pytest.raises(F.FederatedError, match=r"site 'b' prepared a different stack from site 'a': its "
                                                r"(parameter )?labels: .*C\(g\)\[T.c\].* against .*C\(g\)\[T.b\]"):
         F.simulate([glm("m", "y", formula="~ x + C(g)", family="binomial")], {"a": a, "b": b})
+
+
+def test_a_failed_data_check_is_refused_without_its_message():
+    """A DataError's message may quote rows or small counts: the coordinator learns only that the site's data
+    failed a check; the message stays in the site's audit log."""
+    df = _clustered_data(n=200)
+    bad = df[100:].reset_index(drop=True)
+    bad.loc[3, "x"] = np.inf
+    est = F.Estimator("logit", "1", [glm("m", "y", formula="~ x", family="binomial")])
+    sites = {"a": F.Site("a", df[:100], estimators=[est]), "b": F.Site("b", bad, estimators=[est])}
+    with pytest.raises(F.FederatedError, match=r"site 'b' refused to prepare the fit: its data failed a check "
+                                               r"\(DataError\); the message.* is in the site's audit log$"):
+        F.fit(est, F.Loopback(sites))
+    refusal = sites["b"].log.entries[-1]
+    assert refusal["request"] == "prepare (refused)" and "row" in refusal["what"] and refusal["rows"] == 0

@@ -227,17 +227,25 @@ class Site:
 
     # ------------------------------------------------------------------------------------------ requests
     def handle(self, header: dict, arrays: dict) -> tuple[dict, dict]:
-        """The reply to one request; a refusal is a reply ``{"refused": why}`` (nothing is released)."""
+        """The reply to one request; a refusal is a reply ``{"refused": why}`` (nothing is released). A check of the
+        site's data that fails (a :class:`~mestim.errors.DataError`, whose message may quote rows, values or small
+        counts) or an unexpected error is refused without its message, which goes to the site's audit log."""
+        kind = header.get("kind")
         try:
             if header.get("protocol") != PROTOCOL:
                 raise FederatedError(f"protocol {header.get('protocol')} asked for; this site speaks {PROTOCOL}")
-            kind = header.get("kind")
             handler = {"levels": self._levels, "prepare": self._prepare, "sums": self._sums}.get(kind)
             if handler is None:
                 raise FederatedError(f"unknown request {kind!r}")
             return handler(header, arrays)
-        except MestimError as e:
-            return {"refused": str(e), "pass": header.get("pass")}, {}
+        except (FederatedError, SpecificationError) as e:  # about the request: nothing of the rows in the message
+            why = str(e)
+        except Exception as e:  # noqa: BLE001 (a site answers every request, whatever fails)
+            self.log.record(str(header.get("coordinator")), f"{kind} (refused)", f"{type(e).__name__}: {e}", 0)
+            why = (f"its data failed a check ({type(e).__name__}); the message, which may quote its rows, is in the "
+                   "site's audit log" if isinstance(e, DataError) else
+                   f"an error at the site ({type(e).__name__}); the message is in the site's audit log")
+        return {"refused": why, "pass": header.get("pass")}, {}
 
     def read(self) -> dict:
         """The site's allowed columns, read and checked as a streamed fit reads a source (one batch)."""
@@ -348,8 +356,8 @@ class Site:
         cols = self.read()  # the rows as they are now, against those prepared
         what = changed({k: np.asarray(v) for k, v in self.state["print"].items()}, _fingerprint(cols))
         if what is not None:
-            raise DataError(f"pass {header['pass']}: the site's data changed since the fit was prepared (the {what} "
-                            "differs); rows must stay the same for the whole fit")
+            raise FederatedError(f"pass {header['pass']}: the site's data changed since the fit was prepared (the "
+                                 f"{what} differs); rows must stay the same for the whole fit")
         if self._serving is None or self._serving[0] != header["fit"]:  # a fresh process (a Flower ClientApp)
             self._serving = (header["fit"], self._source(self._problem(self._estimator(header["estimator"]), header,
                                                                        cols), header))
