@@ -432,7 +432,12 @@ def serve(site: Site, port: int, authkey: bytes) -> None:
                 continue
             with conn:
                 try:
-                    conn.send_bytes(encode(*site.handle(*decode(conn.recv_bytes()))))
+                    blob = conn.recv_bytes()
+                    try:
+                        reply = site.handle(*decode(blob))
+                    except (ValueError, KeyError, OSError):  # not a message of this protocol
+                        reply = ({"refused": "a malformed message"}, {})
+                    conn.send_bytes(encode(*reply))
                 except (EOFError, OSError):  # the ClientApp gave up waiting (its timeout): the next request follows
                     continue
 
