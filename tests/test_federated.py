@@ -70,7 +70,8 @@ def test_user_psi_allowed_by_its_source():
     _same(F.fit(est, F.Loopback(allowed)), pooled)
     assert est.digest == hashlib.sha256(est.source.encode()).hexdigest()
     refusing = dict(allowed, hospital2=F.Site("hospital2", tables["hospital2"]))
-    with pytest.raises(F.FederatedError, match="site 'hospital2' refused the levels.*'_mean_var'.*not allowed at this site"):
+    with pytest.raises(F.FederatedError,
+                       match="site 'hospital2' refused the levels.*'_mean_var'.*not allowed at this site"):
         F.fit(est, F.Loopback(refusing))
 
 

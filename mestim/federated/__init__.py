@@ -12,10 +12,11 @@ in the standard errors).
 **The protocol** (messages are a small JSON header and named float64 arrays; :mod:`mestim.federated.flower`
 carries them in Flower RecordDicts, :func:`simulate` in one process):
 
-1. ``levels``: each site gives the values of its low-cardinality columns (those the estimator reads, derived by
-   it where it derives them), but only for columns where every value rests on at least ``min_rows`` rows (so no small count is revealed, not even as a value's existence); the
+1. ``levels``: the request names the estimator (below); each site gives the values of the low-cardinality
+   columns it allows (as the estimator derives them, where it does), but only for columns where every value rests
+   on at least ``min_rows`` rows (no small count is revealed, not even as a value's existence); the
    coordinator takes their union, and every site codes its categories with it (as :mod:`mestim.processes` does).
-2. ``prepare``: the request names the estimator (name, version and identity: its blocks, what they read and their
+2. ``prepare``: every request names the estimator (name, version and identity: its blocks, what they read and their
    ψ); a site runs only an estimator it allowed (:class:`Estimator`), on the columns it allowed, and refuses a
    request whose identity differs from its own copy, naming what differs. It prepares its rows as ``fit`` does and
    returns its stack's signature (:func:`mestim.processes.signature`), its row count and weight total, and starting
