@@ -154,11 +154,12 @@ def kernel_for(problem: Problem, options: FitOptions, mesh=None, streamed: bool 
 
 
 def assemble(problem: Problem, source, theta, moments: Moments, options: FitOptions, *, iterations: int,
-             status: str = "converged", notes=(), checks: bool = True, weight=None) -> Result:
+             status: str = "converged", notes=(), checks: bool = True, weight=None, totals=None) -> Result:
     """The Result from the row sums at θ̂ (shared by in-memory, sharded and streamed fits).
 
     ``checks=False`` (a stream, which never holds all rows) skips the blocks' post-fit checks and the weight
-    diagnostics, which need every row. ``weight``: GMM's weight matrix W (over-identified stacks)."""
+    diagnostics, which need every row. ``weight``: GMM's weight matrix W (over-identified stacks). ``totals``: the
+    cluster totals U_g (G, K) when the source gives them (federated sites as clusters, :mod:`mestim.federated`)."""
     labels, spec = problem.labels, problem.spec
     if not np.all(np.isfinite(moments.psi)):
         bad = [problem.equation_labels[i] for i in np.flatnonzero(~np.isfinite(moments.psi))]
@@ -172,8 +173,11 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
         factor = BreadFactor.of(bread.T @ weight @ bread, labels)
         factor.check()
         bread_inv = factor.inverse() @ bread.T @ weight
-    meat, n_clusters = unit_meat(problem, source, theta, options, moments,
-                                 j_inv=-bread_inv if options.correction == "fay" else None)
+    if totals is not None:  # the source gave its cluster totals (federated sites as clusters)
+        meat, n_clusters = covariance.cluster_meat(covariance.Units(np.asarray(totals, float), None, None))
+    else:
+        meat, n_clusters = unit_meat(problem, source, theta, options, moments,
+                                     j_inv=-bread_inv if options.correction == "fay" else None)
     n = source.sum_w if options.weight_type == "frequency" else float(source.n_rows)
     df_units = covariance.n_units(options.weight_type, source.sum_w, source.n_rows, n_clusters)
     vcov = covariance.covariance(bread_inv, meat, df_units if options.correction == "df" else None)

@@ -107,19 +107,22 @@ def as_blocks(estimator, init=None, names=None) -> list[Block]:
 
 
 def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=None, levels=None, constants=None,
-            over_identified: bool = False) -> Problem:
+            over_identified: bool = False, empty_masks: bool = False) -> Problem:
     """Blocks prepared, ψ traced and checked, the columns it reads validated (host arrays only).
 
     ``levels(columns) -> {name: values}`` gives categorical columns their levels before the blocks prepare (the
     levels several processes agreed on, :mod:`mestim.processes`); ``constants``: where the blocks' data-dependent
     constants come from when ``data`` is part of the rows (:mod:`mestim.constants`; default: these rows are all
-    rows); ``over_identified``: a block's ψ may return more values than it has parameters (GMM)."""
+    rows); ``over_identified``: a block's ψ may return more values than it has parameters (GMM);
+    ``empty_masks``: a block's mask may select no row (a federated site holding none of the block's rows adds zero
+    to its sums)."""
     blocks = as_blocks(estimator, init, names)
     cols = datamod.as_columns(data)
     n = datamod.n_rows(cols)
     all_cols = datamod.Columns(cols)
     all_cols.levels = levels(cols) if levels is not None else {}
     all_cols.constants = constants if constants is not None else ALL_ROWS
+    all_cols.empty_masks = empty_masks
     specs, labels, inits, notes, masks, instruments, used_rows = [], [], [], [], {}, {}, {}
     for b in blocks:
         prep = b.prepare(all_cols) if b.prepare is not None else None
@@ -142,7 +145,7 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
             mask = MASK_PREFIX + b.name
             masks[mask] = datamod.row_mask(all_cols, b.mask, n)
             used_rows[b.name] = masks[mask]
-            if not masks[mask].any():
+            if not (empty_masks or masks[mask].any()):
                 raise DataError(f"block '{b.name}' has no rows: its mask selects none of the {n} rows")
         if b.smooth is not None:  # indicators and signs in ψ replaced by their Gaussian smoothing
             psi, note = smooth.smoothed(b, psi, start, {s.name: i for s, i in zip(specs, inits)}, all_cols,

@@ -262,6 +262,11 @@ def add_learnt(group: Group, sums: dict, unsure: set, asked: set):
 def agree_levels(group: Group, cols: dict) -> dict:
     """The union over processes of each low-cardinality column's values (None for a column with more than
     ``MAX_LEVELS`` values somewhere): categories and classes then code the same way on every process."""
+    return union_levels(group.allgather_json(local_levels(cols), "the levels of its categorical columns"))
+
+
+def local_levels(cols: dict, counts: bool = False) -> dict:
+    """Each 1-D column's distinct values (None past ``MAX_LEVELS``); with ``counts``, ``{value: rows}``."""
     local = {}
     for name, values in cols.items():
         if values.ndim != 1:
@@ -270,15 +275,21 @@ def agree_levels(group: Group, cols: dict) -> dict:
         if kept.dtype.kind == "O":  # the values themselves (1 stays 1, not '1'): designs match categories to them
             import pandas as pd
 
-            uniq = [v.item() if hasattr(v, "item") else v for v in pd.unique(kept)]
+            codes, uniq = pd.factorize(kept)
+            n, uniq = np.bincount(codes, minlength=len(uniq)), [v.item() if hasattr(v, "item") else v for v in uniq]
             if not all(isinstance(v, (str, int, float, bool)) for v in uniq):
                 continue  # values JSON cannot carry: no agreed levels for this column
         else:
-            uniq = [v.item() for v in np.unique(kept)]
-        local[name] = None if len(uniq) > MAX_LEVELS else uniq
-    everyone = group.allgather_json(local, "the levels of its categorical columns")
+            uniq, n = np.unique(kept, return_counts=True)
+            uniq = [v.item() for v in uniq]
+        local[name] = None if len(uniq) > MAX_LEVELS else (dict(zip(uniq, n.tolist())) if counts else uniq)
+    return local
+
+
+def union_levels(everyone: list[dict]) -> dict:
+    """The union of every party's levels, per column that every party gave levels for (sorted, numbers first)."""
     out = {}
-    for name in local:
+    for name in everyone[0]:
         sets = [p.get(name) for p in everyone]
         if all(s is not None for s in sets):
             out[name] = sorted(set().union(*map(set, sets)), key=lambda v: (isinstance(v, str), v))

@@ -25,6 +25,7 @@ SCRIPTS = {
     "transport_coverage": ["--reps", "3", "--scenarios", "correct"],
     "gmm_coverage": ["--replicates", "4", "--n", "300"],
     "bench_stream": ["--ns", "20000", "--batch", "4096", "--other-batches", "--no-dask"],  # two processes included
+    "bench_federated": ["--ns", "2000", "--repeats", "1", "--no-transport"],
 }
 
 

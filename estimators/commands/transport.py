@@ -39,6 +39,9 @@ def _number_or_text(v: str):
 
 def add_arguments(parser) -> None:
     parser.add_argument("data", nargs="?", help="CSV (or .parquet) file; default: the bundled simulated data set")
+    parser.add_argument("--sites", metavar="SITES.toml", help="the data as one table per site instead of DATA (a TOML "
+                        "file: site = 'its CSV or Parquet file', each trial and the target sample a site): the "
+                        "federated fit, simulated in this process (mestim.federated)")
     parser.add_argument("--study", default="S", help="study/trial column (default S)")
     parser.add_argument("--treatment", default="Z", help="treatment column (default Z)")
     parser.add_argument("--outcome", default="Y", help="outcome column (default Y)")
@@ -96,7 +99,18 @@ def run(args) -> int:
     from estimators.transport.api import transport
     from mestim.errors import DataError, MestimWarning
 
-    if args.data is None:
+    sites = None
+    if args.sites is not None:
+        import tomllib
+
+        if args.data is not None:
+            raise DataError("give DATA or --sites, not both")
+        with open(args.sites, "rb") as fh:
+            sites = {name: read_table(path, args.sep, args.encoding, working_memory=TRANSPORT_MEMORY)
+                     for name, path in tomllib.load(fh).items()}
+        df, source = None, f"{len(sites)} sites ({', '.join(sites)}), federated (simulated)"
+        covariates = _list(args.covariates)
+    elif args.data is None:
         df = simulate.load_transport_sim()
         source = f"bundled simulated data ({simulate.bundled_data_path()}; true target effect {simulate.bundled_truth():.4g})"
         covariates = _list(args.covariates) or (None if args.formula else ["X1", "X2", "X3"])
@@ -132,7 +146,7 @@ def run(args) -> int:
         raise DataError("--per-trial-only and --pooled-only exclude each other")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MestimWarning)
-        res = transport(df, study=args.study, treatment=args.treatment, outcome=args.outcome, covariates=covariates,
+        res = transport(df, sites=sites, study=args.study, treatment=args.treatment, outcome=args.outcome, covariates=covariates,
                         formula=args.formula, target=_number_or_text(args.target), estimators=_list(args.estimators),
                         per_trial=not args.pooled_only, pooled=not args.per_trial_only, contrasts=contrasts,
                         participation=args.participation, treatment_model=args.treatment_model,

@@ -288,7 +288,7 @@ def check_bias_grid(grid) -> np.ndarray:
     return values
 
 
-def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", covariates=None, *,
+def transport(df=None, study: str = "S", treatment: str = "Z", outcome: str = "Y", covariates=None, *, sites=None,
               formula: str | None = None, target=0, estimators: Sequence[str] | None = None,
               per_trial: bool = True, pooled: bool = True, contrasts=None,
               participation: str = "logistic", treatment_model: str = "trial", treatment_probabilities=None,
@@ -343,10 +343,21 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
         progress: a progress bar over the analysis's stages on stderr: True, False (default), or None (only when
             stderr is a terminal; the command line's default, off with ``--quiet``).
 
+        sites: ``{"trial1": t1, …, "target": t0}`` in place of ``df``: the same fit over sites that keep their
+            rows (:mod:`~estimators.transport.federated`, a simulated federation: no positivity diagnostics).
+
     Returns:
         :class:`TransportResult`.
     """
     from estimators.progress import stages
+
+    if (df is None) == (sites is None):
+        raise SpecificationError("give the data as df= (one table) or as sites= ({'site': table, ...}), not both")
+    if sites is not None:
+        from .federated import pooled_frame
+
+        df, origin = pooled_frame(sites)
+        diagnostics = False
 
     with stages("mestim transport", ["checking the data", "fitting the stack", "contrasts and tests",
                                      "positivity diagnostics"][:3 + bool(diagnostics)], progress) as step:
@@ -360,7 +371,12 @@ def transport(df, study: str = "S", treatment: str = "Z", outcome: str = "Y", co
                                 bias_grid=bias_grid, weights=weights, weight_type=weight_type, cluster=cluster,
                                 level=level, solve=solve)
         step("fitting the stack")
-        fit = stack.fit()
+        if sites is None:
+            fit = stack.fit()
+        else:
+            from .federated import fit_sites
+
+            fit = fit_sites(stack, origin)
         step("contrasts and tests")
         res = _result(stack, fit)
         if diagnostics:
