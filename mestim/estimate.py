@@ -174,7 +174,7 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
         factor.check()
         bread_inv = factor.inverse() @ bread.T @ weight
     if totals is not None:  # the source gave its cluster totals (federated sites as clusters)
-        meat, n_clusters = covariance.cluster_meat(covariance.Units(np.asarray(totals, float), None, None))
+        meat, n_clusters = covariance.cluster_meat(covariance.Units(np.asarray(totals, float), None, np.ones(len(totals))))
     else:
         meat, n_clusters = unit_meat(problem, source, theta, options, moments,
                                      j_inv=-bread_inv if options.correction == "fay" else None)
