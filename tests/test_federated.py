@@ -237,7 +237,7 @@ def flower(tmp_path_factory):
 
     from estimators.transport import load_transport_sim
 
-    pytest.importorskip("flwr")
+    import flwr  # noqa: F401  (the federated extra, which .ci/run installs: a missing Flower fails, never skips)
     root = tmp_path_factory.mktemp("flower")
     (root / "app").mkdir()
     (root / "app" / "pyproject.toml").write_text(FLOWER_APP)
