@@ -320,11 +320,22 @@ def recorded_warnings(report: dict):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+def _from_sites(df, sites, columns, by=None):
+    """(df, columns, notes): as given, or the 2×2 tables of participant rows held by ``sites``."""
+    if sites is None:
+        return df, columns, []
+    from .meta_federated import from_sites
+
+    return from_sites(df, sites, columns, by)
+
+
 # ------------------------------------------------------------------------------------------ one meta-analysis
 def meta_analysis(df: pd.DataFrame | None = None, measure: str = "RR", columns: dict | None = None,
                   target_weights=None, invalid: str = "raise", level: float = 0.95,
-                  use_engine: bool = True) -> tuple[pd.DataFrame, dict]:
-    """Classical and causal meta-analysis of one set of 2×2 tables (a DataFrame; BCG if None).
+                  use_engine: bool = True, *, sites=None) -> tuple[pd.DataFrame, dict]:
+    """Classical and causal meta-analysis of one set of 2×2 tables (a DataFrame; BCG if None), or of participant
+    rows held by sites: ``sites={"site_a": rows_a, …}`` in place of ``df``, ``columns`` mapping the roles study,
+    treatment, outcome, weights (:mod:`estimators.meta_federated`; the results of the pooled rows' 2×2 tables).
 
     Returns (results, report): one row per method — causal (sandwich SE: the engine's fit of the stack when
     ``use_engine`` and k ≤ :data:`estimators.causal_meta.ENGINE_MAX_K`, else its closed form (O(k)), equal to
@@ -340,7 +351,9 @@ def meta_analysis(df: pd.DataFrame | None = None, measure: str = "RR", columns: 
     if measure not in mc.MEASURES:
         raise DataError(f"measure={measure!r}: use one of {mc.MEASURES}")
     level = mc.check_level(level)
+    df, columns, notes = _from_sites(df, sites, columns)
     tables, report = standardise_tables(load_bcg() if df is None else df, columns, None, invalid)
+    report["notes"][:0] = notes
     counts = [tables[c].to_numpy() for c in ROLES_2X2]
     with recorded_warnings(report):
         rows = mc.classical_meta(*counts, measure=measure, level=level)
@@ -408,10 +421,11 @@ def batch_core(counts, mask, measure: str):
 
 def meta_analyses(df: pd.DataFrame, by, measure: str = "RR", columns: dict | None = None,
                   invalid: str = "raise", classical: str = CLASSICAL_DEFAULT, level: float = 0.95,
-                  missing_ids: str = "exclude", progress: bool | None = False):
+                  missing_ids: str = "exclude", progress: bool | None = False, *, sites=None):
     """Many meta-analyses at once from one long table (``by`` = the meta-analysis id column, or several: a list or
     comma-separated names; rows with a missing id are excluded and reported, or with ``missing_ids="keep"`` form
     their own level "(missing)"). ``progress``: a bar over the stages on stderr (True; None: only on a terminal).
+    ``sites``: participant rows held by sites in place of ``df``, as :func:`meta_analysis`.
 
     Returns (long, wide, report): ``long`` has one row per meta-analysis × method (as :func:`meta_analysis`, the
     causal SE from the closed-form sandwich); ``wide`` one row per meta-analysis with the causal and the
@@ -430,7 +444,9 @@ def meta_analyses(df: pd.DataFrame, by, measure: str = "RR", columns: dict | Non
     with stages("meta_analyses", ["checking the tables", "fitting (one vectorised program)", "comparing"],
                 progress) as step:
         step("checking the tables")
+        df, columns, notes = _from_sites(df, sites, columns, by)
         tables, report = standardise_tables(df, columns, by, invalid, missing_ids)
+        report["notes"][:0] = notes
         step("fitting (one vectorised program)")
         ids, counts, mask, m = pad_tables(tables)
         core = {k: np.asarray(v)[:m] for k, v in batch_core(counts, mask, measure).items()}

@@ -1,5 +1,5 @@
-"""``mestim meta [TABLES.csv] [--measure RR|OR|RD] [--by META_ID[,...]] [--keep-missing-ids] [--level 0.95]
-[--json OUT.json] [--table OUT.csv] [--plot OUT.png] [--quiet]``
+"""``mestim meta [TABLES.csv | --sites SITES.toml] [--measure RR|OR|RD] [--by META_ID[,...]] [--keep-missing-ids]
+[--level 0.95] [--json OUT.json] [--table OUT.csv] [--plot OUT.png] [--quiet]``
 
 Causal (Berenfeld et al. 2026) and classical meta-analysis of 2×2 tables. Without a file it runs on the bundled
 BCG vaccine trials. Columns: ``ai, bi, ci, di`` (2×2 cells: treated events/non-events, control events/non-events)
@@ -8,7 +8,9 @@ or ``event.e, n.e, event.c, n.c`` (events/totals per arm; also ``event_e, n_e, e
 column, or several comma-separated: review,comparison,outcome,subgroup) every meta-analysis in the long table is
 fitted in one vectorised call, and the discordant ones (causal vs classical conclusions) are listed with the rule;
 ``--plot`` then draws causal vs classical (the paper's Figure 4), otherwise a forest plot with the classical and
-causal pooled rows. Notes go to stdout; warnings (e.g. a τ² that did not converge) to stderr, each once.
+causal pooled rows. With ``--sites`` the tables are the counts per study and arm of participant rows that stay
+at their sites (:mod:`estimators.meta_federated`). Notes go to stdout; warnings (e.g. a τ² that did not converge)
+to stderr, each once.
 Everything is computed in closed form or NumPy for one meta-analysis (nothing to compile) and in one vectorised
 XLA program for a batch.
 """
@@ -33,6 +35,12 @@ META_MEMORY = 40  # measured: `mestim meta --by` peaks at ~35× its table's floa
 def add_arguments(parser) -> None:
     parser.add_argument("tables", nargs="?", default=None,
                         help="CSV of 2×2 tables, one row per study (default: the bundled BCG vaccine trials)")
+    parser.add_argument("--sites", metavar="SITES.toml",
+                        help="participant rows held by sites instead of TABLES (a TOML file: site = 'its CSV or "
+                        "Parquet file of participant rows', and an optional [columns] table naming the columns of "
+                        "the roles study, treatment (1/0), outcome (1/0), weights; defaults study, treatment, "
+                        "outcome): the sites release per study and arm only their counts (mestim.federated, "
+                        "simulated in this process), whose 2×2 tables are meta-analysed as TABLES would be")
     parser.add_argument("--measure", default="RR", type=str.upper, choices=["RR", "OR", "RD"],
                         help="effect measure, any case (default RR)")
     parser.add_argument("--by", default=None, metavar="META_ID_COLUMN[,...]",
@@ -53,7 +61,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plot", default=None, metavar="OUT.png",
                         help="forest plot (one meta-analysis) or causal-vs-classical scatter (with --by)")
     parser.add_argument("--columns", default=None, metavar="ROLE=COLUMN,...",
-                        help="map column names: roles ai, bi, ci, di, event.e, n.e, event.c, n.c, study")
+                        help="map column names: roles ai, bi, ci, di, event.e, n.e, event.c, n.c, study (with "
+                        "--sites: study, treatment, outcome, weights, over the sites file's [columns])")
     parser.add_argument("--classical", default="REML", type=str.upper,
                         help="classical method compared with the causal one in batch mode, any case (default REML)")
     parser.add_argument("--drop-invalid", action="store_true",
@@ -80,6 +89,25 @@ def _read(path, sep=None, encoding=None, decimal=None):
     return read_table(path, sep, encoding, working_memory=META_MEMORY, decimal=decimal), path
 
 
+def _read_sites(args, columns):
+    """(sites, columns, source) from the sites TOML: ``site = "file"`` entries (read as TABLES is) and an optional
+    ``[columns]`` table of roles, which ``--columns`` overrides."""
+    import tomllib
+
+    if args.tables is not None:
+        raise DataError("give TABLES or --sites, not both")
+    with open(args.sites, "rb") as fh:
+        config = tomllib.load(fh)
+    named = config.pop("columns", {})
+    bad = [k for k, v in config.items() if not isinstance(v, str)]
+    if not isinstance(named, dict) or bad or not config:
+        raise DataError(f"{args.sites}: give each site as site = \"its file\" (and the roles' columns in a "
+                        "[columns] table)" + (f"; {bad} are not file names" if bad else ""))
+    sites = {name: read_table(path, args.sep, args.encoding, working_memory=META_MEMORY, decimal=args.decimal)
+             for name, path in config.items()}
+    return sites, {**named, **(columns or {})}, f"{len(sites)} sites ({', '.join(sites)}), federated (simulated)"
+
+
 def _fmt(x, ratio):
     if x is None or not np.isfinite(x):
         return "NA"
@@ -104,8 +132,11 @@ def _run(args, level, step) -> int:
     from estimators import meta_batch as mb
 
     step(STAGES[0])
-    df, source = _read(args.tables, args.sep, args.encoding, args.decimal)
-    columns = _parse_columns(args.columns)
+    columns, sites = _parse_columns(args.columns), None
+    if args.sites is None:
+        df, source = _read(args.tables, args.sep, args.encoding, args.decimal)
+    else:
+        df, (sites, columns, source) = None, _read_sites(args, columns)
     invalid = "exclude" if args.drop_invalid else "raise"
     ratio = args.measure in ("RR", "OR")
     out = sys.stdout
@@ -115,8 +146,8 @@ def _run(args, level, step) -> int:
         # the causal sandwich in closed form: the engine's stacked fit gives the same SE (tests: to 1e-10) but
         # compiles its programs first, which would dominate a command-line run
         long, report = mb.meta_analysis(df, args.measure, columns=columns, invalid=invalid, level=level,
-                                        use_engine=True)
-        long["meta_id"] = str(args.tables) if args.tables is not None else "bcg"
+                                        use_engine=True, sites=sites)
+        long["meta_id"] = str(args.tables if args.tables is not None else args.sites or "bcg")
         print(f"meta-analysis of {source}: {int(long['k'].iloc[0])} studies, measure {args.measure}, "
               f"{100 * level:g}% CIs" + (" (estimates and CIs as ratios; SE on the log scale)" if ratio else ""),
               file=out)
@@ -136,7 +167,8 @@ def _run(args, level, step) -> int:
     else:
         long, wide, report = mb.meta_analyses(df, args.by, args.measure, columns=columns, invalid=invalid,
                                               classical=args.classical, level=level,
-                                              missing_ids="keep" if args.keep_missing_ids else "exclude")
+                                              missing_ids="keep" if args.keep_missing_ids else "exclude",
+                                              sites=sites)
         _print_batch(wide, source, args, ratio, level, out)
         if args.plot:
             mb.scatter_plot(wide, args.plot)
@@ -144,7 +176,8 @@ def _run(args, level, step) -> int:
     step(STAGES[2])
     for line in mb.exclusion_summary(report["excluded"]):
         print(line, file=out)
-    for n in ([f"read {source} as {df.attrs['read_as']}"] if "read_as" in df.attrs else []) + report["notes"]:
+    read_as = [f"read {source} as {df.attrs['read_as']}"] if df is not None and "read_as" in df.attrs else []
+    for n in read_as + report["notes"]:
         print(f"note: {n}", file=out)
     payload = mb.results_json(long, report, wide)
     if args.json:

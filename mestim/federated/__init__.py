@@ -23,6 +23,11 @@ carries them in Flower RecordDicts, :func:`simulate` in one process):
    values of the blocks it has rows for. The coordinator checks that every site prepared the same stack.
 3. ``sums`` (one per pass): θ and the plan in; Σψ, ΣJ, the meat and Σw out, tagged with the pass number.
 
+A :class:`Counts` (a table of counts, DataSHIELD's ``ds.table``: what a meta-analysis of 2×2 tables needs) is one
+request instead, ``counts`` (:func:`tabulate`): per group of rows (each combination of the values of its ``by``
+columns, e.g. study and arm) the rows, Σw and Σw·y of its 0/1 ``events`` columns; a site refuses it when a group
+rests on fewer than ``min_rows`` rows, naming the group.
+
 **Disclosure controls** (DataSHIELD's are the anchor): no per-row value leaves a site (no influence functions,
 residuals or fitted values: ``Result.influence()`` is unavailable); a site refuses to prepare when an aggregate
 would rest on fewer than ``min_rows`` rows (default 10): the site's rows, every block's mask, and each value of
@@ -66,7 +71,7 @@ from ..scale import changed
 from ..sources import InMemory
 from ..sums import Moments, plan
 
-__all__ = ["fit", "simulate", "Site", "Estimator", "AuditLog", "FederatedError", "Loopback", "DEFAULT_MIN_ROWS",
+__all__ = ["fit", "simulate", "tabulate", "Site", "Estimator", "Counts", "AuditLog", "FederatedError", "Loopback", "DEFAULT_MIN_ROWS",
            "DEFAULT_TIMEOUT"]
 
 DEFAULT_MIN_ROWS = 10  # DataSHIELD's default minimum count behind a released aggregate
@@ -160,12 +165,54 @@ def _named(function) -> str:
         function, "__qualname__", type(function).__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """A table of counts a site may agree to release (DataSHIELD's ``ds.table``), named and versioned like an
+    :class:`Estimator`: per group of rows, each combination of the values of the ``by`` columns (e.g. study and
+    arm), its rows, Σw (``weights``: a column of the site's table, else 1 per row) and Σw·y for each 0/1 column y
+    of ``events``. A group is released only if it rests on at least ``min_rows`` rows; its events are an aggregate
+    of those rows, released whatever their number (zero included). :func:`tabulate` asks the sites for it."""
+
+    name: str
+    version: str
+    by: tuple
+    events: tuple
+    weights: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "by", tuple(self.by))
+        object.__setattr__(self, "events", tuple(self.events))
+        named = [*self.by, *self.events] + ([self.weights] if self.weights else [])
+        clash = sorted({c for c in named if named.count(c) > 1} | (set(named) & set(COUNT_FIELDS)))
+        if not self.by or not self.events or clash:
+            raise SpecificationError(f"Counts '{self.name}': give by= and events= columns, each named once and none "
+                                     f"named {list(COUNT_FIELDS)}" + (f" (named twice or reserved: {clash})"
+                                                                      if clash else ""))
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.by, *self.events] + ([self.weights] if self.weights else [])
+
+    def identity(self) -> dict:
+        return {"name": self.name, "version": self.version,
+                "counts": {"by": list(self.by), "events": list(self.events), "weights": self.weights}}
+
+    def request(self) -> dict:
+        return {"identity": self.identity()}
+
+
+COUNT_FIELDS = ("site", "rows", "sum_w")  # the columns of tabulate()'s table besides a Counts' own
+
+
 def _differs(mine: dict, theirs: dict) -> str:
     """What differs between two identities, in words."""
     if mine["name"] != theirs["name"]:
         return f"the estimator is '{theirs['name']}', this site runs '{mine['name']}'"
     if mine["version"] != theirs["version"]:
         return f"'{mine['name']}' version {theirs['version']} was asked for; this site allows version {mine['version']}"
+    if "counts" in mine or "counts" in theirs:
+        return (f"'{mine['name']}' counts {_short(theirs.get('counts', 'an estimator fit'))} in the request, "
+                f"{_short(mine.get('counts', 'an estimator fit'))} here")
     a, b = {x[0]: x for x in mine["blocks"]}, {x[0]: x for x in theirs["blocks"]}
     if list(a) != list(b):
         return f"the blocks {list(b)} were asked for; this site's '{mine['name']}' has {list(a)}"
@@ -235,7 +282,8 @@ class Site:
         try:
             if header.get("protocol") != PROTOCOL:
                 raise FederatedError(f"protocol {header.get('protocol')} asked for; this site speaks {PROTOCOL}")
-            handler = {"levels": self._levels, "prepare": self._prepare, "sums": self._sums}.get(kind)
+            handler = {"levels": self._levels, "prepare": self._prepare, "sums": self._sums,
+                       "counts": self._counts}.get(kind)
             if handler is None:
                 raise FederatedError(f"unknown request {kind!r}")
             return handler(header, arrays)
@@ -275,8 +323,9 @@ class Site:
                         min((min(counts[k].values()) for k in shown), default=0))
         return {"levels": out}, {}
 
-    def _estimator(self, request: dict) -> Estimator:
-        """This site's copy of the estimator a request names, or a refusal naming what differs."""
+    def _estimator(self, request: dict, kind: type = Estimator) -> Estimator | Counts:
+        """This site's copy of the estimator (or :class:`Counts`) a request names, or a refusal naming what
+        differs."""
         identity = request["identity"]
         if "source" in request:
             digest = hashlib.sha256(request["source"].encode()).hexdigest()
@@ -294,7 +343,52 @@ class Site:
         if mine.identity() != identity:
             raise FederatedError("the request's estimator differs from this site's: "
                                  f"{_differs(mine.identity(), identity)}")
+        if not isinstance(mine, kind):
+            raise FederatedError(f"'{identity['name']}' is {'a table of counts' if isinstance(mine, Counts) else 'a fit'}"
+                                 f" at this site, not {'a table of counts' if kind is Counts else 'a fit'}")
         return mine
+
+    def _counts(self, header, arrays):
+        """A :class:`Counts`: per group of rows (the values of its ``by`` columns), the rows, Σw and Σw·y of each
+        0/1 ``events`` column y; refused when a group rests on 1 to min_rows − 1 rows (naming the group)."""
+        import pandas as pd
+
+        counts = self._estimator(header["estimator"], Counts)
+        cols = self.read()
+        missing = [c for c in counts.columns if c not in cols]
+        if missing:
+            raise FederatedError(f"the column(s) {missing} of '{counts.name}' are not in this site's table or not "
+                                 f"among the columns it allows ({sorted(cols)}): name the site's columns in the "
+                                 "request, or the site adds them")
+        frame = pd.DataFrame({c: cols[c] for c in counts.columns})
+        blank = [c for c in counts.columns if (frame[c].isna() | frame[c].astype(str).str.strip().eq("")).any()]
+        if blank:
+            raise FederatedError(f"the column(s) {blank} have missing values at this site: the site fills them or "
+                                 "leaves those rows out of its table")
+        not01 = [c for c in counts.events if not frame[c].isin([0, 1]).all()]
+        if not01:
+            raise FederatedError(f"the column(s) {not01} of '{counts.name}' must be 0/1 (an event or not) at every row")
+        w = np.ones(len(frame)) if counts.weights is None else frame[counts.weights].to_numpy(float)
+        if not np.all(np.isfinite(w) & (w >= 0)):
+            raise FederatedError(f"the weights column '{counts.weights}' must be finite and ≥ 0 at every row")
+        grouped = frame.groupby(list(counts.by), sort=True)
+        code, sizes = grouped.ngroup().to_numpy(), grouped.size()  # sizes: in the groups' order, as their codes
+        rows = sizes.to_numpy()
+        groups = [[v.item() if isinstance(v, np.generic) else v for v in key]
+                  for key in sizes.index.to_frame(index=False).itertuples(index=False)]
+        where = [", ".join(f"{c} = {v!r}" for c, v in zip(counts.by, key)) for key in groups]
+        small = [g for g, k in zip(where, rows) if k < self.min_rows]
+        if small:
+            raise FederatedError(
+                f"disclosure control: {len(small)} group(s) of '{counts.name}' rest on fewer than min_rows = "
+                f"{self.min_rows} rows (the rows where {'; where '.join(small[:6])}{'…' if len(small) > 6 else ''}); "
+                "this site releases no count of so few rows: leave those groups out of the analysis (or the site "
+                "leaves their rows out of its table, or lowers its min-rows if its governance allows)")
+        events = np.stack([np.bincount(code, w * frame[c].to_numpy(float), rows.size) for c in counts.events], 1)
+        for g, k in zip(where, rows):
+            self.log.record(header["coordinator"], "counts",
+                            f"'{counts.name}': rows, Σw and Σw·{', Σw·'.join(counts.events)} where {g}", k)
+        return {"groups": groups}, {"rows": rows, "sum_w": np.bincount(code, w, rows.size), "events": events}
 
     def _problem(self, estimator: Estimator, header: dict, cols: dict) -> Problem:
         levels = dict(header["levels"])
@@ -617,17 +711,44 @@ def _agree(prepared: dict) -> tuple[StackSpec, tuple, np.ndarray]:
     return spec, tuple(first["labels"]), np.concatenate(starts)
 
 
+def tabulate(counts: Counts, sites, *, coordinator: str = "coordinator"):
+    """The :class:`Counts` the sites release: a DataFrame with one row per site and group (the ``by`` columns,
+    ``site``, ``rows``, ``sum_w`` and Σw·y for each ``events`` column y, under its name), in site order; one
+    round. ``sites`` as :func:`fit`; a refusal ends it with a :class:`FederatedError` naming the site and why."""
+    import pandas as pd
+
+    header = {"coordinator": coordinator, "kind": "counts", "estimator": counts.request()}
+    parts = []
+    for name, (head, arrays) in sorted(ask(sites, header, {}, f"the counts '{counts.name}'").items()):
+        groups, rows = head.get("groups"), arrays.get("rows")
+        if groups is None or rows is None or not len(groups) == rows.size == arrays["sum_w"].size == len(
+                arrays["events"]):
+            raise FederatedError(f"site '{name}' answered the counts '{counts.name}' with a malformed reply")
+        part = pd.DataFrame(groups, columns=list(counts.by))
+        part["site"], part["rows"], part["sum_w"] = name, rows.astype(np.int64), arrays["sum_w"]
+        for j, column in enumerate(counts.events):
+            part[column] = arrays["events"][:, j]
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
 def simulate(estimator, tables: Mapping, **fit_options):
     """The federated protocol in one process: one :class:`Site` per table (every site allows ``estimator``, a
     user ψ included: whoever simulates holds every table), the same messages as over Flower; returns the
-    :class:`~mestim.Result` of :func:`fit`. ``min_rows=`` sets every site's disclosure threshold."""
+    :class:`~mestim.Result` of :func:`fit`, or for a :class:`Counts` the table of :func:`tabulate`. ``min_rows=``
+    sets every site's disclosure threshold."""
     min_rows = fit_options.pop("min_rows", DEFAULT_MIN_ROWS)
-    if not isinstance(estimator, Estimator):
+    if not isinstance(estimator, (Estimator, Counts)):
         estimator = Estimator("estimator", "1", estimator, fit_options.pop("init", None),
                               fit_options.pop("names", None))
     if not tables:
         raise SpecificationError("simulate() needs at least one site's table: {'site_a': table_a, ...}")
-    allowed = [estimator.digest] if estimator.digest else []
+    allowed = [estimator.digest] if isinstance(estimator, Estimator) and estimator.digest else []
     sites = {str(name): Site(str(name), table, estimators=[estimator], sources=allowed, min_rows=min_rows)
              for name, table in tables.items()}
-    return fit(estimator, Loopback(sites), **fit_options)
+    return coordinate(estimator, Loopback(sites), **fit_options)
+
+
+def coordinate(estimator, sites, **options):
+    """:func:`tabulate` for a :class:`Counts`, else :func:`fit`: what a coordinator runs over ``sites``."""
+    return tabulate(estimator, sites, **options) if isinstance(estimator, Counts) else fit(estimator, sites, **options)

@@ -19,7 +19,8 @@ Site (SuperNode) configuration, ``--node-config`` (keys of :func:`mestim.federat
 Run configuration of the ServerApp (``flwr run --run-config``): ``estimator`` (``module:attribute``), ``sites``
 (the site names to wait for, comma-separated), ``options`` (JSON: keyword arguments of
 :func:`mestim.federated.fit`), ``timeout`` (seconds per round, default :data:`~mestim.federated.DEFAULT_TIMEOUT`)
-and ``result``: a file where the ServerApp writes ``{"result": Result, "rounds", "bytes", "seconds"}`` or
+and ``result``: a file where the ServerApp writes ``{"result": Result, "rounds", "bytes", "seconds"}`` (for a
+:class:`~mestim.federated.Counts`, the result is :func:`~mestim.federated.tabulate`'s DataFrame) or
 ``{"error": message}`` (pickled).
 """
 
@@ -35,7 +36,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from ..errors import MestimError
-from . import DEFAULT_TIMEOUT, FederatedError, decode, encode, fit, load, relay, site_from_config
+from . import DEFAULT_TIMEOUT, FederatedError, coordinate as coordinate_sites, decode, encode, load, relay, site_from_config
 
 STATE = "mestim"  # the key of the site's state in its Flower Context
 
@@ -104,12 +105,13 @@ server_app = ServerApp()
 
 @server_app.main()
 def coordinate(grid: Grid, context: Context) -> None:
-    """Fit the run's estimator over its sites; write the Result (or the error) to the run's ``result`` file."""
+    """Fit the run's estimator over its sites (or tabulate its :class:`~mestim.federated.Counts`); write the Result
+    (the counts' table) or the error to the run's ``result`` file."""
     config = context.run_config
     start = time.perf_counter()
     try:
         sites = FlowerSites(grid, str(config["sites"]).split(","), float(config.get("timeout", DEFAULT_TIMEOUT)))
-        result = fit(load(str(config["estimator"])), sites, **json.loads(str(config.get("options", "{}"))))
+        result = coordinate_sites(load(str(config["estimator"])), sites, **json.loads(str(config.get("options", "{}"))))
         payload = {"result": result, "rounds": sites.rounds, "bytes": sites.bytes,
                    "seconds": time.perf_counter() - start}
     except MestimError as e:
