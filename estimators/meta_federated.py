@@ -67,7 +67,7 @@ def two_by_two(released, counts, by=()) -> tuple:
     tables["ci"], tables["di"] = events[0].to_numpy(), (n[0] - events[0]).to_numpy()
     sites = sorted(set(released["site"]))
     notes = [f"2×2 tables from the counts of {len(sites)} site(s) ({', '.join(sites)}): participants and events per "
-             "study and arm; no participant row left a site (federated, simulated)"]
+             "study and arm; no participant row left a site"]
     held = released.groupby(keys, sort=True)["site"].unique()
     shared = [f"{' | '.join(map(str, k)) if isinstance(k, tuple) else k} (sites {', '.join(v)})"
               for k, v in held.items() if len(v) > 1]

@@ -176,6 +176,7 @@ SITE_ESTIMATORS = '''
 import jax.numpy as jnp
 import numpy as np
 from estimators.generalized_linear import glm
+from estimators.meta_federated import meta_counts
 from estimators.transport.federated import transport_estimator
 from mestim.federated import Estimator
 
@@ -191,6 +192,8 @@ def mean_var(theta, row):
 
 
 MEAN_VAR = Estimator.user_psi(mean_var, init=[0.0, 1.0], names=["mean", "var"])
+# per trial and arm, the rows and those with X3 = 1 (a 0/1 column standing for an outcome)
+COUNTS = meta_counts("meta-2x2", "1", study="S", treatment="Z", outcome="X3")
 '''
 SITES = ["target", "trial1", "trial2", "trial3", "trial4"]
 
@@ -261,7 +264,8 @@ def flower(tmp_path_factory):
         df[df.S == k].to_csv(table, index=False)
         (root / f"{name}.toml").write_text(
             f'site = "{name}"\ntable = "{table}"\n'
-            'estimators = "site_estimators:TRANSPORT,site_estimators:LINEAR,site_estimators:FEW"\n'
+            'estimators = "site_estimators:TRANSPORT,site_estimators:LINEAR,site_estimators:FEW,'
+            'site_estimators:COUNTS"\n'
             f'sources = "{site_estimators.MEAN_VAR.digest}"\nlog = "{root / name}.jsonl"\n'
             f'port = {daemons[k]}\nauthkey = "test-secret"\n')
         procs.append(subprocess.Popen([sys.executable, "-m", "mestim.federated", str(root / f"{name}.toml")],
@@ -273,13 +277,13 @@ def flower(tmp_path_factory):
             [f"{bin_}/flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link}", "--port", str(ports[k]),
              "--node-config", f"site='{name}' daemon={daemons[k]} authkey='test-secret' timeout=600"], **quiet))
 
-    def run(estimator, timeout=600, **options):
+    def run(estimator, timeout=600, sites=SITES, **options):
         import pickle
         import time
 
         result = root / f"result-{time.monotonic_ns()}.pkl"
         config = root / "run.toml"
-        config.write_text(f"estimator = '{estimator}'\nsites = '{','.join(SITES)}'\noptions = '{json.dumps(options)}'"
+        config.write_text(f"estimator = '{estimator}'\nsites = '{','.join(sites)}'\noptions = '{json.dumps(options)}'"
                           f"\ntimeout = {float(timeout)}\nresult = '{result}'\n")
         subprocess.run([f"{bin_}/flwr", "run", str(root / "app"), "local", "--run-config", str(config)], env=env,
                        cwd=root, check=True, capture_output=True, timeout=600)
@@ -327,6 +331,26 @@ def test_flower_glm_with_sites_as_clusters_and_user_psi_equal_pooled(flower):
     assert out["result"].n_clusters == 5
     out = flower.run("site_estimators:MEAN_VAR")  # a user ψ: the sites rebuild it from the source they allowed
     _same(out["result"], mestim.fit(flower.estimators.mean_var, df, init=[0.0, 1.0], names=["mean", "var"]))
+
+
+@pytest.mark.slow
+def test_flower_meta_counts_are_the_pooled_trials_tables(flower):
+    """mestim meta --sites deployed: the trials (each a site) release their counts per trial and arm through
+    Flower in one round; their 2×2 tables are those of the pooled rows."""
+    from estimators.meta_federated import two_by_two
+
+    out = flower.run("site_estimators:COUNTS", sites=SITES[1:])
+    assert "error" not in out, out.get("error")
+    tables, notes = two_by_two(out["result"], flower.estimators.COUNTS)
+    trials = flower.df[flower.df.S > 0]
+    n = pd.crosstab(trials.S, trials.Z)
+    events = pd.crosstab(trials.S, trials.Z, values=trials.X3, aggfunc="sum")
+    np.testing.assert_array_equal(tables.study, n.index)
+    np.testing.assert_array_equal(tables[["ai", "ci"]], events[[1.0, 0.0]])
+    np.testing.assert_array_equal(tables[["bi", "di"]], (n - events)[[1.0, 0.0]])
+    assert out["rounds"] == 2 and "4 site(s) (trial1, trial2, trial3, trial4)" in notes[0]  # who is there; counts
+    log = [json.loads(line) for line in (flower.root / "trial2.jsonl").read_text().splitlines()]
+    assert [e["rows"] for e in log if e["request"] == "counts"] == n.loc[2].tolist()
 
 
 @pytest.mark.slow
