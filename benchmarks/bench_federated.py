@@ -113,7 +113,8 @@ def bcg_participants():
 
     bcg = load_bcg()
     cells = pd.DataFrame({"study": np.repeat(bcg.study.to_numpy(), 4), "treatment": np.tile([1, 1, 0, 0], len(bcg)),
-                          "outcome": np.tile([1, 0, 1, 0], len(bcg)), "n": bcg[["ai", "bi", "ci", "di"]].to_numpy().ravel()})
+                          "outcome": np.tile([1, 0, 1, 0], len(bcg)),
+                          "n": bcg[["ai", "bi", "ci", "di"]].to_numpy().ravel()})
     return cells.loc[cells.index.repeat(cells.n)].drop(columns="n").reset_index(drop=True)
 
 

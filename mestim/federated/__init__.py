@@ -71,7 +71,8 @@ from ..scale import changed
 from ..sources import InMemory
 from ..sums import Moments, plan
 
-__all__ = ["fit", "simulate", "tabulate", "Site", "Estimator", "Counts", "AuditLog", "FederatedError", "Loopback", "DEFAULT_MIN_ROWS",
+__all__ = ["fit", "simulate", "tabulate", "Site", "Estimator", "Counts", "AuditLog", "FederatedError", "Loopback",
+           "DEFAULT_MIN_ROWS",
            "DEFAULT_TIMEOUT"]
 
 DEFAULT_MIN_ROWS = 10  # DataSHIELD's default minimum count behind a released aggregate
@@ -344,8 +345,8 @@ class Site:
             raise FederatedError("the request's estimator differs from this site's: "
                                  f"{_differs(mine.identity(), identity)}")
         if not isinstance(mine, kind):
-            raise FederatedError(f"'{identity['name']}' is {'a table of counts' if isinstance(mine, Counts) else 'a fit'}"
-                                 f" at this site, not {'a table of counts' if kind is Counts else 'a fit'}")
+            what = {Counts: "a table of counts", Estimator: "a fit"}
+            raise FederatedError(f"'{identity['name']}' is {what[type(mine)]} at this site, not {what[kind]}")
         return mine
 
     def _counts(self, header, arrays):

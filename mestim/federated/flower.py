@@ -36,7 +36,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from ..errors import MestimError
-from . import DEFAULT_TIMEOUT, FederatedError, coordinate as coordinate_sites, decode, encode, load, relay, site_from_config
+from . import DEFAULT_TIMEOUT, FederatedError, decode, encode, load, relay, site_from_config
+from . import coordinate as coordinate_sites
 
 STATE = "mestim"  # the key of the site's state in its Flower Context
 
