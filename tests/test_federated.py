@@ -452,11 +452,27 @@ def test_replies_of_another_pass_are_never_mixed():
         F.fit(est, Stale(sites))
 
 
-def test_constants_learnt_from_rows_are_refused():
-    """center(x) at a site would centre by that site's mean: another estimator at every site, so it is refused."""
-    df = _clustered_data(n=200)
-    with pytest.raises(F.FederatedError, match="refused to prepare.*constant .* does not learn constants"):
-        F.simulate([glm("m", "y", formula="~ center(x)", family="binomial")], {"a": df[:100], "b": df[100:]})
+def test_constants_are_learnt_from_every_sites_rows(tmp_path):
+    """center(x) at a site alone would centre by that site's mean (another estimator at every site): the sites'
+    sums give the pooled mean, sd and poly recurrence (one prepare round per level of dependence), so the fit is
+    the pooled one; a constant that is not a sum over rows (bs() knots) is refused, naming it."""
+    df = _clustered_data()
+    df["z"] = np.random.default_rng(3).uniform(size=len(df))
+    for formula, prepares in (("~ center(x)", 2), ("~ scale(x) + poly(z, 3)", 5), ("~ x", 1)):
+        est = F.Estimator("logit", "1", [glm("m", "y", formula=formula, family="binomial")])
+        log = tmp_path / f"{len(formula)}.jsonl"
+        sites = {n: F.Site(n, t, estimators=[est], log=log if n == "hospital0" else None)
+                 for n, t in _split(df, "hospital").items()}
+        network = F.Loopback(sites)
+        fed = F.fit(est, network)
+        _same(fed, mestim.fit(est.estimator, df))
+        passes = int(fed.notes[0].split(": ")[1].split()[0])
+        assert network.rounds == 1 + prepares + passes  # levels, prepare rounds, passes
+        requests = [json.loads(line)["what"] for line in log.read_text().splitlines()]
+        assert sum("sums of the constants" in r for r in requests) == prepares - 1
+    with pytest.raises(F.FederatedError, match=r"refused to prepare.*bs\(x, df=4\).* not a sum over rows, so at a "
+                                               "federated site"):
+        F.simulate([glm("m", "y", formula="~ bs(x, df=4)", family="binomial")], {"a": df[:300], "b": df[300:]})
 
 
 def test_smooth_auto_is_refused():

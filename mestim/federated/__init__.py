@@ -20,7 +20,10 @@ carries them in Flower RecordDicts, :func:`simulate` in one process):
    ψ); a site runs only an estimator it allowed (:class:`Estimator`), on the columns it allowed, and refuses a
    request whose identity differs from its own copy, naming what differs. It prepares its rows as ``fit`` does and
    returns its stack's signature (:func:`mestim.processes.signature`), its row count and weight total, and starting
-   values of the blocks it has rows for. The coordinator checks that every site prepared the same stack.
+   values of the blocks it has rows for. The coordinator checks that every site prepared the same stack. Constants
+   the blocks learn from the rows (``center(x)``, ``poly``, a robust κ) are learnt as a stream learns them: each
+   site's reply carries its sums of those the request's totals lack, the coordinator adds them and asks again with
+   the totals (one more round per level of dependence; none when no block learns one).
 3. ``sums`` (one per pass): θ and the plan in; Σψ, ΣJ, the meat and Σw out, tagged with the pass number.
 
 A :class:`Counts` (a table of counts, DataSHIELD's ``ds.table``: what a meta-analysis of 2×2 tables needs) is one
@@ -61,7 +64,7 @@ import numpy as np
 
 from .. import processes
 from ..blocks import Block, BlockSpec, StackSpec
-from ..constants import Constants
+from ..constants import Constants, Summed, learn
 from ..driver import solve_stack
 from ..errors import DataError, MestimError, SpecificationError
 from ..estimate import assemble, kernel_for
@@ -391,31 +394,39 @@ class Site:
                             f"'{counts.name}': rows, Σw and Σw·{', Σw·'.join(counts.events)} where {g}", k)
         return {"groups": groups}, {"rows": rows, "sum_w": np.bincount(code, w, rows.size), "events": events}
 
-    def _problem(self, estimator: Estimator, header: dict, cols: dict) -> Problem:
+    def _problem(self, estimator: Estimator, header: dict, cols: dict, constants: Constants) -> Problem:
         levels = dict(header["levels"])
         cols = cols if estimator.derive is None else estimator.derive(cols)
         weights = header.get("weights")
         if weights is not None and weights not in cols:
             raise FederatedError(f"the weights column '{weights}' is not among the columns this site allows")
-        return prepare(estimator.blocks(), cols, weights=weights, levels=lambda _: levels, constants=AT_A_SITE,
+        return prepare(estimator.blocks(), cols, weights=weights, levels=lambda _: levels, constants=constants,
                        empty_masks=True)
 
     def _source(self, problem: Problem, header: dict) -> InMemory:
         return InMemory(kernel_for(problem, FitOptions(chunk_size=header.get("chunk_size"))), problem.used, problem.w)
 
     def _prepare(self, header, arrays):
+        """The prepared stack's description; with the sums of the constants its blocks learn from the rows that
+        the request's totals do not hold yet (its prepare then used its own rows' sums: the coordinator asks
+        again with the totals, :func:`_learn`)."""
         cols = self.read()
-        problem = self._problem(self._estimator(header["estimator"]), header, cols)
+        recorder = AcrossSites(_arrays(header.get("constants")), learning=True)
+        problem = self._problem(self._estimator(header["estimator"]), header, cols, recorder.piece())
         rows = self._check_disclosure(problem, set(cols))
         offsets = problem.spec.offsets()
         starts = {b.name: problem.init[offsets[b.name]].tolist() for b in problem.spec.blocks if rows[b.name]}
         self.state = {"fit": header["fit"], "print": {k: v.tolist() for k, v in _fingerprint(cols).items()}}
         self._serving = (header["fit"], self._source(problem, header))
+        learnt = {k: v for k, v in recorder.added().items() if k not in recorder.totals}
         self.log.record(header["coordinator"], "prepare", f"signature, row count, weight total, starting values of "
-                        f"blocks {sorted(starts)}", problem.n_rows)
+                        f"blocks {sorted(starts)}" + (f", sums of the constants {sorted(learnt)}" if learnt else ""),
+                        problem.n_rows)
         blocks = [[b.name, b.dim, b.equations, list(b.reads), b.mask] for b in problem.spec.blocks]
         return {"signature": processes.signature(problem), "blocks": blocks, "labels": list(problem.labels),
-                "n_rows": problem.n_rows, "sum_w": float(problem.w.sum()), "starts": starts}, {}
+                "n_rows": problem.n_rows, "sum_w": float(problem.w.sum()), "starts": starts,
+                "constants": {"sums": _listed(learnt), "unsure": sorted(recorder.unsure),
+                              "asked": sorted(recorder.asked)}}, {}
 
     def _check_disclosure(self, problem: Problem, raw) -> dict:
         """Rows behind each block; refuse when an aggregate would rest on 1 to min_rows − 1 rows."""
@@ -455,8 +466,9 @@ class Site:
             raise FederatedError(f"pass {header['pass']}: the site's data changed since the fit was prepared (the "
                                  f"{what} differs); rows must stay the same for the whole fit")
         if self._serving is None or self._serving[0] != header["fit"]:  # a fresh process (a Flower ClientApp)
-            self._serving = (header["fit"], self._source(self._problem(self._estimator(header["estimator"]), header,
-                                                                       cols), header))
+            problem = self._problem(self._estimator(header["estimator"]), header, cols,
+                                    AcrossSites(_arrays(header.get("constants"))))
+            self._serving = (header["fit"], self._source(problem, header))
         source = self._serving[1]
         m = source.sums(np.asarray(arrays["theta"], float), np.asarray(arrays["plan"], np.int32))
         self.log.record(header["coordinator"], f"sums of pass {header['pass']}",
@@ -464,20 +476,22 @@ class Site:
         return {"pass": header["pass"]}, {"psi": m.psi, "jac": m.jac, "meat": m.meat, "sum_w": np.asarray(m.sum_w)}
 
 
-class _AtASite(Constants):
+class AcrossSites(Summed):
     """A site's rows are part of the rows: a constant a block learns from the data (``center(x)``, ``poly``, a
-    robust κ) would be learnt from one site's rows and give another estimator at every site, with no sign of it.
-    Learning such constants across sites is not implemented: refused, naming the constant."""
+    robust κ) is learnt from the sums over every site's rows, as a stream learns it from its batches
+    (:class:`mestim.constants.Summed`, :func:`_learn`); one that is not a sum over rows (a median, ``bs()``
+    knots) is refused, naming it."""
 
-    partial = True
     where = "at a federated site"
 
-    def total(self, key, local, after=()):
-        raise SpecificationError(f"the constant {key} is learnt from the rows, and a federated fit does not learn "
-                                 "constants across sites: give it explicitly (e.g. center(x, value)) or leave it out")
+
+def _listed(sums: Mapping) -> dict:
+    """Constants' sums {key: {name: array}} as JSON (Python's float repr: exact)."""
+    return {k: {name: np.asarray(v, float).tolist() for name, v in parts.items()} for k, parts in sums.items()}
 
 
-AT_A_SITE = _AtASite()
+def _arrays(listed: Mapping | None) -> dict:
+    return {k: {name: np.asarray(v, float) for name, v in parts.items()} for k, parts in (listed or {}).items()}
 
 
 def _fingerprint(cols: dict) -> dict:
@@ -669,7 +683,7 @@ def fit(estimator, sites, *, init=None, names=None, weights=None, weight_type: s
               "estimator": estimator.request()}
     everyone = ask(sites, dict(common, kind="levels"), {}, "the levels of its categorical columns")
     common["levels"] = processes.union_levels([everyone[n][0]["levels"] for n in sorted(everyone)])
-    prepared = ask(sites, dict(common, kind="prepare"), {}, "to prepare the fit")
+    prepared, common["constants"] = _learn(sites, common)
     spec, labels, init_ = _agree(prepared)
     n_rows = sum(h["n_rows"] for h, _ in prepared.values())
     sum_w = float(sum(h["sum_w"] for h, _ in prepared.values()))
@@ -684,6 +698,30 @@ def fit(estimator, sites, *, init=None, names=None, weights=None, weight_type: s
     result = assemble(problem, source, theta, moments, options, iterations=iterations, notes=(note,), checks=False,
                       totals=totals)
     return dataclasses.replace(result, _influence=None)
+
+
+def _learn(sites, common: dict) -> tuple[dict, dict]:
+    """(every site's reply to 'prepare', the constants' totals as JSON): prepare rounds until every site prepared
+    with the totals of every constant its blocks learn from the rows (:func:`mestim.constants.learn`: one round
+    per level of dependence, the sums added in site order); a single round when no block learns one."""
+    rounds = []
+
+    def run_pass(recorder: Summed) -> None:
+        known = _listed(recorder.totals)
+        replies = ask(sites, dict(common, kind="prepare", constants=known), {}, "to prepare the fit")
+        for name in sorted(replies):
+            learnt = replies[name][0]["constants"]
+            for key, sums in _arrays(learnt["sums"]).items():
+                recorder.sums.setdefault(key, []).append(sums)
+            recorder.unsure |= set(learnt["unsure"])
+            recorder.asked |= set(learnt["asked"])
+        rounds.append((known, replies, set(recorder.asked) <= set(known)))
+
+    totals = _listed(learn(run_pass).totals)
+    _, replies, complete = rounds[-1]
+    if not complete:  # the last round learnt a constant: prepare once more with every total
+        replies = ask(sites, dict(common, kind="prepare", constants=totals), {}, "to prepare the fit")
+    return replies, totals
 
 
 def _agree(prepared: dict) -> tuple[StackSpec, tuple, np.ndarray]:
