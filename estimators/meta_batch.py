@@ -54,6 +54,7 @@ from mestim.results import z_crit
 
 from . import causal_meta as cm
 from . import meta_classical as mc
+from .meta_federated import from_sites
 from .plotting import interval, numbers_column, readable_log_axis
 
 if TYPE_CHECKING:
@@ -320,15 +321,6 @@ def recorded_warnings(report: dict):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-def _from_sites(df, sites, columns, by=None):
-    """(df, columns, notes): as given, or the 2×2 tables of participant rows held by ``sites``."""
-    if sites is None:
-        return df, columns, []
-    from .meta_federated import from_sites
-
-    return from_sites(df, sites, columns, by)
-
-
 # ------------------------------------------------------------------------------------------ one meta-analysis
 def meta_analysis(df: pd.DataFrame | None = None, measure: str = "RR", columns: dict | None = None,
                   target_weights=None, invalid: str = "raise", level: float = 0.95,
@@ -351,7 +343,7 @@ def meta_analysis(df: pd.DataFrame | None = None, measure: str = "RR", columns: 
     if measure not in mc.MEASURES:
         raise DataError(f"measure={measure!r}: use one of {mc.MEASURES}")
     level = mc.check_level(level)
-    df, columns, notes = _from_sites(df, sites, columns)
+    df, columns, notes = from_sites(df, sites, columns)
     tables, report = standardise_tables(load_bcg() if df is None else df, columns, None, invalid)
     report["notes"][:0] = notes
     counts = [tables[c].to_numpy() for c in ROLES_2X2]
@@ -444,7 +436,7 @@ def meta_analyses(df: pd.DataFrame, by, measure: str = "RR", columns: dict | Non
     with stages("meta_analyses", ["checking the tables", "fitting (one vectorised program)", "comparing"],
                 progress) as step:
         step("checking the tables")
-        df, columns, notes = _from_sites(df, sites, columns, by)
+        df, columns, notes = from_sites(df, sites, columns, by)
         tables, report = standardise_tables(df, columns, by, invalid, missing_ids)
         report["notes"][:0] = notes
         step("fitting (one vectorised program)")
