@@ -69,6 +69,7 @@ def test_sites_equal_the_pooled_rows_tables():
     without frequency weights: the sites' counts give the pooled rows' 2×2 tables exactly."""
     rows = _participants()
     sites = _sites(rows)
+    sites["east"] = sites["east"].astype({"treatment": bool, "outcome": float})  # arms True/False, events 1.0/0.0
     for measure in ("RR", "RD"):
         fed, report = mb.meta_analysis(sites=sites, measure=measure)
         pooled, _ = mb.meta_analysis(_pooled_tables(rows), measure=measure)
