@@ -47,12 +47,11 @@ def meta_counts(name: str = "meta-2x2", version: str = "1", *, study: str = "stu
     return Counts(name, version, by=(*by, study, treatment), events=(outcome,), weights=weights)
 
 
-def two_by_two(released, counts, by=()) -> tuple:
+def two_by_two(released, counts) -> tuple:
     """(tables, notes): the 2×2 tables (the ``by`` columns, study, ai, bi, ci, di; one row per study, sorted) from
     :func:`mestim.federated.tabulate`'s table of ``counts`` (:func:`meta_counts`), each study's counts summed over
     the sites that hold its rows; the notes say where the counts came from and which studies are at several sites."""
-    by = list(by)
-    *_, study, treatment = counts.by
+    *by, study, treatment = counts.by
     outcome = counts.events[0]
     arms = set(released[treatment].tolist())
     if not arms <= {0, 1}:
@@ -98,6 +97,6 @@ def from_sites(df, sites: Mapping | None, columns: Mapping | None = None, by=Non
         raise DataError(f"meta-analysis id column(s) {clash} share a name with a column of the 2×2 tables: rename "
                         "them")
     counts = meta_counts(**named, by=groups)
-    tables, notes = two_by_two(simulate(counts, {str(k): v for k, v in sites.items()}), counts, groups)
+    tables, notes = two_by_two(simulate(counts, {str(k): v for k, v in sites.items()}), counts)
     return tables, {"study": "study"}, notes
 
