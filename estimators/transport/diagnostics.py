@@ -32,12 +32,14 @@ import jax
 import numpy as np
 import pandas as pd
 
+from estimators.output import json_number
+
 from .data import label
+from .estimands import WEIGHTED
 
 ESS_FRACTION = 0.10  # flag when the effective sample size is below this fraction of the arm's rows
 MAX_SHARE = 0.10  # flag when one row carries more than this share of the arm's total weight
 TOP = 5
-WEIGHTED = ("weighting", "dr")
 COLUMNS = ["estimator", "trial", "arm", "n", "ess", "ess_fraction", "max_share", "top_weights", "flagged"]
 
 
@@ -151,13 +153,9 @@ def positivity_warnings(diag: pd.DataFrame, settings: dict) -> list[str]:
 
 def diagnostics_records(diag: pd.DataFrame) -> list[dict]:
     """JSON-ready records (NaN → None, top weights as a list)."""
-    def num(v):
-        v = float(v)
-        return v if np.isfinite(v) else None
-
-    return [{"estimator": r.estimator, "trial": r.trial, "arm": r.arm, "n": int(r.n), "ess": num(r.ess),
-             "ess_fraction": num(r.ess_fraction), "max_share": num(r.max_share),
-             "top_weights": [num(x) for x in r.top_weights], "flagged": bool(r.flagged)}
+    return [{"estimator": r.estimator, "trial": r.trial, "arm": r.arm, "n": int(r.n), "ess": json_number(r.ess),
+             "ess_fraction": json_number(r.ess_fraction), "max_share": json_number(r.max_share),
+             "top_weights": [json_number(x) for x in r.top_weights], "flagged": bool(r.flagged)}
             for r in diag.itertuples(index=False)]
 
 
