@@ -70,11 +70,13 @@ def untraceable(block: str, error: Exception) -> SpecificationError:
 
 
 def did_you_mean(value, choices) -> str:
-    """'; did you mean 'weibull'?' for the choice closest to ``value`` (difflib), or '' when none is close."""
+    """'; did you mean 'weibull'?' for the choice closest to ``value`` (difflib, ignoring case: 'rr' finds 'RR'),
+    or '' when none is close."""
     import difflib
 
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices if c is not None], n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    lowered = {str(c).lower(): c for c in choices if c is not None}
+    close = difflib.get_close_matches(str(value).lower(), list(lowered), n=1)
+    return f"; did you mean {str(lowered[close[0]])!r}?" if close else ""
 
 
 def check_choice(name: str, value, choices, *, context: str = "") -> None:
