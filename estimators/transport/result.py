@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 import mestim
+from estimators.output import json_number, json_value, write_json
 from mestim.errors import SpecificationError
 from mestim.results import normal_two_sided_p, z_crit
 
@@ -95,8 +96,6 @@ class TransportResult:
 
     def to_dict(self) -> dict:
         """{"estimates": [...], "tests": {...}, "settings": {...}} (the command line's --json)."""
-        from estimators.output import json_number, json_value
-
         rows = [{"estimator": r.estimator, "trial": r.trial, "contrast": r.contrast, "scale": r.scale,
                  "estimate": json_number(r.estimate), "se": json_number(r.se), "ci_low": json_number(r.ci_low),
                  "ci_high": json_number(r.ci_high), "n": int(r.n), "p_value": json_number(wald_p_value(r))}
@@ -115,8 +114,6 @@ class TransportResult:
 
     def to_json(self, path: str | None = None) -> str:
         """:meth:`to_dict` as JSON text, written to ``path`` when given."""
-        from estimators.output import write_json
-
         return write_json(self.to_dict(), path)
 
     def summary(self, warnings: bool = True) -> str:
