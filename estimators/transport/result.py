@@ -198,8 +198,8 @@ def reported_by_delta(stack: TransportStack, fit: mestim.Result) -> mestim.Estim
     g = ReportedContrasts(tuple(sorted(fit.blocks, key=lambda name: fit.blocks[name].start)),
                           tuple((tuple(ia[i].tolist()), tuple(ib[i].tolist())) for i in groups),
                           tuple(np.argsort(np.concatenate(groups), kind="stable").tolist()))
-    labels = list(stack.labels) + [f"bias_mean|{s}" for s in stack.settings["trials"] + ["pooled"]] * stack.use_bias
-    return fit.delta(g, labels)
+    bias_labels = [f"bias_mean|{s}" for s in stack.settings["trials"] + ["pooled"]] if stack.use_bias else []
+    return fit.delta(g, list(stack.labels) + bias_labels)
 
 
 def contrast_table(stack: TransportStack, est: mestim.Estimates) -> pd.DataFrame:
