@@ -9,7 +9,6 @@ influence functions.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Sequence
 from statistics import NormalDist
@@ -76,21 +75,6 @@ def _same_name(label: str, key) -> bool:
         return False
     (lb, ls, ln), (kb, ks, kn) = label.rpartition(":"), key.rpartition(":")
     return (lb, ls) == (kb, ks) and ln in INTERCEPT_NAMES and kn in INTERCEPT_NAMES
-
-
-@functools.lru_cache(maxsize=16)
-def _delta_program(g: Callable, blocks) -> Callable:
-    """θ ↦ (g(θ), ∂g/∂θ) compiled as one program (run eagerly, jacrev would dispatch every primitive of g
-    separately); kept for the next call with the same g — equal hashable g's (a frozen dataclass with ``__call__``)
-    share it, so repeating an analysis compiles nothing. ``blocks``: None (g takes a flat θ) or ((name, start,
-    stop), ...) (g takes a dict of block arrays)."""
-    import jax
-    import jax.numpy as jnp
-
-    def flat(t):
-        return jnp.atleast_1d(g(t if blocks is None else {name: t[a:b] for name, a, b in blocks}))
-
-    return jax.jit(lambda t: (flat(t), jax.jacrev(flat)(t)))
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -171,15 +155,17 @@ class Estimates:
         log OR, a difference of log means); the result reports exp(g) with its CI from the log scale and a test
         of ratio = 1 (``scale="log"``).
         """
-        value, grad = (np.asarray(a) for a in _delta_program(g, self._g_blocks())(self.theta))
+        import jax
+        import jax.numpy as jnp
+
+        flat = lambda t: jnp.atleast_1d(g(self._g_input(t)))  # noqa: E731
+        # One compiled call: run eagerly, jacrev would dispatch (and compile) every primitive of g separately.
+        value, grad = jax.jit(lambda t: (flat(t), jax.jacrev(flat)(t)))(self.theta)
+        value, grad = np.asarray(value), np.asarray(grad)
         labels = tuple(labels) if labels is not None else tuple(f"g[{i}]" for i in range(value.size))
         if len(labels) != value.size:
             raise SpecificationError(f"{len(labels)} labels given for {value.size} transformed estimates")
         return Estimates(value, grad @ self.vcov @ grad.T, labels, "log" if exponentiate else "identity")
-
-    def _g_blocks(self):
-        """How g receives θ (hashable): None for a flat θ, else ((block, start, stop), ...)."""
-        return None
 
     def wald_test(self, hypothesis, rhs=None) -> WaldTest:
         """Wald χ² test of H₀: Lθ = c (``hypothesis`` a (q, p) matrix) or g(θ) = c (a function, via delta).
@@ -260,9 +246,6 @@ class Result(Estimates):
 
     def _g_input(self, theta):
         return theta if self.flat_theta else {name: theta[sl] for name, sl in self.blocks.items()}
-
-    def _g_blocks(self):
-        return None if self.flat_theta else tuple((name, sl.start, sl.stop) for name, sl in self.blocks.items())
 
     def index(self, key) -> np.ndarray:
         """As :meth:`Estimates.index`; a single-block fit's labels carry no block prefix, yet "m:x" and "m" (the

@@ -1,5 +1,5 @@
 """How the transport package is put together: the estimator registry, TransportOptions checked once, ratio
-contrasts by the engine's delta method (against closed-form gradients), no import cycle; and the option checks
+contrasts by the delta method with autodiff gradients (against closed-form ones), no import cycle; and the option checks
 every estimator shares ("use one of …; did you mean …")."""
 
 import ast
@@ -121,7 +121,7 @@ def test_ratio_contrasts_match_closed_form_gradients():
             assert row.ci_low == pytest.approx(np.exp(log_ratio - z * se_log), rel=1e-10)
 
 
-def test_a_second_analysis_reuses_the_delta_program(sim):
+def test_a_second_analysis_reuses_the_readout_program(sim):
     transport(sim, covariates=COVS, diagnostics=False)
     with mestim.compilations() as count:
         transport(sim, covariates=COVS, diagnostics=False)

@@ -123,14 +123,7 @@ def transport(df=None, study: str = "S", treatment: str = "Z", outcome: str = "Y
 
             fit = fit_sites(stack, origin)
         step("contrasts and tests")
-        res = transport_result(stack, fit)
-        if diagnostics:
-            from .diagnostics import positivity_diagnostics, positivity_warnings
-
-            step("positivity diagnostics")
-            res.diagnostics = positivity_diagnostics(stack, fit)
-            if res.diagnostics is not None:
-                res.diagnostic_warnings = positivity_warnings(res.diagnostics, stack.settings)
+        res = transport_result(stack, fit, diagnostics, step)
     for msg in res.diagnostic_warnings:
         warnings.warn(msg, mestim.MestimWarning, stacklevel=2)
     return res

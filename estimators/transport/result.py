@@ -2,9 +2,9 @@
 
 Every reported contrast — a difference μ_z − μ_z', for a 0/1 outcome also log(μ_z/μ_z') and
 logit μ_z − logit μ_z' (reported as ratios, CIs exponentiated from the log scale), or the pseudo-outcome's φ — is one
-output of a single function of θ handed to the engine's delta method (:meth:`mestim.Result.delta`), so they share
-one joint covariance: the homogeneity tests (transported effects equal across trials, m − 1 df) are Wald tests on
-it, and the per-trial CATE models are compared by a Wald test on θ (the paper's falsification check, eq. 3).
+output of a single function g of θ; the delta method gives their joint covariance G V Gᵀ with G = ∂g/∂θ by JAX's
+autodiff (:mod:`~estimators.transport.readout`: one program, shared with the positivity weights). The homogeneity
+tests (transported effects equal across trials, m − 1 df) are Wald tests on that covariance, and the per-trial CATE models are compared by a Wald test on θ (the paper's falsification check, eq. 3).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from mestim.errors import SpecificationError
 from mestim.results import normal_two_sided_p, z_crit
 
 from .data import TransportData, label
+from .diagnostics import diagnostics_records, positivity_diagnostics, positivity_warnings, weights_of
+from .readout import ReportedContrasts, read_fit, weights_reader
 from .stack import TransportStack
 
 SENSITIVITY_COLUMNS = ["estimator", "trial", "contrast", "delta", "bias_mean", "estimate", "se", "ci_low", "ci_high", "n"]
@@ -103,8 +105,6 @@ class TransportResult:
         out = {"estimates": rows, "tests": self.tests, "settings": self.settings, "notes": self.notes,
                "warnings": self.warnings, "level": self.level, "version": mestim.__version__}
         if self.diagnostics is not None:
-            from .diagnostics import diagnostics_records
-
             out["diagnostics"] = diagnostics_records(self.diagnostics)
             out["diagnostic_warnings"] = list(self.diagnostic_warnings)
         if self.sensitivity is not None:
@@ -147,43 +147,37 @@ def wald_p_value(row) -> float:
     return float(normal_two_sided_p(z))
 
 
-def transport_result(stack: TransportStack, fit: mestim.Result) -> TransportResult:
-    """Contrasts by the delta method, the homogeneity and CATE-equality tests, the sensitivity sweep."""
+def transport_result(stack: TransportStack, fit: mestim.Result, diagnostics: bool = False,
+                     step=lambda stage: None) -> TransportResult:
+    """Contrasts by the delta method, the homogeneity and CATE-equality tests, the sensitivity sweep; with
+    ``diagnostics`` the positivity diagnostics, whose weights come from the contrasts' program (``step`` is
+    told when they start: a progress bar's)."""
+    reader, rows = weights_reader(stack, fit) if diagnostics else (None, {})
+    contrasts, labels = contrast_function(stack, fit)
+    value, jacobian, weights = read_fit(contrasts, reader, np.asarray(fit.theta, float), rows)
+    jacobian = np.asarray(jacobian)
+    every = mestim.Estimates(np.asarray(value), jacobian @ fit.vcov @ jacobian.T, labels)  # delta: G V Gᵀ
     n = len(stack.estimands)
-    every = reported_by_delta(stack, fit)
     est = mestim.Estimates(every.theta[:n], every.vcov[:n, :n], every.labels[:n])
-    tests = {"homogeneity": homogeneity_tests(stack, est) if stack.transport_data.m >= 2 else {},
-             "cate_equality": cate_equality_tests(stack, fit) if stack.transport_data.m >= 2 else {}}
+    several = stack.transport_data.m >= 2
+    tests = {"homogeneity": homogeneity_tests(stack, est) if several else {},
+             "cate_equality": cate_equality_tests(stack, fit) if several else {}}
     sens = sensitivity_sweep(stack, every) if stack.use_bias else None
     settings = dict(stack.settings, n_clusters=fit.n_clusters)
     settings["variance"] += design_text(settings)
-    return TransportResult(contrast_table(stack, est), tests, settings, fit, est, stack.transport_data, sens,
-                           stack.level)
+    res = TransportResult(contrast_table(stack, est), tests, settings, fit, est, stack.transport_data, sens,
+                          stack.level)
+    if diagnostics:
+        step("positivity diagnostics")
+    if reader is not None:
+        res.diagnostics = positivity_diagnostics(stack, fit, weights_of(reader, weights))
+        res.diagnostic_warnings = positivity_warnings(res.diagnostics, stack.settings)
+    return res
 
 
-@dataclasses.dataclass(frozen=True)
-class ReportedContrasts:
-    """g(θ) of the delta method for the reported contrasts: parameters a (as they are: φ, ū), a − b, log a − log b
-    and logit a − logit b, each group given by its flat indices (a, b), then put back in the reported order.
-    Hashable and equal for equal stacks, so the engine reuses its compiled program (value and Jacobian)."""
-
-    blocks: tuple  # block names in θ's order (g receives a dict of blocks)
-    groups: tuple  # ((a indices, b indices), ...) for one parameter, difference, log ratio, log odds ratio
-    order: tuple  # position of every output in the concatenated groups
-
-    def __call__(self, theta):
-        import jax.numpy as jnp
-
-        flat = jnp.concatenate([theta[name] for name in self.blocks]) if isinstance(theta, dict) else theta
-        (one, _), diff, rr, odds = ((flat[np.array(a, int)], flat[np.array(b, int)]) for a, b in self.groups)
-        logit = lambda p: jnp.log(p / (1 - p))  # noqa: E731
-        return jnp.concatenate([one, diff[0] - diff[1], jnp.log(rr[0]) - jnp.log(rr[1]),
-                                logit(odds[0]) - logit(odds[1])])[np.array(self.order, int)]
-
-
-def reported_by_delta(stack: TransportStack, fit: mestim.Result) -> mestim.Estimates:
-    """Every reported contrast on its analysis scale (difference, log risk ratio, log odds ratio; φ as it is),
-    then (with a sensitivity analysis) the bias means, by the engine's delta method: one function of θ."""
+def contrast_function(stack: TransportStack, fit: mestim.Result) -> tuple[ReportedContrasts, list[str]]:
+    """(g, labels): every reported contrast on its analysis scale (difference, log risk ratio, log odds ratio; φ
+    as it is), then (with a sensitivity analysis) the bias means, as one function of the flat θ."""
     ia, ib = stack.positions(fit.blocks)
     scales = [e.scale for e in stack.estimands]
     if stack.use_bias:  # the bias means ū, one parameter each
@@ -195,11 +189,10 @@ def reported_by_delta(stack: TransportStack, fit: mestim.Result) -> mestim.Estim
     single = ib < 0  # φ or ū: one parameter, reported as it is
     groups = [np.flatnonzero(single), np.flatnonzero(~single & (scales == "difference")),
               np.flatnonzero(scales == "risk ratio"), np.flatnonzero(scales == "odds ratio")]
-    g = ReportedContrasts(tuple(sorted(fit.blocks, key=lambda name: fit.blocks[name].start)),
-                          tuple((tuple(ia[i].tolist()), tuple(ib[i].tolist())) for i in groups),
+    g = ReportedContrasts(tuple((tuple(ia[i].tolist()), tuple(ib[i].tolist())) for i in groups),
                           tuple(np.argsort(np.concatenate(groups), kind="stable").tolist()))
     bias_labels = [f"bias_mean|{s}" for s in stack.settings["trials"] + ["pooled"]] if stack.use_bias else []
-    return fit.delta(g, list(stack.labels) + bias_labels)
+    return g, list(stack.labels) + bias_labels
 
 
 def contrast_table(stack: TransportStack, est: mestim.Estimates) -> pd.DataFrame:
