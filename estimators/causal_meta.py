@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mestim import Block, fit
-from mestim.errors import DataError, MestimWarning
+from mestim.errors import DataError, MestimWarning, check_choice
 
 from mestim.results import check_level, z_crit
 
@@ -72,6 +72,7 @@ ENGINE_AGREEMENT = 1e-8
 def contrast(measure: str, psi1, psi0):
     """Φ(ψ₁, ψ₀) on the analysis scale: RD, log RR, log OR or log SR (NumPy on NumPy input, traceable on JAX
     input); ±inf or NaN where the measure is not defined (see :func:`undefined_reason`)."""
+    check_choice("measure", measure, CAUSAL_MEASURES)
     xp = array_module(psi1, psi0)
     with np.errstate(divide="ignore", invalid="ignore"):
         if measure == "RD":
@@ -80,13 +81,12 @@ def contrast(measure: str, psi1, psi0):
             return xp.log(psi1) - xp.log(psi0)
         if measure == "OR":
             return xp.log(psi1) - xp.log1p(-psi1) - xp.log(psi0) + xp.log1p(-psi0)
-        if measure == "SR":
-            return xp.log1p(-psi1) - xp.log1p(-psi0)
-    raise DataError(f"measure={measure!r}: use one of {CAUSAL_MEASURES}")
+        return xp.log1p(-psi1) - xp.log1p(-psi0)  # SR
 
 
 def contrast_gradient(measure: str, psi1, psi0):
     """(∂Φ/∂ψ₁, ∂Φ/∂ψ₀) for :func:`contrast` (NumPy on NumPy input, traceable on JAX input)."""
+    check_choice("measure", measure, CAUSAL_MEASURES)
     xp = array_module(psi1, psi0)
     with np.errstate(divide="ignore", invalid="ignore"):
         if measure == "RD":
@@ -95,9 +95,7 @@ def contrast_gradient(measure: str, psi1, psi0):
             return 1 / psi1, -1 / psi0
         if measure == "OR":
             return 1 / (psi1 * (1 - psi1)), -1 / (psi0 * (1 - psi0))
-        if measure == "SR":
-            return -1 / (1 - psi1), 1 / (1 - psi0)
-    raise DataError(f"measure={measure!r}: use one of {CAUSAL_MEASURES}")
+        return -1 / (1 - psi1), 1 / (1 - psi0)  # SR
 
 
 def undefined_reason(measure: str, psi1, psi0):
@@ -236,8 +234,7 @@ def causal_meta_blocks(ai, bi, ci, di, measure: str = "RD", variance: str = "san
 
     ``variance="sandwich"`` with ω_k = n_k/n estimates the shares (H random); ``"design"`` or user
     ``target_weights`` drop the shares block and hold the weights fixed (the design-based variant)."""
-    if measure not in CAUSAL_MEASURES:
-        raise DataError(f"measure={measure!r}: use one of {CAUSAL_MEASURES}")
+    check_choice("measure", measure, CAUSAL_MEASURES)
     if variance not in ("sandwich", "design"):
         raise DataError(f"variance={variance!r}: the stack computes 'sandwich' or 'design' (the paper's formula "
                         "is a closed form: causal_closed_form)")
@@ -305,8 +302,7 @@ def causal_meta(ai, bi, ci, di, measure: str = "RR", target_weights=None, level:
 
     check_level(level)
     ai, bi, ci, di = _check_tables(ai, bi, ci, di)
-    if measure not in CAUSAL_MEASURES:
-        raise DataError(f"measure={measure!r}: use one of {CAUSAL_MEASURES}")
+    check_choice("measure", measure, CAUSAL_MEASURES)
     cf = {k: float(v) for k, v in causal_closed_form(ai, bi, ci, di, None, measure, target_weights).items()}
     reason = undefined_reason(measure, cf["psi1"], cf["psi0"]).item()
     if reason or not np.isfinite(cf["estimate"]):

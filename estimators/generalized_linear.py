@@ -152,8 +152,7 @@ def resolve(family: str, link: str | None) -> tuple[str, str]:
     allowed = FAMILIES[family].links
     if link is None:
         return family, allowed[0]
-    if link not in allowed:
-        raise SpecificationError(f"link={link!r} is not available for the {family} family: use one of {list(allowed)}")
+    check_choice("link", link, allowed, context=f" is not available for the {family} family")
     return family, link
 
 

@@ -41,7 +41,6 @@ import collections
 import contextlib
 import functools
 import math
-import os
 import warnings
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -49,13 +48,14 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from mestim.errors import DataError, MestimWarning
+from mestim.errors import DataError, MestimWarning, check_choice
 from mestim.results import z_crit
 
 from . import causal_meta as cm
 from . import meta_classical as mc
 from .meta_federated import from_sites
-from .plotting import interval, numbers_column, readable_log_axis
+from .output import json_value
+from .plotting import interval, numbers_column, pyplot, readable_log_axis, save
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,10 +150,8 @@ def standardise_tables(df: pd.DataFrame, columns: dict | None = None, by=None,
     id are "exclude"d (default, reported) or "keep"-t as their own level "(missing)" (e.g. no subgroup)."""
     import pandas as pd
 
-    if invalid not in ("raise", "exclude"):
-        raise DataError(f"invalid={invalid!r}: use 'raise' or 'exclude'")
-    if missing_ids not in ("exclude", "keep"):
-        raise DataError(f"missing_ids={missing_ids!r}: use 'exclude' or 'keep'")
+    check_choice("invalid", invalid, ("raise", "exclude"))
+    check_choice("missing_ids", missing_ids, ("exclude", "keep"))
     if not isinstance(df, pd.DataFrame):
         df = pd.DataFrame(df)
     if len(df) == 0:
@@ -268,16 +266,6 @@ def _warn_fractional(counts: dict, name: dict, study, rows) -> None:
                       "numbers: fix typos; imputed or corrected counts are used as given", MestimWarning, stacklevel=3)
 
 
-def _jsonable(v):
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
-    return v
-
-
 EXCLUSION_KINDS = {"missing id": "row(s) with a missing meta-analysis id", "malformed": "malformed row(s)",
                    "empty arm": "stud(ies) with an empty arm",
                    "no usable study": "meta-analys(es) with no usable study"}
@@ -340,8 +328,7 @@ def meta_analysis(df: pd.DataFrame | None = None, measure: str = "RR", columns: 
     """
     import pandas as pd
 
-    if measure not in mc.MEASURES:
-        raise DataError(f"measure={measure!r}: use one of {mc.MEASURES}")
+    check_choice("measure", measure, mc.MEASURES)
     level = mc.check_level(level)
     df, columns, notes = from_sites(df, sites, columns)
     tables, report = standardise_tables(load_bcg() if df is None else df, columns, None, invalid)
@@ -426,10 +413,8 @@ def meta_analyses(df: pd.DataFrame, by, measure: str = "RR", columns: dict | Non
     (:func:`batch_core`). REML/PM τ² that did not converge: ``converged`` False, a :class:`MestimWarning` naming
     the meta-analyses, and ``report["warnings"]``.
     """
-    if measure not in mc.MEASURES:
-        raise DataError(f"measure={measure!r}: use one of {mc.MEASURES}")
-    if classical not in METHODS[1:]:
-        raise DataError(f"classical={classical!r}: use one of {METHODS[1:]}")
+    check_choice("measure", measure, mc.MEASURES)
+    check_choice("classical", classical, METHODS[1:])
     level = mc.check_level(level)
     from .progress import stages
 
@@ -495,7 +480,7 @@ def _report_batch_diagnostics(report: dict, ids, core: dict, measure: str, undef
     """Warnings (non-converged τ²) and notes (undefined causal estimates, multimodal restricted likelihoods) of a
     batch, each naming up to 10 meta-analyses."""
     def named(hit):
-        listed = [_jsonable(i) for i in np.asarray(ids, dtype=object)[hit][:10]]
+        listed = [json_value(i) for i in np.asarray(ids, dtype=object)[hit][:10]]
         return f"{int(hit.sum())} meta-analys(es): {listed}" + (" …" if hit.sum() > 10 else "")
 
     for meth, bad in mc.convergence_problems(core).items():
@@ -598,14 +583,7 @@ def not_compared_summary(wide: pd.DataFrame) -> str:
 def _json_row(rec: dict) -> dict:
     """A result record for JSON: NumPy scalars as Python ones, NaN/inf/NA as null, and for ratio measures the
     ``exp_*`` values beside the log-scale ones (``scale`` says which)."""
-    import pandas as pd
-
-    row = {}
-    for key, val in rec.items():
-        val = _jsonable(val)
-        if not isinstance(val, str) and (pd.isna(val) or (isinstance(val, float) and not np.isfinite(val))):
-            val = None
-        row[key] = val
+    row = {key: json_value(val) for key, val in rec.items()}
     if "estimate" in row and "se" in row:  # two-sided Wald p-value of no effect, on the analysis scale
         from mestim.results import normal_two_sided_p
 
@@ -646,11 +624,11 @@ def results_json(long: pd.DataFrame, report: dict | None = None, wide: pd.DataFr
             "opposite_significant": int(wide["opposite_significant"].sum()),
             "not_compared": int((~wide["comparable"]).sum())}
         left_out = wide[~wide["comparable"].to_numpy(bool)]
-        payload["not_compared"] = [{"meta_id": _jsonable(i), "reason": r} for i, r in
+        payload["not_compared"] = [{"meta_id": json_value(i), "reason": r} for i, r in
                                    zip(left_out["meta_id"], left_out["not_compared_reason"])]
         payload["discordant"] = [_json_row(rec) for rec in flagged[keep].to_dict("records")]
         undefined = wide[pd.notna(wide["causal_undefined_reason"])]
-        payload["undefined"] = [{"meta_id": _jsonable(i), "reason": r} for i, r in
+        payload["undefined"] = [{"meta_id": json_value(i), "reason": r} for i, r in
                                 zip(undefined["meta_id"], undefined["causal_undefined_reason"])]
     return payload
 
@@ -659,10 +637,7 @@ def forest_plot(studies: pd.DataFrame, results: pd.DataFrame, measure: str, path
                 methods=("FE", "REML", "MH", "causal"), labels=None, title: str | None = None, level: float = 0.95):
     """Forest plot: per-study estimates (metafor effect sizes, Wald CIs at ``level``, as the pooled rows) and the
     pooled classical and causal rows as diamonds; ratio measures on a log axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     z = z_crit(mc.check_level(level))
 
     y, v = mc.effect_sizes(*(studies[c].to_numpy(float) for c in ROLES_2X2), measure)
@@ -703,9 +678,7 @@ def forest_plot(studies: pd.DataFrame, results: pd.DataFrame, measure: str, path
     ax.set_xlabel({"RR": "risk ratio", "OR": "odds ratio", "RD": "risk difference"}[measure])
     ax.set_title(title or f"Forest plot ({measure})")
     fig.tight_layout(rect=(0, 0, 0.8, 1))  # the right fifth holds the numbers column
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path
 
 
@@ -713,10 +686,7 @@ def scatter_plot(wide: pd.DataFrame, path: str, title: str | None = None):
     """Causal vs classical estimate per meta-analysis (the paper's Figure 4), x = y line, discordant ones in red.
     Only comparable meta-analyses (both estimates defined) are plotted; the title counts those and says how many
     were left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     measure = str(wide["measure"].iloc[0])
     ratio = measure in ("RR", "OR")
@@ -743,7 +713,5 @@ def scatter_plot(wide: pd.DataFrame, path: str, title: str | None = None):
                  + (f" ({left_out})" if left_out else ""), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return path

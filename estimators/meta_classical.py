@@ -46,10 +46,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mestim.errors import MestimWarning
+from mestim.errors import MestimWarning, check_choice
 from mestim.results import check_level, z_crit
 
 MEASURES = ("RD", "RR", "OR")
+CONTINUITY = ("only0", "if0all", "all", "none")  # which studies get the continuity correction
 RE_METHODS = ("DL", "REML", "PM")
 REML_ITERATIONS = 100  # the most Newton/Fisher-scoring steps of one REML ascent
 PM_ITERATIONS = 100  # the most safeguarded Newton steps for Paule–Mandel
@@ -80,6 +81,8 @@ def effect_sizes(ai, bi, ci, di, measure: str, add: float = 0.5, to: str = "only
     (``to="only0"``), of every study if any has one (``"if0all"``), of every study (``"all"``), or never
     (``"none"``). Reference: Viechtbauer (2010); Rothman, Greenland & Lash, *Modern Epidemiology* ch. 14.
     """
+    check_choice("measure", measure, MEASURES)
+    check_choice("to", to, CONTINUITY)
     xp = array_module(ai, bi, ci, di)
     ai, bi, ci, di = (xp.asarray(x, float) for x in (ai, bi, ci, di))
     if to == "none" or add == 0:
@@ -90,10 +93,8 @@ def effect_sizes(ai, bi, ci, di, measure: str, add: float = 0.5, to: str = "only
             shift = xp.where(has0, add, 0.0)
         elif to == "if0all":
             shift = xp.where(xp.any(has0), add, 0.0) * xp.ones_like(ai)
-        elif to == "all":
+        else:  # "all"
             shift = xp.full_like(ai, add)
-        else:
-            raise ValueError(f"to={to!r}: use 'only0', 'if0all', 'all' or 'none'")
     a, b, c, d = ai + shift, bi + shift, ci + shift, di + shift
     n1, n0 = a + b, c + d
     p1, p0 = a / n1, c / n0
@@ -102,9 +103,7 @@ def effect_sizes(ai, bi, ci, di, measure: str, add: float = 0.5, to: str = "only
             return xp.log(p1) - xp.log(p0), 1 / a - 1 / n1 + 1 / c - 1 / n0
         if measure == "OR":
             return xp.log(a * d) - xp.log(b * c), 1 / a + 1 / b + 1 / c + 1 / d
-        if measure == "RD":
-            return p1 - p0, p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0
-    raise ValueError(f"measure={measure!r}: use one of {MEASURES}")
+        return p1 - p0, p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0  # RD
 
 
 # ------------------------------------------------------------------------------------------ pooling
@@ -433,6 +432,7 @@ def mantel_haenszel(ai, bi, ci, di, mask, measure: str):
       RD: ψ̂ = Σ(a n0 − c n1)/n / Σ(n1 n0/n); Var = Σ(a b n0³ + c d n1³)/(n1 n0 n²) / (Σ n1 n0/n)²
           (Greenland & Robins 1985, the large-strata variance used by RevMan).
     """
+    check_choice("measure", measure, MEASURES)
     xp = array_module(ai, bi, ci, di, mask)
     m = xp.asarray(mask, float)
     a, b, c, d = (xp.where(m > 0, xp.asarray(x, float), 0.0) for x in (ai, bi, ci, di))
@@ -448,13 +448,11 @@ def mantel_haenszel(ai, bi, ci, di, mask, measure: str):
         R, S = (a * n0 / n).sum(), (c * n1 / n).sum()
         var = ((n1 * n0 * (a + c) - a * c * n) / n ** 2).sum() / (R * S)
         return xp.log(R) - xp.log(S), xp.sqrt(var)
-    if measure == "RD":
-        wsum = (n1 * n0 / n).sum()
-        est = ((a * n0 - c * n1) / n).sum() / wsum
-        safe = xp.where(m > 0, n1 * n0, 1.0)
-        var = ((a * b * n0 ** 3 + c * d * n1 ** 3) / (safe * n ** 2)).sum() / wsum ** 2
-        return est, xp.sqrt(var)
-    raise ValueError(f"measure={measure!r}: use one of {MEASURES}")
+    wsum = (n1 * n0 / n).sum()  # RD
+    est = ((a * n0 - c * n1) / n).sum() / wsum
+    safe = xp.where(m > 0, n1 * n0, 1.0)
+    var = ((a * b * n0 ** 3 + c * d * n1 ** 3) / (safe * n ** 2)).sum() / wsum ** 2
+    return est, xp.sqrt(var)
 
 
 # ------------------------------------------------------------------------------------------ one meta-analysis
@@ -549,8 +547,7 @@ def classical_meta(ai, bi, ci, di, measure: str = "RR", level: float = 0.95) -> 
     :func:`mantel_haenszel`. Reference: Viechtbauer (2010), metafor; Borenstein et al. (2009), *Introduction to
     Meta-Analysis*.
     """
-    if measure not in MEASURES:
-        raise ValueError(f"measure={measure!r}: use one of {MEASURES}")
+    check_choice("measure", measure, MEASURES)
     check_level(level)
     core = classical_core(ai, bi, ci, di, measures=(measure,))[measure]
     for meth, bad in convergence_problems({k: np.atleast_1d(v) for k, v in core.items()}).items():

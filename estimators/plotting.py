@@ -3,6 +3,27 @@
 from __future__ import annotations
 
 import math
+import os
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed: every plot of the library is a file)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: str | None) -> None:
+    """Write ``fig`` to ``path`` (its folder made if missing; 120 dpi) and release it; nothing when ``path`` is None
+    (the caller keeps the figure)."""
+    if path is None:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
 
 
 def number(x: float) -> str:

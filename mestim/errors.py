@@ -69,12 +69,19 @@ def untraceable(block: str, error: Exception) -> SpecificationError:
     return SpecificationError(f"ψ of block '{block}' {what}{where}; ψ is traced by JAX, so {fix}")
 
 
-def check_choice(name: str, value, choices) -> None:
-    """Raise :class:`SpecificationError` unless ``value`` is one of ``choices`` (the message lists them)."""
-    if value in tuple(choices):
-        return
+def did_you_mean(value, choices) -> str:
+    """'; did you mean 'weibull'?' for the choice closest to ``value`` (difflib, ignoring case: 'rr' finds 'RR'),
+    or '' when none is close."""
     import difflib
 
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices if c is not None], n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise SpecificationError(f"{name}={value!r}: use one of {list(choices)}{hint}")
+    lowered = {str(c).lower(): c for c in choices if c is not None}
+    close = difflib.get_close_matches(str(value).lower(), list(lowered), n=1)
+    return f"; did you mean {str(lowered[close[0]])!r}?" if close else ""
+
+
+def check_choice(name: str, value, choices, *, context: str = "") -> None:
+    """Raise :class:`SpecificationError` unless ``value`` is one of ``choices``: "name=value{context}: use one of
+    [...]; did you mean ...?" (``context`` says why the choices are limited, e.g. " for the binomial family")."""
+    if value in tuple(choices):
+        return
+    raise SpecificationError(f"{name}={value!r}{context}: use one of {list(choices)}{did_you_mean(value, choices)}")

@@ -17,13 +17,13 @@ XLA program for a batch.
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 
 import numpy as np
 
 from estimators.io import add_file_options, read_table
+from estimators.output import write_json
 from estimators.progress import stages
 from mestim.errors import DataError, MestimWarning
 
@@ -184,8 +184,7 @@ def _run(args, level, step) -> int:
         import mestim
 
         payload.update(source=source, level=level, version=mestim.__version__)
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=1)
+        write_json(payload, args.json, indent=1)
         print(f"results written to {args.json}", file=out)
     if args.table:
         import pandas as pd

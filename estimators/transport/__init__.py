@@ -11,7 +11,8 @@ known target effect) and :func:`load_transport_sim` (the bundled simulated data 
 import mestim  # noqa: F401  (float64)
 
 from .api import ESTIMATORS, TransportResult, transport
+from .options import TransportOptions
 from .simulate import SimulatedTrials, bundled_truth, load_transport_sim, simulate_trials
 
-__all__ = ["transport", "TransportResult", "ESTIMATORS", "simulate_trials", "SimulatedTrials", "load_transport_sim",
+__all__ = ["transport", "TransportResult", "TransportOptions", "ESTIMATORS", "simulate_trials", "SimulatedTrials", "load_transport_sim",
            "bundled_truth"]

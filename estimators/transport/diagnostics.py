@@ -26,55 +26,35 @@ functions at the fitted parameters, the summaries from NumPy reductions over row
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import numpy as np
 import pandas as pd
 
+from estimators.output import json_number
+
 from .data import label
+from .estimands import WEIGHTED
+from .readout import read_fit, weights_reader
 
 ESS_FRACTION = 0.10  # flag when the effective sample size is below this fraction of the arm's rows
 MAX_SHARE = 0.10  # flag when one row carries more than this share of the arm's total weight
 TOP = 5
-WEIGHTED = ("weighting", "dr")
 COLUMNS = ["estimator", "trial", "arm", "n", "ess", "ess_fraction", "max_share", "top_weights", "flagged"]
 
 
 def inverse_odds_weights(stack, fit):
     """(pooled (n, C) or None, per-trial (n, m, C) or None): the weights w_i of every row and arm (0 off the
     group), at the fitted parameters; pooled only if a pooled weighting/DR estimator was fitted, likewise per trial.
-
-    One compiled program: NumPy columns and the flat θ go into one ``jit(vmap)`` that slices the blocks inside,
-    so no eager ``jax.numpy`` call (each of which would compile a program of its own) runs on the host."""
-    pooled = any(e in WEIGHTED for e in stack.pooled_estimators)
-    per_trial = any(e in WEIGHTED for e in stack.trial_estimators)
-    if not (pooled or per_trial):
+    One compiled program (:func:`~estimators.transport.readout.read_fit`)."""
+    reader, rows = weights_reader(stack, fit)
+    if reader is None:
         return None, None
-    cols = stack.transport_data.columns
-    n = cols["tr.R"].shape[0]
-    part, armw = stack.participation, stack.arm_weights
-    rows = {k: v for k, v in cols.items()
-            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim >= 1 and v.shape[0] == n}
-    blocks = tuple((name, sl.start, sl.stop) for name, sl in fit.blocks.items())
-    res = [np.asarray(r) for r in _weights(part, armw, blocks, pooled, per_trial, rows, np.asarray(fit.theta, float))]
-    return (res.pop(0) if pooled else None), (res.pop(0) if per_trial else None)
+    return weights_of(reader, read_fit(None, reader, np.asarray(fit.theta, float), rows)[2])
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _weights(part, armw, blocks, pooled, per_trial, rows, theta):
-    """Every row's inverse-odds weights (compiled once per stack: the models and flags are static)."""
-    def one(row):
-        up = {name: theta[a:b] for name, a, b in blocks}
-        arm = armw(up, row)  # (C,) I(Z=z)/e(z; X, S)  (0 off the row's arm)
-        out = []
-        if pooled:
-            out.append(row["tr.R"] * part.pooled_odds(up, row) * arm)
-        if per_trial:
-            out.append(row["tr.Shot"][:, None] * part.trial_odds(up, row)[:, None] * arm[None, :])
-        return tuple(out)
-
-    return jax.vmap(one)(rows)
+def weights_of(reader, arrays) -> tuple:
+    """(pooled, per-trial) weights as NumPy arrays (None where not computed) from ``read_fit``'s arrays."""
+    res = [np.asarray(r) for r in arrays]
+    return (res.pop(0) if reader.pooled else None), (res.pop(0) if reader.per_trial else None)
 
 
 def weight_summary(w: np.ndarray, member: np.ndarray) -> dict:
@@ -96,9 +76,10 @@ def weight_summary(w: np.ndarray, member: np.ndarray) -> dict:
     return {"n": n.astype(int), "total": total, "ess": ess, "max_share": max_share, "top": top}
 
 
-def positivity_diagnostics(stack, fit) -> pd.DataFrame | None:
-    """Tidy DataFrame: one row per weighting/DR estimator × (trial or "pooled") × arm, columns :data:`COLUMNS`."""
-    pooled_w, trial_w = inverse_odds_weights(stack, fit)
+def positivity_diagnostics(stack, fit, weights=None) -> pd.DataFrame | None:
+    """Tidy DataFrame: one row per weighting/DR estimator × (trial or "pooled") × arm, columns :data:`COLUMNS`;
+    ``weights``: the (pooled, per-trial) weights when already computed (else from :func:`inverse_odds_weights`)."""
+    pooled_w, trial_w = inverse_odds_weights(stack, fit) if weights is None else weights
     if pooled_w is None and trial_w is None:
         return None
     data = stack.transport_data
@@ -151,13 +132,9 @@ def positivity_warnings(diag: pd.DataFrame, settings: dict) -> list[str]:
 
 def diagnostics_records(diag: pd.DataFrame) -> list[dict]:
     """JSON-ready records (NaN → None, top weights as a list)."""
-    def num(v):
-        v = float(v)
-        return v if np.isfinite(v) else None
-
-    return [{"estimator": r.estimator, "trial": r.trial, "arm": r.arm, "n": int(r.n), "ess": num(r.ess),
-             "ess_fraction": num(r.ess_fraction), "max_share": num(r.max_share),
-             "top_weights": [num(x) for x in r.top_weights], "flagged": bool(r.flagged)}
+    return [{"estimator": r.estimator, "trial": r.trial, "arm": r.arm, "n": int(r.n), "ess": json_number(r.ess),
+             "ess_fraction": json_number(r.ess_fraction), "max_share": json_number(r.max_share),
+             "top_weights": [json_number(x) for x in r.top_weights], "flagged": bool(r.flagged)}
             for r in diag.itertuples(index=False)]
 
 

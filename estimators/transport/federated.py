@@ -45,7 +45,8 @@ def transport_estimator(name: str, version: str, *, trials, arms, covariates, ta
                         study: str = "S", treatment: str = "Z", outcome: str = "Y", **options):
     """The transport stack as an :class:`mestim.federated.Estimator` a site installs and allows, built from what
     the sites agreed on (the trials' labels, the arms, numeric covariates, a 0/1 outcome or not) rather than from
-    their rows; ``options`` as :func:`~estimators.transport.api.transport_stack` (not ``weights``/``cluster``).
+    their rows; ``options`` as :func:`~estimators.transport.api.transport_stack` (not ``weights``/``cluster``),
+    checked once (:class:`~estimators.transport.options.TransportOptions`).
 
     The stack is built on a *skeleton*: a few rows per trial and arm and of the target sample, which code the
     trials, arms and covariates as the pooled table would. A site's columns are derived from its own
@@ -53,7 +54,8 @@ def transport_estimator(name: str, version: str, *, trials, arms, covariates, ta
     depends on that row alone, so the federated fit is the pooled ``transport(df)``'s (tested to 1e-10)."""
     from mestim.federated import Estimator
 
-    from .api import transport_stack
+    from .options import TransportOptions
+    from .stack import build_stack
 
     per_cell = 2 * (len(covariates) + 2)  # rows per trial and arm: more than its outcome model's parameters
     values = (0.0, 1.0) if binary else (0.5, 1.5)
@@ -63,13 +65,13 @@ def transport_estimator(name: str, version: str, *, trials, arms, covariates, ta
     covariate_values = np.random.default_rng(0).normal(size=(len(skeleton), len(covariates)))  # of full rank
     for j, c in enumerate(covariates):
         skeleton[c] = covariate_values[:, j]
-    options = dict(options, study=study, treatment=treatment, outcome=outcome, covariates=list(covariates),
-                   target=target)
-    stack = transport_stack(skeleton, **options)
+    options = TransportOptions(**options, study=study, treatment=treatment, outcome=outcome,
+                               covariates=list(covariates), target=target)
+    stack = build_stack(skeleton, options)
 
     def derive(columns: dict) -> dict:
         both = pd.concat([skeleton, pd.DataFrame({k: columns[k] for k in skeleton.columns})], ignore_index=True)
-        derived = transport_stack(both, **options).data_for_fit
+        derived = build_stack(both, options).data_for_fit
         return {k: np.asarray(v)[len(skeleton):] for k, v in derived.items()}
 
     return Estimator(name, version, stack.blocks, derive=derive), stack

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from estimators.regression import linear, logistic
 
 from .data import label
-from .outcome import Outcome, arm_design, interaction_columns
+from .outcome import Outcome, interaction_columns
 
 
 def observed_arm_design(x, zhot):
@@ -50,7 +50,7 @@ def observed_arm_design(x, zhot):
 class IteratedOutcome(Outcome):
     """Predictions of the per-protocol outcome regressions q1 (inner) and q2 (outer); hashable.
 
-    The interface of :class:`~estimators.transport.outcome.Outcome` (``trial_mean``, ``pooled_mean``,
+    The interface of :class:`~estimators.transport.outcome.Outcome` (``trial_means``, ``pooled_means``,
     ``*_blocks``, ``*_residuals``), so the outcome-model and doubly robust estimators take either."""
 
     def trial_blocks(self) -> tuple[str, ...]:
@@ -59,41 +59,32 @@ class IteratedOutcome(Outcome):
     def pooled_blocks(self) -> tuple[str, ...]:
         return ("pp_inner_pooled", "pp_outer_pooled")
 
-    def _predict(self, beta, design, row, own_trial: bool):
+    def inner_observed(self, beta, row, pooled: bool):
+        """q1 at the row's own arm and trial: the outer regression's outcome."""
+        design = observed_arm_design(row["tr.XL1"], row["tr.Zhot"])
         eta = design @ beta[: design.shape[0]]
-        if self.trial_effects and own_trial:
+        if self.trial_effects and pooled:
             eta = eta + row["tr.D"] @ beta[design.shape[0]:]
         return self.link_inverse(eta)
 
-    def inner(self, beta, row, c: int, pooled: bool):
-        """q1(z_c; X, L) at the row's own trial."""
-        return self._predict(beta, arm_design(row["tr.XL1"], c, self.n_arms), row, pooled)
+    def trial_means(self, up, row):
+        """(m, C) q2(z_c, s_j; X): every trial's outer regression's prediction for every arm."""
+        return self.predict(up, row["tr.X"], [f"pp_outer_s{j}" for j in range(1, self.m + 1)], own_trial=False)
 
-    def inner_observed(self, beta, row, pooled: bool):
-        """q1 at the row's own arm and trial: the outer regression's outcome."""
-        return self._predict(beta, observed_arm_design(row["tr.XL1"], row["tr.Zhot"]), row, pooled)
-
-    def trial_mean(self, up, row, j: int, c: int):
-        """q2(z_c, s_j; X): the trial-s_j outer regression's prediction for arm c."""
-        return self.link_inverse(arm_design(row["tr.X"], c, self.n_arms) @ up[f"pp_outer_s{j}"])
-
-    def pooled_mean(self, up, row, c: int, own_trial: bool):
-        """q2(z_c; X, S): at the row's own trial (``own_trial``) or with trial effects at zero (target rows)."""
-        return self._predict(up["pp_outer_pooled"], arm_design(row["tr.X"], c, self.n_arms), row, own_trial)
+    def pooled_means(self, up, row, own_trial: bool):
+        """(C,) q2(z_c; X, S): at the row's own trial (``own_trial``) or with trial effects at zero (target rows)."""
+        return self.predict(up, row["tr.X"], ["pp_outer_pooled"], own_trial, row)[0]
 
     def trial_residuals(self, up, row):
         """(q1 − q2, Y − q1), each (m, C): the residuals of the outer and the inner regression, every trial and arm."""
-        arms = range(self.n_arms)
-        q1 = jnp.stack([jnp.stack([self.inner(up[f"pp_inner_s{j}"], row, c, False) for c in arms])
-                        for j in range(1, self.m + 1)])
-        q2 = jnp.stack([jnp.stack([self.trial_mean(up, row, j, c) for c in arms]) for j in range(1, self.m + 1)])
+        q1 = self.predict(up, row["tr.XL1"], [f"pp_inner_s{j}" for j in range(1, self.m + 1)], own_trial=False)
+        q2 = self.trial_means(up, row)
         return q1 - q2, row["tr.Y"] - q1
 
     def pooled_residuals(self, up, row):
         """(q1 − q2, Y − q1), each (C,), at the row's own trial."""
-        q1 = jnp.stack([self.inner(up["pp_inner_pooled"], row, c, True) for c in range(self.n_arms)])
-        q2 = jnp.stack([self.pooled_mean(up, row, c, own_trial=True) for c in range(self.n_arms)])
-        return q1 - q2, row["tr.Y"] - q1
+        q1 = self.predict(up, row["tr.XL1"], ["pp_inner_pooled"], True, row)[0]
+        return q1 - self.pooled_means(up, row, own_trial=True), row["tr.Y"] - q1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,10 +31,12 @@ from .data import label
 OUTCOME_MODELS = ("auto", "linear", "logistic")
 
 
-def arm_design(x, c: int, n_arms: int):
-    """[x, I(c=1)·x, …, I(c=C−1)·x] for arm index c (the design row had the unit been assigned arm c)."""
-    parts = [x] + [x * (1.0 if c == a else 0.0) for a in range(1, n_arms)]
-    return jnp.concatenate(parts)
+def arm_predictions(x, betas, n_arms: int):
+    """Linear predictors of M arm-interaction models for every arm, (M, C): model i's coefficients ``betas[i]``
+    follow the design [x, I(z=z_1)·x, …, I(z=z_{C−1})·x], so η[i, 0] = β_i0·x and η[i, c] = β_i0·x + β_ic·x —
+    one matrix product for all models and arms (a loop over them would trace M·C small products)."""
+    per_arm = betas[:, : n_arms * x.shape[0]].reshape(betas.shape[0], n_arms, x.shape[0]) @ x  # (M, C): β_ic·x
+    return jnp.concatenate([per_arm[:, :1], per_arm[:, :1] + per_arm[:, 1:]], axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,28 +57,30 @@ class Outcome:
     def pooled_blocks(self) -> tuple[str, ...]:
         return ("outcome_pooled",)
 
-    def trial_mean(self, up, row, j: int, c: int):
-        """h(z_c, s_j; X): the trial-s_j model's prediction for arm c."""
-        return self.link_inverse(arm_design(row["tr.X"], c, self.n_arms) @ up[f"outcome_s{j}"])
+    def trial_means(self, up, row):
+        """(m, C) h(z_c, s_j; X): every trial's model's prediction for every arm."""
+        return self.predict(up, row["tr.X"], self.trial_blocks(), own_trial=False)
 
-    def pooled_mean(self, up, row, c: int, own_trial: bool):
-        """g(z_c; X, S): at the row's own trial (``own_trial``) or with trial effects at zero (target rows)."""
-        beta = up["outcome_pooled"]
-        a = arm_design(row["tr.X"], c, self.n_arms)
-        eta = a @ beta[: a.shape[0]]
+    def pooled_means(self, up, row, own_trial: bool):
+        """(C,) g(z_c; X, S): at the row's own trial (``own_trial``) or with trial effects at zero (target rows)."""
+        return self.predict(up, row["tr.X"], self.pooled_blocks(), own_trial, row)[0]
+
+    def predict(self, up, x, blocks, own_trial: bool, row=None):
+        """(len(blocks), C) predictions of the arm-interaction models ``blocks`` on the design row ``x``, plus each
+        model's trial effects at the row's own trial when ``own_trial`` (coefficients after the arm design)."""
+        betas = jnp.stack([up[name] for name in blocks])
+        eta = arm_predictions(x, betas, self.n_arms)
         if self.trial_effects and own_trial:
-            eta = eta + row["tr.D"] @ beta[a.shape[0]:]
+            eta = eta + (betas[:, self.n_arms * x.shape[0]:] @ row["tr.D"])[:, None]
         return self.link_inverse(eta)
 
     def trial_residuals(self, up, row):
         """(Y − h(z, s; X),) of shape (m, C): the one residual the doubly robust estimator weights."""
-        h = jnp.stack([jnp.stack([self.trial_mean(up, row, j, c) for c in range(self.n_arms)])
-                       for j in range(1, self.m + 1)])
-        return (row["tr.Y"] - h,)
+        return (row["tr.Y"] - self.trial_means(up, row),)
 
     def pooled_residuals(self, up, row):
         """(Y − g(z; X, S),) of shape (C,), at the row's own trial."""
-        return (row["tr.Y"] - jnp.stack([self.pooled_mean(up, row, c, own_trial=True) for c in range(self.n_arms)]),)
+        return (row["tr.Y"] - self.pooled_means(up, row, own_trial=True),)
 
 
 def interaction_columns(data, extra=()) -> list[str]:

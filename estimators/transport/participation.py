@@ -49,7 +49,7 @@ class Participation:
         """(m,) p̃_s(X)/(1 − p̃_s(X)) with p̃_s = P[S=0 | X, S ∈ {0, s}] for every trial s (eq. 7)."""
         x = row["tr.X"]
         if self.kind == "logistic":
-            return jnp.stack([jnp.exp(x @ up[f"participation_s{j}"]) for j in range(1, self.m + 1)])
+            return jnp.exp(jnp.stack([up[name] for name in self.trial_blocks()]) @ x)
         eta = up["participation_multinomial"].reshape(self.m, x.shape[0]) @ x
         return jnp.exp(-eta)
 

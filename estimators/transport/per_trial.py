@@ -58,8 +58,7 @@ class TrialOutcomeModel:
 
     def __call__(self, mu, row, **up):
         o = self.outcome
-        h = jnp.stack([jnp.stack([o.trial_mean(up, row, j, c) for c in range(o.n_arms)]) for j in range(1, o.m + 1)])
-        return (row["tr.S0"] * (h - mu.reshape(o.m, o.n_arms))).ravel()
+        return (row["tr.S0"] * (o.trial_means(up, row) - mu.reshape(o.m, o.n_arms))).ravel()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +96,7 @@ class TrialDoublyRobust:
     def __call__(self, theta, row, **up):
         o = self.outcome
         m, C = o.m, o.n_arms
-        h = jnp.stack([jnp.stack([o.trial_mean(up, row, j, c) for c in range(C)]) for j in range(1, m + 1)])
+        h = o.trial_means(up, row)
         odds = row["tr.Shot"][:, None] * self.participation.trial_odds(up, row)[:, None]
         stages = (self.weights,) + ((self.adherence_weights,) if self.adherence_weights is not None else ())
         w = [odds * arm(up, row)[None, :] for arm in stages]

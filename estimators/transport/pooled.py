@@ -45,8 +45,7 @@ class PooledOutcomeModel:
     outcome: Outcome
 
     def __call__(self, mu, row, **up):
-        g = jnp.stack([self.outcome.pooled_mean(up, row, c, own_trial=False) for c in range(self.outcome.n_arms)])
-        return row["tr.S0"] * (g - mu)
+        return row["tr.S0"] * (self.outcome.pooled_means(up, row, own_trial=False) - mu)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +98,7 @@ class PooledDoublyRobust:
     def __call__(self, theta, row, **up):
         o = self.outcome
         C = o.n_arms
-        g0 = jnp.stack([o.pooled_mean(up, row, c, own_trial=False) for c in range(C)])
+        g0 = o.pooled_means(up, row, own_trial=False)
         odds = row["tr.R"] * self.participation.pooled_odds(up, row)
         stages = (self.weights,) + ((self.adherence_weights,) if self.adherence_weights is not None else ())
         w = [odds * arm(up, row) for arm in stages]

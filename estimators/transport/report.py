@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from estimators.plotting import interval, number, numbers_column
+from estimators.plotting import interval, number, numbers_column, pyplot, save
 
-from .api import DISPLAY
+from .estimands import DISPLAY
 
 COLUMNS = ("unadjusted", "outcome", "weighting", "dr")
 WARNINGS_SHOWN = 4  # positivity warnings printed in full before "… and N more"
@@ -166,11 +166,9 @@ def forest_plot(res, path=None, contrast=None):
     line at no effect. Right of the plot, each mark's estimate and CI in numbers (as metafor's forest plot);
     below it the legend (every mark and line, drawn as on the plot, covering none of them). Rows without
     estimates (the trials under ``pooled=False``, say) are left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+
+    plt = pyplot()
 
     t = res.table
     st = res.settings
@@ -221,9 +219,7 @@ def forest_plot(res, path=None, contrast=None):
                   f"({percent(res.level)} CI)")
     ax.grid(axis="x", alpha=0.3)
     _legend_below(fig, ax, handles)
-    if path is not None:
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+    save(fig, path)
     return fig
 
 
@@ -256,11 +252,7 @@ def sensitivity_plot(res, path=None, contrast=None, trial="pooled"):
     or the pooled estimators; a dotted line at no effect, the main analysis (δ = 0) dashed, and the δ at which
     the CI reaches 0 (the bias that would overturn the conclusion) in the panel's title when the grid covers it.
     Saved to ``path`` if given; returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     sens, st = res.sensitivity, res.settings
     if sens is None or sens.empty:
         from mestim.errors import SpecificationError
@@ -294,7 +286,5 @@ def sensitivity_plot(res, path=None, contrast=None, trial="pooled"):
     fig.suptitle(f"Sensitivity analysis ({where}): estimate + δ·mean over the target of the bias function u "
                  "(eq. 11); δ = 0 (dashed) is the main analysis, dotted: no effect", fontsize=9)
     fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+    save(fig, path)
     return fig

@@ -36,9 +36,9 @@ PROBABILITY_SUM_TOLERANCE = 1e-6  # known randomisation probabilities of a trial
 
 
 def softmax_ref0(eta):
-    """Class probabilities with class 0 as reference: (1, e^{η_1}, …)/(1 + Σ e^{η_c})."""
-    full = jnp.concatenate([jnp.zeros(1, eta.dtype), eta])
-    return jax.nn.softmax(full)
+    """Class probabilities with class 0 as reference: (1, e^{η_1}, …)/(1 + Σ e^{η_c}), along the last axis."""
+    full = jnp.concatenate([jnp.zeros(eta.shape[:-1] + (1,), eta.dtype), eta], axis=-1)
+    return jax.nn.softmax(full, axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +68,8 @@ class Treatment:
         if self.kind == "pooled":
             return softmax_ref0(up["treatment"].reshape(C - 1, x.shape[0]) @ x)
         shot = row["tr.Shot"]
-        per = jnp.stack([softmax_ref0(up[f"treatment_s{j}"].reshape(C - 1, x.shape[0]) @ x)
-                         for j in range(1, self.m + 1)])
+        betas = jnp.stack([up[name] for name in self.blocks()])  # (m, (C − 1)·k): every trial's model
+        per = softmax_ref0(betas.reshape(self.m, C - 1, x.shape[0]) @ x)
         # rows of the target get probabilities 1 (never used: their indicators are 0), so 1/e stays finite
         return shot @ per + (1.0 - shot.sum()) * jnp.ones(C)
 

@@ -1,0 +1,86 @@
+"""Reading a fitted transport stack in one compiled program: the reported contrasts with their Jacobian, and
+every row's inverse-odds weights for the positivity diagnostics.
+
+A cold ``mestim transport`` compiles two programs: the stack's (the fit) and this one. The contrasts' Jacobian
+is JAX's (``jax.jacrev`` of :class:`ReportedContrasts`), so the delta method's G V Gᵀ uses no hand-derived gradient;
+it shares its program with the weights (a separate one would add a compilation to every cold start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .estimands import WEIGHTED
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportedContrasts:
+    """g(θ) of the delta method for the reported contrasts: parameters a (as they are: φ, ū), a − b, log a − log b
+    and logit a − logit b, each group given by its flat indices (a, b), then put back in the reported order.
+    Hashable and equal for equal stacks, so a second analysis of the same shape compiles nothing."""
+
+    groups: tuple  # ((a indices, b indices), ...) for one parameter, difference, log ratio, log odds ratio
+    order: tuple  # position of every output in the concatenated groups
+
+    def __call__(self, theta):
+        (one, _), diff, rr, odds = ((theta[np.array(a, int)], theta[np.array(b, int)]) for a, b in self.groups)
+        logit = lambda p: jnp.log(p / (1 - p))  # noqa: E731
+        return jnp.concatenate([one, diff[0] - diff[1], jnp.log(rr[0]) - jnp.log(rr[1]),
+                                logit(odds[0]) - logit(odds[1])])[np.array(self.order, int)]
+
+
+@dataclasses.dataclass(frozen=True)
+class InverseOddsWeights:
+    """Every row's inverse-odds weights w_i for every arm, pooled (n, C) and/or per trial (n, m, C), from the
+    working models' own evaluators at θ (hashable: the models, the blocks' positions in θ, which to compute)."""
+
+    participation: object
+    arm_weights: object
+    blocks: tuple  # ((name, start, stop), ...)
+    pooled: bool
+    per_trial: bool
+
+    def __call__(self, theta, rows) -> tuple:
+        part, armw = self.participation, self.arm_weights
+
+        def one(row):
+            up = {name: theta[a:b] for name, a, b in self.blocks}
+            arm = armw(up, row)  # (C,) I(Z=z)/e(z; X, S)  (0 off the row's arm)
+            out = []
+            if self.pooled:
+                out.append(row["tr.R"] * part.pooled_odds(up, row) * arm)
+            if self.per_trial:
+                out.append(row["tr.Shot"][:, None] * part.trial_odds(up, row)[:, None] * arm[None, :])
+            return tuple(out)
+
+        return jax.vmap(one)(rows)
+
+
+def weights_reader(stack, fit) -> tuple[InverseOddsWeights | None, dict]:
+    """(the weights to compute — None when no weighting/DR estimator was fitted —, the rows they read: the
+    stack's float columns with one entry per row)."""
+    pooled = any(e in WEIGHTED for e in stack.pooled_estimators)
+    per_trial = any(e in WEIGHTED for e in stack.trial_estimators)
+    if not (pooled or per_trial):
+        return None, {}
+    cols = stack.transport_data.columns
+    n = cols["tr.R"].shape[0]
+    rows = {k: v for k, v in cols.items()
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim >= 1 and v.shape[0] == n}
+    blocks = tuple((name, sl.start, sl.stop) for name, sl in fit.blocks.items())
+    return InverseOddsWeights(stack.participation, stack.arm_weights, blocks, pooled, per_trial), rows
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def read_fit(contrasts: ReportedContrasts | None, weights: InverseOddsWeights | None, theta, rows):
+    """(g(θ), ∂g/∂θ) of the contrasts (None, None without them) and the weights' arrays (() without them), in one
+    program: NumPy columns and the flat θ go in, so no eager ``jax.numpy`` call runs on the host."""
+    value = jacobian = None
+    if contrasts is not None:
+        value, jacobian = contrasts(theta), jax.jacrev(contrasts)(theta)
+    return value, jacobian, (() if weights is None else weights(theta, rows))
