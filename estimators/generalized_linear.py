@@ -69,7 +69,7 @@ from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError, check_choice
 
 from .design import block_rows, clean_design, clean_in_mask, design_matrix
-from .separation import raise_if_separated, suspicious
+from .separation import SCREEN, raise_if_separated
 
 
 def _sp(xp):
@@ -287,7 +287,8 @@ class GLMDesign:
         # Rows outside the mask get a valid mean (x = 0, so η = offset), keeping ψ finite where it is multiplied by 0.
         y[~m] = family.safe_mean
         off[~m] = s.safe_eta
-        init = self._start(x[m], y[m], off[m])
+        used = slice(None) if m.all() else m  # a view of the design, not a copy, when every row is used
+        init = self._start(x[used], y[used], off[used])
         note = (f"{s.family} GLM ({s.link} link) of {self.y} on {len(labels)} design column(s), {int(m.sum())} rows"
                 + (f", α fixed at {s.alpha:g}" if s.alpha is not None else ""))
         extra = (family.extra,) if s.n_extra else ()
@@ -385,9 +386,11 @@ def glm(name: str, y: str, X=None, *, formula: str | None = None, family: str = 
 
 
 def _fitted_eta(score: GLMScore, theta, cols):
+    """(rows in the mask, η̂ on them): η on every row (one matrix–vector product; rows outside the mask have x = 0
+    and a safe offset), then the mask's rows (selecting the design's rows first would copy it)."""
     n = score.name
     m = cols[f"{n}.mask"] > 0
-    return m, cols[f"{n}.X"][m] @ score.split(theta)[0] + cols[f"{n}.offset"][m]
+    return m, (cols[f"{n}.X"] @ score.split(theta)[0] + cols[f"{n}.offset"])[m]
 
 
 def _separation_check(score: GLMScore, design: GLMDesign):
@@ -396,10 +399,12 @@ def _separation_check(score: GLMScore, design: GLMDesign):
     outcome (without separation such rows are legitimate: it then accepts the fit)."""
 
     def check(theta, cols):
+        # the link is increasing: P(own class) ≥ 1 − SCREEN is η ≥ g(1 − SCREEN) for y = 1, η ≤ g(SCREEN) for y = 0
+        link = LINKS[score.link]
+        above, below = float(link.link(1.0 - SCREEN)), float(link.link(SCREEN))
         m, eta = _fitted_eta(score, theta, cols)
-        link, y = LINKS[score.link], cols[f"{score.name}.y"][m]
-        p_own = np.where(y == 1, link.inverse(eta, np), np.where(y == 0, link.complement(eta, np), 0.0))
-        if suspicious(p_own):
+        y = cols[f"{score.name}.y"][m]
+        if np.any(((y == 1) & (eta >= above)) | ((y == 0) & (eta <= below))):
             model = "logistic" if score.link == "logit" else f"binomial ({score.link} link)"
             raise_if_separated(score.name, cols[f"{score.name}.X"][m], (y == 1).astype(int), 2,
                                design.labels, np.flatnonzero(m), model=model, fractional=(y > 0) & (y < 1))
