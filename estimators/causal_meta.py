@@ -53,7 +53,7 @@ import warnings
 
 import numpy as np
 
-from mestim import Block, fit
+from mestim import Block
 from mestim.errors import DataError, MestimWarning
 
 from mestim.results import check_level, z_crit
@@ -283,6 +283,8 @@ def _check_tables(ai, bi, ci, di):
 def fit_causal_meta(ai, bi, ci, di, measure: str = "RD", variance: str = "sandwich", target_weights=None):
     """Fit the causal stack with the engine: ``mestim.fit`` on the 4K table rows with counts as frequency
     weights. Returns the :class:`mestim.Result` (parameters shares, risks, target (ψ₁, ψ₀), contrast θ)."""
+    from mestim import fit  # the solver's modules, imported when a fit is asked for
+
     ai, bi, ci, di = _check_tables(ai, bi, ci, di)
     blocks = causal_meta_blocks(ai, bi, ci, di, measure, variance, target_weights)
     return fit(blocks, causal_meta_rows(ai, bi, ci, di), weights="cm_count")
