@@ -34,7 +34,7 @@ if getattr(mestim, "__file__", None) is None:  # a folder named mestim without _
                       "folder?) shadows the installed mestim package: Python imports it first from the working "
                       "directory. cd into the clone (or anywhere else) and run again")
 
-import importlib
+from mestim.lazy import lazy_attributes  # noqa: E402
 
 # name → the module defining it, imported on first use (PEP 562): `mestim meta` needs four of these modules, and
 # importing all twenty took ≈ 0.1 s of its cold start
@@ -60,19 +60,7 @@ _EXPORTS = {name: module for module, names in {
     "structural": ("g_estimation", "ipw_msm"),
     "survival": ("aft", "parametric_survival", "survival_predictions"),
 }.items() for name in names}
-
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'estimators' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
-
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS)
 
 __all__ = ["design_matrix", "row_mask", "glm", "linear", "logistic", "mean", "multinomial", "poisson",
            "ipw", "aipw", "gformula", "iv", "robust_regression",

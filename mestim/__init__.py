@@ -12,31 +12,19 @@ from .compile_cache import enable_compilation_cache, enable_default_cache  # noq
 
 enable_default_cache()
 
-import importlib  # noqa: E402
-
 from .blocks import Block, Prepared  # noqa: E402
 from .compilation_count import compilations  # noqa: E402
 from .errors import (  # noqa: E402
     ConvergenceError, DataError, MestimError, MestimWarning, SeparationError, SingularBreadError,
     SpecificationError)
 
-# imported on first use (PEP 562): the solver's modules take ≈ 0.1 s to import, which a command that builds blocks
-# but fits nothing (`mestim meta` checks its closed form in NumPy) need not pay
-_LAZY = {"fit": "estimate", "sandwich": "estimate", "Estimates": "results", "Result": "results",
-         "WaldTest": "results", "Smoothed": "smooth"}
+from .lazy import lazy_attributes  # noqa: E402
 
-
-def __getattr__(name):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'mestim' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
+# imported on first use: the solver's modules take ≈ 0.1 s to import, which a command that builds blocks but fits
+# nothing (`mestim meta` checks its closed form in NumPy) need not pay
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), {
+    "fit": "estimate", "sandwich": "estimate", "Estimates": "results", "Result": "results", "WaldTest": "results",
+    "Smoothed": "smooth"})
 
 __all__ = ["Block", "Prepared", "fit", "sandwich", "Estimates", "Result", "WaldTest", "MestimError",
            "DataError", "SpecificationError", "ConvergenceError", "SingularBreadError", "SeparationError",
