@@ -51,10 +51,9 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
-import jax.numpy as jnp
 import numpy as np
 
-from mestim import Block, fit
+from mestim import Block
 from mestim.errors import DataError, MestimWarning, check_choice
 
 from mestim.results import check_level, z_crit
@@ -189,8 +188,8 @@ class ArmRisks:
 
     def __call__(self, r, row):
         k = r.shape[0] // 2
-        h, a, y = row["cm_study"], row["cm_arm"], row["cm_event"]
-        return jnp.concatenate([h * a * (y - r[:k]), h * (1 - a) * (y - r[k:])])
+        h, a, y = row["cm_study"], row["cm_arm"][..., None], row["cm_event"][..., None]  # [..., None]: rows stacked too
+        return array_module(r, h).concatenate([h * a * (y - r[:k]), h * (1 - a) * (y - r[k:])], axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,8 +200,9 @@ class TargetRisks:
 
     def __call__(self, psi, row, risks, shares=None):
         k = risks.shape[0] // 2
-        w = shares if self.weights is None else jnp.asarray(self.weights)
-        return jnp.stack([w @ risks[:k] - psi[0], w @ risks[k:] - psi[1]])
+        xp = array_module(risks, psi)
+        w = shares if self.weights is None else xp.asarray(self.weights)
+        return xp.stack([w @ risks[:k] - psi[0], w @ risks[k:] - psi[1]])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +212,7 @@ class CausalContrast:
     measure: str
 
     def __call__(self, theta, row, target):
-        return jnp.atleast_1d(contrast(self.measure, target[0], target[1]) - theta[0])
+        return array_module(theta, target).atleast_1d(contrast(self.measure, target[0], target[1]) - theta[0])
 
 
 def causal_meta_rows(ai, bi, ci, di) -> dict:
@@ -280,9 +280,43 @@ def _check_tables(ai, bi, ci, di):
 def fit_causal_meta(ai, bi, ci, di, measure: str = "RD", variance: str = "sandwich", target_weights=None):
     """Fit the causal stack with the engine: ``mestim.fit`` on the 4K table rows with counts as frequency
     weights. Returns the :class:`mestim.Result` (parameters shares, risks, target (ψ₁, ψ₀), contrast θ)."""
+    from mestim import fit  # the solver's modules, imported when a fit is asked for
+
     ai, bi, ci, di = _check_tables(ai, bi, ci, di)
     blocks = causal_meta_blocks(ai, bi, ci, di, measure, variance, target_weights)
     return fit(blocks, causal_meta_rows(ai, bi, ci, di), weights="cm_count")
+
+
+COMPLEX_STEP = 1e-30  # ∂f/∂θ_j = Im f(θ + ih e_j)/h + O(h²): no difference is taken, so h can be this small
+
+
+def stack_in_numpy(ai, bi, ci, di, measure: str = "RD", target_weights=None) -> tuple[float, float]:
+    """(estimate, sandwich SE) of the contrast from the engine's stack (:func:`causal_meta_blocks`) worked out in
+    NumPy, without compiling anything: the blocks' own ψ on the 4K table rows (:func:`causal_meta_rows`), the bread
+    A = Σ w ∂ψ/∂θ column by column by complex steps (exact to rounding), one Newton step θ̂ = θ₀ − A⁻¹Σ wψ(θ₀) from
+    the starting values (the closed form: the step is 0 to rounding when they are the root), and
+    A⁻¹(Σ w ψψᵀ)A⁻ᵀ at θ₀. Independent of the closed form's algebra; O(k³) (a dense bread of 3k + 3), for
+    k ≤ :data:`ENGINE_MAX_K`."""
+    ai, bi, ci, di = _check_tables(ai, bi, ci, di)
+    blocks = causal_meta_blocks(ai, bi, ci, di, measure, "sandwich", target_weights)
+    rows = causal_meta_rows(ai, bi, ci, di)
+    w = rows.pop("cm_count")
+    sizes = [len(b.init) for b in blocks]
+    ends = np.cumsum(sizes)
+
+    def psi(theta):  # (rows, parameters); a block that reads no row column gives the same ψ on every row
+        own = {b.name: theta[end - size:end] for b, size, end in zip(blocks, sizes, ends)}
+        return np.concatenate([np.broadcast_to(b.psi(own[b.name], rows, **{r: own[r] for r in b.reads}), (w.size, size))
+                               for b, size in zip(blocks, sizes)], axis=1)
+
+    theta0 = np.concatenate([np.asarray(b.init, float) for b in blocks])
+    steps = theta0 + 1j * COMPLEX_STEP * np.eye(theta0.size)
+    bread = np.stack([np.einsum("r,rp->p", w, psi(t)) for t in steps], axis=1).imag / COMPLEX_STEP  # no BLAS call per step
+    values = psi(theta0)
+    bread_inv = np.linalg.inv(bread)
+    theta = theta0 - bread_inv @ (w @ values)
+    vcov = bread_inv @ ((values.T * w) @ values) @ bread_inv.T
+    return float(theta[-1]), float(np.sqrt(vcov[-1, -1]))
 
 
 def causal_meta(ai, bi, ci, di, measure: str = "RR", target_weights=None, level: float = 0.95,
@@ -291,11 +325,12 @@ def causal_meta(ai, bi, ci, di, measure: str = "RR", target_weights=None, level:
     sandwich SE, the paper's SE and the design-based SE, Wald CIs for each, ψ̂₁, ψ̂₀ and Cov(ψ̂₁, ψ̂₀). A ratio
     whose pooled risk is 0 or 1 is not defined: :class:`DataError` saying which (:func:`undefined_reason`).
 
-    Every number comes from the closed form (:func:`causal_closed_form`, O(k); the ``--by`` path's too). With
-    ``use_engine`` and at most :data:`ENGINE_MAX_K` studies, the engine's fit of the stack
-    (:func:`fit_causal_meta`: a dense bread of 3k + 3 parameters, O(k³) time and O(k²) memory) computes the
-    estimate and sandwich SE as a check; they are reported, and a disagreement with the closed form beyond
-    :data:`ENGINE_AGREEMENT` is a :class:`MestimWarning` (both are exact: it would be a defect).
+    Every number comes from the closed form (:func:`causal_closed_form`, O(k); the ``--by`` path's too). With at
+    most :data:`ENGINE_MAX_K` studies the stack computes the estimate and sandwich SE as a check (a dense bread of
+    3k + 3 parameters, O(k³) time and O(k²) memory): the engine's fit (:func:`fit_causal_meta`, a compiled program)
+    with ``use_engine``, otherwise the same stack in NumPy (:func:`stack_in_numpy`, milliseconds: the command
+    line's). They are reported, and a disagreement with the closed form beyond :data:`ENGINE_AGREEMENT` is a
+    :class:`MestimWarning` (all are exact: it would be a defect).
 
     Reference: Berenfeld et al. (2026), §3; formulas in this module's docstring.
     """
@@ -312,15 +347,18 @@ def causal_meta(ai, bi, ci, di, measure: str = "RR", target_weights=None, level:
            "psi0": cf["psi0"], "cov_psi10": cf["cov10_sandwich"], "n": cf["n"], "k": int(cf["k"]),
            "se": cf["se_sandwich"], "se_paper": cf["se_paper"], "se_design": cf["se_design"],
            "target": "union of trials (n_k/n)" if target_weights is None else "user weights"}
-    if use_engine and ai.size <= ENGINE_MAX_K:
-        res = fit_causal_meta(ai, bi, ci, di, measure, "sandwich", target_weights)
-        engine = float(res["contrast"][0]), float(res.se[res.index("contrast")][0])
+    if ai.size <= ENGINE_MAX_K:
+        if use_engine:
+            res = fit_causal_meta(ai, bi, ci, di, measure, "sandwich", target_weights)
+            checked, by = (float(res["contrast"][0]), float(res.se[res.index("contrast")][0])), "the engine's stacked fit"
+        else:
+            checked, by = stack_in_numpy(ai, bi, ci, di, measure, target_weights), "the stack worked out in NumPy"
         closed = out["estimate"], out["se"]
-        if not np.allclose(engine, closed, rtol=ENGINE_AGREEMENT, atol=0):
-            warnings.warn(f"causal {measure}: the engine's stacked fit (estimate {engine[0]:.10g}, SE {engine[1]:.10g}) "
+        if not np.allclose(checked, closed, rtol=ENGINE_AGREEMENT, atol=0):
+            warnings.warn(f"causal {measure}: {by} (estimate {checked[0]:.10g}, SE {checked[1]:.10g}) "
                           f"and the closed form ({closed[0]:.10g}, {closed[1]:.10g}) disagree beyond "
                           f"{ENGINE_AGREEMENT:g}: please report this", MestimWarning, stacklevel=2)
-        out["estimate"], out["se"] = engine
+        out["estimate"], out["se"] = checked
     z = z_crit(level)
     out["ci_low"], out["ci_high"] = out["estimate"] - z * out["se"], out["estimate"] + z * out["se"]
     return out

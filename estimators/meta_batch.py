@@ -318,8 +318,9 @@ def meta_analysis(df: pd.DataFrame | None = None, measure: str = "RR", columns: 
     treatment, outcome, weights (:mod:`estimators.meta_federated`; the results of the pooled rows' 2×2 tables).
 
     Returns (results, report): one row per method — causal (sandwich SE: the engine's fit of the stack when
-    ``use_engine`` and k ≤ :data:`estimators.causal_meta.ENGINE_MAX_K`, else its closed form (O(k)), equal to
-    1e-10, see :func:`estimators.causal_meta.causal_meta`; with ``se_paper`` and ``se_design`` alongside), FE, DL,
+    ``use_engine`` and k ≤ :data:`estimators.causal_meta.ENGINE_MAX_K`, the same stack in NumPy without it, else
+    its closed form (O(k)), equal to 1e-10, see :func:`estimators.causal_meta.causal_meta`; with ``se_paper`` and
+    ``se_design`` alongside), FE, DL,
     REML, PM, DL_HK, REML_HK, PM_HK, MH — with estimate, se, ci_low, ci_high
     on the analysis scale (log for RR/OR), tau2, I2, Q, k, prediction interval, ``converged`` (False where an
     iterative τ² did not converge) and, for an undefined causal ratio, ``undefined_reason``; and the validation
@@ -340,9 +341,9 @@ def meta_analysis(df: pd.DataFrame | None = None, measure: str = "RR", columns: 
             causal = cm.causal_meta(*counts, measure=measure, target_weights=target_weights, level=level,
                                     use_engine=use_engine)
             causal["undefined_reason"] = None
-            if use_engine and len(tables) > cm.ENGINE_MAX_K:
-                report["notes"].append(f"causal: sandwich SE in closed form ({len(tables)} studies; the engine's "
-                                       f"stacked fit, cubic in the studies, checks it up to {cm.ENGINE_MAX_K})")
+            if len(tables) > cm.ENGINE_MAX_K:
+                report["notes"].append(f"causal: sandwich SE in closed form ({len(tables)} studies; the stacked "
+                                       f"fit, cubic in the studies, checks it up to {cm.ENGINE_MAX_K})")
         except DataError as e:
             report["notes"].append(f"causal: {e}")
             causal = {"method": "causal", "measure": measure, "estimate": np.nan, "se": np.nan, "ci_low": np.nan,

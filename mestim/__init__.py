@@ -17,9 +17,14 @@ from .compilation_count import compilations  # noqa: E402
 from .errors import (  # noqa: E402
     ConvergenceError, DataError, MestimError, MestimWarning, SeparationError, SingularBreadError,
     SpecificationError)
-from .estimate import fit, sandwich  # noqa: E402
-from .results import Estimates, Result, WaldTest  # noqa: E402
-from .smooth import Smoothed  # noqa: E402
+
+from .lazy import lazy_attributes  # noqa: E402
+
+# imported on first use: the solver's modules take ≈ 0.1 s to import, which a command that builds blocks but fits
+# nothing (`mestim meta` checks its closed form in NumPy) need not pay
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), {
+    "fit": "estimate", "sandwich": "estimate", "Estimates": "results", "Result": "results", "WaldTest": "results",
+    "Smoothed": "smooth"})
 
 __all__ = ["Block", "Prepared", "fit", "sandwich", "Estimates", "Result", "WaldTest", "MestimError",
            "DataError", "SpecificationError", "ConvergenceError", "SingularBreadError", "SeparationError",

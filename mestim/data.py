@@ -84,13 +84,21 @@ def _column_values(values, name: str) -> np.ndarray:
     if arr.ndim == 0:
         raise DataError(f"column '{name}' is a scalar, not a column of values")
     if arr.dtype.kind in "biuf":
-        return arr.astype(np.float64)
+        return _read_only(arr.astype(np.float64, copy=False))
     if arr.dtype == object:  # pandas nullable / mixed columns: numeric if every entry converts
         try:
-            return arr.astype(np.float64)
+            return _read_only(arr.astype(np.float64))
         except (TypeError, ValueError):
             pass
-    return arr  # kept as is: text columns may serve as labels (study, cluster); used numerically they fail below
+    return _read_only(arr)  # kept as is: text columns may serve as labels (study, cluster); used numerically they fail below
+
+
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    """A read-only view: a float64 column is the user's own memory (copying 10⁶ rows × 20 columns cost 0.13 s of a
+    0.4 s fit), so nothing downstream may write into it."""
+    view = arr.view()
+    view.flags.writeable = False
+    return view
 
 
 def n_rows(cols: Columns) -> int:
@@ -118,6 +126,8 @@ def is_number(v) -> bool:
 
 def check_finite(arr: np.ndarray, name: str, where: np.ndarray | None = None) -> None:
     """Raise if ``arr`` has NaN/inf in the rows that are used (``where``: boolean mask of used rows)."""
+    if np.isfinite(np.sum(arr)):  # one summing pass: NaN/inf propagate (an overflowing sum goes on to the rows)
+        return
     bad = ~np.isfinite(arr)
     if bad.ndim > 1:
         bad = bad.reshape(bad.shape[0], -1).any(axis=1)

@@ -265,8 +265,10 @@ def _zero_variance(labels, theta, vcov) -> list[str]:
 
 def _weight_warnings(w: np.ndarray, factor: BreadFactor) -> list[str]:
     """One row carrying the fit: a weight far above the median, or most of the total weight among many rows."""
-    positive = w[w > 0]
     top = int(np.argmax(w))
+    if w[top] == np.min(w):  # equal weights (none given): no row stands out, and no median of 10⁶ rows to take
+        return []
+    positive = w[w > 0]
     share, ratio = w[top] / w.sum(), w[top] / np.median(positive)
     if ratio > EXTREME_WEIGHT or (share > DOMINANT_SHARE and positive.size >= 10):
         return [f"extreme weight: row {top} has weight {w[top]:.3g}, {ratio:.3g} times the median weight, and "

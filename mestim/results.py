@@ -46,6 +46,27 @@ def normal_two_sided_p(z) -> np.ndarray:
                         otypes=[float])(np.asarray(z, float))
 
 
+def chi2_upper(x: float, df: int) -> float:
+    """P(χ²_df > x) for an integer df ≥ 1, in closed form (Abramowitz & Stegun 26.4.4–5; scipy.special.chdtrc takes
+    0.15–0.18 s to import, a tenth of a cold command). With c = √x: odd df, erfc(c/√2) + √(2/π) e^{−x/2}
+    Σ_{r=1}^{(df−1)/2} c^{2r−1}/(1·3···(2r−1)); even df, e^{−x/2} Σ_{r=0}^{df/2−1} (x/2)^r/r!. Every term is
+    positive (no cancellation) and formed as exp(log term − x/2), which neither overflows nor underflows early."""
+    if math.isnan(x) or x <= 0 or math.isinf(x):
+        return float("nan") if math.isnan(x) else float(x <= 0)
+    half = x / 2
+    if df % 2:
+        log_term, total = 0.5 * math.log(x) - half, 0.0
+        for r in range(1, (df + 1) // 2):
+            total += math.exp(log_term)
+            log_term += math.log(x / (2 * r + 1))
+        return math.erfc(math.sqrt(half)) + math.sqrt(2 / math.pi) * total
+    log_term, total = -half, 0.0
+    for r in range(df // 2):
+        total += math.exp(log_term)
+        log_term += math.log(half / (r + 1))
+    return total
+
+
 class WaldTest(NamedTuple):
     """Wald χ² test of H₀: g(θ) = c (``statistic`` ~ χ²_df under H₀)."""
 
@@ -55,9 +76,7 @@ class WaldTest(NamedTuple):
 
     @classmethod
     def of(cls, statistic: float, df: int) -> "WaldTest":
-        from scipy.special import chdtrc
-
-        return cls(float(statistic), int(df), float(chdtrc(df, statistic)) if df > 0 else float("nan"))
+        return cls(float(statistic), int(df), chi2_upper(float(statistic), int(df)) if df > 0 else float("nan"))
 
     def __str__(self):
         return f"Wald χ² = {self.statistic:.4g} on {self.df} df, p = {self.p_value:.4g}"
