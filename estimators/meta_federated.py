@@ -80,10 +80,10 @@ def from_sites(df, sites: Mapping | None, columns: Mapping | None = None, by=Non
     """(tables, columns, notes) for :func:`estimators.meta_batch.meta_analysis` / ``meta_analyses``: the 2×2
     tables of the participant rows held by ``sites`` ({site name: table}; ``columns`` maps the :data:`ROLES`),
     through the federated protocol simulated in this process; without ``sites``, ``df`` and ``columns`` as given."""
-    from mestim.federated import simulate
-
     if sites is None:
         return df, columns, []
+    from mestim.federated import simulate  # the engine's modules, only when there are sites
+
     if df is not None:
         raise SpecificationError("give the 2×2 tables as df= or participant rows as sites= ({'site': table, ...}), "
                                  "not both")
