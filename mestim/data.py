@@ -124,10 +124,12 @@ def is_number(v) -> bool:
         return False
 
 
-def check_finite(arr: np.ndarray, name: str, where: np.ndarray | None = None) -> None:
-    """Raise if ``arr`` has NaN/inf in the rows that are used (``where``: boolean mask of used rows)."""
-    if np.isfinite(np.sum(arr)):  # one summing pass: NaN/inf propagate (an overflowing sum goes on to the rows)
-        return
+def check_finite(arr: np.ndarray, name: str, where: np.ndarray | None = None) -> float:
+    """Raise if ``arr`` has NaN/inf in the rows that are used (``where``: boolean mask of used rows); return the sum
+    of ``arr`` (NaN where rows outside ``where`` are not finite), which fingerprints the column."""
+    total = float(np.sum(arr))
+    if np.isfinite(total):  # one summing pass: NaN/inf propagate (an overflowing sum goes on to the rows)
+        return total
     bad = ~np.isfinite(arr)
     if bad.ndim > 1:
         bad = bad.reshape(bad.shape[0], -1).any(axis=1)
@@ -143,6 +145,7 @@ def check_finite(arr: np.ndarray, name: str, where: np.ndarray | None = None) ->
         )
         error.row = first  # the row a stream names the source's chunk by
         raise error
+    return total
 
 
 def row_mask(cols: Columns, mask, n: int | None = None) -> np.ndarray:

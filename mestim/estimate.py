@@ -226,6 +226,7 @@ def unit_meat(problem: Problem, source, theta, options: FitOptions, moments: Mom
 def _influence(kernel: Kernel, problem: Problem, options: FitOptions, theta, scaled_inv) -> np.ndarray:
     """φ_i = B⁻¹ψ_i with B = A/n, from the problem's host columns (a Result holds no device data; it holds the
     host data through this closure)."""
+    problem.check_unchanged()
     source = InMemory(kernel, problem.used, problem.w, dtype=options.data_dtype)
     return source.row_values(theta) @ scaled_inv.T
 

@@ -24,6 +24,7 @@ from .constants import ALL_ROWS
 from .errors import DataError, SpecificationError, untraceable
 
 MASK_PREFIX = "mask:"  # device column holding a user block's row mask
+WEIGHTS = "(weights)"  # the row weights' key in Problem.sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Problem:
     notes: tuple[str, ...]
     instruments: dict = dataclasses.field(default_factory=dict)  # block name → its instruments' column (GMM)
     rows: dict = dataclasses.field(default_factory=dict)  # block name → the rows a masked block uses
+    # Σ of each column ψ reads and of the weights at the fit: ``used`` holds views of the user's float64 arrays (no
+    # copy), so a Result's influence functions check that those arrays were not edited since
+    sums: dict = dataclasses.field(default_factory=dict)
 
     @property
     def n_clusters(self) -> int:
@@ -50,6 +54,14 @@ class Problem:
     @property
     def n_rows(self) -> int:
         return int(self.w.shape[0])
+
+    def check_unchanged(self) -> None:
+        """Raise if a column ψ reads, or the weights, no longer sum as at the fit (the user edited the array)."""
+        now = {name: float(np.sum(self.w if name == WEIGHTS else self.used[name])) for name in self.sums}
+        edited = sorted("weights" if name == WEIGHTS else name for name, total in self.sums.items() if now[name] != total)
+        if edited:
+            raise DataError(f"column(s) {edited} changed after the fit (the fit reads the arrays given, without a "
+                            "copy): refit on the edited data, or copy the data before the fit to edit it afterwards")
 
     def check_rows(self) -> None:
         """Refuse a block fitted to no more rows (of positive weight, in its mask) than it has parameters: at θ̂ its
@@ -164,19 +176,22 @@ def prepare(estimator, data, init=None, *, names=None, weights=None, cluster=Non
                 "return one value per parameter; for over-identified estimating equations (more moment conditions "
                 "than parameters) pass gmm='two-step' or gmm='iterated'")
     spec = StackSpec(tuple(dataclasses.replace(b, equations=size) for b, size in zip(spec.blocks, sizes)))
-    used = {}
+    used, sums = {}, {}
     for name in sorted(set().union(*reads) - set(masks)):
         values = datamod.require_numeric(all_cols, name)
         # NaN is allowed where every block that reads the column has masked the row out
         rows = [None if b.mask is None else masks[b.mask] for b, r in zip(spec.blocks, reads) if name in r]
         where = None if any(m is None for m in rows) else np.logical_or.reduce(rows)
-        datamod.check_finite(values, name, where=where)
+        total = datamod.check_finite(values, name, where=where)
         used[name] = values if where is None else _zero_outside(values, where)
+        if used[name] is values and np.isfinite(total):
+            sums[name] = total
     used.update({k: m.astype(float) for k, m in masks.items()})
     w = datamod.row_weights(cols, weights, n)  # the user's own columns (not the blocks' prepared ones)
+    sums[WEIGHTS] = float(np.sum(w))
     codes, cluster_labels = (None, None) if cluster is None else datamod.cluster_labels(cols, cluster, n)
     return Problem(spec, tuple(blocks), tuple(labels), np.concatenate(inits), all_cols, used, w, codes,
-                   cluster_labels, tuple(notes), instruments, used_rows)
+                   cluster_labels, tuple(notes), instruments, used_rows, sums)
 
 
 def _start(block: Block, prep) -> np.ndarray:

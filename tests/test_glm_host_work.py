@@ -25,6 +25,23 @@ def test_columns_are_the_users_own_memory_and_read_only():
     assert cols["x1"].flags.writeable  # the user's array itself is untouched
 
 
+def test_influence_refuses_data_edited_after_the_fit():
+    """A Result reads the user's arrays without a copy: an array edited after the fit would silently give influence
+    functions of other rows, so influence() names the column instead; unedited, φ averages to 0 at θ̂."""
+    rng = np.random.default_rng(3)
+    cols = {"x": rng.normal(size=200), "w": rng.uniform(0.5, 2, 200)}
+    res = mestim.fit(lambda t, r: r["x"] - t[0], cols, init=[0.0], weights="w")
+    assert abs(np.average(res.influence()[:, 0], weights=cols["w"])) < 1e-12
+    kept = cols["x"][5]
+    cols["x"][5] = kept + 1.0
+    with pytest.raises(mestim.errors.DataError, match=r"\['x'\] changed after the fit"):
+        res.influence()
+    cols["x"][5] = kept
+    cols["w"][0] = 3.0
+    with pytest.raises(mestim.errors.DataError, match=r"\['weights'\] changed"):
+        res.influence()
+
+
 @pytest.mark.parametrize("block", [
     logistic("m", "Yb", XCOLS),
     logistic("m", "A", XCOLS, mask="R"),
