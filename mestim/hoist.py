@@ -31,6 +31,7 @@ import numpy as np
 from jax import lax
 
 from . import internals
+from .solve import SolverOptions, State, solve_traced
 from .sums import JACOBIAN, VALUES, Moments, _pow2_ceil
 
 HOIST_BUDGET = 1 << 30  # bytes of residuals an in-memory source may keep on the device
@@ -69,6 +70,12 @@ def split(kernel, layout: tuple, plan: tuple, centred: bool = False) -> Split | 
         internals.fell_back("JAX partial evaluation returned a program of another signature")
         return None
     return Split(known, unknown, residuals)
+
+
+def hoisted_plan(plan: tuple, n_blocks: int) -> tuple:
+    """The plan whose residuals a full Jacobian ``plan`` hoists: the same with the meat, so that a later pass of
+    the values and meat at θ̂ is served by them too."""
+    return tuple(plan[:n_blocks]) + (1, plan[-1])
 
 
 def serves(hoisted: tuple, plan: tuple, n_blocks: int) -> bool:
@@ -171,3 +178,22 @@ def sums_program(kernel, layout, hoisted, plan, centred, acc, theta, residuals, 
 
     total = _per_device(kernel, per_device, ("all", "rows", "rows"), "all")(theta, residuals, n_chunks)
     return jax.tree.map(jnp.add, acc, total)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def solve_program(kernel, layout, newton: tuple, final: tuple, capacity: int, options: SolverOptions, rows, w,
+                  n_chunks, centre, theta0, scale) -> tuple[State, Moments]:
+    """The solve of a one-slab source in one program (one device): the residuals of the ``newton`` plan's θ-free
+    work (:func:`slab_residuals`, ``capacity`` chunks), :func:`mestim.solve.solve_traced` over every parameter with a
+    hoisted pass of ``newton`` per evaluation, then the sums of the ``final`` plan at θ̂ (served by the same
+    residuals: :func:`serves`). The rules and the sums are those of the host-driven passes."""
+    s = split(kernel, layout, hoisted_plan(newton, len(kernel.spec.blocks)), centre is not None)
+    residuals = slab_residuals(s, kernel, rows, w, n_chunks, capacity, centre)
+    zero = Moments(*(jnp.zeros(x.shape, x.dtype) for x in kernel.zeros()))
+
+    def evaluate(theta):
+        m = slab_sums(s, kernel, newton, zero, theta, residuals, n_chunks)
+        return m.psi, m.jac
+
+    state = solve_traced(evaluate, theta0, scale, options)
+    return state, slab_sums(s, kernel, final, zero, state.theta, residuals, n_chunks)
