@@ -12,14 +12,17 @@ first process wrote):
 - ``mestim meta`` and ``mestim transport`` on the bundled data, against ``import jax``;
 - the programs each mestim process compiled (:func:`mestim.compilations`).
 
-**Warm** (one process per n; median of ``--repeats`` fits after a first one): W2 written by a user as one ψ of 27
-parameters (:func:`benchmarks.workloads.w2_user_psi`) at n = 1e4, 1e5, 1e6, against the one-jit yardstick of
-``shared/spec/performance.md`` (:func:`benchmarks.workloads.one_jit_fit`: vmap ψ, jacrev of Σψ, 8 Newton steps,
-sandwich, data already on the device) and delicatessen (n ≤ 1e5, exact-derivative mode off: its defaults); beside
-it the same estimator as registered blocks (``workloads.mestim_stack("W2")``: closed-form GLM Jacobians). Each
-row records the programs the first fit compiled (or loaded), the backward passes of the user ψ's coloured Jacobian
-(:mod:`mestim.colouring`; 27 without colouring) and whether its passes were hoisted (:mod:`mestim.hoist`; a
-fallback is counted in ``mestim.internals.FALLBACKS``).
+**Warm** (one process per n; ``--repeats`` repetitions after a first call, each repetition running every tool in
+turn, so the shared machine's load hits them alike; medians of the times and of the per-repetition ratios): W2
+written by a user as one ψ of 27 parameters (:func:`benchmarks.workloads.w2_user_psi`) at n = 1e4, 1e5, 1e6,
+against the one-jit yardstick of ``shared/spec/performance.md`` (:func:`benchmarks.workloads.one_jit_fit`: vmap ψ,
+jacrev of Σψ, 8 Newton steps, sandwich, data already on the device) and delicatessen (n ≤ 1e5, exact-derivative
+mode off: its defaults; up to 3 fits, each beside a mestim fit); beside it the same estimator as registered blocks
+(``workloads.mestim_stack("W2")``: closed-form GLM Jacobians). Each row records the programs the first fit compiled
+(or loaded), the backward passes of the user ψ's coloured Jacobian (:mod:`mestim.colouring`; 27 without
+colouring), whether its passes were hoisted (:mod:`mestim.hoist`; a fallback is counted in
+``mestim.internals.FALLBACKS``), whether the solve ran in one program (rows hoisted in one slab,
+:func:`mestim.hoist.solve_program`) or as host-driven passes (how many), and the load average around it.
 
 **Meta-analysis at any k** (a fresh process per case): ``meta_analysis`` of k Cochrane-like 2×2 tables
 (:func:`benchmarks.workloads.cochrane_like`) at k = 100 and 2,728 (a collection of 603 reviews read without
@@ -162,51 +165,72 @@ def cold(a) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- warm
 def warm_child(n: int, repeats: int, with_delicatessen: bool) -> dict:
+    """One process per n: every tool timed in turn within each repetition (interleaved, so the shared machine's
+    load hits them alike), medians of the times and of the per-repetition ratios."""
     import jax
     import jax.numpy as jnp
 
     import mestim
-
-    cols = W.pooled_data(n)
-    used = {k: cols[k] for k in W.XCOLS + W.TRIALS + ["R", "A", "Y"]}
-    out = {"n": n}
-
-    def timed(f):
-        f()  # the first call compiles
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t)
-        return statistics.median(ts)
-
-    from mestim import hoist, internals
+    from mestim import hoist, internals, sources
     from mestim.estimate import kernel_for
     from mestim.options import FitOptions
     from mestim.problem import prepare
 
+    cols = W.pooled_data(n)
+    used = {k: cols[k] for k in W.XCOLS + W.TRIALS + ["R", "A", "Y"]}
+    out = {"n": n, "load_average_start": os.getloadavg()}
+    # how the fit ran: the solve in one program (hoist.solve_program) or host-driven passes (InMemory.sums)
+    ran = {"one_program": 0, "host_passes": 0}
+    solve_program, host_sums = hoist.solve_program, sources.InMemory.sums
+    hoist.solve_program = lambda *a: ran.__setitem__("one_program", ran["one_program"] + 1) or solve_program(*a)
+    sources.InMemory.sums = lambda self, *a: ran.__setitem__("host_passes", ran["host_passes"] + 1) or host_sums(
+        self, *a)
+
+    def user_fit():
+        return mestim.fit(W.w2_user_psi, used, init=np.zeros(27))
+
     with mestim.compilations() as count:
-        res = mestim.fit(W.w2_user_psi, used, init=np.zeros(27))
+        res = user_fit()
     out["programs_first_fit"], out["loaded_first_fit"] = count.programs, count.loaded
+    out["solved_in_one_program"], out["host_passes"] = ran["one_program"] == 1, ran["host_passes"]
     problem = prepare(W.w2_user_psi, used, np.zeros(27))
     kernel = kernel_for(problem, FitOptions())
     rows = {k: jax.ShapeDtypeStruct((kernel.chunk,) + v.shape[1:], jnp.float64) for k, v in problem.used.items()}
     out["jacobian_passes"] = int(kernel.pattern(problem.spec.blocks[0], rows).basis.shape[0])
     out["hoisted"] = bool(kernel.hoist and hoist.split.cache_info().currsize and not internals.FALLBACKS)
-    out["mestim_user_psi_s"] = timed(lambda: mestim.fit(W.w2_user_psi, used, init=np.zeros(27)))
     out["mestim_iterations"] = res.iterations
-    out["mestim_registered_blocks_s"] = timed(lambda: W.mestim_fit("W2", cols))
     yard = W.one_jit_fit(W.w2_user_psi)
     device = jax.device_put(used)
-    out["one_jit_s"] = timed(lambda: jax.block_until_ready(yard(jnp.zeros(27), device)))
-    theta, vcov = yard(jnp.zeros(27), device)
+    tools = {"mestim_user_psi": user_fit, "one_jit": lambda: jax.block_until_ready(yard(jnp.zeros(27), device)),
+             "mestim_registered_blocks": lambda: W.mestim_fit("W2", cols)}
+    for f in tools.values():
+        f()  # the first call compiles
+    times = {name: [] for name in tools}
+    for _ in range(repeats):
+        for name, f in tools.items():
+            t = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t)
+    for name, ts in times.items():
+        out[f"{name}_s"] = statistics.median(ts)
+    out["mestim_over_one_jit"] = statistics.median(
+        m / y for m, y in zip(times["mestim_user_psi"], times["one_jit"]))
+    theta, vcov = tools["one_jit"]()
     out["max_dtheta_vs_one_jit"] = float(np.max(np.abs(np.asarray(theta) - res.theta)))
     out["max_rel_dse_vs_one_jit"] = float(np.max(np.abs(np.sqrt(np.diag(np.asarray(vcov))) / res.se - 1)))
-    if with_delicatessen:
-        t = time.perf_counter()
-        theta_d, se_d = W.delicatessen_fit("W2", cols)
-        out["delicatessen_s"] = time.perf_counter() - t
+    if with_delicatessen:  # seconds a fit: fewer repetitions, each beside a mestim fit
+        pairs = []
+        for _ in range(max(1, min(repeats, 3))):
+            t = time.perf_counter()
+            theta_d, se_d = W.delicatessen_fit("W2", cols)
+            d = time.perf_counter() - t
+            t = time.perf_counter()
+            user_fit()
+            pairs.append((d, time.perf_counter() - t))
+        out["delicatessen_s"] = statistics.median(d for d, _ in pairs)
+        out["delicatessen_over_mestim"] = statistics.median(d / m for d, m in pairs)
         out["max_dtheta_vs_delicatessen"] = float(np.max(np.abs(theta_d - res.theta)))
+    out["load_average_end"] = os.getloadavg()
     return out
 
 
@@ -218,11 +242,11 @@ def warm(a) -> list[dict]:
             argv.append("--with-delicatessen")
         _, row = run_child(argv, None)
         rows.append(row)
-        ratio = row["mestim_user_psi_s"] / row["one_jit_s"]
         print(f"warm n={n:,}: mestim user ψ {row['mestim_user_psi_s']:.3f} s, one-jit {row['one_jit_s']:.3f} s "
-              f"(mestim ÷ one-jit {ratio:.2f}), registered blocks {row['mestim_registered_blocks_s']:.3f} s"
-              + (f", delicatessen {row['delicatessen_s']:.1f} s ({row['delicatessen_s'] / row['mestim_user_psi_s']:.0f}× "
-                 "mestim)" if "delicatessen_s" in row else ""), flush=True)
+              f"(mestim ÷ one-jit {row['mestim_over_one_jit']:.2f}), registered blocks "
+              f"{row['mestim_registered_blocks_s']:.3f} s"
+              + (f", delicatessen {row['delicatessen_s']:.1f} s ({row['delicatessen_over_mestim']:.0f}× mestim)"
+                 if "delicatessen_s" in row else "") + f"; load {row['load_average_start'][0]:.1f}", flush=True)
     return rows
 
 
@@ -254,17 +278,19 @@ def markdown(cold_rows, warm_rows, meta_rows=()) -> str:
             progs = "" if r["programs"] is None else f"{r['programs']} ({r['loaded']})"
             lines.append(f"| {r['case']} | {r['median_s']:.2f} s | {r['x_import_jax']:.1f}× | {progs} |")
     if warm_rows:
-        lines += ["", "## Warm: W2 as one user ψ (27 parameters), median of repeated fits", "",
-                  "| n | mestim user ψ | one-jit yardstick | mestim ÷ one-jit | mestim registered blocks | "
-                  "delicatessen | delicatessen ÷ mestim | backward passes (of 27) | hoisted | programs (loaded) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "## Warm: W2 as one user ψ (27 parameters), medians of interleaved repetitions in one process", "",
+                  "| n | mestim user ψ | one-jit yardstick | mestim ÷ one-jit (median of pairs) | mestim registered "
+                  "blocks | delicatessen | delicatessen ÷ mestim | backward passes (of 27) | hoisted | solve | "
+                  "programs (loaded) | load (1 min) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in warm_rows:
             d, m = r.get("delicatessen_s"), r["mestim_user_psi_s"]
-            peer = (harness._fmt(d), f"{d / m:.0f}×") if d else ("—", "—")
-            lines.append(f"| {r['n']:,} | {harness._fmt(m)} | {harness._fmt(r['one_jit_s'])} | {m / r['one_jit_s']:.2f} | "
-                         f"{harness._fmt(r['mestim_registered_blocks_s'])} | {peer[0]} | {peer[1]} | "
-                         f"{r['jacobian_passes']} | {'yes' if r['hoisted'] else 'no'} | "
-                         f"{r['programs_first_fit']} ({r['loaded_first_fit']}) |")
+            peer = (harness._fmt(d), f"{r['delicatessen_over_mestim']:.0f}×") if d else ("—", "—")
+            solve = "one program" if r["solved_in_one_program"] else f"{r['host_passes']} host passes"
+            lines.append(f"| {r['n']:,} | {harness._fmt(m)} | {harness._fmt(r['one_jit_s'])} | "
+                         f"{r['mestim_over_one_jit']:.2f} | {harness._fmt(r['mestim_registered_blocks_s'])} | "
+                         f"{peer[0]} | {peer[1]} | {r['jacobian_passes']} | {'yes' if r['hoisted'] else 'no'} | "
+                         f"{solve} | {r['programs_first_fit']} ({r['loaded_first_fit']}) | "
+                         f"{r['load_average_start'][0]:.1f}–{r['load_average_end'][0]:.1f} |")
     if meta_rows:
         lines += ["", "## A single meta-analysis of k studies: fresh process per run (median)", "",
                   "| case | time | peak memory | causal SE (log RR) |", "|---|---|---|---|"]

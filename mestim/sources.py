@@ -174,12 +174,12 @@ class InMemory:
     def solve_in_one_program(self, theta0, newton, final, options: SolverOptions):
         """(the solver's last state, the row sums at θ̂: its Jacobian, and the ``final`` plan's values and meat) of
         the solve over every parameter (each evaluation a pass of the ``newton`` plan) in one compiled program
-        (:func:`hoist.solve_program`); None where that does not apply. It applies to rows hoisted on one device in
-        one slab (up to 64 chunks), where a pass takes about a millisecond and a host-driven pass's dispatch,
-        transfer and host step cost as much again (W2's user ψ at n = 1e4: 1.22 → 0.95× the one-jit fit)."""
+        (:func:`hoist.solve_program`); None where that does not apply. It applies to hoisted rows in one slab (up to
+        64 chunks per device), where a pass takes about a millisecond and a host-driven pass's dispatch, transfer and
+        host step cost as much again (W2's user ψ at n = 1e4: 1.22 → 0.95× the one-jit fit)."""
         newton, final = tuple(int(m) for m in newton), tuple(int(m) for m in final)
         n_blocks = len(self.kernel.spec.blocks)
-        if not self.kernel.hoist or self.kernel.mesh is not None or len(self._slabs) > 1:
+        if not self.kernel.hoist or len(self._slabs) > 1:
             return None
         key = hoist.hoisted_plan(newton, n_blocks)
         s = hoist.split(self.kernel, self._layout, key, self.centre is not None)

@@ -225,7 +225,7 @@ _SHARDED = textwrap.dedent("""
     data = table.__wrapped__()
     meshes = []
     hoist.residuals_program = lambda *a: meshes.append(a[0].mesh is not None) or _residuals(*a)
-    hoist.solve_program = lambda *a: meshes.append("one program") or _solve(*a)
+    hoist.solve_program = lambda *a: meshes.append(("one program", a[0].mesh is not None)) or _solve(*a)
     kw = dict(init=np.r_[np.zeros(6), 1.0], weights="w", chunk_size=128)
     sharded = mestim.fit(_psi_user, data, devices=4, **kw)
     one = mestim.fit(_psi_user, data, **kw)
@@ -238,12 +238,13 @@ _SHARDED = textwrap.dedent("""
 
 
 def test_rows_sharded_over_devices_are_hoisted_per_device():
-    """devices=k on a CPU hoists each device's rows (it ran unhoisted: 0.41× one device), with the same sums as
-    one hoisted device and the plain sharded path."""
+    """devices=k on a CPU hoists each device's rows (it ran unhoisted: 0.41× one device), in one program as one
+    device does for rows in one slab, with the same sums as one hoisted device and the plain sharded path."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     code = _SHARDED.format(tests=os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["meshes"] == [True, "one program"]  # the sharded fit was hoisted, the one-device fit solved in one
+    # each solved in one program (sharded: residuals and sums per device), then the plain sharded path
+    assert res["meshes"] == [["one program", True], ["one program", False]], res["meshes"]
     assert max(res["one"]) < 1e-12 and max(res["plain"]) < 1e-12, res
