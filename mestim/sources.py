@@ -139,7 +139,7 @@ class InMemory:
         parts = 1 if kernel.mesh is None else kernel.mesh.size
         # hoisted rows that fit one slab are laid out in the chunks their residuals keep (hoist.capacity): a slab
         # of 64 chunks holding 10 was padded, copied and placed on the device 4× its rows
-        chunks = -(-(-(-self.n_rows // parts)) // kernel.chunk)
+        chunks = -(-self.n_rows // (parts * kernel.chunk))  # per device
         capacity = hoist.capacity(chunks) if kernel.hoist and chunks <= SLAB_CHUNKS[-1] else None
         host, self._sizes = layout(columns, np.asarray(w, float), kernel.chunk, parts, capacity)
         self._filled = [int(n.max()) for _, _, n in host]  # chunks holding rows per device, per slab
