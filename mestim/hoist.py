@@ -22,11 +22,11 @@ on every pass and :data:`mestim.internals.FALLBACKS` counts it.
 When hoisting pays, and how: data small enough to be compiled for compile speed (:func:`mestim.sums.quick_compile`)
 are not hoisted (their fit is mostly compilation); above that, on a CPU, the build costs about five hoisted passes
 (W2's user ψ: 0.5 µs a row against 0.1 µs a hoisted pass and 0.6 µs a plain one), so a Newton solve of five or more
-passes gains 2–3×. Rows hoisted in one slab (up to 64 chunks a device) are solved in one program
-(:func:`solve_program`): there a pass takes about a millisecond, and the host round trip of each pass (dispatch,
-transfer, the solver's step) cost as much again. Rows in several slabs run host-driven hoisted passes (a pass there
-takes tens of milliseconds; the round trip, well under one). Streams are never hoisted: they read their rows anew
-on every pass.
+passes gains 2–3×. Hoisted rows of up to :data:`ONE_PROGRAM_CHUNKS` chunks a device are laid out in one slab and
+solved in one program (:func:`solve_program`): at n = 1e4 a pass takes about a millisecond, and the host round trip
+of each pass (dispatch, transfer, the solver's step) cost as much again. More rows run host-driven hoisted passes
+over slabs of 64 chunks (a pass there takes a hundred milliseconds or more; the round trip, well under one; one
+slab would cost a host copy of every row). Streams are never hoisted: they read their rows anew on every pass.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from .solve import SolverOptions, State, solve_traced
 from .sums import JACOBIAN, VALUES, Moments, _pow2_ceil
 
 HOIST_BUDGET = 1 << 30  # bytes of residuals an in-memory source may keep on the device
+ONE_PROGRAM_CHUNKS = 256  # hoisted rows up to this many chunks a device are one slab, solved in one program
 
 
 class Split(NamedTuple):

@@ -19,8 +19,7 @@ from . import hoist
 from .errors import SpecificationError
 from .solve import SolverOptions
 
-from .sums import (JACOBIAN, SLAB_CHUNKS, Kernel, Moments, row_leverages, row_nonfinite, row_values, slab_chunks,
-                   slab_sums)
+from .sums import JACOBIAN, Kernel, Moments, row_leverages, row_nonfinite, row_values, slab_chunks, slab_sums
 
 
 def device_mesh(devices="all") -> Mesh:
@@ -137,10 +136,11 @@ class InMemory:
         self.centre = (centres(columns) if centre is None else centre) if dtype == "float32" else None
         columns = store(columns, dtype or np.float64, self.centre)
         parts = 1 if kernel.mesh is None else kernel.mesh.size
-        # hoisted rows that fit one slab are laid out in the chunks their residuals keep (hoist.capacity): a slab
-        # of 64 chunks holding 10 was padded, copied and placed on the device 4× its rows
+        # hoisted rows of up to hoist.ONE_PROGRAM_CHUNKS chunks a device are laid out in one slab of the chunks their
+        # residuals keep (hoist.capacity), so the solve runs in one program (a slab of 64 chunks holding 10 was
+        # padded, copied and placed on the device 4× its rows)
         chunks = -(-self.n_rows // (parts * kernel.chunk))  # per device
-        capacity = hoist.capacity(chunks) if kernel.hoist and chunks <= SLAB_CHUNKS[-1] else None
+        capacity = hoist.capacity(chunks) if kernel.hoist and chunks <= hoist.ONE_PROGRAM_CHUNKS else None
         host, self._sizes = layout(columns, np.asarray(w, float), kernel.chunk, parts, capacity)
         self._filled = [int(n.max()) for _, _, n in host]  # chunks holding rows per device, per slab
         self._capacity = host[0][1].shape[0] // (parts * kernel.chunk)  # chunks per device of a slab
@@ -175,8 +175,8 @@ class InMemory:
         """(the solver's last state, the row sums at θ̂: its Jacobian, and the ``final`` plan's values and meat) of
         the solve over every parameter (each evaluation a pass of the ``newton`` plan) in one compiled program
         (:func:`hoist.solve_program`); None where that does not apply. It applies to hoisted rows in one slab (up to
-        64 chunks per device), where a pass takes about a millisecond and a host-driven pass's dispatch, transfer and
-        host step cost as much again (W2's user ψ at n = 1e4: 1.22 → 0.95× the one-jit fit)."""
+        ``hoist.ONE_PROGRAM_CHUNKS`` chunks a device), where a pass takes a few milliseconds and a host-driven pass's
+        dispatch, transfer and host step cost as much again (W2's user ψ at n = 1e4: 1.22 → 0.95× the one-jit fit)."""
         newton, final = tuple(int(m) for m in newton), tuple(int(m) for m in final)
         n_blocks = len(self.kernel.spec.blocks)
         if not self.kernel.hoist or len(self._slabs) > 1:

@@ -125,25 +125,25 @@ def table():
 
 
 def _case(table, case):
-    if case == "user psi":  # 12 chunks of a slab
+    if case == "user psi":  # 12 chunks
         return (_psi_user, table), dict(init=np.r_[np.zeros(6), 1.0], weights="w", chunk_size=256)
     if case == "registered blocks, joint":
         return ([est.logistic("lg", "y", ["x1", "x2"]), Block("r", _ratio, init=[1.0], reads=("lg",))],
                 table), dict(solve="joint", weights="w")
-    if case == "user psi, 3 slabs":  # 188 chunks: host-driven hoisted passes
-        return (_psi_user, table), dict(init=np.r_[np.zeros(6), 1.0], weights="w", chunk_size=16)
+    if case == "user psi, 6 slabs":  # 375 chunks (over hoist.ONE_PROGRAM_CHUNKS): host-driven hoisted passes
+        return (_psi_user, table), dict(init=np.r_[np.zeros(6), 1.0], weights="w", chunk_size=8)
     return (_psi_user, table), dict(init=np.r_[np.zeros(6), 1.0], weights="w", weight_type="sampling",
                                     data_dtype="float32", chunk_size=512)
 
 
-CASES = ["user psi", "registered blocks, joint", "sampling weights, float32 columns", "user psi, 3 slabs"]
+CASES = ["user psi", "registered blocks, joint", "sampling weights, float32 columns", "user psi, 6 slabs"]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_fits_with_hoisting_forced_on_equal_the_plain_path(table, case, monkeypatch):
     """Whole fits (every pass of the solve and the sandwich) with hoisting forced on (data this small are
     otherwise compiled quick, unhoisted) equal the plain path to 1e-12, and the hoisted path ran: the solve in one
-    program for rows in one slab, host-driven hoisted passes for several."""
+    program for up to hoist.ONE_PROGRAM_CHUNKS chunks, host-driven hoisted passes over slabs for more."""
     import mestim
     from mestim import hoist, sums
 
