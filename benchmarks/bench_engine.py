@@ -12,8 +12,8 @@ first process wrote):
 - ``mestim meta`` and ``mestim transport`` on the bundled data, against ``import jax``;
 - the programs each mestim process compiled (:func:`mestim.compilations`).
 
-**Warm** (one process per n; ``--repeats`` repetitions after a first call, each repetition running every tool in
-turn, so the shared machine's load hits them alike; medians of the times and of the per-repetition ratios): W2
+**Warm** (one process per n; ``--repeats`` repetitions after a first call (up to 10× more below n = 1e5, where a
+fit takes milliseconds), each repetition running every tool in turn, so the shared machine's load hits them alike; medians of the times and of the per-repetition ratios): W2
 written by a user as one ψ of 27 parameters (:func:`benchmarks.workloads.w2_user_psi`) at n = 1e4, 1e5, 1e6,
 against the one-jit yardstick of ``shared/spec/performance.md`` (:func:`benchmarks.workloads.one_jit_fit`: vmap ψ,
 jacrev of Σψ, 8 Newton steps, sandwich, data already on the device) and delicatessen (n ≤ 1e5, exact-derivative
@@ -210,7 +210,8 @@ def warm_child(n: int, repeats: int, with_delicatessen: bool) -> dict:
     for f in tools.values():
         f()  # the first call compiles
     times = {name: [] for name in tools}
-    for _ in range(repeats):
+    out["repetitions"] = repetitions = repeats * max(1, min(10, 100_000 // n))  # small n: more, short, noisy fits
+    for _ in range(repetitions):
         for name, f in tools.items():
             t = time.perf_counter()
             f()
