@@ -25,8 +25,8 @@ are not hoisted (their fit is mostly compilation); above that, on a CPU, the bui
 passes gains 2–3×. Hoisted rows of up to :data:`ONE_PROGRAM_CHUNKS` chunks a device are laid out in one slab and
 solved in one program (:func:`solve_program`): at n = 1e4 a pass takes about a millisecond, and the host round trip
 of each pass (dispatch, transfer, the solver's step) cost as much again. More rows run host-driven hoisted passes
-over slabs of 64 chunks (a pass there takes a hundred milliseconds or more; the round trip, well under one; one
-slab would cost a host copy of every row). Streams are never hoisted: they read their rows anew on every pass.
+over slabs of 64 chunks (a pass there takes tens of milliseconds or more, the round trip under one). Streams are
+never hoisted: they read their rows anew on every pass.
 """
 
 from __future__ import annotations
@@ -41,10 +41,13 @@ from jax import lax
 
 from . import internals
 from .solve import SolverOptions, State, solve_traced
-from .sums import JACOBIAN, VALUES, Moments, _pow2_ceil
+from .sums import JACOBIAN, SLAB_CHUNKS, VALUES, Moments, _pow2_ceil
 
 HOIST_BUDGET = 1 << 30  # bytes of residuals an in-memory source may keep on the device
-ONE_PROGRAM_CHUNKS = 256  # hoisted rows up to this many chunks a device are one slab, solved in one program
+# hoisted rows up to this many chunks a device (one slab) are solved in one program; W2 at n = 1e5 laid out as one
+# slab of 128 chunks ran 1.04× its host-driven passes over 2 slabs (15 interleaved pairs): a round trip there is under
+# a millisecond a pass, and one slab costs a host copy of every row
+ONE_PROGRAM_CHUNKS = SLAB_CHUNKS[-1]
 
 
 class Split(NamedTuple):
@@ -214,4 +217,5 @@ def solve_program(kernel, layout, newton: tuple, final: tuple, capacity: int, op
         return m.psi, m.jac
 
     state = solve_traced(evaluate, theta0, scale, options)
-    return state, _sums(s, kernel, final, zero, state.theta, residuals, n_chunks)
+    # the values and meat at θ̂ from the rows: residuals read after the loop were copied before it (45 MB at 5e4 rows)
+    return state, kernel.slab_sums(zero, state.theta, rows, w, n_chunks, np.asarray(final, np.int32), centre)
