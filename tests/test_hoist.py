@@ -168,12 +168,15 @@ def test_the_solve_in_one_program_equals_host_driven_hoisted_passes_and_repeats_
     """The solve in one program (rows hoisted in one slab) visits the points of the host-driven hoisted passes:
     the same θ̂, sandwich and iterations to 1e-12; run again, the same bits."""
     import mestim
-    from mestim import sums
+    from mestim import hoist, sums
     from mestim.sources import InMemory
 
     args, kw = _case(table, case)
     monkeypatch.setattr(sums, "QUICK_WORK", 0)
+    ran = []
+    monkeypatch.setattr(hoist, "solve_program", lambda *a: ran.append(1) or _solve(*a))
     one, again = mestim.fit(*args, **kw), mestim.fit(*args, **kw)
+    assert len(ran) == 2
     np.testing.assert_array_equal(one.theta, again.theta)
     np.testing.assert_array_equal(one.vcov, again.vcov)
     monkeypatch.setattr(InMemory, "solve_in_one_program", lambda *a: None)
@@ -186,14 +189,17 @@ def test_the_solve_in_one_program_equals_host_driven_hoisted_passes_and_repeats_
 def test_the_solve_in_one_program_reports_non_convergence_like_the_host_loop(table, monkeypatch):
     """A solve in one program that stops (here at max_iter=1) raises the host loop's error, naming the block."""
     import mestim
-    from mestim import sums
+    from mestim import hoist, sums
     from mestim.errors import ConvergenceError
 
     args, kw = _case(table, "user psi")
     monkeypatch.setattr(sums, "QUICK_WORK", 0)
+    ran = []
+    monkeypatch.setattr(hoist, "solve_program", lambda *a: ran.append(1) or _solve(*a))
     with pytest.raises(ConvergenceError, match=r"block\(s\) 'theta' did not converge: reached the iteration limit "
                        r"after 1 iteration\(s\)"):
         mestim.fit(*args, **kw, max_iter=1)
+    assert ran
 
 
 def test_the_meat_is_taken_once_at_the_estimate(table, monkeypatch):
