@@ -1,7 +1,7 @@
 """Issue 9 benchmarks: how fast a fit starts (cold, fresh processes) and runs (warm), against peers in the same run.
 
     python -m benchmarks.bench_engine                  # cold and warm, ~10 min on 2 cores
-    python -m benchmarks.bench_engine --only cold      # or: --only warm, --only meta
+    python -m benchmarks.bench_engine --only cold      # or: --only warm, --only chord, --only meta
 
 **Cold** (every number a fresh Python process, measured from its start to its exit, median of ``--repeats``
 runs interleaved tool by tool; ``MESTIM_CACHE_DIR=off`` is an empty compilation cache, "filled" a cache that a
@@ -12,14 +12,22 @@ first process wrote):
 - ``mestim meta`` and ``mestim transport`` on the bundled data, against ``import jax``;
 - the programs each mestim process compiled (:func:`mestim.compilations`).
 
-**Warm** (one process per n; median of ``--repeats`` fits after a first one): W2 written by a user as one ψ of 27
-parameters (:func:`benchmarks.workloads.w2_user_psi`) at n = 1e4, 1e5, 1e6, against the one-jit yardstick of
+**Warm** (one process per n; ``--repeats`` repetitions after a first call, up to 10× more below n = 1e5 where a
+fit takes milliseconds; each repetition runs every tool in turn, so the shared machine's load hits them alike;
+medians of the times and of the per-repetition ratios): W2 written by a user as one ψ of 27 parameters
+(:func:`benchmarks.workloads.w2_user_psi`) at n = 1e4, 1e5, 1e6, against the one-jit yardstick of
 ``shared/spec/performance.md`` (:func:`benchmarks.workloads.one_jit_fit`: vmap ψ, jacrev of Σψ, 8 Newton steps,
-sandwich, data already on the device) and delicatessen (n ≤ 1e5, exact-derivative mode off: its defaults); beside
-it the same estimator as registered blocks (``workloads.mestim_stack("W2")``: closed-form GLM Jacobians). Each
-row records the programs the first fit compiled (or loaded), the backward passes of the user ψ's coloured Jacobian
-(:mod:`mestim.colouring`; 27 without colouring) and whether its passes were hoisted (:mod:`mestim.hoist`; a
-fallback is counted in ``mestim.internals.FALLBACKS``).
+sandwich, data already on the device) and delicatessen (n ≤ 1e5, exact-derivative mode off: its defaults; up to 3
+fits, each beside the median of 3 mestim fits); beside it the same estimator as registered blocks
+(``workloads.mestim_stack("W2")``: closed-form GLM Jacobians). Each row records the programs the first fit compiled
+(or loaded), the backward passes of the user ψ's coloured Jacobian (:mod:`mestim.colouring`; 27 without
+colouring), whether its passes were hoisted (:mod:`mestim.hoist`; a fallback is counted in
+``mestim.internals.FALLBACKS``), whether the solve ran in one program (hoisted rows in one slab,
+:func:`mestim.hoist.solve_program`) or as host-driven passes (how many), and the load average around it.
+
+**Chord steps** (one process, ``--chord-n`` rows, default 1e5): the engine's Newton solve against chord steps (a
+prototype here: the Jacobian kept while residual-only steps converge fast) on the W2 user ψ, with plain passes (where
+a pass cannot be hoisted) and hoisted ones: what each pass costs, how many each takes, the θ they reach.
 
 **Meta-analysis at any k** (a fresh process per case): ``meta_analysis`` of k Cochrane-like 2×2 tables
 (:func:`benchmarks.workloads.cochrane_like`) at k = 100 and 2,728 (a collection of 603 reviews read without
@@ -162,51 +170,76 @@ def cold(a) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- warm
 def warm_child(n: int, repeats: int, with_delicatessen: bool) -> dict:
+    """One process per n: every tool timed in turn within each repetition (interleaved, so the shared machine's
+    load hits them alike), medians of the times and of the per-repetition ratios."""
     import jax
     import jax.numpy as jnp
 
     import mestim
-
-    cols = W.pooled_data(n)
-    used = {k: cols[k] for k in W.XCOLS + W.TRIALS + ["R", "A", "Y"]}
-    out = {"n": n}
-
-    def timed(f):
-        f()  # the first call compiles
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t)
-        return statistics.median(ts)
-
-    from mestim import hoist, internals
+    from mestim import hoist, internals, sources
     from mestim.estimate import kernel_for
     from mestim.options import FitOptions
     from mestim.problem import prepare
 
+    cols = W.pooled_data(n)
+    used = {k: cols[k] for k in W.XCOLS + W.TRIALS + ["R", "A", "Y"]}
+    out = {"n": n, "load_average_start": os.getloadavg()}
+    # how the fit ran: the solve in one program (hoist.solve_program) or host-driven passes (InMemory.sums)
+    ran = {"one_program": 0, "host_passes": 0}
+    solve_program, host_sums = hoist.solve_program, sources.InMemory.sums
+    hoist.solve_program = lambda *a: ran.__setitem__("one_program", ran["one_program"] + 1) or solve_program(*a)
+    sources.InMemory.sums = lambda self, *a: ran.__setitem__("host_passes", ran["host_passes"] + 1) or host_sums(
+        self, *a)
+
+    def user_fit():
+        return mestim.fit(W.w2_user_psi, used, init=np.zeros(27))
+
     with mestim.compilations() as count:
-        res = mestim.fit(W.w2_user_psi, used, init=np.zeros(27))
+        res = user_fit()
     out["programs_first_fit"], out["loaded_first_fit"] = count.programs, count.loaded
+    out["solved_in_one_program"], out["host_passes"] = ran["one_program"] == 1, ran["host_passes"]
     problem = prepare(W.w2_user_psi, used, np.zeros(27))
     kernel = kernel_for(problem, FitOptions())
     rows = {k: jax.ShapeDtypeStruct((kernel.chunk,) + v.shape[1:], jnp.float64) for k, v in problem.used.items()}
     out["jacobian_passes"] = int(kernel.pattern(problem.spec.blocks[0], rows).basis.shape[0])
     out["hoisted"] = bool(kernel.hoist and hoist.split.cache_info().currsize and not internals.FALLBACKS)
-    out["mestim_user_psi_s"] = timed(lambda: mestim.fit(W.w2_user_psi, used, init=np.zeros(27)))
     out["mestim_iterations"] = res.iterations
-    out["mestim_registered_blocks_s"] = timed(lambda: W.mestim_fit("W2", cols))
     yard = W.one_jit_fit(W.w2_user_psi)
     device = jax.device_put(used)
-    out["one_jit_s"] = timed(lambda: jax.block_until_ready(yard(jnp.zeros(27), device)))
-    theta, vcov = yard(jnp.zeros(27), device)
+    tools = {"mestim_user_psi": user_fit, "one_jit": lambda: jax.block_until_ready(yard(jnp.zeros(27), device)),
+             "mestim_registered_blocks": lambda: W.mestim_fit("W2", cols)}
+    for f in tools.values():
+        f()  # the first call compiles
+    times = {name: [] for name in tools}
+    out["repetitions"] = repetitions = repeats * max(1, min(10, 100_000 // n))  # small n: more, short, noisy fits
+    for _ in range(repetitions):
+        for name, f in tools.items():
+            t = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t)
+    for name, ts in times.items():
+        out[f"{name}_s"] = statistics.median(ts)
+    out["mestim_over_one_jit"] = statistics.median(
+        m / y for m, y in zip(times["mestim_user_psi"], times["one_jit"]))
+    theta, vcov = tools["one_jit"]()
     out["max_dtheta_vs_one_jit"] = float(np.max(np.abs(np.asarray(theta) - res.theta)))
     out["max_rel_dse_vs_one_jit"] = float(np.max(np.abs(np.sqrt(np.diag(np.asarray(vcov))) / res.se - 1)))
-    if with_delicatessen:
-        t = time.perf_counter()
-        theta_d, se_d = W.delicatessen_fit("W2", cols)
-        out["delicatessen_s"] = time.perf_counter() - t
+    if with_delicatessen:  # seconds a fit: fewer repetitions, each beside the median of 3 mestim fits
+        pairs = []
+        for _ in range(max(1, min(repeats, 3))):
+            t = time.perf_counter()
+            theta_d, se_d = W.delicatessen_fit("W2", cols)
+            d = time.perf_counter() - t
+            beside = []
+            for _ in range(3):
+                t = time.perf_counter()
+                user_fit()
+                beside.append(time.perf_counter() - t)
+            pairs.append((d, statistics.median(beside)))
+        out["delicatessen_s"] = statistics.median(d for d, _ in pairs)
+        out["delicatessen_over_mestim"] = statistics.median(d / m for d, m in pairs)
         out["max_dtheta_vs_delicatessen"] = float(np.max(np.abs(theta_d - res.theta)))
+    out["load_average_end"] = os.getloadavg()
     return out
 
 
@@ -218,12 +251,102 @@ def warm(a) -> list[dict]:
             argv.append("--with-delicatessen")
         _, row = run_child(argv, None)
         rows.append(row)
-        ratio = row["mestim_user_psi_s"] / row["one_jit_s"]
         print(f"warm n={n:,}: mestim user ψ {row['mestim_user_psi_s']:.3f} s, one-jit {row['one_jit_s']:.3f} s "
-              f"(mestim ÷ one-jit {ratio:.2f}), registered blocks {row['mestim_registered_blocks_s']:.3f} s"
-              + (f", delicatessen {row['delicatessen_s']:.1f} s ({row['delicatessen_s'] / row['mestim_user_psi_s']:.0f}× "
-                 "mestim)" if "delicatessen_s" in row else ""), flush=True)
+              f"(mestim ÷ one-jit {row['mestim_over_one_jit']:.2f}), registered blocks "
+              f"{row['mestim_registered_blocks_s']:.3f} s"
+              + (f", delicatessen {row['delicatessen_s']:.1f} s ({row['delicatessen_over_mestim']:.0f}× mestim)"
+                 if "delicatessen_s" in row else "") + f"; load {row['load_average_start'][0]:.1f}", flush=True)
     return rows
+
+
+def chord_child(n: int, repeats: int) -> list[dict]:
+    """Chord steps (issue 19, item 3) against the engine's Newton solve, on the W2 user ψ from θ₀ = 0: a prototype
+    here, not in the engine. Newton: :func:`mestim.solve.solve_host`, a Jacobian pass per step. Chord: the last
+    Jacobian kept while each residual-only step shrinks ‖Σψ‖∞ at least 4×, refreshed where it does not; one more
+    Jacobian pass at θ̂ for the bread. On plain passes (what a pass costs where it cannot be hoisted: streams, GPUs)
+    and on hoisted ones (in memory on a CPU, host-driven: rows in several slabs)."""
+    import dataclasses
+
+    from mestim.estimate import kernel_for
+    from mestim.options import FitOptions
+    from mestim.problem import prepare
+    from mestim.solve import SolverOptions, solve_host
+    from mestim.sources import InMemory
+    from mestim.sums import plan
+
+    cols = W.pooled_data(n)
+    problem = prepare(W.w2_user_psi, {k: cols[k] for k in W.XCOLS + W.TRIALS + ["R", "A", "Y"]}, np.zeros(27))
+    spec, every = problem.spec, tuple(b.name for b in problem.spec.blocks)
+    with_jac, residual_only = plan(spec, values=every, jacobian=every), plan(spec, values=every)
+    kernel = kernel_for(problem, FitOptions())
+    rows = []
+    for name, k in (("plain", dataclasses.replace(kernel, hoist=False)), ("hoisted", kernel)):
+        def source():
+            return InMemory(k, problem.used, problem.w)
+
+        def newton():
+            src = source()
+            state = solve_host(lambda t, want: (lambda m: (m.psi, m.jac if want else None))(
+                src.sums(t, with_jac if want else residual_only)), np.zeros(27), src.sum_w, SolverOptions())
+            return state.theta, src.passes, 0
+
+        def chord():
+            src, theta = source(), np.zeros(27)
+            m = src.sums(theta, with_jac)
+            jac, r, passes = m.jac, m.psi, [1, 0]
+            while np.max(np.abs(r)) / src.sum_w > 1e-12:
+                step = -np.linalg.solve(jac, r)
+                theta = theta + step
+                if np.max(np.abs(step)) <= 1e-10 * (1 + np.max(np.abs(theta))):
+                    break
+                new = src.sums(theta, residual_only).psi
+                passes[1] += 1
+                if np.max(np.abs(new)) > np.max(np.abs(r)) / 4:  # slow: a Jacobian here
+                    m = src.sums(theta, with_jac)
+                    jac, new = m.jac, m.psi
+                    passes[0] += 1
+                r = new
+            src.sums(theta, with_jac)  # the bread at θ̂
+            return theta, passes[0] + 1, passes[1]
+
+        def one_pass(p):
+            src = source()
+            src.sums(np.zeros(27), with_jac)  # builds the residuals (hoisted)
+            t = time.perf_counter()
+            src.sums(np.full(27, 0.01), p)
+            return time.perf_counter() - t
+
+        newton(), chord()  # compiles
+        times = {"newton": [], "chord": [], "jacobian pass": [], "residual-only pass": []}
+        for _ in range(repeats):
+            for label, f in (("newton", newton), ("chord", chord)):
+                t = time.perf_counter()
+                out = f()
+                times[label].append(time.perf_counter() - t)
+                if label == "newton":
+                    theta_n, newton_passes = out[0], out[1]
+                else:
+                    theta_c, chord_j, chord_r = out
+            times["jacobian pass"].append(one_pass(with_jac))
+            times["residual-only pass"].append(one_pass(residual_only))
+        rows.append({"case": f"chord vs Newton, {name} passes, n={n:,}", "n": n, "passes": name,
+                     **{f"{key.replace(' ', '_').replace('-', '_')}_s": statistics.median(ts)
+                        for key, ts in times.items()},
+                     "chord_over_newton": statistics.median(c / t for c, t in zip(times["chord"], times["newton"])),
+                     "newton_passes": newton_passes, "chord_jacobian_passes": chord_j,
+                     "chord_residual_passes": chord_r, "max_dtheta": float(np.max(np.abs(theta_c - theta_n))),
+                     "load_average": os.getloadavg()})
+    return rows
+
+
+def chord(a) -> list[dict]:
+    _, rows = run_child(["-m", "benchmarks.bench_engine", "--chord-child", str(a.chord_n), "--repeats",
+                         str(a.repeats)], None)
+    for r in rows["rows"]:
+        print(f"{r['case']}: Newton {r['newton_s']:.3f} s ({r['newton_passes']} passes), chord {r['chord_s']:.3f} s "
+              f"({r['chord_jacobian_passes']} Jacobian + {r['chord_residual_passes']} residual-only passes): "
+              f"chord ÷ Newton {r['chord_over_newton']:.2f}", flush=True)
+    return rows["rows"]
 
 
 def meta_k(a) -> list[dict]:
@@ -245,7 +368,7 @@ def meta_k(a) -> list[dict]:
     return rows
 
 
-def markdown(cold_rows, warm_rows, meta_rows=()) -> str:
+def markdown(cold_rows, warm_rows, meta_rows=(), chord_rows=()) -> str:
     lines = []
     if cold_rows:
         lines += ["## Cold: fresh processes, start to exit (median)", "",
@@ -254,17 +377,30 @@ def markdown(cold_rows, warm_rows, meta_rows=()) -> str:
             progs = "" if r["programs"] is None else f"{r['programs']} ({r['loaded']})"
             lines.append(f"| {r['case']} | {r['median_s']:.2f} s | {r['x_import_jax']:.1f}× | {progs} |")
     if warm_rows:
-        lines += ["", "## Warm: W2 as one user ψ (27 parameters), median of repeated fits", "",
-                  "| n | mestim user ψ | one-jit yardstick | mestim ÷ one-jit | mestim registered blocks | "
-                  "delicatessen | delicatessen ÷ mestim | backward passes (of 27) | hoisted | programs (loaded) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "## Warm: W2 as one user ψ (27 parameters), medians of interleaved repetitions in one process",
+                  "",
+                  "| n | mestim user ψ | one-jit yardstick | mestim ÷ one-jit (median of pairs) | mestim registered "
+                  "blocks | delicatessen | delicatessen ÷ mestim | backward passes (of 27) | hoisted | solve | "
+                  "programs (loaded) | load (1 min) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in warm_rows:
             d, m = r.get("delicatessen_s"), r["mestim_user_psi_s"]
-            peer = (harness._fmt(d), f"{d / m:.0f}×") if d else ("—", "—")
-            lines.append(f"| {r['n']:,} | {harness._fmt(m)} | {harness._fmt(r['one_jit_s'])} | {m / r['one_jit_s']:.2f} | "
-                         f"{harness._fmt(r['mestim_registered_blocks_s'])} | {peer[0]} | {peer[1]} | "
-                         f"{r['jacobian_passes']} | {'yes' if r['hoisted'] else 'no'} | "
-                         f"{r['programs_first_fit']} ({r['loaded_first_fit']}) |")
+            peer = (harness._fmt(d), f"{r['delicatessen_over_mestim']:.0f}×") if d else ("—", "—")
+            solve = "one program" if r["solved_in_one_program"] else f"{r['host_passes']} host passes"
+            lines.append(f"| {r['n']:,} | {harness._fmt(m)} | {harness._fmt(r['one_jit_s'])} | "
+                         f"{r['mestim_over_one_jit']:.2f} | {harness._fmt(r['mestim_registered_blocks_s'])} | "
+                         f"{peer[0]} | {peer[1]} | {r['jacobian_passes']} | {'yes' if r['hoisted'] else 'no'} | "
+                         f"{solve} | {r['programs_first_fit']} ({r['loaded_first_fit']}) | "
+                         f"{r['load_average_start'][0]:.1f}–{r['load_average_end'][0]:.1f} |")
+    if chord_rows:
+        lines += ["", "## Chord steps against Newton (W2 user ψ from θ₀ = 0; a prototype in this benchmark, not in the "
+                  "engine; medians of interleaved repetitions)", "",
+                  "| case | Jacobian pass | residual-only pass | Newton | chord | chord ÷ Newton | passes (Newton; "
+                  "chord: Jacobian + residual-only) | max abs Δθ |", "|---|---|---|---|---|---|---|---|"]
+        for r in chord_rows:
+            lines.append(f"| {r['case']} | {harness._fmt(r['jacobian_pass_s'])} | "
+                         f"{harness._fmt(r['residual_only_pass_s'])} | {harness._fmt(r['newton_s'])} | "
+                         f"{harness._fmt(r['chord_s'])} | {r['chord_over_newton']:.2f} | {r['newton_passes']}; "
+                         f"{r['chord_jacobian_passes']} + {r['chord_residual_passes']} | {r['max_dtheta']:.1e} |")
     if meta_rows:
         lines += ["", "## A single meta-analysis of k studies: fresh process per run (median)", "",
                   "| case | time | peak memory | causal SE (log RR) |", "|---|---|---|---|"]
@@ -275,17 +411,19 @@ def markdown(cold_rows, warm_rows, meta_rows=()) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["cold", "warm", "meta"])
+    p.add_argument("--only", choices=["cold", "warm", "chord", "meta"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--n-cold", type=int, default=10_000)
     p.add_argument("--ns", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--meta-k", type=int, nargs="+", default=[100, 2728], help="studies per meta-analysis")
     p.add_argument("--meta-engine-k", type=int, default=100, help="studies in the engine's stacked fit (peer)")
     p.add_argument("--delicatessen-max", type=int, default=100_000, help="largest n delicatessen runs at (warm)")
+    p.add_argument("--chord-n", type=int, default=100_000, help="rows of the chord-against-Newton comparison")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, default=10_000, help=argparse.SUPPRESS)
     p.add_argument("--warm-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--with-delicatessen", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--chord-child", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         print(json.dumps(child(a.child, a.n)))
@@ -293,17 +431,21 @@ def main(argv=None):
     if a.warm_child:
         print(json.dumps(warm_child(a.warm_child, a.repeats, a.with_delicatessen)))
         return
+    if a.chord_child:
+        print(json.dumps({"rows": chord_child(a.chord_child, a.repeats)}))
+        return
     meta = dict(hardware=harness.hardware(), started=time.strftime("%Y-%m-%d %H:%M:%S"), budget="n/a",
                 repeats=a.repeats)
     cold_rows = cold(a) if a.only in (None, "cold") else []
     warm_rows = warm(a) if a.only in (None, "warm") else []
+    chord_rows = chord(a) if a.only in (None, "chord") else []
     meta_rows = meta_k(a) if a.only in (None, "meta") else []
     meta["load_average_end"] = os.getloadavg()
     notes = ("Peers in the same run: `python -c 'import jax'`; delicatessen "
              f"{meta['hardware']['versions'].get('delicatessen')} (`MEstimator` defaults); the one-jit yardstick of "
              "`shared/spec/performance.md`. Ratios within this run are what to compare; the machine is shared.")
-    out = harness.write_results("bench_engine", cold_rows + warm_rows + meta_rows, meta,
-                                markdown(cold_rows, warm_rows, meta_rows), notes)
+    out = harness.write_results("bench_engine", cold_rows + warm_rows + chord_rows + meta_rows, meta,
+                                markdown(cold_rows, warm_rows, meta_rows, chord_rows), notes)
     print(f"results in {out}/bench_engine.md")
 
 

@@ -6,7 +6,10 @@ level's rows of the bread come from its last pass: later levels do not change th
 The meat (Σ a ψψᵀ, as costly as a coloured Jacobian for a wide stack) is computed once, at θ̂, by one pass of every
 block's values and the meat, where the source's passes are cheap to repeat (``source.meat_once``: data on the
 device); otherwise (a stream reads its rows anew on every pass) the passes of the last level also compute every
-block's values and the meat, so the pass that ends the solve holds all the sandwich needs.
+block's values and the meat, so the pass that ends the solve holds all the sandwich needs. A source may run the
+whole solve of a one-level stack and the pass at θ̂ in one compiled program (``source.solve_in_one_program``:
+rows hoisted in one slab, :mod:`mestim.hoist`): the same rules (:func:`mestim.solve.solve_traced`), without a
+host round trip per pass.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
     jac = np.zeros((spec.equations, spec.dim))
     iterations = 0
     once = getattr(source, "meat_once", False)
+    whole = None
     for number, level in enumerate(levels):
         last = number == len(levels) - 1 and not once  # this level's passes carry every value and the meat
         idx = np.concatenate([np.arange(offsets[b].start, offsets[b].stop) for b in level])
@@ -48,7 +52,14 @@ def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
                 seen[t.tobytes()] = m
             return m.psi[eqs], (m.jac[np.ix_(eqs, idx)] if want_jac else None)
 
-        if callable(options.root_finder):
+        # the solve and the sums at θ̂ in one program, where the source offers it (rows of a small in-memory source)
+        whole = source.solve_in_one_program(theta, with_jac, plan(spec, values=every, meat=True,
+                                                                  sampling=options.sampling), solver) if (
+            len(levels) == 1 and once and not callable(options.root_finder)
+            and hasattr(source, "solve_in_one_program")) else None
+        if whole is not None:
+            state, final = whole
+        elif callable(options.root_finder):
             state = _external_root(options.root_finder, evaluate, theta[idx], source.sum_w, options.gtol)
         else:
             state = solve_host(evaluate, theta[idx], lambda: source.sum_w, solver)
@@ -58,10 +69,11 @@ def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
             rows = source.nonfinite_rows(at) if state.status == NONFINITE and hasattr(source, "nonfinite_rows") else None
             raise_for_status(state, level, [labels[i] for i in idx], source.sum_w, rows)
         theta[idx] = state.theta
-        final = seen.get(np.asarray(state.theta).tobytes()) or source.sums(theta, with_jac)
+        if whole is None:
+            final = seen.get(np.asarray(state.theta).tobytes()) or source.sums(theta, with_jac)
         jac[eqs] = final.jac[eqs]
         iterations += int(state.iterations)
-    if once:
+    if once and whole is None:
         final = source.sums(theta, plan(spec, values=every, meat=True, sampling=options.sampling))
     return theta, Moments(final.psi, jac, final.meat, final.sum_w), iterations
 

@@ -18,6 +18,15 @@ take memory (W2 written as one ψ: ~85 numbers a row, 5× its columns), so hoist
 than recomputing them. Rows sharded over CPU devices are hoisted too, each device its own rows (without it,
 ``devices=2`` ran at 0.41× one hoisted device). Where partial evaluation is unavailable or fails, the source runs the whole chunk program
 on every pass and :data:`mestim.internals.FALLBACKS` counts it.
+
+When hoisting pays, and how: data small enough to be compiled for compile speed (:func:`mestim.sums.quick_compile`)
+are not hoisted (their fit is mostly compilation); above that, on a CPU, the build costs about five hoisted passes
+(W2's user ψ: 0.5 µs a row against 0.1 µs a hoisted pass and 0.6 µs a plain one), so a Newton solve of five or more
+passes gains 2–3×. Hoisted rows of up to :data:`ONE_PROGRAM_CHUNKS` chunks a device are laid out in one slab and
+solved in one program (:func:`solve_program`): at n = 1e4 a pass takes about a millisecond, and the host round trip
+of each pass (dispatch, transfer, the solver's step) cost as much again. More rows run host-driven hoisted passes
+over slabs of 64 chunks (a pass there takes tens of milliseconds or more, the round trip under one). Streams are
+never hoisted: they read their rows anew on every pass.
 """
 
 from __future__ import annotations
@@ -31,9 +40,14 @@ import numpy as np
 from jax import lax
 
 from . import internals
-from .sums import JACOBIAN, VALUES, Moments, _pow2_ceil
+from .solve import SolverOptions, State, solve_traced
+from .sums import JACOBIAN, SLAB_CHUNKS, VALUES, Moments, _pow2_ceil
 
 HOIST_BUDGET = 1 << 30  # bytes of residuals an in-memory source may keep on the device
+# hoisted rows up to this many chunks a device (one slab) are solved in one program; W2 at n = 1e5 laid out as one
+# slab of 128 chunks ran 1.04× its host-driven passes over 2 slabs (15 interleaved pairs): a round trip there is under
+# a millisecond a pass, and one slab costs a host copy of every row
+ONE_PROGRAM_CHUNKS = SLAB_CHUNKS[-1]
 
 
 class Split(NamedTuple):
@@ -69,6 +83,12 @@ def split(kernel, layout: tuple, plan: tuple, centred: bool = False) -> Split | 
         internals.fell_back("JAX partial evaluation returned a program of another signature")
         return None
     return Split(known, unknown, residuals)
+
+
+def hoisted_plan(plan: tuple, n_blocks: int) -> tuple:
+    """The plan whose residuals a full Jacobian ``plan`` hoists: the same with the meat, so that a later pass of
+    the values and meat at θ̂ is served by them too."""
+    return tuple(plan[:n_blocks]) + (1, plan[-1])
 
 
 def serves(hoisted: tuple, plan: tuple, n_blocks: int) -> bool:
@@ -143,11 +163,9 @@ def _per_device(kernel, per_device, in_specs, out_specs):
                          out_specs=spec[out_specs], check_vma=False)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def residuals_program(kernel, layout, plan, capacity, rows, w, n_chunks, centre):
-    """:func:`slab_residuals`, compiled once per kernel, plan, slab shape and capacity; on a mesh, each device's
-    residuals of its own rows (``capacity`` chunks per device, stacked along the chunk axis)."""
-    s = split(kernel, layout, plan, centre is not None)
+def _residuals(s: Split, kernel, capacity, rows, w, n_chunks, centre):
+    """:func:`slab_residuals` of a slab (traceable); on a mesh, each device's residuals of its own rows
+    (``capacity`` chunks per device, stacked along the chunk axis)."""
     if kernel.mesh is None:
         return slab_residuals(s, kernel, rows, w, n_chunks, capacity, centre)
 
@@ -157,11 +175,8 @@ def residuals_program(kernel, layout, plan, capacity, rows, w, n_chunks, centre)
     return _per_device(kernel, per_device, ("rows", "rows", "rows", "all"), "rows")(rows, w, n_chunks, centre)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def sums_program(kernel, layout, hoisted, plan, centred, acc, theta, residuals, n_chunks):
-    """:func:`slab_sums` of a pass of ``plan`` from the residuals of the ``hoisted`` plan, compiled once per kernel,
-    plan and slab shape: the hoisted passes run it (on a mesh, each device on its own residuals, then ``psum``)."""
-    s = split(kernel, layout, hoisted, centred)
+def _sums(s: Split, kernel, plan, acc, theta, residuals, n_chunks):
+    """:func:`slab_sums` of a slab (traceable); on a mesh, each device on its own residuals, then ``psum``."""
     if kernel.mesh is None:
         return slab_sums(s, kernel, plan, acc, theta, residuals, n_chunks)
 
@@ -171,3 +186,36 @@ def sums_program(kernel, layout, hoisted, plan, centred, acc, theta, residuals, 
 
     total = _per_device(kernel, per_device, ("all", "rows", "rows"), "all")(theta, residuals, n_chunks)
     return jax.tree.map(jnp.add, acc, total)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def residuals_program(kernel, layout, plan, capacity, rows, w, n_chunks, centre):
+    """:func:`slab_residuals` (per device on a mesh), compiled once per kernel, plan, slab shape and capacity."""
+    return _residuals(split(kernel, layout, plan, centre is not None), kernel, capacity, rows, w, n_chunks, centre)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def sums_program(kernel, layout, hoisted, plan, centred, acc, theta, residuals, n_chunks):
+    """:func:`slab_sums` of a pass of ``plan`` from the residuals of the ``hoisted`` plan (per device on a mesh),
+    compiled once per kernel, plan and slab shape: the host-driven hoisted passes run it."""
+    return _sums(split(kernel, layout, hoisted, centred), kernel, plan, acc, theta, residuals, n_chunks)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def solve_program(kernel, layout, newton: tuple, final: tuple, capacity: int, options: SolverOptions, rows, w,
+                  n_chunks, centre, theta0, scale) -> tuple[State, Moments]:
+    """The solve of a one-slab source in one program: the residuals of the ``newton`` plan's θ-free work
+    (``capacity`` chunks, per device on a mesh), :func:`mestim.solve.solve_traced` over every parameter with a
+    hoisted pass of ``newton`` per evaluation, then the sums of the ``final`` plan at θ̂ (served by the same
+    residuals: :func:`serves`). The rules and the sums are those of the host-driven passes."""
+    s = split(kernel, layout, hoisted_plan(newton, len(kernel.spec.blocks)), centre is not None)
+    residuals = _residuals(s, kernel, capacity, rows, w, n_chunks, centre)
+    zero = Moments(*(jnp.zeros(x.shape, x.dtype) for x in kernel.zeros()))
+
+    def evaluate(theta):
+        m = _sums(s, kernel, newton, zero, theta, residuals, n_chunks)
+        return m.psi, m.jac
+
+    state = solve_traced(evaluate, theta0, scale, options)
+    # the values and meat at θ̂ from the rows: residuals read after the loop were copied before it (45 MB at 5e4 rows)
+    return state, kernel.slab_sums(zero, state.theta, rows, w, n_chunks, np.asarray(final, np.int32), centre)

@@ -13,9 +13,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {
-    # n = 20,000: the smallest W2 fit compiled optimised, so hoisted (see test_bench_engine_took_the_fast_paths)
+    # n = 20,000: W2 compiled optimised, so hoisted, and solved in one program (see bench_engine_took_the_fast_paths)
     "bench_engine": ["--repeats", "1", "--n-cold", "300", "--ns", "20000", "--delicatessen-max", "1000",
-                     "--meta-k", "2728", "--meta-engine-k", "12"],
+                     "--chord-n", "20000", "--meta-k", "2728", "--meta-engine-k", "12"],
     "bench_logistic": ["--ns", "300", "--budget", "5", "--repeats", "1", "--interleaved", "1", "--host-n", "50000"],
     "bench_scale": ["--ns", "300", "--budget", "5", "--repeats", "1", "--no-float32"],
     "bench_scale --gpu": ["--gpu", "--gpu-ns", "2000", "--workloads", "W1", "W3", "--bandwidth-gib", "0.01"],
@@ -59,7 +59,8 @@ def registered_block_did_little_host_work(rows):
 
 def bench_engine_took_the_fast_paths(rows):
     """A regression to a slow path fails here: the programs each run compiled (empty cache), the coloured and
-    hoisted Jacobian passes of the W2 user ψ, the closed-form meta-analysis at k = 2,728."""
+    hoisted Jacobian passes of the W2 user ψ and its solve in one program (host-driven hoisted passes for more rows:
+    tests/test_hoist.py), the chord comparison, the closed-form meta-analysis at k = 2,728."""
     cases = {r.get("case", r.get("n")): r for r in rows}
     assert cases["mestim, user logistic ψ, n=300, empty cache"]["programs"] == 1
     assert cases["mestim meta (bundled BCG), empty cache"]["programs"] == 0  # its check of the closed form: NumPy
@@ -67,7 +68,10 @@ def bench_engine_took_the_fast_paths(rows):
     warm = cases[20000]
     assert warm["jacobian_passes"] == 16  # of 27 equations: colouring
     assert warm["hoisted"]
-    assert warm["programs_first_fit"] == 3  # residuals, Newton pass, values + meat at θ̂
+    assert warm["solved_in_one_program"] and warm["host_passes"] == 0
+    assert warm["programs_first_fit"] == 1  # residuals, Newton loop and values + meat at θ̂ in one program
     assert warm["max_dtheta_vs_one_jit"] < 1e-10 and warm["max_rel_dse_vs_one_jit"] < 1e-10
+    chord = [r for r in rows if r.get("passes") in ("plain", "hoisted")]
+    assert [r["passes"] for r in chord] == ["plain", "hoisted"] and all(r["max_dtheta"] < 1e-8 for r in chord)
     meta = cases["meta_analysis, k=2,728 (closed form)"]
     assert meta["median_s"] < 10 and meta["peak_rss_mb"] < 1024

@@ -13,7 +13,8 @@ import pytest
 
 import estimators as est
 from mestim import Block
-from mestim.hoist import residuals_program as _residuals  # the real program (spied on below)
+from mestim.hoist import residuals_program as _residuals  # the real programs (spied on below)
+from mestim.hoist import solve_program as _solve
 from mestim.problem import prepare
 from mestim.sources import InMemory
 from mestim.sums import Kernel, plan
@@ -123,26 +124,36 @@ def table():
             "w": rng.uniform(0.5, 2.0, 3000)}
 
 
-@pytest.mark.parametrize("case", ["user psi", "registered blocks, joint", "sampling weights, float32 columns"])
+def _case(table, case):
+    if case == "user psi":  # 12 chunks
+        return (_psi_user, table), dict(init=np.r_[np.zeros(6), 1.0], weights="w", chunk_size=256)
+    if case == "registered blocks, joint":
+        return ([est.logistic("lg", "y", ["x1", "x2"]), Block("r", _ratio, init=[1.0], reads=("lg",))],
+                table), dict(solve="joint", weights="w")
+    if case == "user psi, 6 slabs":  # 375 chunks (over hoist.ONE_PROGRAM_CHUNKS): host-driven hoisted passes
+        return (_psi_user, table), dict(init=np.r_[np.zeros(6), 1.0], weights="w", chunk_size=8)
+    return (_psi_user, table), dict(init=np.r_[np.zeros(6), 1.0], weights="w", weight_type="sampling",
+                                    data_dtype="float32", chunk_size=512)
+
+
+CASES = ["user psi", "registered blocks, joint", "sampling weights, float32 columns", "user psi, 6 slabs"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_fits_with_hoisting_forced_on_equal_the_plain_path(table, case, monkeypatch):
     """Whole fits (every pass of the solve and the sandwich) with hoisting forced on (data this small are
-    otherwise compiled quick, unhoisted) equal the plain path to 1e-12, and the hoisted path ran."""
+    otherwise compiled quick, unhoisted) equal the plain path to 1e-12, and the hoisted path ran: the solve in one
+    program for up to hoist.ONE_PROGRAM_CHUNKS chunks, host-driven hoisted passes over slabs for more."""
     import mestim
     from mestim import hoist, sums
 
-    if case == "user psi":
-        args, kw = (_psi_user, table), dict(init=np.r_[np.zeros(6), 1.0], weights="w", chunk_size=256)  # 12 of 64
-    elif case == "registered blocks, joint":
-        args, kw = ([est.logistic("lg", "y", ["x1", "x2"]), Block("r", _ratio, init=[1.0], reads=("lg",))],
-                    table), dict(solve="joint", weights="w")
-    else:
-        args, kw = (_psi_user, table), dict(init=np.r_[np.zeros(6), 1.0], weights="w", weight_type="sampling",
-                                            data_dtype="float32", chunk_size=512)
+    args, kw = _case(table, case)
     monkeypatch.setattr(sums, "QUICK_WORK", 0)  # every fit here is compiled optimised, so hoisted on a CPU
     built = []
-    monkeypatch.setattr(hoist, "residuals_program", lambda *a: built.append(a[2]) or _residuals(*a))
+    monkeypatch.setattr(hoist, "residuals_program", lambda *a: built.append("passes") or _residuals(*a))
+    monkeypatch.setattr(hoist, "solve_program", lambda *a: built.append("one program") or _solve(*a))
     on = mestim.fit(*args, **kw)
-    assert built, "the hoisted path did not run"
+    assert set(built) == {"passes" if case.endswith("slabs") else "one program"}, built
     monkeypatch.setattr(hoist, "HOIST_BUDGET", 0)  # the residuals never fit: the plain path
     built.clear()
     off = mestim.fit(*args, **kw)
@@ -151,6 +162,44 @@ def test_fits_with_hoisting_forced_on_equal_the_plain_path(table, case, monkeypa
     np.testing.assert_allclose(on.vcov, off.vcov, rtol=1e-12, atol=1e-14 * np.abs(off.vcov).max())
     assert on.iterations == off.iterations
 
+
+@pytest.mark.parametrize("case", CASES[:3])
+def test_the_solve_in_one_program_equals_host_driven_hoisted_passes_and_repeats_bitwise(table, case, monkeypatch):
+    """The solve in one program (rows hoisted in one slab) visits the points of the host-driven hoisted passes:
+    the same θ̂, sandwich and iterations to 1e-12; run again, the same bits."""
+    import mestim
+    from mestim import hoist, sums
+    from mestim.sources import InMemory
+
+    args, kw = _case(table, case)
+    monkeypatch.setattr(sums, "QUICK_WORK", 0)
+    ran = []
+    monkeypatch.setattr(hoist, "solve_program", lambda *a: ran.append(1) or _solve(*a))
+    one, again = mestim.fit(*args, **kw), mestim.fit(*args, **kw)
+    assert len(ran) == 2
+    np.testing.assert_array_equal(one.theta, again.theta)
+    np.testing.assert_array_equal(one.vcov, again.vcov)
+    monkeypatch.setattr(InMemory, "solve_in_one_program", lambda *a: None)
+    host = mestim.fit(*args, **kw)
+    np.testing.assert_allclose(one.theta, host.theta, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(one.vcov, host.vcov, rtol=1e-12, atol=1e-14 * np.abs(host.vcov).max())
+    assert one.iterations == host.iterations
+
+
+def test_the_solve_in_one_program_reports_non_convergence_like_the_host_loop(table, monkeypatch):
+    """A solve in one program that stops (here at max_iter=1) raises the host loop's error, naming the block."""
+    import mestim
+    from mestim import hoist, sums
+    from mestim.errors import ConvergenceError
+
+    args, kw = _case(table, "user psi")
+    monkeypatch.setattr(sums, "QUICK_WORK", 0)
+    ran = []
+    monkeypatch.setattr(hoist, "solve_program", lambda *a: ran.append(1) or _solve(*a))
+    with pytest.raises(ConvergenceError, match=r"block\(s\) 'theta' did not converge: reached the iteration limit "
+                       r"after 1 iteration\(s\)"):
+        mestim.fit(*args, **kw, max_iter=1)
+    assert ran
 
 
 def test_the_meat_is_taken_once_at_the_estimate(table, monkeypatch):
@@ -176,12 +225,13 @@ _SHARDED = textwrap.dedent("""
     import numpy as np, jax, mestim
     sys.path.insert(0, {tests!r})
     from mestim import hoist, sums
-    from test_hoist import _psi_user, _residuals, table
+    from test_hoist import _psi_user, _residuals, _solve, table
     assert len(jax.devices()) == 4
     sums.QUICK_WORK = 0  # compiled optimised, so hoisted on a CPU
     data = table.__wrapped__()
     meshes = []
     hoist.residuals_program = lambda *a: meshes.append(a[0].mesh is not None) or _residuals(*a)
+    hoist.solve_program = lambda *a: meshes.append(("one program", a[0].mesh is not None)) or _solve(*a)
     kw = dict(init=np.r_[np.zeros(6), 1.0], weights="w", chunk_size=128)
     sharded = mestim.fit(_psi_user, data, devices=4, **kw)
     one = mestim.fit(_psi_user, data, **kw)
@@ -194,12 +244,13 @@ _SHARDED = textwrap.dedent("""
 
 
 def test_rows_sharded_over_devices_are_hoisted_per_device():
-    """devices=k on a CPU hoists each device's rows (it ran unhoisted: 0.41× one device), with the same sums as
-    one hoisted device and the plain sharded path."""
+    """devices=k on a CPU hoists each device's rows (it ran unhoisted: 0.41× one device), in one program as one
+    device does for rows in one slab, with the same sums as one hoisted device and the plain sharded path."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     code = _SHARDED.format(tests=os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["meshes"] == [True, False]  # the sharded fit was hoisted, then the one-device fit
+    # each solved in one program (sharded: residuals and sums per device), then the plain sharded path
+    assert res["meshes"] == [["one program", True], ["one program", False]], res["meshes"]
     assert max(res["one"]) < 1e-12 and max(res["plain"]) < 1e-12, res
