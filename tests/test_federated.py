@@ -386,6 +386,11 @@ def test_flower_site_killed_mid_fit(flower):
     assert re.search(r"sites? ('\w+', )*'trial3'(, '\w+')* did not answer pass \d+ within 240 s", out["error"])
 
 
+def _by_trial(df):
+    """The transport data split by trial: each trial a site, the target sample a site."""
+    return {("target" if s == 0 else f"trial{s}"): g for s, g in df.groupby("S")}
+
+
 def test_transport_sites_equal_pooled(tmp_path):
     """The bundled transport data split by trial (each trial a site, the target sample a site): every estimator
     per trial and pooled, their SEs and the homogeneity tests are those of the pooled call."""
@@ -395,7 +400,7 @@ def test_transport_sites_equal_pooled(tmp_path):
     from estimators.transport.federated import transport_estimator
 
     df = load_transport_sim()
-    sites = {("target" if s == 0 else f"trial{s}"): g for s, g in df.groupby("S")}
+    sites = _by_trial(df)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", mestim.MestimWarning)
         pooled = transport(df, covariates=["X1", "X2", "X3"])
@@ -443,7 +448,7 @@ def test_transport_sites_with_weights_equal_pooled(weight_type):
     rng = np.random.default_rng(7)
     df["w"] = rng.integers(1, 4, len(df)).astype(float) if weight_type == "frequency" else rng.uniform(0.5, 2,
                                                                                                        len(df))
-    sites = {("target" if s == 0 else f"trial{s}"): g for s, g in df.groupby("S")}
+    sites = _by_trial(df)
     options = dict(covariates=["X1", "X2", "X3"], weights="w", weight_type=weight_type)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", mestim.MestimWarning)
@@ -469,7 +474,7 @@ def test_transport_sites_refuse_clusters_and_weights_not_at_the_sites():
     from estimators.transport import load_transport_sim, transport
 
     df = load_transport_sim()
-    sites = {("target" if s == 0 else f"trial{s}"): g for s, g in df.groupby("S")}
+    sites = _by_trial(df)
     with pytest.raises(mestim.SpecificationError, match="cluster='S' is not available with sites=.*clusters by site"):
         transport(sites=sites, covariates=["X1"], cluster="S")
     with pytest.raises(mestim.SpecificationError, match="a column of every site's table, not an array"):
