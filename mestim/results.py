@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import types
 from collections.abc import Callable, Sequence
 from statistics import NormalDist
 from typing import Any, NamedTuple
@@ -59,6 +60,19 @@ def value_and_jacobian(g: Callable, theta):
 # One compiled program per (g, θ's shape): g is a static argument, so an equal g reuses the program. Eagerly,
 # jacrev would dispatch (and compile) every primitive of g separately.
 delta_program = jax.jit(value_and_jacobian, static_argnums=0)
+
+
+def made_per_call(g) -> bool:
+    """A lambda or a function defined inside another: a new object every time its definition runs."""
+    return isinstance(g, types.FunctionType) and "<" in g.__qualname__  # "<lambda>", "f.<locals>.g"
+
+
+def hashable(g) -> bool:
+    try:
+        hash(g)
+    except TypeError:
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,12 +197,12 @@ class Estimates:
         of ratio = 1 (``scale="log"``).
 
         One compiled program per g and θ's shape: a g that is hashable and equal across calls (a module-level
-        function, a frozen dataclass) compiles once; a lambda written in the call compiles on every call.
+        function, a frozen dataclass) compiles once and its program is kept; a lambda or a function defined inside
+        another, made anew at every call, gets a program of its own that is freed with it (kept, they would only
+        grow the cache).
         """
         flat_g = self._g_of_flat(g)
-        try:
-            hash(flat_g)
-        except TypeError:  # an unhashable g cannot key the cache: a program of its own
+        if made_per_call(g) or not hashable(flat_g):
             value, jacobian = jax.jit(functools.partial(value_and_jacobian, flat_g))(self.theta)
         else:
             value, jacobian = delta_program(flat_g, self.theta)

@@ -1,6 +1,8 @@
 """The engine's delta method compiles one program per (g, θ's shape): an equal g reused compiles nothing."""
 
 import dataclasses
+import gc
+import weakref
 
 import jax.numpy as jnp
 import numpy as np
@@ -85,10 +87,15 @@ def odds_of_b(params):
 
 def test_lambdas_and_unhashable_g_still_work():
     est = estimates([2.0, 0.5, 1.0])
-    res = est.delta(lambda t: t[0] * t[1], labels=["ab"])  # a new lambda: a program of its own, as before
+    g = lambda t: t[0] * t[1]  # noqa: E731
+    res = est.delta(g, labels=["ab"])  # a new lambda: a program of its own, as before
     value, cov = closed_form_delta(est, 1.0, np.array([[0.5, 2.0, 0.0]]))
     np.testing.assert_allclose(res.theta, value, rtol=1e-14)
     np.testing.assert_allclose(res.vcov, cov, rtol=1e-13)
+    made_anew = weakref.ref(g)
+    del g
+    gc.collect()
+    assert made_anew() is None  # no cache keeps a lambda (nor its program): a loop of deltas does not pile them up
     scaled = est.delta(Scaled(3.0))
     np.testing.assert_allclose(scaled.vcov, 9 * est.vcov[:2, :2], rtol=1e-14)
 
