@@ -9,11 +9,15 @@ influence functions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
 from collections.abc import Callable, Sequence
 from statistics import NormalDist
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .errors import SpecificationError
@@ -65,6 +69,42 @@ def chi2_upper(x: float, df: int) -> float:
         total += math.exp(log_term)
         log_term += math.log(half / (r + 1))
     return total
+
+
+def value_and_jacobian(g: Callable, theta):
+    """(g(θ) as a vector, ∂g/∂θ by reverse-mode autodiff): the delta method's pieces, traceable, so a caller may
+    compute them inside its own compiled program (then :meth:`Estimates.delta_from`)."""
+    flat = lambda t: jnp.atleast_1d(g(t))  # noqa: E731
+    return flat(theta), jax.jacrev(flat)(theta)
+
+
+# One compiled program per (g, θ's shape): g is a static argument, so an equal g reuses the program. Eagerly,
+# jacrev would dispatch (and compile) every primitive of g separately.
+delta_program = jax.jit(value_and_jacobian, static_argnums=0)
+
+
+def made_per_call(g) -> bool:
+    """A lambda or a function defined inside another: a new object every time its definition runs."""
+    return isinstance(g, types.FunctionType) and "<" in g.__qualname__  # "<lambda>", "f.<locals>.g"
+
+
+def hashable(g) -> bool:
+    try:
+        hash(g)
+    except TypeError:
+        return False
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class OfBlocks:
+    """g of a dict of blocks as a function of the flat θ; hashable and equal when g and the blocks are."""
+
+    g: Callable
+    blocks: tuple  # ((name, start, stop), ...)
+
+    def __call__(self, theta):
+        return self.g({name: theta[a:b] for name, a, b in self.blocks})
 
 
 class WaldTest(NamedTuple):
@@ -163,8 +203,9 @@ class Estimates:
     def __getitem__(self, key) -> np.ndarray:
         return self.theta[self.index(key)]
 
-    def _g_input(self, theta):
-        return theta
+    def _g_of_flat(self, g: Callable) -> Callable:
+        """g as a function of the flat θ."""
+        return g
 
     def delta(self, g: Callable, labels: Sequence[str] | None = None, *, exponentiate: bool = False) -> "Estimates":
         """Delta method: estimates g(θ̂) with covariance ∇g V ∇gᵀ, ∇g by autodiff.
@@ -173,18 +214,28 @@ class Estimates:
         for a stack) and returns a scalar or vector. ``exponentiate=True``: g is the logarithm of a ratio (log RR,
         log OR, a difference of log means); the result reports exp(g) with its CI from the log scale and a test
         of ratio = 1 (``scale="log"``).
-        """
-        import jax
-        import jax.numpy as jnp
 
-        flat = lambda t: jnp.atleast_1d(g(self._g_input(t)))  # noqa: E731
-        # One compiled call: run eagerly, jacrev would dispatch (and compile) every primitive of g separately.
-        value, grad = jax.jit(lambda t: (flat(t), jax.jacrev(flat)(t)))(self.theta)
-        value, grad = np.asarray(value), np.asarray(grad)
+        One compiled program per g and θ's shape: a g that is hashable and equal across calls (a module-level
+        function, a frozen dataclass) compiles once and its program is kept; a lambda or a function defined inside
+        another, made anew at every call, gets a program of its own that is freed with it (kept, they would only
+        grow the cache).
+        """
+        flat_g = self._g_of_flat(g)
+        if made_per_call(g) or not hashable(flat_g):
+            value, jacobian = jax.jit(functools.partial(value_and_jacobian, flat_g))(self.theta)
+        else:
+            value, jacobian = delta_program(flat_g, self.theta)
+        return self.delta_from(value, jacobian, labels, exponentiate=exponentiate)
+
+    def delta_from(self, value, jacobian, labels: Sequence[str] | None = None, *,
+                   exponentiate: bool = False) -> "Estimates":
+        """:meth:`delta` from g(θ̂) and G = ∂g/∂θ (flat θ) computed elsewhere, e.g. by :func:`value_and_jacobian`
+        inside a caller's own compiled program: estimates g(θ̂) with covariance G V Gᵀ."""
+        value, jacobian = np.asarray(value), np.asarray(jacobian)
         labels = tuple(labels) if labels is not None else tuple(f"g[{i}]" for i in range(value.size))
         if len(labels) != value.size:
             raise SpecificationError(f"{len(labels)} labels given for {value.size} transformed estimates")
-        return Estimates(value, grad @ self.vcov @ grad.T, labels, "log" if exponentiate else "identity")
+        return Estimates(value, jacobian @ self.vcov @ jacobian.T, labels, "log" if exponentiate else "identity")
 
     def wald_test(self, hypothesis, rhs=None) -> WaldTest:
         """Wald χ² test of H₀: Lθ = c (``hypothesis`` a (q, p) matrix) or g(θ) = c (a function, via delta).
@@ -263,8 +314,10 @@ class Result(Estimates):
     def params(self) -> dict[str, np.ndarray]:
         return {name: self.theta[sl] for name, sl in self.blocks.items()}
 
-    def _g_input(self, theta):
-        return theta if self.flat_theta else {name: theta[sl] for name, sl in self.blocks.items()}
+    def _g_of_flat(self, g: Callable) -> Callable:
+        if self.flat_theta:
+            return g
+        return OfBlocks(g, tuple((name, sl.start, sl.stop) for name, sl in self.blocks.items()))
 
     def index(self, key) -> np.ndarray:
         """As :meth:`Estimates.index`; a single-block fit's labels carry no block prefix, yet "m:x" and "m" (the

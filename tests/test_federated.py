@@ -386,6 +386,11 @@ def test_flower_site_killed_mid_fit(flower):
     assert re.search(r"sites? ('\w+', )*'trial3'(, '\w+')* did not answer pass \d+ within 240 s", out["error"])
 
 
+def _by_trial(df):
+    """The transport data split by trial: each trial a site, the target sample a site."""
+    return {("target" if s == 0 else f"trial{s}"): g for s, g in df.groupby("S")}
+
+
 def test_transport_sites_equal_pooled(tmp_path):
     """The bundled transport data split by trial (each trial a site, the target sample a site): every estimator
     per trial and pooled, their SEs and the homogeneity tests are those of the pooled call."""
@@ -395,7 +400,7 @@ def test_transport_sites_equal_pooled(tmp_path):
     from estimators.transport.federated import transport_estimator
 
     df = load_transport_sim()
-    sites = {("target" if s == 0 else f"trial{s}"): g for s, g in df.groupby("S")}
+    sites = _by_trial(df)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", mestim.MestimWarning)
         pooled = transport(df, covariates=["X1", "X2", "X3"])
@@ -430,6 +435,59 @@ def test_transport_sites_equal_pooled(tmp_path):
     est, _ = transport_estimator("transport", "1", trials=[1, 2, 3, 4], arms=[0, 1], covariates=["X1", "X2", "X3"])
     installed = {name: F.Site(name, table, estimators=[est]) for name, table in sites.items()}
     _same(F.fit(est, F.Loopback(installed)), pooled.fit)
+
+
+@pytest.mark.parametrize("weight_type", ["frequency", "sampling"])
+def test_transport_sites_with_weights_equal_pooled(weight_type):
+    """Row weights as a column of every site's table: the federated transport is the pooled weighted one."""
+    import warnings
+
+    from estimators.transport import load_transport_sim, transport
+
+    df = load_transport_sim()
+    rng = np.random.default_rng(7)
+    df["w"] = rng.integers(1, 4, len(df)).astype(float) if weight_type == "frequency" else rng.uniform(0.5, 2,
+                                                                                                       len(df))
+    sites = _by_trial(df)
+    options = dict(covariates=["X1", "X2", "X3"], weights="w", weight_type=weight_type)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mestim.MestimWarning)
+        pooled = transport(df, **options)
+        fed = transport(sites=sites, **options)
+    unweighted = transport(df, covariates=["X1", "X2", "X3"], diagnostics=False)
+    assert np.abs(pooled.table.estimate - unweighted.table.estimate).max() > 1e-3  # the weights matter
+    np.testing.assert_allclose(fed.table.estimate, pooled.table.estimate, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(fed.table.se, pooled.table.se, rtol=1e-8)
+    _same(fed.fit, pooled.fit)
+    assert fed.fit.n == pooled.fit.n == (df.w.sum() if weight_type == "frequency" else len(df))
+    assert fed.settings["weights"] == "w" and fed.settings["weight_type"] == weight_type
+    # deployed: the installed stack's derived columns carry the site's weights
+    from estimators.transport.federated import transport_estimator
+
+    est, _ = transport_estimator("transport", "1", trials=[1, 2, 3, 4], arms=[0, 1], covariates=["X1", "X2", "X3"],
+                                 weights="w")
+    installed = {name: F.Site(name, table, estimators=[est]) for name, table in sites.items()}
+    _same(F.fit(est, F.Loopback(installed), weights="w", weight_type=weight_type), pooled.fit)
+
+
+def test_transport_sites_refuse_clusters_and_weights_not_at_the_sites():
+    from estimators.transport import load_transport_sim, transport
+
+    df = load_transport_sim()
+    sites = _by_trial(df)
+    with pytest.raises(mestim.SpecificationError, match="cluster='S' is not available with sites=.*clusters by site"):
+        transport(sites=sites, covariates=["X1"], cluster="S")
+    with pytest.raises(mestim.SpecificationError, match="a column of every site's table, not an array"):
+        transport(sites=sites, covariates=["X1"], weights=np.ones(len(df)))
+    sites = {name: table.assign(W=1.0) if name != "target" else table for name, table in sites.items()}
+    with pytest.raises(mestim.DataError, match="weight column 'w' is not in site 'target''s table; available"):
+        transport(sites=sites, covariates=["X1"], weights="w")
+    from estimators.transport.federated import transport_estimator
+
+    est, _ = transport_estimator("transport", "1", trials=[1, 2, 3, 4], arms=[0, 1], covariates=["X1"], weights="w")
+    installed = {name: F.Site(name, table, estimators=[est]) for name, table in sites.items()}
+    with pytest.raises(F.FederatedError, match="site 'target' refused.*weights column 'w' is not among the columns"):
+        F.fit(est, F.Loopback(installed), weights="w")
 
 
 def test_replies_of_another_pass_are_never_mixed():

@@ -121,6 +121,24 @@ def test_ratio_contrasts_match_closed_form_gradients():
             assert row.ci_low == pytest.approx(np.exp(log_ratio - z * se_log), rel=1e-10)
 
 
+def test_contrasts_are_the_engines_delta_method():
+    """The reported contrasts (differences, risk and odds ratios), read in transport's own program beside the
+    weights, are the engine's ``fit.delta(g)``."""
+    from estimators.transport.result import contrast_function
+
+    df = simulate_trials(n_trials=2, n_per_trial=250, n_target=300, seed=4, binary=True).data
+    res = transport(df, covariates=COVS, diagnostics=True)
+    assert set(res.table.scale) == {"difference", "risk ratio", "odds ratio"} and res.diagnostics is not None
+    stack = transport_stack(df, covariates=COVS)
+    g, labels = contrast_function(stack, res.fit)
+    flat = mestim.Estimates(res.fit.theta, res.fit.vcov, res.fit.labels)  # g reads the flat θ
+    engine = flat.delta(g, labels)
+    n = len(res.estimates.labels)
+    assert engine.labels[:n] == res.estimates.labels
+    np.testing.assert_allclose(res.estimates.theta, engine.theta[:n], rtol=1e-12)
+    np.testing.assert_allclose(res.estimates.vcov, engine.vcov[:n, :n], rtol=1e-12, atol=1e-300)
+
+
 def test_a_second_analysis_reuses_the_readout_program(sim):
     transport(sim, covariates=COVS, diagnostics=False)
     with mestim.compilations() as count:

@@ -89,7 +89,8 @@ def transport(df=None, study: str = "S", treatment: str = "Z", outcome: str = "Y
             stderr is a terminal; the command line's default, off with ``--quiet``).
 
         sites: ``{"trial1": t1, …, "target": t0}`` in place of ``df``: the same fit over sites that keep their
-            rows (:mod:`~estimators.transport.federated`, a simulated federation: no positivity diagnostics).
+            rows (:mod:`~estimators.transport.federated`, a simulated federation: no positivity diagnostics);
+            ``weights`` is then a column of every site's table, and ``cluster`` is not available.
 
     Returns:
         :class:`TransportResult`.
@@ -101,7 +102,7 @@ def transport(df=None, study: str = "S", treatment: str = "Z", outcome: str = "Y
     if sites is not None:
         from .federated import pooled_frame
 
-        df, origin = pooled_frame(sites)
+        df, origin = pooled_frame(sites, weights, cluster)
         diagnostics = False
 
     with stages("mestim transport", ["checking the data", "fitting the stack", "contrasts and tests",

@@ -1,9 +1,11 @@
 """Reading a fitted transport stack in one compiled program: the reported contrasts with their Jacobian, and
 every row's inverse-odds weights for the positivity diagnostics.
 
-A cold ``mestim transport`` compiles two programs: the stack's (the fit) and this one. The contrasts' Jacobian
-is JAX's (``jax.jacrev`` of :class:`ReportedContrasts`), so the delta method's G V Gᵀ uses no hand-derived gradient;
-it shares its program with the weights (a separate one would add a compilation to every cold start).
+A cold ``mestim transport`` compiles two programs: the stack's (the fit) and this one. The contrasts' value and
+Jacobian are the engine's delta method's (:func:`mestim.results.value_and_jacobian`, JAX's ``jacrev`` of
+:class:`ReportedContrasts`; then :meth:`mestim.Estimates.delta_from` forms G V Gᵀ), so no gradient is hand-derived;
+they are computed in this program beside the weights rather than by :meth:`mestim.Estimates.delta`'s own (a program
+of its own would add a compilation to every cold start). Without the weights the numbers are ``fit.delta(g)``'s.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mestim.results import value_and_jacobian
 
 from .estimands import WEIGHTED
 
@@ -80,7 +84,5 @@ def weights_reader(stack, fit) -> tuple[InverseOddsWeights | None, dict]:
 def read_fit(contrasts: ReportedContrasts | None, weights: InverseOddsWeights | None, theta, rows):
     """(g(θ), ∂g/∂θ) of the contrasts (None, None without them) and the weights' arrays (() without them), in one
     program: NumPy columns and the flat θ go in, so no eager ``jax.numpy`` call runs on the host."""
-    value = jacobian = None
-    if contrasts is not None:
-        value, jacobian = contrasts(theta), jax.jacrev(contrasts)(theta)
+    value, jacobian = (None, None) if contrasts is None else value_and_jacobian(contrasts, theta)
     return value, jacobian, (() if weights is None else weights(theta, rows))

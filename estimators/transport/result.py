@@ -3,8 +3,10 @@
 Every reported contrast — a difference μ_z − μ_z', for a 0/1 outcome also log(μ_z/μ_z') and
 logit μ_z − logit μ_z' (reported as ratios, CIs exponentiated from the log scale), or the pseudo-outcome's φ — is one
 output of a single function g of θ; the delta method gives their joint covariance G V Gᵀ with G = ∂g/∂θ by JAX's
-autodiff (:mod:`~estimators.transport.readout`: one program, shared with the positivity weights). The homogeneity
-tests (transported effects equal across trials, m − 1 df) are Wald tests on that covariance, and the per-trial CATE models are compared by a Wald test on θ (the paper's falsification check, eq. 3).
+autodiff (the engine's delta method, computed in :mod:`~estimators.transport.readout`'s program, shared with the
+positivity weights). The homogeneity tests (transported effects equal across trials, m − 1 df) are Wald tests on
+that covariance, and the per-trial CATE models are compared by a Wald test on θ (the paper's falsification check,
+eq. 3).
 """
 
 from __future__ import annotations
@@ -155,8 +157,7 @@ def transport_result(stack: TransportStack, fit: mestim.Result, diagnostics: boo
     reader, rows = weights_reader(stack, fit) if diagnostics else (None, {})
     contrasts, labels = contrast_function(stack, fit)
     value, jacobian, weights = read_fit(contrasts, reader, np.asarray(fit.theta, float), rows)
-    jacobian = np.asarray(jacobian)
-    every = mestim.Estimates(np.asarray(value), jacobian @ fit.vcov @ jacobian.T, labels)  # delta: G V Gᵀ
+    every = fit.delta_from(value, jacobian, labels)  # the delta method: G V Gᵀ
     n = len(stack.estimands)
     est = mestim.Estimates(every.theta[:n], every.vcov[:n, :n], every.labels[:n])
     several = stack.transport_data.m >= 2
