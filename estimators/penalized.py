@@ -282,7 +282,8 @@ def elastic_net_regression(name: str, y: str, X=None, *, penalty, ratio: float, 
         >>> rng = np.random.default_rng(4); x = rng.normal(size=(200, 2))
         >>> d = {"x1": x[:, 0], "x2": x[:, 1], "y": 1 + x @ [1.0, -0.5] + rng.normal(size=200)}
         >>> from estimators import elastic_net_regression
-        >>> np.round(mestim.fit(elastic_net_regression("e", "y", ["x1", "x2"], penalty=[0, 50, 50], ratio=0.5), d).theta, 3)
+        >>> net = elastic_net_regression("e", "y", ["x1", "x2"], penalty=[0, 50, 50], ratio=0.5)
+        >>> np.round(mestim.fit(net, d).theta, 3)
         array([ 0.979,  0.796, -0.333])
     """
     ratio = check_number("ratio", ratio, low=0.0, high=1.0, inclusive=True)

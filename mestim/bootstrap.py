@@ -74,7 +74,8 @@ def bootstrap(estimator, data, init=None, *, replicates: int = 1000, seed: int =
         >>> from mestim.bootstrap import bootstrap
         >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
         >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
-        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t[0] - t[1] * row["x"]) * jnp.array([1.0, row["x"]]), init=[0.0, 0.0])
+        >>> design = lambda row: jnp.array([1.0, row["x"]])
+        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0])
         >>> boot = bootstrap(ols, d, replicates=200, seed=1)
         >>> np.round(boot.se / mestim.fit(ols, d).se, 1)
         array([1. , 0.9])

@@ -116,8 +116,9 @@ class WaldTest(NamedTuple):
         >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
         >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
         >>> d["z"] = rng.normal(size=300)
-        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ jnp.array([1.0, row["x"], row["z"]])) * jnp.array([1.0, row["x"], row["z"]]),
-        ...                   init=[0.0, 0.0, 0.0], labels=("1", "x", "z"))
+        >>> design = lambda row: jnp.array([1.0, row["x"], row["z"]])
+        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0, 0.0],
+        ...                    labels=("1", "x", "z"))
         >>> test = mestim.fit(ols, d).test_equal(["x", "z"])
         >>> round(test.statistic, 2), test.df, test.p_value < 1e-10
         (531.56, 1, True)
@@ -319,7 +320,8 @@ class Result(Estimates):
         >>> import jax.numpy as jnp, numpy as np, mestim
         >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
         >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
-        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t[0] - t[1] * row["x"]) * jnp.array([1.0, row["x"]]), init=[0.0, 0.0])
+        >>> design = lambda row: jnp.array([1.0, row["x"]])
+        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0])
         >>> res = mestim.fit(ols, d)
         >>> print(res.table()[["estimate", "se"]].round(4))
            estimate      se

@@ -466,10 +466,11 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
         >>> from mestim.scale import fit_stream
         >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
         >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
-        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t[0] - t[1] * row["x"]) * jnp.array([1.0, row["x"]]), init=[0.0, 0.0])
+        >>> design = lambda row: jnp.array([1.0, row["x"]])
+        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0])
         >>> streamed, whole = fit_stream(ols, d, batch_rows=100), mestim.fit(ols, d)
-        >>> bool(np.allclose(streamed.theta, whole.theta, rtol=1e-10)), bool(np.allclose(streamed.se, whole.se, rtol=1e-8))
-        (True, True)
+        >>> np.allclose(streamed.theta, whole.theta, rtol=1e-10) and np.allclose(streamed.se, whole.se, rtol=1e-8)
+        True
     """
     mesh, group = processes.placement(devices)
     with processes.reporting(group):

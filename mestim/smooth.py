@@ -69,7 +69,7 @@ class Smoothed:
     """ψ of block ``block`` with its θ-dependent indicators and signs smoothed (hashable: equal options, equal
     object). ``bandwidth``: one h for every site, or a tuple with one h per site.
 
-    Example (the indicator 1{y ≤ θ} of a median's ψ smoothed with bandwidth h: at y = θ it is ½, so ψ = ½ − ½ = 0)::
+    Example (the indicator 1{y ≤ θ} of a median's ψ smoothed with bandwidth h: at y = θ it is ½, so ψ = 0)::
 
         >>> import jax.numpy as jnp, numpy as np, mestim
         >>> psi = mestim.Smoothed(lambda t, row: (row["y"] <= t) - 0.5, bandwidth=0.1, block="median")

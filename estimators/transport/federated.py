@@ -77,8 +77,8 @@ def transport_estimator(name: str, version: str, *, trials, arms, covariates, ta
         >>> from estimators.transport import load_transport_sim
         >>> from estimators.transport.federated import transport_estimator
         >>> df = load_transport_sim()
-        >>> model, stack = transport_estimator("tr", "1", trials=[1, 2, 3, 4], arms=[0, 1], covariates=["X1", "X2", "X3"],
-        ...                                    estimators=["dr"], per_trial=False)
+        >>> model, stack = transport_estimator("tr", "1", trials=[1, 2, 3, 4], arms=[0, 1],
+        ...                                    covariates=["X1", "X2", "X3"], estimators=["dr"], per_trial=False)
         >>> sites = {f"site{s}": g for s, g in df.groupby("S")}
         >>> res = federated.simulate(model, sites)
         >>> from estimators.transport import transport

@@ -119,11 +119,13 @@ class Estimator:
         >>> from mestim import federated
         >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
         >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
-        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t[0] - t[1] * row["x"]) * jnp.array([1.0, row["x"]]), init=[0.0, 0.0])
+        >>> design = lambda row: jnp.array([1.0, row["x"]])
+        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0])
         >>> model = federated.Estimator("lm", "1", [ols])
         >>> model.name, model.version
         ('lm', '1')
-        >>> res = federated.simulate(model, {"a": {k: v[:150] for k, v in d.items()}, "b": {k: v[150:] for k, v in d.items()}})
+        >>> sites = {"a": {k: v[:150] for k, v in d.items()}, "b": {k: v[150:] for k, v in d.items()}}
+        >>> res = federated.simulate(model, sites)
         >>> res.labels
         ('0', '1')
     """
@@ -690,9 +692,11 @@ def fit(estimator, sites, *, init=None, names=None, weights=None, weight_type: s
         >>> from mestim import federated
         >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
         >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
-        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t[0] - t[1] * row["x"]) * jnp.array([1.0, row["x"]]), init=[0.0, 0.0])
+        >>> design = lambda row: jnp.array([1.0, row["x"]])
+        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0])
         >>> model = federated.Estimator("lm", "1", [ols])
-        >>> sites = {s: federated.Site(s, {k: v[i::2] for k, v in d.items()}, estimators=[model]) for i, s in enumerate("ab")}
+        >>> tables = {"a": {k: v[::2] for k, v in d.items()}, "b": {k: v[1::2] for k, v in d.items()}}
+        >>> sites = {s: federated.Site(s, table, estimators=[model]) for s, table in tables.items()}
         >>> res = federated.fit(model, federated.Loopback(sites))
         >>> bool(np.allclose(res.theta, mestim.fit(ols, d).theta, rtol=1e-10))
         True
@@ -811,7 +815,8 @@ def simulate(estimator, tables: Mapping, **fit_options):
         >>> from mestim import federated
         >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
         >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
-        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t[0] - t[1] * row["x"]) * jnp.array([1.0, row["x"]]), init=[0.0, 0.0])
+        >>> design = lambda row: jnp.array([1.0, row["x"]])
+        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0])
         >>> sites = {"a": {k: v[:150] for k, v in d.items()}, "b": {k: v[150:] for k, v in d.items()}}
         >>> fed = federated.simulate([ols], sites)
         >>> bool(np.allclose(fed.theta, mestim.fit(ols, d).theta, rtol=1e-10))
