@@ -321,12 +321,13 @@ class Result(Estimates):
         >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
         >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
         >>> design = lambda row: jnp.array([1.0, row["x"]])
-        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0])
+        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0],
+        ...                    labels=("intercept", "slope"))
         >>> res = mestim.fit(ols, d)
         >>> print(res.table()[["estimate", "se"]].round(4))
-           estimate      se
-        0    0.9918  0.0561
-        1    2.0405  0.0548
+                   estimate      se
+        intercept    0.9918  0.0561
+        slope        2.0405  0.0548
         >>> res.converged, res.n_rows
         (True, 300)
         >>> print(res.delta(lambda t: t[1] / t[0], labels=["slope/intercept"]).table()[["estimate", "se"]].round(4))
