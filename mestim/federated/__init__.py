@@ -113,21 +113,13 @@ class Estimator:
     (:attr:`digest`) after reviewing it. ``derive(columns) -> columns``: the columns the blocks read, computed
     from the site's own table row by row (installed code too, e.g. the transport stack's derived columns).
 
-    Example (a named, versioned stack that every site allows, fitted across two sites)::
+    Example (a named, versioned mean that both sites allow: the mean of their 30 rows)::
 
-        >>> import jax.numpy as jnp, numpy as np, mestim
+        >>> import numpy as np, mestim
         >>> from mestim import federated
-        >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
-        >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
-        >>> design = lambda row: jnp.array([1.0, row["x"]])
-        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0])
-        >>> model = federated.Estimator("lm", "1", [ols])
-        >>> model.name, model.version
-        ('lm', '1')
-        >>> sites = {"a": {k: v[:150] for k, v in d.items()}, "b": {k: v[150:] for k, v in d.items()}}
-        >>> res = federated.simulate(model, sites)
-        >>> bool(np.allclose(res.theta, mestim.fit(ols, d).theta, rtol=1e-10))
-        True
+        >>> model = federated.Estimator("mean", "1", [mestim.Block("m", lambda t, row: row["y"] - t, init=[0.0])])
+        >>> federated.simulate(model, {"a": {"y": np.arange(10.0)}, "b": {"y": np.arange(10.0, 30.0)}}).theta
+        array([14.5])
     """
 
     name: str
