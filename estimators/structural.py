@@ -282,18 +282,17 @@ def g_estimation(name: str, y: str, treatment: str, V=None, *, propensity: Block
         model: ``"linear"`` (additive effects) or ``"poisson"`` (multiplicative effects, outcome ≥ 0).
         weights: column of row weights w_i ≥ 0 multiplying ψ; mask: rows used.
 
-    Example (a linear SNMM with effect 1.5 + 0.5 v)::
+    Example (a constant effect 1.5, made doubly robust by a working model of E[H(ψ) | w] = 1 + w)::
 
         >>> import numpy as np, mestim
-        >>> rng = np.random.default_rng(6); w, v = rng.normal(size=(2, 1000))
+        >>> from estimators import g_estimation, logistic
+        >>> rng = np.random.default_rng(7); w = rng.normal(size=1000)
         >>> a = (rng.random(1000) < 1 / (1 + np.exp(-w))) * 1.0
-        >>> d = {"w": w, "v": v, "a": a, "y": 1 + w + a * (1.5 + 0.5 * v) + rng.normal(size=1000)}
-        >>> from estimators import logistic
+        >>> d = {"w": w, "a": a, "y": 1 + w + 1.5 * a + rng.normal(size=1000)}
         >>> ps = logistic("ps", "a", ["w"])
-        >>> from estimators import g_estimation
-        >>> res = mestim.fit([ps, g_estimation("snmm", "y", "a", ["v"], propensity=ps)], d)
+        >>> res = mestim.fit([ps, g_estimation("snmm", "y", "a", propensity=ps, X=["w"])], d)
         >>> np.round(res["snmm"], 2), res.labels[2:]
-        (array([1.64, 0.43]), ('snmm:psi:(Intercept)', 'snmm:psi:v'))
+        (array([1.53, 0.98, 1.03]), ('snmm:psi:(Intercept)', 'snmm:outcome:(Intercept)', 'snmm:outcome:w'))
     """
     options = GEstimation(name, y, treatment, V, propensity, X, model, weights, mask)
     return Block(name, None, reads=(propensity.name,), prepare=options)

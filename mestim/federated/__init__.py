@@ -801,17 +801,14 @@ def simulate(estimator, tables: Mapping, **fit_options):
     :class:`~mestim.Result` of :func:`fit`, or for a :class:`Counts` the table of :func:`tabulate`. ``min_rows=``
     sets every site's disclosure threshold.
 
-    Example (two sites' rows, never pooled: the pooled fit's estimates)::
+    Example (a user ψ, the mean and variance, over two sites' rows: the pooled rows' mean and variance)::
 
         >>> import jax.numpy as jnp, numpy as np, mestim
         >>> from mestim import federated
-        >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
-        >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
-        >>> design = lambda row: jnp.array([1.0, row["x"]])
-        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0])
-        >>> sites = {"a": {k: v[:150] for k, v in d.items()}, "b": {k: v[150:] for k, v in d.items()}}
-        >>> fed = federated.simulate([ols], sites)
-        >>> bool(np.allclose(fed.theta, mestim.fit(ols, d).theta, rtol=1e-10))
+        >>> y = np.random.default_rng(0).normal(size=40)
+        >>> psi = lambda t, row: jnp.array([row["y"] - t[0], (row["y"] - t[0]) ** 2 - t[1]])
+        >>> fed = federated.simulate(psi, {"a": {"y": y[:15]}, "b": {"y": y[15:]}}, init=[0.0, 1.0])
+        >>> bool(np.allclose(fed.theta, [y.mean(), y.var()], rtol=1e-10))
         True
     """
     min_rows = fit_options.pop("min_rows", DEFAULT_MIN_ROWS)
