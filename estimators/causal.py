@@ -247,6 +247,18 @@ def ipw(name: str, y: str, treatment: str, *, propensity, estimator: str = "haje
             ``from_statsmodels`` of a fitted logistic model), or the name of a column of known P(A = 1 | W).
         estimator: ``"hajek"`` (normalised weights, default) or ``"horvitz-thompson"``.
         mask: rows averaged over (and weighted); truncate: clip e to (lo, hi).
+
+    Example (the ATE by inverse probability weighting with a stacked propensity model; truth 2)::
+
+        >>> import numpy as np, mestim
+        >>> rng = np.random.default_rng(0); w = rng.normal(size=1000)
+        >>> a = (rng.random(1000) < 1 / (1 + np.exp(-w))) * 1.0
+        >>> d = {"w": w, "a": a, "y": 1.0 + 2.0 * a + w + rng.normal(size=1000)}
+        >>> from estimators import logistic, ipw
+        >>> ps = logistic("ps", "a", ["w"])
+        >>> res = mestim.fit([ps, ipw("ate", "y", "a", propensity=ps)], d)
+        >>> np.round(res["ate"], 3)
+        array([2.949, 0.95 , 1.999])
     """
     check_choice("estimator", estimator, IPW_ESTIMATORS)
     ps = None if isinstance(propensity, str) else _model(propensity, "propensity", "ipw", family="binomial",
@@ -264,6 +276,18 @@ def aipw(name: str, y: str, treatment: str, *, propensity: Block, outcome: Block
         propensity: a stacked binomial GLM block modelling ``treatment``.
         outcome: a stacked GLM block modelling ``y`` whose design includes ``treatment`` (interactions allowed,
             e.g. ``formula="~ a * (w1 + w2)"``, which is a separate model per arm).
+
+    Example (the doubly robust ATE; truth 2)::
+
+        >>> import numpy as np, mestim
+        >>> rng = np.random.default_rng(0); w = rng.normal(size=1000)
+        >>> a = (rng.random(1000) < 1 / (1 + np.exp(-w))) * 1.0
+        >>> d = {"w": w, "a": a, "y": 1.0 + 2.0 * a + w + rng.normal(size=1000)}
+        >>> from estimators import aipw, linear, logistic
+        >>> ps, om = logistic("ps", "a", ["w"]), linear("om", "y", ["a", "w"])
+        >>> res = mestim.fit([ps, om, aipw("dr", "y", "a", propensity=ps, outcome=om)], d)
+        >>> np.round(res["dr"], 3)
+        array([2.898, 0.89 , 2.008])
     """
     ps = _model(propensity, "propensity", "aipw", family="binomial", outcome_of=treatment)
     om = _model(outcome, "outcome", "aipw", outcome_of=y)
@@ -278,6 +302,18 @@ def gformula(name: str, treatment: str, *, outcome: Block, values=(1, 0), mask=N
 
     Args:
         outcome: a stacked GLM block whose design includes ``treatment``.
+
+    Example (without an interaction the ATE is the outcome model's coefficient of a)::
+
+        >>> import numpy as np, mestim
+        >>> rng = np.random.default_rng(0); w = rng.normal(size=1000)
+        >>> a = (rng.random(1000) < 1 / (1 + np.exp(-w))) * 1.0
+        >>> d = {"w": w, "a": a, "y": 1.0 + 2.0 * a + w + rng.normal(size=1000)}
+        >>> from estimators import gformula, linear
+        >>> om = linear("om", "y", ["a", "w"])
+        >>> res = mestim.fit([om, gformula("gf", "a", outcome=om)], d)
+        >>> bool(np.isclose(res["gf:ATE"][0], res["om:a"][0])), np.round(res["gf"], 3)
+        (True, array([2.9  , 0.918, 1.982]))
     """
     om = _model(outcome, "outcome", "gformula")
     try:

@@ -279,7 +279,19 @@ def _check_tables(ai, bi, ci, di):
 
 def fit_causal_meta(ai, bi, ci, di, measure: str = "RD", variance: str = "sandwich", target_weights=None):
     """Fit the causal stack with the engine: ``mestim.fit`` on the 4K table rows with counts as frequency
-    weights. Returns the :class:`mestim.Result` (parameters shares, risks, target (ψ₁, ψ₀), contrast θ)."""
+    weights. Returns the :class:`mestim.Result` (parameters shares, risks, target (ψ₁, ψ₀), contrast θ).
+
+    Example (the BCG trials' causal risk ratio, as log RR with its sandwich SE)::
+
+        >>> import numpy as np
+        >>> from estimators.meta_batch import load_bcg
+        >>> bcg = load_bcg()
+        >>> from estimators import fit_causal_meta
+        >>> res = fit_causal_meta(bcg.ai, bcg.bi, bcg.ci, bcg.di, measure="RR")
+        >>> print(res.table()[["estimate", "se"]].round(4).tail(1))
+                        estimate      se
+        contrast:logRR   -0.4564  0.0395
+    """
     from mestim import fit  # the solver's modules, imported when a fit is asked for
 
     ai, bi, ci, di = _check_tables(ai, bi, ci, di)

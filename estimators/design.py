@@ -31,6 +31,15 @@ def design_matrix(cols, X=None, formula: str | None = None, intercept: bool = Tr
 
     ``reference``: columns a formula's coding is learnt from (categorical levels), when ``cols`` is the same table
     with some values changed (a treatment set to one level for g-computation): the columns stay the same.
+
+    Example (an intercept and two named columns)::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import design_matrix
+        >>> X, labels = design_matrix({"a": np.array([1.0, 2.0]), "b": np.array([3.0, 4.0])}, ["a", "b"])
+        >>> X, labels
+        (array([[1., 1., 3.],
+               [1., 2., 4.]]), ['(Intercept)', 'a', 'b'])
     """
     if formula is not None:
         return _formula_matrix(cols, formula, reference)

@@ -211,6 +211,15 @@ def log_logistic(name: str, dose: str, response: str, *, lower: float | None = N
         dose: column of doses d ≥ 0; response: column of responses.
         lower, upper: fix a limit at this number (drc's ``LL.3()`` is ``lower=0``); None estimates it.
         weights: column of row weights w_i ≥ 0 multiplying ψ; mask: rows the curve is fitted on.
+
+    Example (a three-parameter log-logistic curve; truth: upper 8, ED50 3, steepness 2)::
+
+        >>> import numpy as np, mestim
+        >>> dose = np.repeat([0.5, 1, 2, 4, 8, 16], 10)
+        >>> d = {"dose": dose, "r": 8 / (1 + (dose / 3) ** 2) + np.random.default_rng(0).normal(0, 0.3, 60)}
+        >>> from estimators import log_logistic
+        >>> np.round(mestim.fit(log_logistic("ll3", "dose", "r", lower=0.0), d).theta, 2)
+        array([8.06, 3.  , 1.85])
     """
     options = DoseResponse(name, dose, response, "log-logistic", lower, upper, weights, mask)
     return Block(name, options.score, prepare=options)
@@ -266,6 +275,17 @@ def effective_dose(name: str, curve: Block, p, *, mask=None) -> Block:
         curve: an :func:`emax` or :func:`log_logistic` block stacked in the same fit (this block reads it).
         p: one fraction in (0, 1) or several (0.5 gives ED50 itself).
         mask: rows that carry the equations (default all; their number does not change θ̂).
+
+    Example (the doses of 10% and 50% effect on a fitted curve; truth ED50 3, ED10 1)::
+
+        >>> import numpy as np, mestim
+        >>> dose = np.repeat([0.5, 1, 2, 4, 8, 16], 10)
+        >>> d = {"dose": dose, "r": 8 / (1 + (dose / 3) ** 2) + np.random.default_rng(0).normal(0, 0.3, 60)}
+        >>> from estimators import effective_dose, log_logistic
+        >>> curve = log_logistic("ll3", "dose", "r", lower=0.0)
+        >>> res = mestim.fit([curve, effective_dose("ed", curve, [0.1, 0.5])], d)
+        >>> np.round(res["ed"], 2), res.labels[3:]
+        (array([0.92, 3.  ]), ('ed:ED(0.1)', 'ed:ED(0.5)'))
     """
     options = EffectiveDose(name, curve, p, mask)
     return Block(name, options.score, reads=(curve.name,), prepare=options)

@@ -158,6 +158,17 @@ class FittedModelDesign:
 def from_statsmodels(name: str, fitted) -> Block:
     """A block with the estimating function, parameters and labels of a fitted statsmodels model (module
     docstring). ``fitted``: a results object (``sm.GLM(...).fit()``, ``sm.OLS(...).fit()``, ``sm.Logit(...).fit()``, …).
+
+    Example (a fitted statsmodels OLS as a block: the same coefficients)::
+
+        >>> import numpy as np, statsmodels.api as sm, mestim
+        >>> from estimators import from_statsmodels
+        >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
+        >>> y = 1 + 2 * x + rng.normal(size=300)
+        >>> fitted = sm.OLS(y, sm.add_constant(x)).fit()
+        >>> res = mestim.fit(from_statsmodels("ols", fitted), {"const": np.ones(300), "x1": x, "y": y})
+        >>> bool(np.allclose(res.theta[:2], fitted.params)), res.labels[:2]
+        (True, ('const', 'x1'))
     """
     model = getattr(fitted, "model", None)
     if model is None or not hasattr(fitted, "params"):

@@ -404,6 +404,16 @@ def glm(name: str, y: str, X=None, *, formula: str | None = None, family: str = 
         shape: gamma only: stack log(shape) (default True); False gives β alone, as statsmodels' GLM.
 
     A binomial model with a link onto (0, 1) is checked for separation after fitting (:mod:`estimators.separation`).
+
+    Example (a Gaussian GLM with identity link is least squares)::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import glm
+        >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
+        >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
+        >>> res = mestim.fit(glm("g", "y", ["x"], family="gaussian"), d)
+        >>> bool(np.allclose(res.theta[:2], np.polyfit(x, d["y"], 1)[::-1]))
+        True
     """
     family, link = resolve(family, link)
     if alpha is not None and family != "negative_binomial":

@@ -77,6 +77,16 @@ def iv(name: str, y: str, endogenous, instruments, exogenous=None, *, intercept:
         mask: rows used.
 
     Parameters are labelled ``(Intercept)``, the exogenous, then the endogenous columns.
+
+    Example (one instrument: the slope is the Wald ratio cov(z, y) / cov(z, a))::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import iv
+        >>> rng = np.random.default_rng(1); z, u = rng.normal(size=(2, 500))
+        >>> a = 0.8 * z + u + rng.normal(size=500); d = {"z": z, "a": a, "y": 1.0 + 0.5 * a + u}
+        >>> res = mestim.fit(iv("iv", "y", endogenous="a", instruments="z"), d)
+        >>> bool(np.isclose(res.theta[1], np.cov(z, d["y"])[0, 1] / np.cov(z, a)[0, 1]))
+        True
     """
     endog, instr, exog = _names(endogenous), _names(instruments), _names(exogenous)
     if not endog:

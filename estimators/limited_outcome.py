@@ -185,6 +185,15 @@ def tobit(name: str, y: str, X=None, *, lower: float | None = None, upper: float
         lower, upper: the censoring limits (at least one).
         X, formula, intercept: the design, from column names (an intercept first) or a formula's right-hand side.
         weights: column of row weights w_i ≥ 0 multiplying ψ; mask: rows used.
+
+    Example (an outcome censored below at 0; truth (0.5, 1, log σ = 0))::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import tobit
+        >>> rng = np.random.default_rng(2); x = rng.normal(size=500)
+        >>> y = np.maximum(0.5 + x + rng.normal(size=500), 0.0)
+        >>> np.round(mestim.fit(tobit("tob", "y", ["x"], lower=0.0), {"x": x, "y": y}).theta, 2)
+        array([0.49, 1.01, 0.03])
     """
     options = LimitedOutcome(name, y, X, "tobit", formula, intercept, lower, upper, weights=weights, mask=mask)
     return Block(name, options.score, prepare=options)

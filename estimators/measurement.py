@@ -201,6 +201,17 @@ def rogan_gladen(name: str, y_star: str, y: str, validation: str, *, weights: st
         sampling: the transported form (module docstring): a stacked binomial GLM block modelling membership of a
             target sample (1) against the main sample (0) from covariates W, fitted on those two samples' rows;
             the main sample's rows are then weighted by the odds π(W)/(1 − π(W)), so μ and μ* are the target's.
+
+    Example (the corrected prevalence is (μ* + specificity − 1) / (sensitivity + specificity − 1))::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import rogan_gladen
+        >>> counts = [270, 680, 71, 18, 38, 203]
+        >>> d = {"y_star": np.repeat([0, 1, 0, 1, 0, 1.], counts), "y": np.repeat([np.nan, np.nan, 0, 0, 1, 1], counts),
+        ...      "valid": np.repeat([0, 0, 1, 1, 1, 1.], counts)}
+        >>> mu, mu_star, se, sp = mestim.fit(rogan_gladen("rg", "y_star", "y", "valid"), d).theta
+        >>> round(float(mu), 6), bool(np.isclose(mu, (mu_star + sp - 1) / (se + sp - 1)))
+        (0.802314, True)
     """
     options = RoganGladen(name, y_star, y, validation, None, True, weights, mask, sampling)
     score = RoganGladenScore(name, sampling=None if sampling is None else stacked_binomial(

@@ -326,6 +326,17 @@ def meta_analysis(df: pd.DataFrame | None = None, measure: str = "RR", columns: 
     iterative τ² did not converge) and, for an undefined causal ratio, ``undefined_reason``; and the validation
     report (its ``warnings`` repeat the :class:`MestimWarning` messages raised).
     Formulas and references: :mod:`estimators.meta_classical`, :mod:`estimators.causal_meta`.
+
+    Example (every method on the BCG trials (the default data))::
+
+        >>> from estimators import meta_analysis
+        >>> results, report = meta_analysis(measure="RR")
+        >>> print(results.set_index("method").loc[["causal", "FE", "REML"], ["estimate", "se"]].round(4))
+                estimate      se
+        method
+        causal   -0.4564  0.0395
+        FE       -0.4303  0.0405
+        REML     -0.7145  0.1798
     """
     import pandas as pd
 
@@ -413,6 +424,19 @@ def meta_analyses(df: pd.DataFrame, by, measure: str = "RR", columns: dict | Non
     ``by`` columns both also carry those columns. All meta-analyses are fitted in one vectorised call
     (:func:`batch_core`). REML/PM τ² that did not converge: ``converged`` False, a :class:`MestimWarning` naming
     the meta-analyses, and ``report["warnings"]``.
+
+    Example (one meta-analysis per group of trials)::
+
+        >>> import numpy as np
+        >>> from estimators.meta_batch import load_bcg
+        >>> bcg = load_bcg()
+        >>> from estimators import meta_analyses
+        >>> bcg["era"] = np.where(bcg.study <= 7, "early", "late")
+        >>> results = meta_analyses(bcg, by="era", measure="RR")[0]
+        >>> print(results[results.method == "FE"][["meta_id", "estimate"]].round(4).to_string(index=False))
+        meta_id  estimate
+          early   -0.9220
+           late   -0.1337
     """
     check_choice("measure", measure, mc.MEASURES)
     check_choice("classical", classical, METHODS[1:])

@@ -142,6 +142,19 @@ def meta_regression(name: str, estimate: str, variance: str, X=None, *, formula:
         X, formula: study-level moderators (none: a random-effects meta-analysis of the mean).
         tau2: hold τ² fixed at this value ≥ 0 (0: a fixed-effect meta-regression); None estimates it.
         mask: studies used.
+
+    Example (the BCG trials' log risk ratios; metafor's rma(method='PM'): −0.714968, τ² = 0.318068)::
+
+        >>> import numpy as np
+        >>> from estimators.meta_batch import load_bcg
+        >>> bcg = load_bcg()
+        >>> import mestim
+        >>> from estimators import meta_regression
+        >>> d = {"yi": np.log(bcg.ai / (bcg.ai + bcg.bi)) - np.log(bcg.ci / (bcg.ci + bcg.di)),
+        ...      "vi": 1 / bcg.ai - 1 / (bcg.ai + bcg.bi) + 1 / bcg.ci - 1 / (bcg.ci + bcg.di)}
+        >>> res = mestim.fit(meta_regression("pm", "yi", "vi"), d)
+        >>> round(float(res.theta[0]), 6), round(float(np.exp(res.theta[1])), 6)
+        (-0.714968, 0.318068)
     """
     options = MetaRegression(name, estimate, variance, X, formula, tau2, mask)
     return Block(name, MetaRegressionScore(name, options.tau2), prepare=options)

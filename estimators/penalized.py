@@ -86,6 +86,16 @@ class Spline:
         knots: the knots (sorted; at least 2 when ``natural``); power: the polynomial degree a (3: cubic);
         natural: restricted (linear beyond the last knot for a = 3; one column fewer than knots);
         penalty: λ ≥ 0 of its terms' L2 penalty; normalized: divide the terms by (k_K − k_1)^a.
+
+    Example (a natural cubic spline's options, checked on construction, given to additive_regression)::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import Spline, additive_regression
+        >>> rng = np.random.default_rng(5); x = rng.uniform(-2, 2, 200)
+        >>> d = {"x": x, "y": np.sin(2 * x) + rng.normal(scale=0.3, size=200)}
+        >>> spline = Spline(knots=(-1.0, 0.0, 1.0), penalty=1.0)
+        >>> mestim.fit(additive_regression("gam", "y", splines={"x": spline}), d).labels
+        ('(Intercept)', 'x', 'x:spline(-1)', 'x:spline(0)')
     """
 
     knots: tuple[float, ...]
@@ -226,6 +236,16 @@ def ridge_regression(name: str, y: str, X=None, *, penalty, model: str = "linear
         model: ``"linear"`` (default), ``"logistic"`` or ``"poisson"``.
         center: the value(s) the coefficients shrink towards (default 0).
         weights: column of row weights w_i ≥ 0 multiplying ψ; mask: rows used.
+
+    Example (a zero penalty is least squares; a penalty shrinks the slopes)::
+
+        >>> import numpy as np, mestim
+        >>> rng = np.random.default_rng(4); x = rng.normal(size=(200, 2))
+        >>> d = {"x1": x[:, 0], "x2": x[:, 1], "y": 1 + x @ [1.0, -0.5] + rng.normal(size=200)}
+        >>> from estimators import ridge_regression
+        >>> [np.round(mestim.fit(ridge_regression("r", "y", ["x1", "x2"], penalty=[0, lam, lam]), d).theta, 3)
+        ...  for lam in (0, 50)]
+        [array([ 0.966,  0.987, -0.5  ]), array([ 0.978,  0.811, -0.403])]
     """
     options = Penalized(name, y, X, penalty, model, (2.0,), (1.0,), center, formula, intercept, weights, mask)
     return Block(name, options.score, prepare=options)
@@ -234,7 +254,17 @@ def ridge_regression(name: str, y: str, X=None, *, penalty, model: str = "linear
 def bridge_regression(name: str, y: str, X=None, *, penalty, gamma: float, model: str = "linear", center=0.0,
                       formula: str | None = None, intercept: bool = True, weights: str | None = None,
                       mask=None) -> Block:
-    """Bridge (L_γ-penalized) regression, γ > 1 (module docstring); arguments as :func:`ridge_regression`."""
+    """Bridge (L_γ-penalized) regression, γ > 1 (module docstring); arguments as :func:`ridge_regression`.
+
+    Example (an L^1.5 penalty on the slopes)::
+
+        >>> import numpy as np, mestim
+        >>> rng = np.random.default_rng(4); x = rng.normal(size=(200, 2))
+        >>> d = {"x1": x[:, 0], "x2": x[:, 1], "y": 1 + x @ [1.0, -0.5] + rng.normal(size=200)}
+        >>> from estimators import bridge_regression
+        >>> np.round(mestim.fit(bridge_regression("b", "y", ["x1", "x2"], penalty=[0, 50, 50], gamma=1.5), d).theta, 3)
+        array([ 0.979,  0.796, -0.353])
+    """
     gamma = check_number("gamma", gamma, low=1.0)
     options = Penalized(name, y, X, penalty, model, (gamma,), (1.0,), center, formula, intercept, weights, mask)
     return Block(name, options.score, prepare=options)
@@ -244,7 +274,18 @@ def elastic_net_regression(name: str, y: str, X=None, *, penalty, ratio: float, 
                            model: str = "linear", center=0.0, formula: str | None = None, intercept: bool = True,
                            weights: str | None = None, mask=None) -> Block:
     """Elastic-net regression: ``ratio`` × L1 (as L_(1+ε)) + (1 − ``ratio``) × L2 (module docstring); other
-    arguments as :func:`ridge_regression`."""
+    arguments as :func:`ridge_regression`.
+
+    Example (half L1, half L2 penalty on the slopes)::
+
+        >>> import numpy as np, mestim
+        >>> rng = np.random.default_rng(4); x = rng.normal(size=(200, 2))
+        >>> d = {"x1": x[:, 0], "x2": x[:, 1], "y": 1 + x @ [1.0, -0.5] + rng.normal(size=200)}
+        >>> from estimators import elastic_net_regression
+        >>> net = elastic_net_regression("e", "y", ["x1", "x2"], penalty=[0, 50, 50], ratio=0.5)
+        >>> np.round(mestim.fit(net, d).theta, 3)
+        array([ 0.979,  0.796, -0.333])
+    """
     ratio = check_number("ratio", ratio, low=0.0, high=1.0, inclusive=True)
     epsilon = check_number("epsilon", epsilon, low=0.0)
     options = Penalized(name, y, X, penalty, model, (1.0 + epsilon, 2.0), (ratio, 1.0 - ratio), center, formula,
@@ -265,6 +306,16 @@ def additive_regression(name: str, y: str, X=None, *, splines: dict, model: str 
         model: ``"linear"`` (default), ``"logistic"`` or ``"poisson"``.
         penalty: λ of the intercept and ``X`` terms (one number or one per column; default 0).
         weights: column of row weights w_i ≥ 0 multiplying ψ; mask: rows used.
+
+    Example (a sine curve by a natural cubic spline of three knots)::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import additive_regression
+        >>> rng = np.random.default_rng(5); x = rng.uniform(-2, 2, 200)
+        >>> d = {"x": x, "y": np.sin(2 * x) + rng.normal(scale=0.3, size=200)}
+        >>> res = mestim.fit(additive_regression("gam", "y", splines={"x": {"knots": [-1, 0, 1], "penalty": 1.0}}), d)
+        >>> res.labels
+        ('(Intercept)', 'x', 'x:spline(-1)', 'x:spline(0)')
     """
     if not isinstance(splines, dict) or not splines:
         raise SpecificationError(f"splines={splines!r}: give {{column: Spline(knots=...)}} for one or more columns")

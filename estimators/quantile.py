@@ -101,6 +101,15 @@ def quantile_regression(name: str, y: str, X=None, q: float = 0.5, *, smooth="au
         q: the quantile, in (0, 1) (default 0.5, median regression).
         smooth: ``"auto"`` (default) or a bandwidth h > 0 in y's units (:mod:`mestim.smooth`).
         weights: column of row weights w_i ≥ 0 multiplying ψ; mask: rows used.
+
+    Example (the median line; truth (1, 1))::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import quantile_regression
+        >>> rng = np.random.default_rng(8); x = rng.uniform(0, 4, 1000)
+        >>> d = {"x": x, "y": 1 + x + rng.normal(size=1000)}
+        >>> np.round(mestim.fit(quantile_regression("q50", "y", ["x"], 0.5), d).theta, 1)
+        array([1., 1.])
     """
     options = QuantileRegression(name, y, X, q, smooth, formula, intercept, weights, mask)
     return Block(name, QuantileScore(name, options.q), prepare=options, smooth=options.smooth)

@@ -58,24 +58,66 @@ class MeanScore:
 
 
 def linear(name: str, y: str, X=None, **kw) -> Block:
-    """Linear regression (least squares) block: ψ = m (y − xᵀβ) x."""
+    """Linear regression (least squares) block: ψ = m (y − xᵀβ) x.
+
+    Example (least squares, as NumPy's polyfit)::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import linear
+        >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
+        >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
+        >>> res = mestim.fit(linear("lm", "y", ["x"]), d)
+        >>> bool(np.allclose(res.theta, np.polyfit(x, d["y"], 1)[::-1])), res.labels
+        (True, ('(Intercept)', 'x'))
+    """
     return glm(name, y, X, family="gaussian", **kw)
 
 
 def logistic(name: str, y: str, X=None, **kw) -> Block:
-    """Logistic regression block for a 0/1 outcome: ψ = m (y − expit(xᵀβ)) x."""
+    """Logistic regression block for a 0/1 outcome: ψ = m (y − expit(xᵀβ)) x.
+
+    Example (a logistic model of a 0/1 outcome; truth (−0.5, 1))::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import logistic
+        >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
+        >>> d = {"x": x, "y": (rng.random(300) < 1 / (1 + np.exp(0.5 - x))) * 1.0}
+        >>> np.round(mestim.fit(logistic("lg", "y", ["x"]), d).theta, 3)
+        array([-0.565,  0.947])
+    """
     return glm(name, y, X, family="binomial", **kw)
 
 
 def poisson(name: str, y: str, X=None, **kw) -> Block:
-    """Poisson (log-link) regression block: ψ = m (y − exp(xᵀβ + offset)) x."""
+    """Poisson (log-link) regression block: ψ = m (y − exp(xᵀβ + offset)) x.
+
+    Example (a log-linear model of counts; truth (0.5, 0.3))::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import poisson
+        >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
+        >>> d = {"x": x, "y": rng.poisson(np.exp(0.5 + 0.3 * x)) * 1.0}
+        >>> np.round(mestim.fit(poisson("pois", "y", ["x"]), d).theta, 3)
+        array([0.489, 0.326])
+    """
     return glm(name, y, X, family="poisson", **kw)
 
 
 def multinomial(name: str, y: str, X=None, *, formula=None, mask=None, intercept=True, reference=None) -> Block:
     """Multinomial logistic regression for a categorical ``y`` (reference class: ``reference`` or the smallest).
 
-    Checked for separation after fitting, as logistic blocks are (:mod:`estimators.separation`)."""
+    Checked for separation after fitting, as logistic blocks are (:mod:`estimators.separation`).
+
+    Example (a three-category outcome, category 0 the reference)::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import multinomial
+        >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
+        >>> d = {"x": x, "y": np.digitize(x + rng.logistic(size=300), [-1.0, 1.0]) * 1.0}
+        >>> res = mestim.fit(multinomial("mn", "y", ["x"]), d)
+        >>> np.round(res.theta, 3)
+        array([0.779, 1.043, 0.262, 1.878])
+    """
     prepared = {}  # the parameter labels of the last prepare, for the separation message
 
     def prepare(cols):
@@ -117,7 +159,17 @@ def multinomial(name: str, y: str, X=None, *, formula=None, mask=None, intercept
 
 
 def mean(name: str, y: str, *, mask=None) -> Block:
-    """Mean of ``y`` over the rows in ``mask``: ψ = m (y − μ)."""
+    """Mean of ``y`` over the rows in ``mask``: ψ = m (y − μ).
+
+    Example (the mean of the rows a mask keeps)::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import mean
+        >>> d = {"y": np.arange(10.0), "keep": (np.arange(10) < 5) * 1.0}
+        >>> res = mestim.fit(mean("m", "y", mask="keep"), d)
+        >>> res.theta, res.labels
+        (array([2.]), ('y',))
+    """
 
     def prepare(cols):
         m = block_rows(cols, mask, name)

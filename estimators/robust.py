@@ -139,6 +139,15 @@ def robust_regression(name: str, y: str, X=None, *, formula: str | None = None, 
         scale: ``"huber"`` (stacked log σ, proposal 2), ``"mad"`` (fixed at the LS residuals' MAD) or a positive
             number (fixed).
     Parameters: the design's coefficients, then ``log(scale)`` when the scale is stacked.
+
+    Example (a Huber line through data with 5% gross outliers; truth (2, 0.5))::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import robust_regression
+        >>> rng = np.random.default_rng(3); x = rng.uniform(0, 10, 200)
+        >>> y = 2.0 + 0.5 * x + rng.normal(size=200); y[:10] += 25.0
+        >>> np.round(mestim.fit(robust_regression("rr", "y", ["x"]), {"x": x, "y": y}).theta[:2], 2)
+        array([2.18, 0.49])
     """
     check_choice("norm", norm, tuple(NORMS))
     c = NORMS[norm][1] if c is None else c

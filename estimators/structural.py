@@ -172,6 +172,18 @@ def ipw_msm(name: str, y: str, treatment: str, V=None, *, propensity: Block, fam
         family, link: the structural model's GLM family and link (:func:`estimators.glm`); alpha: the negative
             binomial's fixed dispersion.
         truncate: clip e(W) to (lo, hi); weights: column of row weights w_i ≥ 0 multiplying ψ; mask: rows used.
+
+    Example (E[Y(a) | v] = 1 + a (1.5 + 0.5 v), weighted by a stacked propensity model)::
+
+        >>> import numpy as np, mestim
+        >>> rng = np.random.default_rng(6); w, v = rng.normal(size=(2, 1000))
+        >>> a = (rng.random(1000) < 1 / (1 + np.exp(-w))) * 1.0
+        >>> d = {"w": w, "v": v, "a": a, "y": 1 + w + a * (1.5 + 0.5 * v) + rng.normal(size=1000)}
+        >>> from estimators import logistic
+        >>> ps = logistic("ps", "a", ["w"])
+        >>> from estimators import ipw_msm
+        >>> np.round(mestim.fit([ps, ipw_msm("msm", "y", "a", formula="~ a * v", propensity=ps)], d)["msm"], 2)
+        array([0.99, 1.66, 0.2 , 0.42])
     """
     options = IPWMSM(name, y, treatment, V, propensity, family, link, alpha, truncate, formula, weights, mask)
     return Block(name, options.score, reads=(propensity.name,), prepare=options)
@@ -269,6 +281,18 @@ def g_estimation(name: str, y: str, treatment: str, V=None, *, propensity: Block
         X: covariates of a working model of the blipped-down outcome (doubly robust); None: no such model.
         model: ``"linear"`` (additive effects) or ``"poisson"`` (multiplicative effects, outcome ≥ 0).
         weights: column of row weights w_i ≥ 0 multiplying ψ; mask: rows used.
+
+    Example (a constant effect 1.5, made doubly robust by a working model of E[H(ψ) | w] = 1 + w)::
+
+        >>> import numpy as np, mestim
+        >>> from estimators import g_estimation, logistic
+        >>> rng = np.random.default_rng(7); w = rng.normal(size=1000)
+        >>> a = (rng.random(1000) < 1 / (1 + np.exp(-w))) * 1.0
+        >>> d = {"w": w, "a": a, "y": 1 + w + 1.5 * a + rng.normal(size=1000)}
+        >>> ps = logistic("ps", "a", ["w"])
+        >>> res = mestim.fit([ps, g_estimation("snmm", "y", "a", propensity=ps, X=["w"])], d)
+        >>> np.round(res["snmm"], 2), res.labels[2:]
+        (array([1.53, 0.98, 1.03]), ('snmm:psi:(Intercept)', 'snmm:outcome:(Intercept)', 'snmm:outcome:w'))
     """
     options = GEstimation(name, y, treatment, V, propensity, X, model, weights, mask)
     return Block(name, None, reads=(propensity.name,), prepare=options)

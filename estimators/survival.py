@@ -188,6 +188,16 @@ def parametric_survival(name: str, time: str, event: str, *, distribution: str =
         weights: column of row weights w_i ≥ 0 multiplying ψ (delicatessen's ``weights``; :func:`mestim.fit`'s
             ``weights=`` with ``weight_type="sampling"`` is the same for a stack of one block).
         mask: rows the model is fitted on.
+
+    Example (the exponential rate is events / total time at risk)::
+
+        >>> import numpy as np, mestim
+        >>> rng = np.random.default_rng(0); t = rng.exponential(2.0, 300)
+        >>> d = {"t": np.minimum(t, 3.0), "delta": (t < 3.0) * 1.0}
+        >>> from estimators import parametric_survival
+        >>> res = mestim.fit(parametric_survival("exp", "t", "delta", distribution="exponential"), d)
+        >>> bool(np.isclose(res.theta[0], d["delta"].sum() / d["t"].sum())), res.labels
+        (True, ('lambda',))
     """
     options = ParametricSurvival(name, time, event, distribution, weights, mask)
     return Block(name, HazardModel(name, distribution), prepare=options)
@@ -347,6 +357,17 @@ def survival_predictions(name: str, model: Block, times, *, what=("survival",), 
         what: any of ``"survival"`` (default), ``"hazard"``, ``"rmst"``.
         at: for an AFT model, the covariate profile {column: value} the predictions are made at.
         mask: rows that carry the prediction equations (default all; their number does not change θ̂).
+
+    Example (an exponential model's survival at t = 1 is exp(−λ))::
+
+        >>> import numpy as np, mestim
+        >>> rng = np.random.default_rng(0); t = rng.exponential(2.0, 300)
+        >>> d = {"t": np.minimum(t, 3.0), "delta": (t < 3.0) * 1.0}
+        >>> from estimators import parametric_survival, survival_predictions
+        >>> model = parametric_survival("exp", "t", "delta", distribution="exponential")
+        >>> res = mestim.fit([model, survival_predictions("S", model, times=[1.0])], d)
+        >>> bool(np.isclose(res["S"][0], np.exp(-res["exp"][0]))), res.labels
+        (True, ('exp:lambda', 'S:S(1)'))
     """
     options = SurvivalPredictions(name, model, times, what, at, mask)
     return Block(name, options.score, reads=(model.name,), prepare=options)

@@ -32,7 +32,18 @@ from .errors import SpecificationError
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
-    """What a block adds before fitting: extra columns (names namespaced by the block), init, labels."""
+    """What a block adds before fitting: extra columns (names namespaced by the block), init, labels.
+
+    Example (a block whose ``prepare`` adds a centred column and starts at the sample mean)::
+
+        >>> import jax.numpy as jnp, numpy as np, mestim
+        >>> y = np.random.default_rng(0).normal(3.0, 1.0, 100)
+        >>> prep = lambda cols: mestim.Prepared({"c.y": cols["y"] - 3.0}, init=np.array([0.0]), labels=("mean - 3",))
+        >>> block = mestim.Block("c", lambda t, row: jnp.atleast_1d(row["c.y"] - t[0]), prepare=prep)
+        >>> res = mestim.fit(block, {"y": y})
+        >>> res.labels, bool(np.isclose(res.theta[0], y.mean() - 3.0))
+        (('mean - 3',), True)
+    """
 
     columns: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     init: np.ndarray | None = None
@@ -65,6 +76,16 @@ class Block:
             (:mod:`mestim.smooth`). A bandwidth h > 0 in the units of the compared quantities, a tuple of them
             (one per smoothed comparison), or ``"auto"`` (h = min(sd, IQR/1.34)·n^(−1/3) of each compared difference
             at the starting values). None (default): ψ as written.
+
+    Example (a block of its own parameters, stacked with a block that reads them)::
+
+        >>> import jax.numpy as jnp, numpy as np, mestim
+        >>> y = np.random.default_rng(0).exponential(2.0, 500)
+        >>> mu = mestim.Block("mu", lambda t, row: jnp.atleast_1d(row["y"] - t[0]), init=[1.0], labels=("mean",))
+        >>> log_mu = mestim.Block("log", lambda t, row, mu: jnp.log(mu) - t, init=[0.0], reads=("mu",))
+        >>> res = mestim.fit([mu, log_mu], {"y": y})
+        >>> res.labels, bool(np.isclose(res.theta[1], np.log(y.mean())))
+        (('mu:mean', 'log:0'), True)
     """
 
     name: str

@@ -66,7 +66,18 @@ def bootstrap(estimator, data, init=None, *, replicates: int = 1000, seed: int =
 
     ``weights``, ``weight_type``, ``cluster`` and ``correction`` are those of :func:`mestim.fit`, which gives the
     sandwich fit the replicates are set beside (``correction`` applies to it alone). ``progress``: a bar over the
-    replicates on stderr: True (always), False (never), None (only when stderr is a terminal)."""
+    replicates on stderr: True (always), False (never), None (only when stderr is a terminal).
+
+    Example (200 resamples of a mean: its bootstrap SE near s/√n)::
+
+        >>> import numpy as np, mestim
+        >>> from mestim.bootstrap import bootstrap
+        >>> y = np.random.default_rng(0).exponential(size=300)
+        >>> mean = mestim.Block("m", lambda t, row: row["y"] - t, init=[0.0])
+        >>> boot = bootstrap(mean, {"y": y}, replicates=200, seed=1)
+        >>> np.round(boot.se / (y.std() / np.sqrt(300)), 1)
+        array([1.])
+    """
     if replicates < 2:
         raise SpecificationError("replicates must be at least 2")
     if fit_kw.get("gmm") is not None:

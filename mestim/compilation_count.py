@@ -48,7 +48,17 @@ jax.monitoring.register_event_listener(_on_event)
 
 @contextlib.contextmanager
 def compilations():
-    """Count the programs compiled (or loaded from the persistent cache) inside the ``with`` block."""
+    """Count the programs compiled (or loaded from the persistent cache) inside the ``with`` block.
+
+    Example (one new program, compiled (or loaded from the persistent cache) inside the block)::
+
+        >>> import jax, numpy as np, mestim
+        >>> with mestim.compilations() as count:
+        ...     _ = jax.jit(lambda v: v * 3.25 + 0.5)(np.arange(3.0))
+        ...
+        >>> count.programs
+        1
+    """
     count = CompileCount()
     _active.append(count)
     try:

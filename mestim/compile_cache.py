@@ -26,6 +26,15 @@ def enable_compilation_cache(path: str | None = None) -> str | None:
 
     Returns the directory in use, or None when the cache is off or the directory cannot be created (a read-only
     home directory: mestim then runs without the cache).
+
+    Example (at import mestim turns the cache on, unless ``MESTIM_CACHE_DIR=off``; asking again for the directory
+    in use changes nothing)::
+
+        >>> import jax, mestim
+        >>> in_use = jax.config.jax_compilation_cache_dir
+        >>> path = mestim.enable_compilation_cache(in_use)
+        >>> path == jax.config.jax_compilation_cache_dir == in_use or in_use is None
+        True
     """
     path = path if path is not None else cache_dir_from_environment()
     if path is None:

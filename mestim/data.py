@@ -149,7 +149,15 @@ def check_finite(arr: np.ndarray, name: str, where: np.ndarray | None = None) ->
 
 
 def row_mask(cols: Columns, mask, n: int | None = None) -> np.ndarray:
-    """Boolean mask of rows a block uses: None (all), a column name (non-zero = used), an array, or a callable."""
+    """Boolean mask of rows a block uses: None (all), a column name (non-zero = used), an array, or a callable.
+
+    Example (rows of a column that is non-zero)::
+
+        >>> import numpy as np, mestim
+        >>> from mestim.data import row_mask
+        >>> row_mask({"s": np.array([0.0, 1.0, 2.0])}, "s")
+        array([False,  True,  True])
+    """
     n = n if n is not None else n_rows(cols)
     if mask is None:
         return np.ones(n, bool)

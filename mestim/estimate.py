@@ -66,6 +66,14 @@ def fit(estimator, data, init=None, *, names: Sequence[str] | None = None, weigh
             :mod:`mestim.solve`.
         gmm: ``"two-step"`` or ``"iterated"``: over-identified estimating equations (more moment conditions than
             parameters) by the generalized method of moments, with Hansen's J test (:mod:`mestim.gmm`).
+
+    Example (the mean as the root of Σ (y_i − μ) = 0: the sample mean, with SE s/√n)::
+
+        >>> import jax.numpy as jnp, numpy as np, mestim
+        >>> y = np.random.default_rng(0).normal(2.0, 1.0, 200)
+        >>> res = mestim.fit(lambda theta, row: jnp.atleast_1d(row["y"] - theta[0]), {"y": y}, init=[0.0])
+        >>> bool(np.isclose(res.theta[0], y.mean())), bool(np.isclose(res.se[0], y.std() / np.sqrt(200)))
+        (True, True)
     """
     mesh, group = processes.placement(devices)
     with processes.reporting(group):
@@ -118,7 +126,16 @@ def _check_across_processes(options: FitOptions) -> None:
 def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="frequency", cluster=None,
              correction=None, chunk_size=None, data_dtype=None) -> Result:
     """The sandwich covariance at a given θ, without solving (θ in the same form as ``init``; for a stack, the
-    flat concatenation of the blocks' parameters or a dict of them); options as :func:`fit`."""
+    flat concatenation of the blocks' parameters or a dict of them); options as :func:`fit`.
+
+    Example (the sandwich at a given θ, without solving: the mean's SE s/√n)::
+
+        >>> import jax.numpy as jnp, numpy as np, mestim
+        >>> y = np.random.default_rng(0).normal(2.0, 1.0, 200)
+        >>> res = mestim.sandwich(lambda theta, row: jnp.atleast_1d(row["y"] - theta[0]), {"y": y}, [y.mean()])
+        >>> bool(np.isclose(res.se[0], y.std() / np.sqrt(200)))
+        True
+    """
     options = FitOptions(weight_type, correction, chunk_size=chunk_size, data_dtype=data_dtype)
     problem = prepare(estimator, data, theta if _single(estimator) else None, names=names, weights=weights,
                       cluster=cluster)

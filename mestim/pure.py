@@ -47,6 +47,18 @@ def fit_function(estimator, data, init=None, *, names=None, weight_type: str = "
     with them (:mod:`mestim.covariance`): every data set passed to ``f`` shares ``data``'s clusters, row by row.
     Columns may be float32 (read in float64). ``problem.labels`` names the parameters; ``problem.init`` is the
     default start.
+
+    Example (the fit as a pure function of the columns, vmapped over two sets of weights)::
+
+        >>> import jax, jax.numpy as jnp, numpy as np, mestim
+        >>> from mestim.pure import fit_function
+        >>> mean = mestim.Block("m", lambda t, row: row["y"] - t, init=[0.0])
+        >>> y = np.arange(1.0, 7.0)
+        >>> columns, f, problem = fit_function(mean, {"y": y})
+        >>> w = np.array([np.ones(6), [1, 1, 1, 0, 0, 0.]])
+        >>> np.round(jax.vmap(lambda wi: f(columns, wi).theta)(w), 6)
+        Array([[3.5],
+               [2. ]], dtype=float64)
     """
     options = FitOptions(weight_type, correction, solve=solve, chunk_size=chunk_size, max_iter=max_iter, xtol=xtol,
                          gtol=gtol)

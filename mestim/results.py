@@ -108,7 +108,21 @@ class OfBlocks:
 
 
 class WaldTest(NamedTuple):
-    """Wald χ² test of H₀: g(θ) = c (``statistic`` ~ χ²_df under H₀)."""
+    """Wald χ² test of H₀: g(θ) = c (``statistic`` ~ χ²_df under H₀).
+
+    Example (a Wald test that two coefficients are equal: χ², its degrees of freedom and p-value)::
+
+        >>> import jax.numpy as jnp, numpy as np, mestim
+        >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
+        >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
+        >>> d["z"] = rng.normal(size=300)
+        >>> design = lambda row: jnp.array([1.0, row["x"], row["z"]])
+        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0, 0.0],
+        ...                    labels=("1", "x", "z"))
+        >>> test = mestim.fit(ols, d).test_equal(["x", "z"])
+        >>> round(test.statistic, 2), test.df, test.p_value < 1e-10
+        (531.56, 1, True)
+    """
 
     statistic: float
     df: int
@@ -143,6 +157,15 @@ class Estimates:
     ``scale="log"`` (from ``delta(..., exponentiate=True)``): θ̂ and V are logarithms of ratios; :meth:`ci`,
     :meth:`table` and :meth:`summary` report the ratios exp(θ̂) with the CIs exp(θ̂ ± z·SE), and z and p test
     ratio = 1 (θ = 0), as for odds and risk ratios.
+
+    Example (two estimates and their covariance, as a table with Wald CIs and tests)::
+
+        >>> import numpy as np, mestim
+        >>> est = mestim.Estimates(np.array([0.0, np.log(2.0)]), np.diag([0.01, 0.04]), ("a", "b"))
+        >>> print(est.table().round(4))
+          param  estimate   se  ci_low  ci_high       z       p
+        a     a    0.0000  0.1 -0.1960   0.1960  0.0000  1.0000
+        b     b    0.6931  0.2  0.3012   1.0851  3.4657  0.0005
     """
 
     theta: np.ndarray
@@ -290,7 +313,27 @@ class Estimates:
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class Result(Estimates):
-    """A fitted M-estimator: joint estimates, sandwich covariance and fit diagnostics."""
+    """A fitted M-estimator: joint estimates, sandwich covariance and fit diagnostics.
+
+    Example (a fit's labelled table, its diagnostics and the delta method)::
+
+        >>> import jax.numpy as jnp, numpy as np, mestim
+        >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
+        >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
+        >>> design = lambda row: jnp.array([1.0, row["x"]])
+        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0],
+        ...                    labels=("intercept", "slope"))
+        >>> res = mestim.fit(ols, d)
+        >>> print(res.table()[["estimate", "se"]].round(4))
+                   estimate      se
+        intercept    0.9918  0.0561
+        slope        2.0405  0.0548
+        >>> res.converged, res.n_rows
+        (True, 300)
+        >>> print(res.delta(lambda t: t[1] / t[0], labels=["slope/intercept"]).table()[["estimate", "se"]].round(4))
+                         estimate      se
+        slope/intercept    2.0573  0.1328
+    """
 
     blocks: dict[str, slice] = dataclasses.field(default_factory=dict)
     n: float = 0.0  # Σw (frequency weights) or rows

@@ -459,6 +459,18 @@ def fit_stream(estimator, source, init=None, *, names=None, columns=None, weight
         cluster: a column of the source (labels; a cluster may span batches): the clustered sandwich, from one
             more pass over the source after the solve (as ``correction="fay"``).
         Other arguments as :func:`mestim.fit` (``weights`` and ``cluster`` must be column names).
+
+    Example (streamed in batches of 100 rows: the in-memory fit's estimates)::
+
+        >>> import jax.numpy as jnp, numpy as np, mestim
+        >>> from mestim.scale import fit_stream
+        >>> rng = np.random.default_rng(0); x = rng.normal(size=300)
+        >>> d = {"x": x, "y": 1 + 2 * x + rng.normal(size=300)}
+        >>> design = lambda row: jnp.array([1.0, row["x"]])
+        >>> ols = mestim.Block("lm", lambda t, row: (row["y"] - t @ design(row)) * design(row), init=[0.0, 0.0])
+        >>> streamed, whole = fit_stream(ols, d, batch_rows=100), mestim.fit(ols, d)
+        >>> np.allclose(streamed.theta, whole.theta, rtol=1e-10) and np.allclose(streamed.se, whole.se, rtol=1e-8)
+        True
     """
     mesh, group = processes.placement(devices)
     with processes.reporting(group):

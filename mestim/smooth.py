@@ -67,7 +67,15 @@ THETA, ROW = 1, 2  # what a value depends on (bit flags)
 @dataclasses.dataclass(frozen=True)
 class Smoothed:
     """ψ of block ``block`` with its θ-dependent indicators and signs smoothed (hashable: equal options, equal
-    object). ``bandwidth``: one h for every site, or a tuple with one h per site."""
+    object). ``bandwidth``: one h for every site, or a tuple with one h per site.
+
+    Example (the indicator 1{y ≤ θ} of a median's ψ smoothed with bandwidth h: at y = θ it is ½, so ψ = 0)::
+
+        >>> import jax.numpy as jnp, numpy as np, mestim
+        >>> psi = mestim.Smoothed(lambda t, row: (row["y"] <= t) - 0.5, bandwidth=0.1, block="median")
+        >>> np.round(np.asarray(psi(jnp.array([0.0]), {"y": jnp.array(0.0)})), 6)
+        array([0.])
+    """
 
     psi: Callable[..., Any]
     bandwidth: float | tuple[float, ...]

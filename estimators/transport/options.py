@@ -52,7 +52,21 @@ class TransportOptions:
     """The options of one transport analysis (the keywords of :func:`~estimators.transport.transport`, which
     documents each), validated on construction: ``level`` becomes a float, ``estimators`` a tuple without
     repeats (or None), ``bias_grid`` the array of multipliers δ when a sensitivity analysis is asked for (``bias``
-    or ``bias_grid`` given; else None)."""
+    or ``bias_grid`` given; else None).
+
+    Example (options are checked once, on construction)::
+
+        >>> import mestim
+        >>> from estimators.transport import TransportOptions
+        >>> TransportOptions(covariates=["X1"], estimators=["dr"]).estimators
+        ('dr',)
+        >>> try:
+        ...     TransportOptions(weighting="normalised")
+        ... except mestim.SpecificationError as e:
+        ...     print(e)
+        ...
+        weighting='normalised': use one of ['normalized', 'unnormalized']; did you mean 'normalized'?
+    """
 
     study: str = "S"
     treatment: str = "Z"

@@ -46,6 +46,13 @@ class TransportResult:
             weighting/DR estimator, trial or "pooled", and arm: rows, effective sample size, largest weight share,
             top-5 weights; see :mod:`~estimators.transport.diagnostics`), or None when no estimator weights.
         diagnostic_warnings: the positivity warnings (also emitted as :class:`mestim.MestimWarning`).
+
+    Example (what ``transport`` returns: the table, the tests, the joint fit)::
+
+        >>> from estimators.transport import transport, load_transport_sim
+        >>> res = transport(load_transport_sim(), covariates=["X1", "X2", "X3"], estimators=["dr"], per_trial=False)
+        >>> res.fit.converged, len(res.table) > 0, sorted(res.settings)[:3]
+        (True, True, ['arms', 'cluster', 'contrasts'])
     """
 
     table: pd.DataFrame

@@ -42,7 +42,15 @@ LAMBDA_L = 1.0  # effect of L on Y (non-adherence)
 
 @dataclasses.dataclass(frozen=True)
 class SimulatedTrials:
-    """A simulated data set and its known truths."""
+    """A simulated data set and its known truths.
+
+    Example (the rows and the truth behind them)::
+
+        >>> from estimators.transport import simulate_trials
+        >>> sim = simulate_trials(n_per_trial=100, n_target=200, seed=1)
+        >>> sorted(sim.data.columns), {k: round(v, 4) for k, v in sim.true_means.items()}
+        (['S', 'X1', 'X2', 'X3', 'Y', 'Z'], {0: 0.65, 1: 3.45})
+    """
 
     data: pd.DataFrame
     true_effect: float  # E[Y^1 − Y^0 | S=0] (per-protocol effect with nonadherence=True)
@@ -81,6 +89,13 @@ def simulate_trials(n_trials: int = 4, n_per_trial=300, n_target: int = 1000, *,
 
     Returns:
         :class:`SimulatedTrials` with columns S, Z, Y, X1, X2, X3 (and A, L with ``nonadherence``).
+
+    Example (four small trials and a target sample, with the known target effect)::
+
+        >>> from estimators.transport import simulate_trials
+        >>> sim = simulate_trials(n_per_trial=100, n_target=200, seed=1)
+        >>> sim.data.shape, round(sim.true_effect, 4)
+        ((600, 6), 2.8)
     """
     if misspecify not in (None, "outcome", "participation"):
         raise ValueError("misspecify must be None, 'outcome' or 'participation'")
@@ -176,12 +191,26 @@ def load_transport_sim() -> pd.DataFrame:
 
     Made by ``simulate_trials(**BUNDLED)`` (seed 20240607, 1000 target rows, trials of 250, 400, 300, 350 rows);
     its true target effect E[Y¹ − Y⁰ | S=0] is :func:`bundled_truth` = 2.8.
+
+    Example (four trials (S = 1…4) and the target sample (S = 0))::
+
+        >>> from estimators.transport import load_transport_sim
+        >>> df = load_transport_sim()
+        >>> df.shape, sorted(df.S.unique().tolist())
+        ((2300, 6), [0, 1, 2, 3, 4])
     """
     return pd.read_csv(bundled_data_path())
 
 
 def bundled_truth() -> float:
-    """The true E[Y¹ − Y⁰ | S=0] of the bundled data set's generating law."""
+    """The true E[Y¹ − Y⁰ | S=0] of the bundled data set's generating law.
+
+    Example::
+
+        >>> from estimators.transport import bundled_truth
+        >>> round(bundled_truth(), 6)
+        2.8
+    """
     return simulate_trials(**{**BUNDLED, "n_per_trial": [1] * 4, "n_target": 1}).true_effect
 
 
