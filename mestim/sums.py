@@ -125,6 +125,11 @@ class Kernel:
     def shape(self) -> tuple[int, int]:
         return self.spec.equations, self.spec.dim
 
+    @property
+    def closed_form(self) -> bool:
+        """Every block's Jacobian in closed form (``chunk_sums``): its θ-free work is reading the design."""
+        return all(_closed_form(block) for block in self.spec.blocks)
+
     def zeros(self) -> Moments:
         k, p = self.shape
         return Moments(np.zeros(k), np.zeros((k, p)), np.zeros((k, k)), np.zeros(()))
