@@ -384,10 +384,10 @@ def markdown(cold_rows, warm_rows, meta_rows=(), chord_rows=()) -> str:
                   "programs (loaded) | load (1 min) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in warm_rows:
             d, m = r.get("delicatessen_s"), r["mestim_user_psi_s"]
-            peer = (harness._fmt(d), f"{r['delicatessen_over_mestim']:.0f}×") if d else ("—", "—")
+            peer = (harness.seconds_text(d), f"{r['delicatessen_over_mestim']:.0f}×") if d else ("—", "—")
             solve = "one program" if r["solved_in_one_program"] else f"{r['host_passes']} host passes"
-            lines.append(f"| {r['n']:,} | {harness._fmt(m)} | {harness._fmt(r['one_jit_s'])} | "
-                         f"{r['mestim_over_one_jit']:.2f} | {harness._fmt(r['mestim_registered_blocks_s'])} | "
+            lines.append(f"| {r['n']:,} | {harness.seconds_text(m)} | {harness.seconds_text(r['one_jit_s'])} | "
+                         f"{r['mestim_over_one_jit']:.2f} | {harness.seconds_text(r['mestim_registered_blocks_s'])} | "
                          f"{peer[0]} | {peer[1]} | {r['jacobian_passes']} | {'yes' if r['hoisted'] else 'no'} | "
                          f"{solve} | {r['programs_first_fit']} ({r['loaded_first_fit']}) | "
                          f"{r['load_average_start'][0]:.1f}–{r['load_average_end'][0]:.1f} |")
@@ -397,9 +397,9 @@ def markdown(cold_rows, warm_rows, meta_rows=(), chord_rows=()) -> str:
                   "| case | Jacobian pass | residual-only pass | Newton | chord | chord ÷ Newton | passes (Newton; "
                   "chord: Jacobian + residual-only) | max abs Δθ |", "|---|---|---|---|---|---|---|---|"]
         for r in chord_rows:
-            lines.append(f"| {r['case']} | {harness._fmt(r['jacobian_pass_s'])} | "
-                         f"{harness._fmt(r['residual_only_pass_s'])} | {harness._fmt(r['newton_s'])} | "
-                         f"{harness._fmt(r['chord_s'])} | {r['chord_over_newton']:.2f} | {r['newton_passes']}; "
+            lines.append(f"| {r['case']} | {harness.seconds_text(r['jacobian_pass_s'])} | "
+                         f"{harness.seconds_text(r['residual_only_pass_s'])} | {harness.seconds_text(r['newton_s'])} | "
+                         f"{harness.seconds_text(r['chord_s'])} | {r['chord_over_newton']:.2f} | {r['newton_passes']}; "
                          f"{r['chord_jacobian_passes']} + {r['chord_residual_passes']} | {r['max_dtheta']:.1e} |")
     if meta_rows:
         lines += ["", "## A single meta-analysis of k studies: fresh process per run (median)", "",

@@ -95,7 +95,7 @@ def interleaved_child(n: int, rounds: int, host_n: int) -> dict:
     res, ref = fit_m(), fit_s()  # compiled, imported
     times = {"mestim": [], "statsmodels": []}
     with _patched(estimate, "prepare", timed("prepare", problem.prepare)), \
-            _patched(estimate, "_warnings_for", timed("checks", estimate._warnings_for)):
+            _patched(estimate, "warnings_for", timed("checks", estimate.warnings_for)):
         for _ in range(rounds):
             for name, f in (("mestim", fit_m), ("statsmodels", fit_s)):
                 start = time.perf_counter()
@@ -131,7 +131,7 @@ def host_allocations(n: int) -> dict:
     prepare_peak = tracemalloc.get_traced_memory()[1]
     held = tracemalloc.get_traced_memory()[0]
     tracemalloc.reset_peak()
-    estimate._warnings_for(prepared, BreadFactor.of(-np.asarray(res.bread), prepared.labels), res.theta, True)
+    estimate.warnings_for(prepared, BreadFactor.of(-np.asarray(res.bread), prepared.labels), res.theta, True)
     checks_peak = tracemalloc.get_traced_memory()[1] - held
     tracemalloc.stop()
     return dict(host_n=n, prepare_bytes_per_row=prepare_peak / n, checks_bytes_per_row=checks_peak / n,
@@ -163,9 +163,9 @@ def interleaved_markdown(rows) -> str:
              "| n | mestim | statsmodels | statsmodels ÷ mestim | prepare | post-fit checks | host share | "
              "host B/row: prepare, checks (at n) | load |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['n']:,} | {harness._fmt(r['mestim_s'])} | {harness._fmt(r['statsmodels_s'])} | "
-                     f"{r['statsmodels_over_mestim']:.1f}× | {harness._fmt(r['prepare_s'])} | "
-                     f"{harness._fmt(r['checks_s'])} | {r['host_share']:.0%} | {r['prepare_bytes_per_row']:.0f}, "
+        lines.append(f"| {r['n']:,} | {harness.seconds_text(r['mestim_s'])} | {harness.seconds_text(r['statsmodels_s'])} | "
+                     f"{r['statsmodels_over_mestim']:.1f}× | {harness.seconds_text(r['prepare_s'])} | "
+                     f"{harness.seconds_text(r['checks_s'])} | {r['host_share']:.0%} | {r['prepare_bytes_per_row']:.0f}, "
                      f"{r['checks_bytes_per_row']:.0f} ({r['host_n']:,}) | {r['load_average'][0]:.1f} |")
     return "\n".join(lines)
 

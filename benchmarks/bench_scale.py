@@ -44,7 +44,7 @@ def cpu(a):
         for wl in a.workloads:
             for n in [n for n in a.ns if n >= 100_000]:
                 rows.append(harness.run_case("mestim", wl, n, budget=a.budget, repeats=a.repeats, float32=True))
-                print(f"{wl} mestim float32 n={n:,}: warm {harness._fmt(rows[-1].get('warm_s'))}")
+                print(f"{wl} mestim float32 n={n:,}: warm {harness.seconds_text(rows[-1].get('warm_s'))}")
     meta["load_average_end"] = os.getloadavg()
     meta["targets"] = targets(rows)
     notes = ("Workloads of `benchmarks/workloads.py` (pooled data, d = 10, 5 trials + target). delicatessen: "

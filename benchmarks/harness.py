@@ -142,12 +142,12 @@ def sweep(workloads, ns, tools, *, budget, repeats=3, log=print, **kw) -> list[d
                 else:
                     last[key] = (n, float("inf"))
                 log(f"{wl} {tool:13s} n={n:>9,}: " + (
-                    f"cold {row['cold_s']:.3f} s, warm {_fmt(row.get('warm_s'))}, fit memory "
+                    f"cold {row['cold_s']:.3f} s, warm {seconds_text(row.get('warm_s'))}, fit memory "
                     f"{row['rss_fit_mb']:.0f} MB" if "cold_s" in row else str(row.get("skipped") or row.get("error"))))
     return rows
 
 
-def _fmt(t):
+def seconds_text(t):
     return "—" if t is None else (f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s")
 
 
@@ -173,7 +173,7 @@ def markdown(rows, reference="mestim") -> str:
             ratio = f"{t / m['warm_s']:.1f}×" + ("" if r.get("warm_s") else " (cold)")
             dth = f"{np.max(np.abs(np.subtract(r['theta'], m['theta']))):.1e}"
             dse = f"{np.max(np.abs(np.divide(r['se'], m['se']) - 1)):.1e}"
-        lines.append(f"| {r['workload']} | {r['n']:,} | {tool} | {_fmt(r['cold_s'])} | {_fmt(r.get('warm_s'))} | "
+        lines.append(f"| {r['workload']} | {r['n']:,} | {tool} | {seconds_text(r['cold_s'])} | {seconds_text(r.get('warm_s'))} | "
                      f"{ratio} | {r['rss_fit_mb']:.0f} | {r['rss_peak_mb']:.0f} | {dth} | {dse} |")
     return "\n".join(lines)
 

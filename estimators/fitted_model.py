@@ -49,7 +49,7 @@ from mestim.constants import partial
 from mestim.data import check_finite
 from mestim.errors import DataError, SpecificationError
 
-from .generalized_linear import FAMILIES, PROBABILITY_LINKS, GLMScore, _separation_check
+from .generalized_linear import FAMILIES, PROBABILITY_LINKS, GLMScore, separation_check
 
 # statsmodels class names → mestim names
 SM_FAMILIES = {"Gaussian": "gaussian", "Binomial": "binomial", "Poisson": "poisson", "Gamma": "gamma",
@@ -186,7 +186,7 @@ def from_statsmodels(name: str, fitted) -> Block:
     source = f"statsmodels {type(model).__name__} ({family}, {link} link) of {model.endog_names}"
 
     design = FittedModelDesign(score, model, exog, endog, offset, prior, labels, params, source)
-    separation = _separation_check(score, design) if family == "binomial" and link in PROBABILITY_LINKS else None
+    separation = separation_check(score, design) if family == "binomial" and link in PROBABILITY_LINKS else None
 
     def check(theta, cols):
         warnings = separation(theta, cols) if separation is not None else []

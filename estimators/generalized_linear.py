@@ -346,7 +346,7 @@ class GLMDesign:
             raise DataError(f"block '{s.name}': a {s.family} model with the {s.link} link needs a mean inside the "
                             f"link's range, but '{self.y}' has mean {np.mean(y):.4g} (range {np.min(y):.4g} to "
                             f"{np.max(y):.4g}) on the rows it uses: choose another link, or give init=")
-        beta = _least_squares(x, target - offset)
+        beta = least_squares(x, target - offset)
         if not s.n_extra:
             return beta
         mu = link.inverse(x @ beta + offset, np)
@@ -372,7 +372,7 @@ def start_rows(m: np.ndarray, exact: bool):
     return drawn if every else np.flatnonzero(m)[drawn]
 
 
-def _least_squares(x, y):
+def least_squares(x, y):
     """A starting β: the normal equations (a p × p solve; an SVD of the whole design costs 10× more at 10⁵
     rows), or least squares by SVD when the design is rank-deficient (the fit will say which columns)."""
     try:
@@ -424,7 +424,7 @@ def glm(name: str, y: str, X=None, *, formula: str | None = None, family: str = 
         raise SpecificationError(f"shape= is the gamma shape; the {family} family has none")
     score = GLMScore(name, family, link, None if alpha is None else float(alpha), shape is not False)
     design = GLMDesign(score, y, X, formula, intercept, mask, offset, var_weights)
-    check = _separation_check(score, design) if family == "binomial" and link in PROBABILITY_LINKS else (
+    check = separation_check(score, design) if family == "binomial" and link in PROBABILITY_LINKS else (
         _dispersion_check(score) if score.n_extra and family == "negative_binomial" else None)
     return Block(name, score, prepare=design, check=check)
 
@@ -437,7 +437,7 @@ def _fitted_eta(score: GLMScore, theta, cols):
     return m, (cols[f"{n}.X"] @ score.split(theta)[0] + cols[f"{n}.offset"])[m]
 
 
-def _separation_check(score: GLMScore, design: GLMDesign):
+def separation_check(score: GLMScore, design: GLMDesign):
     """After the fit: a binomial model whose MLE does not exist (separation) is refused, see
     :mod:`estimators.separation`; the linear program runs when some fitted probability is within 1e-6 of its
     outcome (without separation such rows are legitimate: it then accepts the fit)."""

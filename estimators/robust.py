@@ -57,7 +57,7 @@ from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError, check_choice
 
 from .design import clean_in_mask
-from .generalized_linear import _least_squares, prepared_design
+from .generalized_linear import least_squares, prepared_design
 
 HUBER_SCALE_D = 2.5  # tuning constant of proposal 2's χ (statsmodels' HuberScale default)
 MAD_NORMAL = 0.6744897501960817  # Φ⁻¹(3/4): median |Z| of a standard normal
@@ -123,7 +123,7 @@ def _huber_start(x, y, beta, sigma, max_iter=100):
     for _ in range(max_iter):
         r = (y - x @ beta) / sigma
         w = np.sqrt(np.divide(huber(r, c, np), r, out=np.ones_like(r), where=r != 0))
-        new = _least_squares(x * w[:, None], y * w)
+        new = least_squares(x * w[:, None], y * w)
         if np.max(np.abs(new - beta)) <= 1e-10 * (1 + np.max(np.abs(beta))):
             return new
         beta = new
@@ -170,7 +170,7 @@ def robust_regression(name: str, y: str, X=None, *, formula: str | None = None, 
         if n <= p and partial(cols) is None:
             raise DataError(f"block '{name}' has {n} rows for {p} coefficients")
         if n > p:
-            beta0 = _least_squares(xm, ym)
+            beta0 = least_squares(xm, ym)
             # σ: the fixed scale given, or the MAD of the least-squares residuals (scale='mad'; the others' start)
             sigma0 = float(scale) if not isinstance(scale, str) else _positive_mad(name, ym - xm @ beta0, ym)
             if norm == "tukey":  # a redescending ψ has several roots: start from Huber's fit

@@ -198,7 +198,7 @@ def assemble(problem: Problem, source, theta, moments: Moments, options: FitOpti
     n = source.sum_w if options.weight_type == "frequency" else float(source.n_rows)
     df_units = covariance.n_units(options.weight_type, source.sum_w, source.n_rows, n_clusters)
     vcov = covariance.covariance(bread_inv, meat, df_units if options.correction == "df" else None)
-    warnings = _warnings_for(problem, factor, theta, checks) + _zero_variance(labels, theta, vcov)
+    warnings = warnings_for(problem, factor, theta, checks) + _zero_variance(labels, theta, vcov)
     for message in warnings:
         _warnings.warn(message, MestimWarning, stacklevel=3)
     kernel = source.kernel
@@ -248,7 +248,7 @@ def _influence(kernel: Kernel, problem: Problem, options: FitOptions, theta, sca
     return source.row_values(theta) @ scaled_inv.T
 
 
-def _warnings_for(problem: Problem, factor: BreadFactor, theta, checks: bool) -> list[str]:
+def warnings_for(problem: Problem, factor: BreadFactor, theta, checks: bool) -> list[str]:
     out = []
     if factor.condition > WARN_COND:
         out.append(f"the bread is ill-conditioned (condition number {factor.condition:.3g}); parameters "

@@ -41,7 +41,7 @@ from jax import lax
 
 from . import internals
 from .solve import SolverOptions, State, solve_traced
-from .sums import JACOBIAN, SLAB_CHUNKS, VALUES, Moments, _pow2_ceil
+from .sums import JACOBIAN, SLAB_CHUNKS, VALUES, Moments, pow2_ceil
 
 HOIST_BUDGET = 1 << 30  # bytes of residuals an in-memory source may keep on the device
 # hoisted rows up to this many chunks a device (one slab) are solved in one program; W2 at n = 1e5 laid out as one
@@ -150,7 +150,7 @@ def slab_sums(s: Split, kernel, plan: tuple, acc, theta, residuals, n_chunks):
 def capacity(n_chunks: int) -> int:
     """The chunks of residuals kept for a slab of ``n_chunks`` filled chunks: the next power of two (a slab of 64
     chunks holding 10 kept 64 chunks of residuals, 5× the memory to fill), so a program serves many sizes."""
-    return _pow2_ceil(n_chunks)
+    return pow2_ceil(n_chunks)
 
 
 def _per_device(kernel, per_device, in_specs, out_specs):

@@ -70,15 +70,15 @@ def chunk_rows(spec: StackSpec, platform: str, n_rows: int | None = None, one_ch
     key = platform if platform in CHUNK_BUDGET else "default"
     lo, hi = CHUNK_LIMITS[key]
     if n_rows is not None and one_chunk and quick_compile(spec, platform, n_rows):
-        return _pow2_ceil(max(n_rows, lo))
+        return pow2_ceil(max(n_rows, lo))
     chunk = int(min(max(_pow2_floor(CHUNK_BUDGET[key] // width(spec)), lo), hi))
-    return chunk if n_rows is None else min(chunk, _pow2_ceil(max(n_rows, lo)))
+    return chunk if n_rows is None else min(chunk, pow2_ceil(max(n_rows, lo)))
 
 
 def quick_compile(spec: StackSpec, platform: str, n_rows: int) -> bool:
     """Compile for compile speed (:data:`QUICK_CPU_OPTIONS`) when a pass is little work: on a CPU, up to
     ``QUICK_WORK`` rows × width. Most of a small fit's time is compiling; a large fit runs many passes."""
-    return platform == "cpu" and _pow2_ceil(max(n_rows, 1)) * width(spec) <= QUICK_WORK
+    return platform == "cpu" and pow2_ceil(max(n_rows, 1)) * width(spec) <= QUICK_WORK
 
 
 def width(spec: StackSpec) -> int:
@@ -90,7 +90,7 @@ def _pow2_floor(x: int) -> int:
     return 1 << max(int(x).bit_length() - 1, 0)
 
 
-def _pow2_ceil(x: int) -> int:
+def pow2_ceil(x: int) -> int:
     return 1 << max(int(x) - 1, 0).bit_length()
 
 

@@ -78,6 +78,43 @@ def test_no_module_is_shadowed_by_a_function(module):
     assert getattr(importlib.import_module(parent), name) is imported
 
 
+OURS = ("mestim", "estimators", "benchmarks")
+
+
+def _private_uses(path):
+    """(line, name) of each private name (``_x``, not dunder) a file imports from, or reads off, a module of ours."""
+    import ast
+
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    ours = lambda module, level: level > 0 or (module or "").split(".")[0] in OURS  # noqa: E731
+    private = lambda name: name.startswith("_") and not name.startswith("__")  # noqa: E731
+    imports = [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    modules = {a.asname or a.name.split(".")[0] for n in imports if isinstance(n, ast.Import) for a in n.names
+               if ours(a.name, 0)}
+    modules |= {a.asname or a.name for n in imports if isinstance(n, ast.ImportFrom) and ours(n.module, n.level)
+                for a in n.names}
+    out = [(n.lineno, a.name) for n in imports if isinstance(n, ast.ImportFrom) and ours(n.module, n.level)
+           for a in n.names if private(a.name)]
+    out += [(n.lineno, f"{n.value.id}.{n.attr}") for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name) and n.value.id in modules and private(n.attr)]
+    return out
+
+
+def test_no_private_name_is_used_across_files():
+    """Issue 18: a name another file needs is public (no ``from x import _y``, no ``module._y``)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found = {}
+    for package in OURS:
+        for folder, _, files in os.walk(os.path.join(root, package)):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    uses = _private_uses(path)
+                    if uses:
+                        found[os.path.relpath(path, root)] = uses
+    assert not found, found
+
+
 class TestPureUnderJitAndVmap(chex.TestCase):
     """mestim.pure's fit of a catalogue stack (a hazard model and predictions read from it) eagerly and under jit
     (chex variants), and vmapped over bootstrap weights, against mestim.fit."""
