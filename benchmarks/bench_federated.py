@@ -146,14 +146,12 @@ def meta_row(repeats: int) -> dict:
 
 
 def table(rows) -> str:
-    lines = ["| workload | n | sites | p | pooled fit (s) | federated fit (s) | ratio | rounds | bytes | bytes/round "
-             "| max abs Δθ | max rel ΔSE |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['workload']} | {r['n']:,} | {r['sites']} | {r['p']} | {r['pooled_s']:.3f} | "
-                     f"{r['federated_s']:.3f} | {r['federated_s'] / r['pooled_s']:.2f} | {r['rounds']} | "
-                     f"{r['bytes']:,} | {r['bytes'] // r['rounds']:,} | {r['theta_diff']:.1e} | "
-                     f"{r['se_rel_diff']:.1e} |")
-    return "\n".join(lines)
+    header = ["workload", "n", "sites", "p", "pooled fit (s)", "federated fit (s)", "ratio", "rounds", "bytes",
+              "bytes/round", "max abs Δθ", "max rel ΔSE"]
+    return "\n".join(harness.markdown_table(header, (
+        [r["workload"], f"{r['n']:,}", r["sites"], r["p"], f"{r['pooled_s']:.3f}", f"{r['federated_s']:.3f}",
+         f"{r['federated_s'] / r['pooled_s']:.2f}", r["rounds"], f"{r['bytes']:,}", f"{r['bytes'] // r['rounds']:,}",
+         f"{r['theta_diff']:.1e}", f"{r['se_rel_diff']:.1e}"] for r in rows)))
 
 
 def main(argv=None):

@@ -158,16 +158,15 @@ class _patched:
 
 
 def interleaved_markdown(rows) -> str:
-    lines = ["Interleaved in one process (medians): mestim's registered logistic block vs statsmodels GLM Binomial "
-             "(HC0), and the host work of the mestim fit.", "",
-             "| n | mestim | statsmodels | statsmodels ÷ mestim | prepare | post-fit checks | host share | "
-             "host B/row: prepare, checks (at n) | load |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['n']:,} | {harness.seconds_text(r['mestim_s'])} | {harness.seconds_text(r['statsmodels_s'])} | "
-                     f"{r['statsmodels_over_mestim']:.1f}× | {harness.seconds_text(r['prepare_s'])} | "
-                     f"{harness.seconds_text(r['checks_s'])} | {r['host_share']:.0%} | {r['prepare_bytes_per_row']:.0f}, "
-                     f"{r['checks_bytes_per_row']:.0f} ({r['host_n']:,}) | {r['load_average'][0]:.1f} |")
-    return "\n".join(lines)
+    header = ["n", "mestim", "statsmodels", "statsmodels ÷ mestim", "prepare", "post-fit checks", "host share",
+              "host B/row: prepare, checks (at n)", "load"]
+    fmt = harness.seconds_text
+    return "\n".join(["Interleaved in one process (medians): mestim's registered logistic block vs statsmodels GLM "
+                      "Binomial (HC0), and the host work of the mestim fit.", ""] + harness.markdown_table(header, (
+        [f"{r['n']:,}", fmt(r["mestim_s"]), fmt(r["statsmodels_s"]), f"{r['statsmodels_over_mestim']:.1f}×",
+         fmt(r["prepare_s"]), fmt(r["checks_s"]), f"{r['host_share']:.0%}",
+         f"{r['prepare_bytes_per_row']:.0f}, {r['checks_bytes_per_row']:.0f} ({r['host_n']:,})",
+         f"{r['load_average'][0]:.1f}"] for r in rows)))
 
 
 if __name__ == "__main__":

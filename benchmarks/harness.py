@@ -151,6 +151,12 @@ def seconds_text(t):
     return "—" if t is None else (f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s")
 
 
+def markdown_table(header: list[str], rows) -> list[str]:
+    """A markdown table's lines: the header, its rule, and one line per row of cells (already formatted)."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, cells)) + " |"
+                                                                          for cells in rows]
+
+
 def markdown(rows, reference="mestim") -> str:
     """One line per (workload, n, tool): cold, warm, ratio to mestim warm, memory, max differences."""
     import numpy as np
