@@ -6,8 +6,9 @@ Entry points: ``fit``; ``sandwich`` at the reference θ̂; ``fit_stream`` in bat
 frame (Dask's own scheduler, three partitions); ``fit(devices=4)`` on four forced host devices (in a process of
 its own, as tests/test_scale.py does), and ``fit_stream(devices=4)``; the pure (jitted, vmapped) fit;
 ``fit(gmm="two-step")`` (exactly identified: the M-estimator); the bootstrap (its sandwich fit to the reference,
-its replicate SE to the sandwich SE statistically). 9 entry points × 36 cells = 324 cells; 12 of them (GMM with
-Fay) are refusals; 30 bootstrap cells run with the slow tests (see test_cell_bootstrap).
+its replicate SE to the sandwich SE statistically); ``fit`` on the hoisted paths (the solve in one program, and
+host-driven hoisted passes over slabs). 11 entry points × 36 cells = 396 cells; 12 of them (GMM with Fay) are
+refusals; 30 bootstrap cells run with the slow tests (see test_cell_bootstrap).
 """
 
 from __future__ import annotations
@@ -61,6 +62,25 @@ def test_cell(entry, cell, df, references):
         return
     theta, se = C.run(entry, df, *cell)
     check(theta, se, references[cell[:3]], cell[3], f"{entry} {cell_id(cell)}")
+
+
+# ``fit`` on the engine's hoisted paths (mestim.hoist): data this small are otherwise compiled quick and not hoisted.
+# "one program": the rows in one slab, the whole solve and the sums at θ̂ in one compiled program; "hoisted slabs":
+# chunks of 2 rows, host-driven hoisted passes over two slabs. Each cell checks that its path ran.
+@pytest.mark.parametrize("path", ["one program", "hoisted slabs"])
+@pytest.mark.parametrize("cell", C.CELLS, ids=cell_id)
+def test_cell_hoisted(path, cell, df, references, monkeypatch):
+    from mestim import hoist, sums
+
+    monkeypatch.setattr(sums, "QUICK_WORK", 0)
+    ran = []
+    for name in ("solve_program", "residuals_program"):
+        program = getattr(hoist, name)
+        monkeypatch.setattr(hoist, name, lambda *a, _p=program, _n=name: ran.append(_n) or _p(*a))
+    kw = C.options(*cell) | ({"chunk_size": 2} if path == "hoisted slabs" else {})  # 120 chunks: 2 slabs
+    res = mestim.fit(C.psi, df, init=C.INIT, **kw)
+    assert set(ran) == {"solve_program" if path == "one program" else "residuals_program"}, ran
+    check(res.theta, res.se, references[cell[:3]], cell[3], f"{path} {cell_id(cell)}")
 
 
 _DEVICES = textwrap.dedent("""
