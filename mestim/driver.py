@@ -41,15 +41,20 @@ def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
         eqs = np.concatenate([np.arange(equations[b].start, equations[b].stop) for b in level])
         with_jac = plan(spec, values=every if last else level, jacobian=level, meat=last, sampling=options.sampling)
         residual_only = plan(spec, values=level)
-        seen = {}  # the last evaluation with a Jacobian, by point
+        # the polishing pass (a Newton step below xtol, which nearly always ends the solve) of the last level also
+        # takes every value and the meat, so that no pass at θ̂ follows it
+        polishes = once and number == len(levels) - 1
+        closing = plan(spec, values=every, jacobian=level, meat=True, sampling=options.sampling) if polishes else None
+        seen = {}  # the last evaluation with a Jacobian, by point: (its sums, whether they hold the meat at θ̂)
 
-        def evaluate(t, want_jac):
+        def evaluate(t, want_jac, polish=False):
             full = theta.copy()
             full[idx] = t
-            m = source.sums(full, with_jac if want_jac else residual_only)
+            polish = bool(polish) and polishes
+            m = source.sums(full, (closing if polish else with_jac) if want_jac else residual_only)
             if want_jac:
                 seen.clear()
-                seen[t.tobytes()] = m
+                seen[t.tobytes()] = m, polish
             return m.psi[eqs], (m.jac[np.ix_(eqs, idx)] if want_jac else None)
 
         # the solve and the sums at θ̂ in one program, where the source offers it (rows of a small in-memory source)
@@ -69,11 +74,12 @@ def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
             rows = source.nonfinite_rows(at) if state.status == NONFINITE and hasattr(source, "nonfinite_rows") else None
             raise_for_status(state, level, [labels[i] for i in idx], source.sum_w, rows)
         theta[idx] = state.theta
+        with_meat = whole is not None
         if whole is None:
-            final = seen.get(np.asarray(state.theta).tobytes()) or source.sums(theta, with_jac)
+            final, with_meat = seen.get(np.asarray(state.theta).tobytes()) or (source.sums(theta, with_jac), False)
         jac[eqs] = final.jac[eqs]
         iterations += int(state.iterations)
-    if once and whole is None:
+    if once and not with_meat:
         final = source.sums(theta, plan(spec, values=every, meat=True, sampling=options.sampling))
     return theta, Moments(final.psi, jac, final.meat, final.sum_w), iterations
 

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import internals
+from . import contractions, internals
 from .solve import SolverOptions, State, solve_traced
 from .sums import JACOBIAN, SLAB_CHUNKS, VALUES, Moments, pow2_ceil
 
@@ -113,7 +113,7 @@ def slab_residuals(s: Split, kernel, rows, w, n_chunks, capacity: int, centre=No
 
     def body(i, stacked):
         cut = lambda a: lax.dynamic_slice_in_dim(a, i * c, c)  # noqa: E731
-        out = internals.evaluate(s.known, *jax.tree.leaves(jax.tree.map(cut, rows)), cut(w),
+        out = contractions.evaluate(s.known, *jax.tree.leaves(jax.tree.map(cut, rows)), cut(w),
                                  *jax.tree.leaves(centre))
         return tuple(lax.dynamic_update_index_in_dim(r, o, i, 0) for r, o in zip(stacked, out))
 

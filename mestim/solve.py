@@ -219,17 +219,18 @@ def _is_traced(xp) -> bool:
 
 
 def solve_host(evaluate, theta0, scale, options: SolverOptions) -> State:
-    """Run the rules from the host: ``evaluate(theta, want_jac) -> (r, J or None)`` (host arrays; each call is one
-    pass over the rows); ``scale`` is Σw (``gtol`` is a tolerance on the mean of ψ), or a function giving it after
-    the first pass (a stream learns Σw as it reads)."""
+    """Run the rules from the host: ``evaluate(theta, want_jac, polish) -> (r, J or None)`` (host arrays; each call
+    is one pass over the rows; ``polish``: the trial is a Newton step below xtol, which ends the solve when it is
+    accepted, as it nearly always is); ``scale`` is Σw (``gtol`` is a tolerance on the mean of ψ), or a function
+    giving it after the first pass (a stream learns Σw as it reads)."""
     theta = np.asarray(theta0, float)
-    r, jac = evaluate(theta, True)
+    r, jac = evaluate(theta, True, False)
     scale = scale() if callable(scale) else scale
     with np.errstate(all="ignore"):  # the rules judge non-finite values by status; numpy need not warn
         s = start(np, theta, r, jac, scale, options)
         while s.status == RUNNING:
             point = s.theta if s.refresh else s.trial
-            r, jac = evaluate(point, bool(s.want_jac or s.refresh))
+            r, jac = evaluate(point, bool(s.want_jac or s.refresh), bool(s.small and not s.refresh))
             s = advance(np, s, r, s.jac if jac is None else jac, jac is not None, scale, options)
     return s
 
