@@ -286,7 +286,7 @@ def chord_child(n: int, repeats: int) -> list[dict]:
 
         def newton():
             src = source()
-            state = solve_host(lambda t, want, polish: (lambda m: (m.psi, m.jac if want else None))(
+            state = solve_host(lambda t, want, closing: (lambda m: (m.psi, m.jac if want else None))(
                 src.sums(t, with_jac if want else residual_only)), np.zeros(27), src.sum_w, SolverOptions())
             return state.theta, src.passes, 0
 

@@ -41,20 +41,20 @@ def solve_stack(source, init: np.ndarray, labels, options: FitOptions):
         eqs = np.concatenate([np.arange(equations[b].start, equations[b].stop) for b in level])
         with_jac = plan(spec, values=every if last else level, jacobian=level, meat=last, sampling=options.sampling)
         residual_only = plan(spec, values=level)
-        # the polishing pass (a Newton step below xtol, which nearly always ends the solve) of the last level also
-        # takes every value and the meat, so that no pass at θ̂ follows it
-        polishes = once and number == len(levels) - 1
-        closing = plan(spec, values=every, jacobian=level, meat=True, sampling=options.sampling) if polishes else None
+        # a pass of the last level that likely ends the solve (mestim.solve.closing) also takes every value and the
+        # meat, so that no pass at θ̂ follows it
+        closes = once and number == len(levels) - 1
+        closing_plan = plan(spec, values=every, jacobian=level, meat=True, sampling=options.sampling) if closes else None
         seen = {}  # the last evaluation with a Jacobian, by point: (its sums, whether they hold the meat at θ̂)
 
-        def evaluate(t, want_jac, polish=False):
+        def evaluate(t, want_jac, closing=False):
             full = theta.copy()
             full[idx] = t
-            polish = bool(polish) and polishes
-            m = source.sums(full, (closing if polish else with_jac) if want_jac else residual_only)
+            closing = bool(closing) and closes
+            m = source.sums(full, (closing_plan if closing else with_jac) if want_jac else residual_only)
             if want_jac:
                 seen.clear()
-                seen[t.tobytes()] = m, polish
+                seen[t.tobytes()] = m, closing
             return m.psi[eqs], (m.jac[np.ix_(eqs, idx)] if want_jac else None)
 
         # the solve and the sums at θ̂ in one program, where the source offers it (rows of a small in-memory source)

@@ -55,7 +55,7 @@ def solve_gmm(source, problem, options, meat=None):
         root = _cholesky(weight)
         seen = {}
 
-        def evaluate(t, want_jac, polish):
+        def evaluate(t, want_jac, closing):
             m = source.sums(t, with_jac if want_jac else residual_only)
             if want_jac:
                 seen.clear()

@@ -208,14 +208,18 @@ def solve_program(kernel, layout, newton: tuple, final: tuple, capacity: int, op
     (``capacity`` chunks, per device on a mesh), :func:`mestim.solve.solve_traced` over every parameter with a
     hoisted pass of ``newton`` per evaluation, then the sums of the ``final`` plan at θ̂ (served by the same
     residuals: :func:`serves`). The rules and the sums are those of the host-driven passes."""
-    s = split(kernel, layout, hoisted_plan(newton, len(kernel.spec.blocks)), centre is not None)
+    closing = hoisted_plan(newton, len(kernel.spec.blocks))  # a Newton pass with every value and the meat
+    s = split(kernel, layout, closing, centre is not None)
     residuals = _residuals(s, kernel, capacity, rows, w, n_chunks, centre)
     zero = Moments(*(jnp.zeros(x.shape, x.dtype) for x in kernel.zeros()))
 
-    def evaluate(theta):
-        m = _sums(s, kernel, newton, zero, theta, residuals, n_chunks)
-        return m.psi, m.jac
+    def evaluate(theta, last):  # a pass that likely ends the solve (mestim.solve.closing) takes the meat too
+        m = lax.cond(last, lambda: _sums(s, kernel, closing, zero, theta, residuals, n_chunks),
+                     lambda: _sums(s, kernel, newton, zero, theta, residuals, n_chunks))
+        return m.psi, m.jac, (m, last)
 
-    state = solve_traced(evaluate, theta0, scale, options)
-    # the values and meat at θ̂ from the rows: residuals read after the loop were copied before it (45 MB at 5e4 rows)
-    return state, kernel.slab_sums(zero, state.theta, rows, w, n_chunks, np.asarray(final, np.int32), centre)
+    state, (m, with_meat), point = solve_traced(evaluate, theta0, scale, options, with_aux=True)
+    # otherwise the values and meat at θ̂ from the rows: residuals read after the loop were copied before it (45 MB
+    # at 5e4 rows)
+    return state, lax.cond(with_meat & jnp.all(point == state.theta), lambda: m, lambda: kernel.slab_sums(
+        zero, state.theta, rows, w, n_chunks, np.asarray(final, np.int32), centre))

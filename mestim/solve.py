@@ -164,6 +164,14 @@ def _propose(xp, s: State, scale, options: SolverOptions) -> State:
     return s._replace(status=xp.where(singular, SINGULAR, s.status))
 
 
+def closing(xp, s: State, options: SolverOptions):
+    """Whether the trial is likely the last evaluation: a full Newton step of at most √xtol (relative to θ), after
+    which quadratic convergence leaves a residual at rounding (gtol) or a step below xtol. A source can take
+    what it needs at θ̂ (the meat) in that pass; where the guess is wrong, it only computed more than needed."""
+    size = xp.max(xp.abs(s.delta)) <= np.sqrt(options.xtol) * (1 + xp.max(xp.abs(s.theta)))
+    return (s.lam == 0) & (s.alpha == 1) & ~xp.asarray(s.refresh) & size
+
+
 def _lm_step(xp, s: State) -> State:
     """The Levenberg–Marquardt step at ``theta`` with damping ``s.lam``, evaluated with its Jacobian."""
     a = s.jac.T @ s.jac
@@ -219,10 +227,10 @@ def _is_traced(xp) -> bool:
 
 
 def solve_host(evaluate, theta0, scale, options: SolverOptions) -> State:
-    """Run the rules from the host: ``evaluate(theta, want_jac, polish) -> (r, J or None)`` (host arrays; each call
-    is one pass over the rows; ``polish``: the trial is a Newton step below xtol, which ends the solve when it is
-    accepted, as it nearly always is); ``scale`` is Σw (``gtol`` is a tolerance on the mean of ψ), or a function
-    giving it after the first pass (a stream learns Σw as it reads)."""
+    """Run the rules from the host: ``evaluate(theta, want_jac, closing) -> (r, J or None)`` (host arrays; each call
+    is one pass over the rows; ``closing``: the evaluation is likely the last, :func:`closing`); ``scale`` is Σw
+    (``gtol`` is a tolerance on the mean of ψ), or a function giving it after the first pass (a stream learns Σw as
+    it reads)."""
     theta = np.asarray(theta0, float)
     r, jac = evaluate(theta, True, False)
     scale = scale() if callable(scale) else scale
@@ -230,19 +238,29 @@ def solve_host(evaluate, theta0, scale, options: SolverOptions) -> State:
         s = start(np, theta, r, jac, scale, options)
         while s.status == RUNNING:
             point = s.theta if s.refresh else s.trial
-            r, jac = evaluate(point, bool(s.want_jac or s.refresh), bool(s.small and not s.refresh))
+            r, jac = evaluate(point, bool(s.want_jac or s.refresh), bool(closing(np, s, options)))
             s = advance(np, s, r, s.jac if jac is None else jac, jac is not None, scale, options)
     return s
 
 
-def solve_traced(evaluate, theta0, scale, options: SolverOptions) -> State:
-    """The same rules in one ``lax.while_loop`` (jit- and vmap-able); ``evaluate(theta) -> (r, J)``."""
+def solve_traced(evaluate, theta0, scale, options: SolverOptions, with_aux: bool = False):
+    """The same rules in one ``lax.while_loop`` (jit- and vmap-able); ``evaluate(theta) -> (r, J)``.
+
+    ``with_aux``: ``evaluate(theta, closing) -> (r, J, aux)`` (``closing`` as in :func:`solve_host`, traced), and
+    the result is (state, the aux of the last evaluation, the point it was made at)."""
     import jax.numpy as jnp
     from jax import lax
 
-    r, jac = evaluate(theta0)
+    call = evaluate if with_aux else (lambda t, _: (*evaluate(t), None))
+    r, jac, aux = call(theta0, jnp.asarray(False))
     first = start(jnp, theta0, r, jac, scale, options)
     types = State(*(jnp.result_type(x) for x in first))
     fixed = lambda s: State(*(lax.convert_element_type(x, t) for x, t in zip(s, types)))  # noqa: E731
-    return lax.while_loop(lambda s: s.status == RUNNING,
-                          lambda s: fixed(advance(jnp, s, *evaluate(s.trial), True, scale, options)), fixed(first))
+
+    def body(carry):
+        s = carry[0]
+        r, jac, aux = call(s.trial, closing(jnp, s, options))
+        return fixed(advance(jnp, s, r, jac, True, scale, options)), aux, s.trial
+
+    state, aux, point = lax.while_loop(lambda c: c[0].status == RUNNING, body, (fixed(first), aux, theta0))
+    return (state, aux, point) if with_aux else state

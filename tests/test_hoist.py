@@ -228,8 +228,9 @@ def test_the_solve_in_one_program_reports_non_convergence_like_the_host_loop(tab
 
 
 def test_the_meat_is_taken_once_at_the_estimate(table, monkeypatch):
-    """In memory, the Newton passes take no meat; one values+meat pass at θ̂ does (the same sandwich as the meat
-    taken on every pass of the last level, as a stream still does)."""
+    """In memory, the Newton passes take no meat but the one that ends the solve (mestim.solve.closing: it takes the
+    Jacobian and the meat at θ̂, and no pass follows it); the same sandwich as the meat taken on every pass of the
+    last level, as a stream still does."""
     import mestim
     from mestim.sources import InMemory
 
@@ -238,7 +239,7 @@ def test_the_meat_is_taken_once_at_the_estimate(table, monkeypatch):
     monkeypatch.setattr(InMemory, "sums", lambda self, theta, p: asked.append(tuple(p)) or sums(self, theta, p))
     once = mestim.fit(_psi_user, table, init=np.r_[np.zeros(6), 1.0], weights="w")
     n_blocks = 1
-    assert all(p[n_blocks] == 0 for p in asked[:-1]) and asked[-1][:n_blocks + 1] == (1, 1)
+    assert all(p[n_blocks] == 0 for p in asked[:-1]) and asked[-1][:n_blocks + 1] == (2, 1)
     monkeypatch.setattr(InMemory, "meat_once", False)
     every_pass = mestim.fit(_psi_user, table, init=np.r_[np.zeros(6), 1.0], weights="w")
     np.testing.assert_array_equal(once.theta, every_pass.theta)

@@ -82,7 +82,7 @@ def _both_loops(psi, data, init, max_iter):
     source = InMemory(kernel, problem.used, problem.w)
     options = SolverOptions(max_iter=max_iter)
 
-    def on_host(t, want_jac, polish):
+    def on_host(t, want_jac, closing):
         m = source.sums(t, with_jac if want_jac else residual_only)
         return m.psi, (m.jac if want_jac else None)
     host = solve_host(on_host, init, problem.w.sum(), options)
