@@ -169,6 +169,35 @@ def cold(a) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- warm
+def build_contracted(kernel, problem) -> bool:
+    """Whether the hoisting build of the user ψ's Newton pass holds no (colours × rows × equations) cotangent, the
+    outer product reverse mode multiplies out unless its sums run as contractions (:mod:`mestim.contractions`)."""
+    import jax
+
+    from mestim import hoist
+    from mestim.sources import InMemory
+    from mestim.sums import plan
+
+    source = InMemory(kernel, {k: v[:kernel.chunk] for k, v in problem.used.items()}, problem.w[:kernel.chunk])
+    every = tuple(b.name for b in problem.spec.blocks)
+    key = hoist.hoisted_plan(tuple(int(m) for m in plan(problem.spec, values=every, jacobian=every)), len(every))
+    rows, w, n_chunks = source._slabs[0]
+    split = hoist.split(kernel, source._layout, key)
+    program = jax.make_jaxpr(lambda rows, w, n: hoist.slab_residuals(split, kernel, rows, w, n, 1))(rows, w, n_chunks)
+    colours = kernel.pattern(problem.spec.blocks[0], {k: v[:kernel.chunk] for k, v in problem.used.items()})
+    cotangent = colours.basis.shape[0] * kernel.chunk * kernel.shape[0]
+
+    def largest(jaxpr):
+        sizes = [1]
+        for e in jaxpr.eqns:
+            sizes += [int(np.prod(v.aval.shape)) for v in e.outvars if hasattr(v.aval, "shape")]
+            sizes += [largest(sub.jaxpr if hasattr(sub, "jaxpr") else sub) for sub in e.params.values()
+                      if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns")]
+        return max(sizes)
+
+    return largest(program.jaxpr) < cotangent
+
+
 def warm_child(n: int, repeats: int, with_delicatessen: bool) -> dict:
     """One process per n: every tool timed in turn within each repetition (interleaved, so the shared machine's
     load hits them alike), medians of the times and of the per-repetition ratios."""
@@ -203,6 +232,7 @@ def warm_child(n: int, repeats: int, with_delicatessen: bool) -> dict:
     rows = {k: jax.ShapeDtypeStruct((kernel.chunk,) + v.shape[1:], jnp.float64) for k, v in problem.used.items()}
     out["jacobian_passes"] = int(kernel.pattern(problem.spec.blocks[0], rows).basis.shape[0])
     out["hoisted"] = bool(kernel.hoist and hoist.split.cache_info().currsize and not internals.FALLBACKS)
+    out["build_contracted"] = build_contracted(kernel, problem)
     out["mestim_iterations"] = res.iterations
     yard = W.one_jit_fit(W.w2_user_psi)
     device = jax.device_put(used)

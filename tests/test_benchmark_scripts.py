@@ -68,6 +68,7 @@ def bench_engine_took_the_fast_paths(rows):
     warm = cases[20000]
     assert warm["jacobian_passes"] == 16  # of 27 equations: colouring
     assert warm["hoisted"]
+    assert warm["build_contracted"]  # the hoisting build's sums of products as contractions (mestim.contractions)
     assert warm["solved_in_one_program"] and warm["host_passes"] == 0
     assert warm["programs_first_fit"] == 1  # residuals, Newton loop and values + meat at θ̂ in one program
     assert warm["max_dtheta_vs_one_jit"] < 1e-10 and warm["max_rel_dse_vs_one_jit"] < 1e-10
