@@ -203,11 +203,13 @@ def sums_program(kernel, layout, hoisted, plan, centred, acc, theta, residuals, 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
 def solve_program(kernel, layout, newton: tuple, final: tuple, capacity: int, options: SolverOptions, rows, w,
-                  n_chunks, centre, theta0, scale) -> tuple[State, Moments]:
+                  n_chunks, centre, theta0, scale) -> tuple[State, Moments, object]:
     """The solve of a one-slab source in one program: the residuals of the ``newton`` plan's θ-free work
     (``capacity`` chunks, per device on a mesh), :func:`mestim.solve.solve_traced` over every parameter with a
-    hoisted pass of ``newton`` per evaluation, then the sums of the ``final`` plan at θ̂ (served by the same
-    residuals: :func:`serves`). The rules and the sums are those of the host-driven passes."""
+    hoisted pass of ``newton`` per evaluation (the one that likely ends the solve with the meat,
+    :func:`mestim.solve.closing`), and the sums of the ``final`` plan at θ̂: that pass's, or a pass of the rows where
+    the solve ended elsewhere. Returns (state, the sums at θ̂, whether they came from the closing pass). The rules and
+    the sums are those of the host-driven passes."""
     closing = hoisted_plan(newton, len(kernel.spec.blocks))  # a Newton pass with every value and the meat
     s = split(kernel, layout, closing, centre is not None)
     residuals = _residuals(s, kernel, capacity, rows, w, n_chunks, centre)
@@ -221,5 +223,6 @@ def solve_program(kernel, layout, newton: tuple, final: tuple, capacity: int, op
     state, (m, with_meat), point = solve_traced(evaluate, theta0, scale, options, with_aux=True)
     # otherwise the values and meat at θ̂ from the rows: residuals read after the loop were copied before it (45 MB
     # at 5e4 rows)
-    return state, lax.cond(with_meat & jnp.all(point == state.theta), lambda: m, lambda: kernel.slab_sums(
-        zero, state.theta, rows, w, n_chunks, np.asarray(final, np.int32), centre))
+    closed = with_meat & jnp.all(point == state.theta)
+    return state, lax.cond(closed, lambda: m, lambda: kernel.slab_sums(
+        zero, state.theta, rows, w, n_chunks, np.asarray(final, np.int32), centre)), closed

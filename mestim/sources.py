@@ -144,9 +144,17 @@ class InMemory:
         host, self._sizes = layout(columns, np.asarray(w, float), kernel.chunk, parts, capacity)
         self._filled = [int(n.max()) for _, _, n in host]  # chunks holding rows per device, per slab
         self._capacity = host[0][1].shape[0] // (parts * kernel.chunk)  # chunks per device of a slab
-        self._slabs = place(kernel, host)
+        self._host, self._placed = host, None
         self._layout = tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in columns.items()))
         self._hoisted = {}  # plan → residuals of every slab (None: not worth it)
+
+    @property
+    def _slabs(self):
+        """The slabs on the device(s), placed on first use (a solve in one program reads the host slab directly:
+        jit's own transfer costs less than a device_put of each column)."""
+        if self._placed is None:
+            self._placed = place(self.kernel, self._host)
+        return self._placed
 
     def _residuals(self, plan: tuple):
         """(the hoisted plan that serves a requested ``plan``, the residuals of its θ-free work per slab), or None.
@@ -161,7 +169,7 @@ class InMemory:
                 return (hoisted, residuals) if residuals is not None else None
         if not self.kernel.hoist or not all(mode == JACOBIAN for mode in plan[:n_blocks]):
             return None
-        if self.kernel.closed_form and len(self._slabs) > 1:
+        if self.kernel.closed_form and len(self._host) > 1:
             # closed-form Jacobians (X'WX) have no θ-free work but reading the design, which the residuals copy:
             # host-driven hoisted passes ran 1.10× the plain ones (registered logistic, n = 1e6, 7 interleaved pairs)
             return None
@@ -183,7 +191,7 @@ class InMemory:
         dispatch, transfer and host step cost as much again (W2's user ψ at n = 1e4: 1.22 → 0.95× the one-jit fit)."""
         newton, final = tuple(int(m) for m in newton), tuple(int(m) for m in final)
         n_blocks = len(self.kernel.spec.blocks)
-        if not self.kernel.hoist or len(self._slabs) > 1:
+        if not self.kernel.hoist or len(self._host) > 1:
             return None
         key = hoist.hoisted_plan(newton, n_blocks)
         s = hoist.split(self.kernel, self._layout, key, self.centre is not None)
@@ -191,11 +199,15 @@ class InMemory:
         if s is None or hoist.residual_bytes(s, capacity) > hoist.HOIST_BUDGET or not hoist.serves(
                 key, final, n_blocks):
             return None
-        rows, w, n_chunks = self._slabs[0]
-        state, at = jax.device_get(hoist.solve_program(self.kernel, self._layout, newton, final, capacity, options,
-                                                       rows, w, n_chunks, self.centre, np.asarray(theta0, float),
-                                                       self.sum_w))
-        self.passes += int(state.evaluations) + 1
+        if self.kernel.mesh is None:  # the host slab as it is: jit's own transfer costs less than a device_put
+            rows, w, n_chunks = self._host[0]
+            n_chunks = n_chunks[0]
+        else:
+            rows, w, n_chunks = self._slabs[0]
+        state, at, closed = jax.device_get(hoist.solve_program(
+            self.kernel, self._layout, newton, final, capacity, options, rows, w, n_chunks, self.centre,
+            np.asarray(theta0, float), self.sum_w))
+        self.passes += int(state.evaluations) + (not closed)
         return state, Moments(at.psi, state.jac, at.meat, at.sum_w)
 
     def sums(self, theta, plan) -> Moments:
