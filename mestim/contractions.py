@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from . import internals
+
 LETTERS = string.ascii_letters
 MAX_FACTORS = 6  # a product of more factors is multiplied out (each consumer of a product multiplies it anew)
 
@@ -266,8 +268,7 @@ def _run(jaxpr, consts, args):
             outs = RULES[name](eqn, *ins)
         if outs is None:
             values = [v.value() if isinstance(v, Lazy) else v for v in ins]
-            outs = eqn.primitive.bind(*values, **eqn.params)
-            outs = outs if eqn.primitive.multiple_results else [outs]
+            outs = internals.bind(eqn, *values)
         for var, value in zip(eqn.outvars, outs):
             env[var] = value
     return [read(v) for v in jaxpr.outvars]

@@ -113,11 +113,21 @@ def slab_residuals(s: Split, kernel, rows, w, n_chunks, capacity: int, centre=No
 
     def body(i, stacked):
         cut = lambda a: lax.dynamic_slice_in_dim(a, i * c, c)  # noqa: E731
-        out = contractions.evaluate(s.known, *jax.tree.leaves(jax.tree.map(cut, rows)), cut(w),
-                                 *jax.tree.leaves(centre))
+        out = _build(s.known, *jax.tree.leaves(jax.tree.map(cut, rows)), cut(w), *jax.tree.leaves(centre))
         return tuple(lax.dynamic_update_index_in_dim(r, o, i, 0) for r, o in zip(stacked, out))
 
     return lax.fori_loop(0, n_chunks, body, empty)
+
+
+def _build(known, *args):
+    """The θ-free program on one chunk, its sums of products as contractions (:mod:`mestim.contractions`); as
+    written where that fails (counted in :data:`mestim.internals.FALLBACKS`)."""
+    try:
+        return contractions.evaluate(known, *args)
+    except Exception as e:  # an interpreter rule this JAX's program breaks  # noqa: BLE001
+        internals.fell_back(f"the hoisting build's contractions failed ({type(e).__name__}: {e})",
+                            "the build runs as written")
+        return internals.evaluate(known, *args)
 
 
 def slab_sums(s: Split, kernel, plan: tuple, acc, theta, residuals, n_chunks):

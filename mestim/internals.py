@@ -3,7 +3,8 @@
 Hoisting (:mod:`mestim.hoist`) unzips a program by data dependence with JAX's partial evaluation, the machinery of
 ``jax.linearize``, which has no public API. Every use fails soft and visibly: where the internal API is missing or
 raises, the caller gets None, the reason is counted in :data:`FALLBACKS` and logged once (logger ``mestim``), and
-the caller takes its plain path (the same sums, computed by the whole program on every pass).
+the caller takes its plain path (the same sums, computed by the whole program on every pass). The interpreter of
+:mod:`mestim.contractions` binds a jaxpr's equations here (:func:`bind`), as :func:`jax.core.eval_jaxpr` does.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ FALLBACKS: collections.Counter = collections.Counter()  # reason → times a cal
 _log = logging.getLogger("mestim")
 
 
-def fell_back(reason: str) -> None:
-    """Record (and, the first time, log) that a caller took its plain path for ``reason``."""
+def fell_back(reason: str, instead: str = "passes run the whole chunk program") -> None:
+    """Record (and, the first time, log) that a caller took its plain path (``instead``) for ``reason``."""
     if not FALLBACKS[reason]:
-        _log.warning("mestim: %s; passes run the whole chunk program (same results, slower)", reason)
+        _log.warning("mestim: %s; %s (same results, slower)", reason, instead)
     FALLBACKS[reason] += 1
 
 
@@ -46,3 +47,11 @@ def evaluate(closed, *args) -> list:
     from jax.core import eval_jaxpr
 
     return eval_jaxpr(closed.jaxpr, closed.consts, *args)
+
+
+def bind(eqn, *args) -> list:
+    """The outputs of one equation of a jaxpr on ``args``, bound as :func:`jax.core.eval_jaxpr` binds it (the
+    interpreter of :mod:`mestim.contractions`)."""
+    with eqn.ctx.manager:
+        out = eqn.primitive.bind(*args, **eqn.primitive.get_bind_params(eqn.params))
+    return out if eqn.primitive.multiple_results else [out]
