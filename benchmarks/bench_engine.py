@@ -118,7 +118,7 @@ def child(kind: str, n: int) -> dict:
 
         with mestim.compilations() as count, redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
             code = main([kind])
-        return {"exit": code, "programs": count.programs, "loaded": count.loaded}
+        return {"exit": code, "programs": count.programs, "loaded": count.loaded, "names": count.names}
     raise SystemExit(f"unknown child {kind}")
 
 
@@ -162,7 +162,8 @@ def cold(a) -> list[dict]:
     rows = []
     for name, ts in times.items():
         rows.append({"case": name, "median_s": statistics.median(ts), "runs": ts, "x_import_jax": statistics.median(ts) / base,
-                     "programs": info[name].get("programs"), "loaded": info[name].get("loaded")})
+                     "programs": info[name].get("programs"), "loaded": info[name].get("loaded"),
+                     "names": info[name].get("names")})
         print(f"cold {name}: {rows[-1]['median_s']:.2f} s ({rows[-1]['x_import_jax']:.1f}× import jax), "
               f"programs {rows[-1]['programs']}", flush=True)
     return rows
