@@ -428,6 +428,10 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.child:
         print(json.dumps(child(a.child, a.n)))
+        if a.child in ("meta", "transport"):  # the command line's run ends as the mestim executable's does
+            from estimators.cli import exit_now
+
+            exit_now(0)
         return
     if a.warm_child:
         print(json.dumps(warm_child(a.warm_child, a.repeats, a.with_delicatessen)))
