@@ -67,6 +67,7 @@ def bench_engine_took_the_fast_paths(rows):
     transport = cases["mestim transport (bundled), empty cache"]
     # the stack's program and the read-out (contrasts and weights), each once: no hoisting, no eager calls
     assert transport["programs"] == 2 and sorted(transport["names"]) == ["jit(_read_fit)", "jit(_slab_sums)"]
+    assert transport["heavy_modules"] == []  # the command line needs neither scipy, statsmodels nor matplotlib
     warm = cases[20000]
     assert warm["jacobian_passes"] == 16  # of 27 equations: colouring
     assert warm["hoisted"]
