@@ -118,7 +118,9 @@ def child(kind: str, n: int) -> dict:
 
         with mestim.compilations() as count, redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
             code = main([kind])
-        return {"exit": code, "programs": count.programs, "loaded": count.loaded}
+        heavy = sorted(m for m in ("scipy", "statsmodels", "matplotlib", "formulaic", "flwr") if m in sys.modules)
+        return {"exit": code, "programs": count.programs, "loaded": count.loaded, "names": count.names,
+                "heavy_modules": heavy}
     raise SystemExit(f"unknown child {kind}")
 
 
@@ -162,7 +164,8 @@ def cold(a) -> list[dict]:
     rows = []
     for name, ts in times.items():
         rows.append({"case": name, "median_s": statistics.median(ts), "runs": ts, "x_import_jax": statistics.median(ts) / base,
-                     "programs": info[name].get("programs"), "loaded": info[name].get("loaded")})
+                     "programs": info[name].get("programs"), "loaded": info[name].get("loaded"),
+                     "names": info[name].get("names"), "heavy_modules": info[name].get("heavy_modules")})
         print(f"cold {name}: {rows[-1]['median_s']:.2f} s ({rows[-1]['x_import_jax']:.1f}× import jax), "
               f"programs {rows[-1]['programs']}", flush=True)
     return rows
@@ -457,6 +460,10 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.child:
         print(json.dumps(child(a.child, a.n)))
+        if a.child in ("meta", "transport"):  # the command line's run ends as the mestim executable's does
+            from estimators.cli import exit_now
+
+            exit_now(0)
         return
     if a.warm_child:
         print(json.dumps(warm_child(a.warm_child, a.repeats, a.with_delicatessen)))

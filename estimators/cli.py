@@ -2,13 +2,14 @@
 
 A subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``. Errors a user can fix
 (:class:`~mestim.errors.MestimError`, a missing or unreadable file) print one readable line and exit 2; no
-traceback. Compiled code is cached on disk (:mod:`mestim.compile_cache`: ``$MESTIM_CACHE_DIR``, default
+traceback. The executable (:func:`console`) exits without the interpreter's teardown (:func:`exit_now`). Compiled code is cached on disk (:mod:`mestim.compile_cache`: ``$MESTIM_CACHE_DIR``, default
 ``~/.cache/mestim/jax``), so a second run of the same analysis does not recompile.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
 import re
@@ -97,5 +98,25 @@ def main(argv=None) -> int:
         return 130
 
 
+def console() -> None:
+    """The ``mestim`` executable (and ``python -m estimators.cli``): :func:`main`, then :func:`exit_now`."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` without the interpreter's teardown: the exit handlers run (JAX's, a distributed
+    run's shutdown, logging's) and the output streams are flushed, but the objects of every module (JAX's compiled
+    programs and traced jaxprs, pandas') are not freed one by one. That teardown took 0.30–0.34 s after a cold
+    `mestim transport` (0.05–0.06 s with this exit; `python -c "import jax"` itself spends 0.16–0.20 s on it). The
+    commands close the files they write (``with`` blocks) before they return."""
+    atexit._run_exitfuncs()  # what a normal exit runs first
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that closed the pipe (`| head`), a closed stream: nothing to write
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -6,6 +6,7 @@ cache inside the block (mestim's own and any other JAX code's, eager ``jax.numpy
     with mestim.compilations() as count:
         mestim.fit(psi, data, init=theta0)
     count.compiled, count.loaded  # compiled by XLA now, loaded from the persistent cache
+    count.names  # which programs, e.g. ["jit(_slab_sums)"] (JAX's names: the jitted functions')
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ _active: list["CompileCount"] = []
 class CompileCount:
     programs: int = 0  # every program built in the block: compiled or loaded from the persistent cache
     loaded: int = 0  # of which loaded from the persistent cache
+    names: list[str] = dataclasses.field(default_factory=list)  # the programs' names, in the order they were built
 
     @property
     def compiled(self) -> int:
         return self.programs - self.loaded
 
 
-def _on_duration(event: str, duration: float, **_) -> None:
+def _on_duration(event: str, duration: float, fun_name: str = "?", **_) -> None:
     if event == _COMPILE:
         for count in _active:
             count.programs += 1
+            count.names.append(fun_name)
 
 
 def _on_event(event: str, **_) -> None:
@@ -56,8 +59,8 @@ def compilations():
         >>> with mestim.compilations() as count:
         ...     _ = jax.jit(lambda v: v * 3.25 + 0.5)(np.arange(3.0))
         ...
-        >>> count.programs
-        1
+        >>> count.programs, count.names
+        (1, ['jit(<lambda>)'])
     """
     count = CompileCount()
     _active.append(count)

@@ -78,7 +78,13 @@ def chunk_rows(spec: StackSpec, platform: str, n_rows: int | None = None, one_ch
 def quick_compile(spec: StackSpec, platform: str, n_rows: int) -> bool:
     """Compile for compile speed (:data:`QUICK_CPU_OPTIONS`) when a pass is little work: on a CPU, up to
     ``QUICK_WORK`` rows × width. Most of a small fit's time is compiling; a large fit runs many passes."""
-    return platform == "cpu" and pow2_ceil(max(n_rows, 1)) * width(spec) <= QUICK_WORK
+    return little_work(platform, n_rows, width(spec))
+
+
+def little_work(platform: str, n_rows: int, per_row: int) -> bool:
+    """Whether a program over ``n_rows`` rows of ``per_row`` work each is compiled for compile speed
+    (:func:`quick_compile`'s rule, for programs other than the stack's: a library's read-out of a fit)."""
+    return platform == "cpu" and pow2_ceil(max(n_rows, 1)) * per_row <= QUICK_WORK
 
 
 def width(spec: StackSpec) -> int:

@@ -64,7 +64,10 @@ def bench_engine_took_the_fast_paths(rows):
     cases = {r.get("case", r.get("n")): r for r in rows}
     assert cases["mestim, user logistic ψ, n=300, empty cache"]["programs"] == 1
     assert cases["mestim meta (bundled BCG), empty cache"]["programs"] == 0  # its check of the closed form: NumPy
-    assert cases["mestim transport (bundled), empty cache"]["programs"] == 2
+    transport = cases["mestim transport (bundled), empty cache"]
+    # the stack's program and the read-out (contrasts and weights), each once: no hoisting, no eager calls
+    assert transport["programs"] == 2 and sorted(transport["names"]) == ["jit(_read_fit)", "jit(_slab_sums)"]
+    assert transport["heavy_modules"] == []  # the command line needs neither scipy, statsmodels nor matplotlib
     warm = cases[20000]
     assert warm["jacobian_passes"] == 16  # of 27 equations: colouring
     assert warm["hoisted"]

@@ -6,18 +6,20 @@ Jacobian are the engine's delta method's (:func:`mestim.results.value_and_jacobi
 :class:`ReportedContrasts`; then :meth:`mestim.Estimates.delta_from` forms G V Gᵀ), so no gradient is hand-derived;
 they are computed in this program beside the weights rather than by :meth:`mestim.Estimates.delta`'s own (a program
 of its own would add a compilation to every cold start). Without the weights the numbers are ``fit.delta(g)``'s.
+Small data on a CPU compile it for compile speed, as the stack's program is (:func:`mestim.sums.quick_compile`): on
+the bundled data it compiled in 0.13 s of CPU time instead of 0.40 s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mestim.results import value_and_jacobian
+from mestim.sums import QUICK_CPU_OPTIONS, little_work
 
 from .estimands import WEIGHTED
 
@@ -48,6 +50,11 @@ class InverseOddsWeights:
     blocks: tuple  # ((name, start, stop), ...)
     pooled: bool
     per_trial: bool
+
+    @property
+    def per_row(self) -> int:
+        """The weights computed per row: every arm's, pooled and in every trial."""
+        return self.arm_weights.treatment.n_arms * (int(self.pooled) + self.participation.m * int(self.per_trial))
 
     def __call__(self, theta, rows) -> tuple:
         part, armw = self.participation, self.arm_weights
@@ -80,9 +87,19 @@ def weights_reader(stack, fit) -> tuple[InverseOddsWeights | None, dict]:
     return InverseOddsWeights(stack.participation, stack.arm_weights, blocks, pooled, per_trial), rows
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
 def read_fit(contrasts: ReportedContrasts | None, weights: InverseOddsWeights | None, theta, rows):
     """(g(θ), ∂g/∂θ) of the contrasts (None, None without them) and the weights' arrays (() without them), in one
     program: NumPy columns and the flat θ go in, so no eager ``jax.numpy`` call runs on the host."""
+    n_rows = len(next(iter(rows.values()))) if rows else 0
+    per_row = 0 if weights is None else weights.per_row
+    quick = little_work(jax.devices()[0].platform, n_rows, per_row)
+    return (_quick_read if quick else _read)(contrasts, weights, theta, rows)
+
+
+def _read_fit(contrasts, weights, theta, rows):
     value, jacobian = (None, None) if contrasts is None else value_and_jacobian(contrasts, theta)
     return value, jacobian, (() if weights is None else weights(theta, rows))
+
+
+_read = jax.jit(_read_fit, static_argnums=(0, 1))
+_quick_read = jax.jit(_read_fit, static_argnums=(0, 1), compiler_options=QUICK_CPU_OPTIONS)
