@@ -68,7 +68,7 @@ from mestim import Block, Prepared
 from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError, check_choice
 
-from .design import block_rows, clean_design, clean_in_mask, design_matrix
+from .design import aligned, block_rows, clean_design, clean_in_mask, design_matrix
 from .separation import SCREEN, raise_if_separated
 
 
@@ -285,7 +285,7 @@ class GLMDesign:
 
     def offset_values(self, cols, m) -> np.ndarray:
         if self.offset is None:
-            return np.zeros(m.size)
+            return aligned(0.0, m.size)
         return clean_in_mask(require_numeric(cols, self.offset, what="offset"), m, self.offset)
 
     def __call__(self, cols) -> Prepared:
@@ -293,7 +293,7 @@ class GLMDesign:
         family = FAMILIES[s.family]
         m, x, labels = prepared_design(s.name, cols, self.X, self.formula, self.intercept, self.mask)
         self.labels = tuple(labels)
-        prior = np.ones(m.size)
+        prior = aligned(m, m.size)  # the row multiplier m_i · v_i (0 outside the mask)
         if self.var_weights is not None:
             prior = clean_in_mask(require_numeric(cols, self.var_weights, what="var_weights column"), m,
                                   self.var_weights)
@@ -303,14 +303,20 @@ class GLMDesign:
         y = self._outcome(cols, m, weighted=self.var_weights is not None)
         off = self.offset_values(cols, m)
         # Rows outside the mask get a valid mean (x = 0, so η = offset), keeping ψ finite where it is multiplied by 0.
-        y[~m] = family.safe_mean
-        off[~m] = s.safe_eta
-        rows = start_rows(m, exact=(s.family, s.link) == ("gaussian", "identity"))
-        init = self._start(x[rows], y[rows], off[rows])
+        if not m.all():
+            y[~m] = family.safe_mean
+            off[~m] = s.safe_eta
+        exact = (s.family, s.link) == ("gaussian", "identity")
+        rows = start_rows(m, exact)
+        sample = x[rows], y[rows], off[rows]
+        init = self._start(*sample)
+        drawn = isinstance(rows, np.ndarray) and rows.dtype.kind == "i"  # a large fit's start: sampled rows
+        if drawn and (s.family, s.link) in UNIT_RATIO:
+            init = sample_newton(s, *sample, prior[rows], init)
         note = (f"{s.family} GLM ({s.link} link) of {self.y} on {len(labels)} design column(s), {int(m.sum())} rows"
                 + (f", α fixed at {s.alpha:g}" if s.alpha is not None else ""))
         extra = (family.extra,) if s.n_extra else ()
-        return Prepared({f"{s.name}.X": x, f"{s.name}.y": y, f"{s.name}.mask": m * prior, f"{s.name}.offset": off},
+        return Prepared({f"{s.name}.X": x, f"{s.name}.y": y, f"{s.name}.mask": prior, f"{s.name}.offset": off},
                         init, tuple(labels) + extra, (note,), rows=m)
 
     def _outcome(self, cols, m, weighted):
@@ -372,11 +378,46 @@ def start_rows(m: np.ndarray, exact: bool):
     return drawn if every else np.flatnonzero(m)[drawn]
 
 
+START_TOL = 1e-3  # the sampled start's Newton stops at a step this small (relative to 1 + ‖β‖∞): see below
+START_STEPS = 10  # Newton steps at most on the sampled rows (more: separated or ill-posed there)
+
+
+def sample_newton(score: GLMScore, x, y, offset, m, beta):
+    """β refined by Newton's method on the :data:`START_ROWS` sampled rows of a large fit (canonical links, where
+    it is IRLS: β ← β + (Xᵀ diag(m μ') X)⁻¹ Xᵀ m (y − μ)), from the least-squares ``beta``.
+
+    The full-data Newton then starts within sampling error of β̂ (≈ 1/√START_ROWS) and saves a pass over every
+    row (logistic, 10⁶ rows: 4 Jacobian passes instead of 5) for ≈ 3 ms a step on the sample. It stops at a step
+    below :data:`START_TOL`, far inside the sampling error (convergence is quadratic: the error left is about the
+    step's square). Where the sample's fit fails (separation or a singular design on the sample: no convergence in
+    :data:`START_STEPS` steps, or non-finite values) the least-squares ``beta`` is returned: Newton on every row
+    starts from it and the fit decides."""
+    link = LINKS[score.link]
+    start = beta
+    with np.errstate(all="ignore"):
+        for _ in range(START_STEPS):
+            # x @ β and xᵀr by einsum, Xᵀ diag(m μ') X as AᵀA (syrk): on a loaded machine OpenBLAS' threaded gemv
+            # and gemm took 4–40 ms a call (einsum 0.5 ms, syrk 1 ms)
+            eta = np.einsum("ij,j->i", x, beta) + offset
+            mu = link.inverse(eta, np)
+            a = x * np.sqrt(m * link.derivative(eta, np))[:, None]
+            try:
+                step = np.linalg.solve(a.T @ a, np.einsum("i,ij->j", m * (y - mu), x))
+            except np.linalg.LinAlgError:
+                return start
+            beta = beta + step
+            if not np.all(np.isfinite(beta)):
+                return start
+            if np.max(np.abs(step)) <= START_TOL * (1.0 + np.max(np.abs(beta))):
+                return beta
+    return start
+
+
 def least_squares(x, y):
     """A starting β: the normal equations (a p × p solve; an SVD of the whole design costs 10× more at 10⁵
     rows), or least squares by SVD when the design is rank-deficient (the fit will say which columns)."""
     try:
-        beta = np.linalg.solve(x.T @ x, x.T @ y)
+        beta = np.linalg.solve(x.T @ x, np.einsum("i,ij->j", y, x))  # not OpenBLAS' gemv (see sample_newton)
         if np.all(np.isfinite(beta)):
             return beta
     except np.linalg.LinAlgError:
