@@ -74,6 +74,19 @@ def _side_by_side(parts, n: int) -> np.ndarray:
     return out
 
 
+PRODUCT_ROWS = 65_536  # rows of a design multiplied at a time (their slice stays in cache)
+
+
+def design_times(x: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """x @ β on the host, a block of rows at a time by einsum: OpenBLAS' threaded matrix–vector product took 2–4×
+    longer on a loaded 2-core machine (10⁶ × 11: 15 ms against 6.5 ms; 10⁵: 3.3 against 0.6 ms), and einsum on
+    the whole matrix leaves the cache (14 ms)."""
+    out = np.empty(x.shape[0])
+    for start in range(0, x.shape[0], PRODUCT_ROWS):
+        np.einsum("ij,j->i", x[start:start + PRODUCT_ROWS], beta, out=out[start:start + PRODUCT_ROWS])
+    return out
+
+
 def _formula_matrix(cols, formula: str, reference=None):
     matrix, labels, _ = formula_design(cols, formula, reference)
     return matrix, labels

@@ -68,7 +68,7 @@ from mestim import Block, Prepared
 from mestim.data import require_numeric
 from mestim.errors import DataError, SpecificationError, check_choice
 
-from .design import aligned, block_rows, clean_design, clean_in_mask, design_matrix
+from .design import aligned, block_rows, clean_design, clean_in_mask, design_matrix, design_times
 from .separation import SCREEN, raise_if_separated
 
 
@@ -355,7 +355,7 @@ class GLMDesign:
         beta = least_squares(x, target - offset)
         if not s.n_extra:
             return beta
-        mu = link.inverse(x @ beta + offset, np)
+        mu = link.inverse(design_times(x, beta) + offset, np)
         if s.family == "gamma":
             return np.append(beta, -np.log(max(np.mean(((y - mu) / mu) ** 2), 1e-8)))
         # a judgement call: α₀ ≥ 0.05 keeps the start away from the Poisson boundary α = 0
@@ -400,9 +400,9 @@ def sample_newton(score: GLMScore, x, y, offset, m, beta):
     start = beta
     with np.errstate(all="ignore"):
         for _ in range(START_STEPS):
-            # x @ β and xᵀr by einsum, Xᵀ diag(m μ') X as AᵀA (syrk): on a loaded machine OpenBLAS' threaded gemv
-            # and gemm took 4–40 ms a call (einsum 0.5 ms, syrk 1 ms)
-            eta = np.einsum("ij,j->i", x, beta) + offset
+            # xᵀr by einsum, Xᵀ diag(m μ') X as AᵀA (syrk): on a loaded machine OpenBLAS' threaded gemv and gemm
+            # took 4–40 ms a call (einsum 0.5 ms, syrk 1 ms)
+            eta = design_times(x, beta) + offset
             mu = link.inverse(eta, np)
             a = x * np.sqrt(m * link.derivative(eta, np))[:, None]
             try:
@@ -481,7 +481,7 @@ def _fitted_eta(score: GLMScore, theta, cols):
     n = score.name
     m = cols[f"{n}.mask"] > 0
     rows = slice(None) if m.all() else m
-    return rows, (cols[f"{n}.X"] @ score.split(theta)[0] + cols[f"{n}.offset"])[rows]
+    return rows, (design_times(cols[f"{n}.X"], score.split(theta)[0]) + cols[f"{n}.offset"])[rows]
 
 
 def separation_check(score: GLMScore, design: GLMDesign):
