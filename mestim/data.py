@@ -192,7 +192,7 @@ def row_mask(cols: Columns, mask, n: int | None = None) -> np.ndarray:
 def row_weights(cols: Columns, weights, n: int) -> np.ndarray:
     """Row weights as float64 (n,): a column name, an array, or None (all ones); must be finite and ≥ 0."""
     if weights is None:
-        w = aligned_empty(n)
+        w = aligned_empty(n)  # the device shares it (aligned_empty)
         w.fill(1.0)
         return w
     name = weights if isinstance(weights, str) else "weights"
