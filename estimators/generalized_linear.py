@@ -307,11 +307,11 @@ class GLMDesign:
             y[~m] = family.safe_mean
             off[~m] = s.safe_eta
         exact = (s.family, s.link) == ("gaussian", "identity")
-        rows = start_rows(m, exact)
+        newton = (s.family, s.link) in UNIT_RATIO and not exact  # a large fit's start: Newton on drawn rows
+        rows = start_rows(m, exact, min(NEWTON_ROWS, START_ROWS) if newton else START_ROWS)
         sample = x[rows], y[rows], off[rows]
         init = self._start(*sample)
-        drawn = isinstance(rows, np.ndarray) and rows.dtype.kind == "i"  # a large fit's start: sampled rows
-        if drawn and (s.family, s.link) in UNIT_RATIO:
+        if newton and isinstance(rows, np.ndarray) and rows.dtype.kind == "i":  # the rows were drawn
             init = sample_newton(s, *sample, prior[rows], init)
         note = (f"{s.family} GLM ({s.link} link) of {self.y} on {len(labels)} design column(s), {int(m.sum())} rows"
                 + (f", α fixed at {s.alpha:g}" if s.alpha is not None else ""))
@@ -362,40 +362,36 @@ class GLMDesign:
         return np.append(beta, np.log(max(np.mean(((y - mu) ** 2 - mu) / mu**2), 0.05)))
 
 
-START_ROWS = 65_536  # rows a large fit's starting values come from
-
-
-def start_rows(m: np.ndarray, exact: bool):
-    """The rows in the mask ``m`` that starting values are computed from: all (a view of the design when that is
-    every row) up to :data:`START_ROWS` or when the start is the estimate itself (``exact``: gaussian–identity),
-    else START_ROWS of them drawn at random with a fixed seed (a start, not an estimate: Newton takes it to the
-    same root; least squares on 10⁶ rows cost more than a Newton pass)."""
-    count = int(m.sum())
-    every = count == m.size
-    if exact or count <= START_ROWS:
-        return slice(None) if every else m
-    drawn = np.sort(np.random.default_rng(0).integers(0, count, START_ROWS))
-    return drawn if every else np.flatnonzero(m)[drawn]
-
-
-NEWTON_ROWS = 16_384  # of the sampled rows, those the start's Newton steps run on
+START_ROWS = 65_536  # rows a large fit's starting values come from (above it, drawn)
+NEWTON_ROWS = 16_384  # rows drawn for a start refined by Newton's method (sample_newton)
 START_TOL = 1e-3  # the start's Newton stops at a step this small (relative to 1 + ‖β‖∞): see sample_newton
 START_STEPS = 10  # Newton steps at most on the sample (more: separated or ill-posed there)
 
 
+def start_rows(m: np.ndarray, exact: bool, size: int | None = None):
+    """The rows in the mask ``m`` that starting values are computed from: all (a view of the design when that is
+    every row) up to :data:`START_ROWS` or when the start is the estimate itself (``exact``: gaussian–identity),
+    else ``size`` (default START_ROWS) of them drawn at random with a fixed seed (a start, not an estimate: Newton
+    takes it to the same root; least squares on 10⁶ rows cost more than a Newton pass)."""
+    count = int(m.sum())
+    every = count == m.size
+    if exact or count <= START_ROWS:
+        return slice(None) if every else m
+    drawn = np.sort(np.random.default_rng(0).integers(0, count, size or START_ROWS))
+    return drawn if every else np.flatnonzero(m)[drawn]
+
+
 def sample_newton(score: GLMScore, x, y, offset, m, beta):
-    """β refined by Newton's method on :data:`NEWTON_ROWS` of the sampled rows of a large fit (canonical links,
-    where it is IRLS: β ← β + (Xᵀ diag(m μ') X)⁻¹ Xᵀ m (y − μ)), from the least-squares ``beta``.
+    """β refined by Newton's method on the :data:`NEWTON_ROWS` rows drawn for a large fit's start (canonical
+    links, where it is IRLS: β ← β + (Xᵀ diag(m μ') X)⁻¹ Xᵀ m (y − μ)), from their least-squares ``beta``.
 
     The full-data Newton then starts within sampling error of β̂ (≈ 1/√NEWTON_ROWS) and saves a pass over every
-    row (logistic W1: 4 Jacobian passes instead of 5, at 10⁵ and 10⁶ rows) for ≈ 1 ms a step: on 16,384 rows
-    rather than all 65,536 sampled, the steps cost no more than the pass they save at 10⁵ rows (measured: the
-    same passes saved from 8,192 to 65,536 rows). It stops at a step below :data:`START_TOL`, far inside the
-    sampling error (convergence is quadratic: the error left is about the step's square). Where the sample's fit
-    fails (separation or a singular design on the sample: no convergence in :data:`START_STEPS` steps, or
-    non-finite values) the least-squares ``beta`` is returned: Newton on every row starts from it and decides."""
-    every = max(x.shape[0] // NEWTON_ROWS, 1)  # every k-th row of the sorted draw: a sample spread over all rows
-    x, y, offset, m = x[::every], y[::every], offset[::every], m[::every]
+    row (logistic W1: 4 Jacobian passes instead of 5, at 10⁵ and 10⁶ rows) for ≈ 1 ms a step. 16,384 rows: the
+    same passes were saved from 8,192 to 65,536 rows, and on 65,536 the steps cost more than the pass they save
+    at 10⁵ rows (108 against 84 ms a fit). It stops at a step below :data:`START_TOL`, far inside the sampling
+    error (convergence is quadratic: the error left is about the step's square). Where the sample's fit fails
+    (separation or a singular design on the sample: no convergence in :data:`START_STEPS` steps, or non-finite
+    values) the least-squares ``beta`` is returned: Newton on every row starts from it and decides."""
     link = LINKS[score.link]
     start = beta
     with np.errstate(all="ignore"):

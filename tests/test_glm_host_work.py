@@ -84,7 +84,7 @@ def _fit_counting_passes(monkeypatch, blocks, cols):
 
 
 def test_large_logistic_fit_starts_from_newton_on_the_sample(monkeypatch):
-    """Above START_ROWS rows a logistic start is Newton's on the sampled rows: fewer passes over every row than
+    """Above START_ROWS rows a logistic start is Newton's on NEWTON_ROWS drawn rows: fewer passes over every row than
     from the least-squares start (4 Jacobian passes and the meat's instead of 5 and 1 here), the same θ̂ and SE as
     statsmodels GLM Binomial (HC0) to 1e-10, and bitwise the same result on a second run."""
     cols = pooled_data(80_000)
