@@ -65,7 +65,7 @@ import jax.scipy.special as jsp
 import numpy as np
 
 from mestim import Block, Prepared
-from mestim.data import require_numeric
+from mestim.data import aligned_empty, require_numeric
 from mestim.errors import DataError, SpecificationError, check_choice
 
 from .design import aligned, block_rows, clean_design, clean_in_mask, design_matrix, design_times
@@ -285,7 +285,7 @@ class GLMDesign:
 
     def offset_values(self, cols, m) -> np.ndarray:
         if self.offset is None:
-            return aligned(0.0, m.size)
+            return aligned_empty(m.size, zeros=True)
         return clean_in_mask(require_numeric(cols, self.offset, what="offset"), m, self.offset)
 
     def __call__(self, cols) -> Prepared:

@@ -104,15 +104,16 @@ def _read_only(arr: np.ndarray) -> np.ndarray:
 ALIGN = 64  # bytes: XLA's CPU client places a host array this aligned on the device without copying it
 
 
-def aligned_empty(shape, dtype=np.float64) -> np.ndarray:
+def aligned_empty(shape, dtype=np.float64, zeros: bool = False) -> np.ndarray:
     """``np.empty(shape, dtype)`` starting on an :data:`ALIGN`-byte boundary (NumPy's large arrays start 16 bytes
     past one). ``jax.device_put`` on a CPU then shares the array's memory instead of copying it: placing a 10⁶ × 11
     design and its columns cost 40–50 ms of a 0.36 s logistic fit. The array must not be written while a device
-    array shares it (the engine never writes the columns it placed)."""
+    array shares it (the engine never writes the columns it placed). ``zeros``: filled with zeros, as
+    ``np.zeros`` does (pages the system zeroes when first read: nothing written)."""
     dtype = np.dtype(dtype)
     shape = (shape,) if np.ndim(shape) == 0 else tuple(shape)
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(nbytes + ALIGN, np.uint8)
+    raw = (np.zeros if zeros else np.empty)(nbytes + ALIGN, np.uint8)
     start = -raw.ctypes.data % ALIGN
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
