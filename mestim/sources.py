@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from . import hoist
+from .data import aligned_empty
 from .errors import SpecificationError
 from .solve import SolverOptions
 
@@ -79,9 +80,17 @@ def _slab_of_part(columns, w, start, stop, size, first):
     if stop - start == size:
         return {k: v[start:stop] for k, v in columns.items()}, w[start:stop]
     copy = first if first < w.shape[0] else 0
-    extra = size - (stop - start)
-    rows = {k: np.concatenate([v[start:stop], np.repeat(v[copy:copy + 1], extra, axis=0)]) for k, v in columns.items()}
-    return rows, np.concatenate([w[start:stop], np.zeros(extra, w.dtype)])
+    rows = {k: _padded(v[start:stop], v[copy], size) for k, v in columns.items()}
+    return rows, _padded(w[start:stop], 0.0, size)
+
+
+def _padded(values, fill, size):
+    """``values`` followed by copies of ``fill`` up to ``size`` rows, aligned (the device shares it:
+    :func:`mestim.data.aligned_empty`)."""
+    out = aligned_empty((size,) + values.shape[1:], values.dtype)
+    out[:values.shape[0]] = values
+    out[values.shape[0]:] = fill
+    return out
 
 
 def place(kernel: Kernel, host_slabs):
