@@ -1,6 +1,6 @@
 """Issue 9 benchmarks: how fast a fit starts (cold, fresh processes) and runs (warm), against peers in the same run.
 
-    python -m benchmarks.bench_engine                  # cold and warm, ~10 min on 2 cores
+    python -m benchmarks.bench_engine                  # cold, warm, chord and meta: ~3 min on 2 cores
     python -m benchmarks.bench_engine --only cold      # or: --only warm, --only chord, --only meta
 
 **Cold** (every number a fresh Python process, measured from its start to its exit, median of ``--repeats``
