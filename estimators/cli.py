@@ -2,8 +2,9 @@
 
 A subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``. Errors a user can fix
 (:class:`~mestim.errors.MestimError`, a missing or unreadable file) print one readable line and exit 2; no
-traceback. The executable (:func:`console`) exits without the interpreter's teardown (:func:`exit_now`). Compiled code is cached on disk (:mod:`mestim.compile_cache`: ``$MESTIM_CACHE_DIR``, default
-``~/.cache/mestim/jax``), so a second run of the same analysis does not recompile.
+traceback. The executable (:func:`console`) exits without the interpreter's teardown (:func:`exit_now`). Compiled
+code is cached on disk (:mod:`mestim.compile_cache`: ``$MESTIM_CACHE_DIR``, default ``~/.cache/mestim/jax``), so a
+second run of the same analysis does not recompile.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import internals
+
 # Elementwise operations: output element i depends on element i of each operand (scalars broadcast).
 ELEMENTWISE = frozenset("""
 abs acos acosh add and asin asinh atan atan2 atanh cbrt ceil clamp convert_element_type copy copy_p cos cosh
@@ -30,9 +32,6 @@ stop_gradient sub tan tanh xor
 """.split())
 REDUCTIONS = frozenset(["reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or",
                         "argmax", "argmin"])
-CALLS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-         "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
-         "remat": "jaxpr", "checkpoint": "jaxpr"}
 
 
 def supports(closed, n_inputs: int) -> np.ndarray:
@@ -76,9 +75,9 @@ def _equation(eqn, deps, n):
         if name in ELEMENTWISE:
             return [np.broadcast_to(np.logical_or.reduce(np.broadcast_arrays(*deps)) if len(deps) > 1 else deps[0],
                                     shapes[0] + (n,))]
-        if name in CALLS and CALLS[name] in p:
-            sub = p[CALLS[name]]
-            inner, consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, [])
+        sub = internals.called(eqn)
+        if sub is not None:
+            inner, consts = sub
             return _propagate(inner, [_none(np.shape(c), n) for c in consts], deps, n)
         if name == "split":
             return np.split(deps[0], np.cumsum(p["sizes"])[:-1], axis=p["axis"])

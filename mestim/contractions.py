@@ -241,7 +241,6 @@ def _dot_general(eqn, x, y):
 RULES = {"mul": _mul, "neg": _neg, "transpose": _transpose, "broadcast_in_dim": _broadcast_in_dim,
          "reshape": _reshape, "split": _split, "slice": _slice_rule, "reduce_sum": _reduce_sum,
          "dot_general": _dot_general}
-CALLS = ("pjit", "jit", "closed_call")
 
 
 def evaluate(closed, *args) -> list:
@@ -261,9 +260,9 @@ def _run(jaxpr, consts, args):
         ins = [read(v) for v in eqn.invars]
         name = eqn.primitive.name
         outs = None
-        if name in CALLS and "jaxpr" in eqn.params:
-            inner = eqn.params["jaxpr"]
-            outs = _run(inner.jaxpr, inner.consts, ins)
+        called = internals.called(eqn)  # a jit, checkpoint or custom-derivative call: its program, entered
+        if called is not None:
+            outs = _run(*called, ins)
         elif name in RULES and all(_floating(v.aval) for v in eqn.outvars):
             outs = RULES[name](eqn, *ins)
         if outs is None:

@@ -3,8 +3,9 @@
 Hoisting (:mod:`mestim.hoist`) unzips a program by data dependence with JAX's partial evaluation, the machinery of
 ``jax.linearize``, which has no public API. Every use fails soft and visibly: where the internal API is missing or
 raises, the caller gets None, the reason is counted in :data:`FALLBACKS` and logged once (logger ``mestim``), and
-the caller takes its plain path (the same sums, computed by the whole program on every pass). The interpreter of
-:mod:`mestim.contractions` binds a jaxpr's equations here (:func:`bind`), as :func:`jax.core.eval_jaxpr` does.
+the caller takes its plain path (the same sums, computed by the whole program on every pass). The jaxpr
+interpreters (:mod:`mestim.colouring`, :mod:`mestim.smooth`, :mod:`mestim.contractions`) enter calls (:func:`called`)
+and bind equations (:func:`bind`) here, as :func:`jax.core.eval_jaxpr` does.
 """
 
 from __future__ import annotations
@@ -50,8 +51,26 @@ def evaluate(closed, *args) -> list:
 
 
 def bind(eqn, *args) -> list:
-    """The outputs of one equation of a jaxpr on ``args``, bound as :func:`jax.core.eval_jaxpr` binds it (the
-    interpreter of :mod:`mestim.contractions`)."""
+    """The outputs of one equation of a jaxpr on ``args`` (a list), bound as :func:`jax.core.eval_jaxpr` binds it
+    (the interpreters of :mod:`mestim.contractions` and :mod:`mestim.smooth`)."""
     with eqn.ctx.manager:
         out = eqn.primitive.bind(*args, **eqn.primitive.get_bind_params(eqn.params))
     return out if eqn.primitive.multiple_results else [out]
+
+
+# the parameter holding the program a call-like equation runs: structure only (jit, closed_call, checkpoint) ...
+CALLS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr", "remat": "jaxpr",
+         "remat2": "jaxpr", "checkpoint": "jaxpr"}
+# ... and a function with custom derivatives (its primal program: what it computes, not how it is differentiated)
+CUSTOM = {"custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr"}
+
+
+def called(eqn):
+    """(jaxpr, consts) of the program a call-like equation runs (a custom_jvp/vjp function's primal program
+    included), else None: what :mod:`mestim.colouring`, :mod:`mestim.smooth` and :mod:`mestim.contractions` enter."""
+    name = eqn.primitive.name
+    param = CALLS.get(name) or CUSTOM.get(name)
+    if param is None or param not in eqn.params:
+        return None
+    sub = eqn.params[param]
+    return (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, [])

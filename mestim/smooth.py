@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
 
+from . import internals
 from .constants import require_all_rows
 from .errors import SpecificationError
 
@@ -58,9 +59,6 @@ AUTO_VALUES = 1 << 22  # differences pooled per site by the automatic rule at mo
 FLAT = 8  # Φ'(8) ≈ 5e-15: a smoothed ψ whose differences are all beyond FLAT·h has no usable slope
 
 COMPARISONS = {"lt": -1, "le": -1, "gt": 1, "ge": 1}  # a OP b is the event s·(a − b) > 0
-CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
-         "remat2": "jaxpr", "checkpoint": "jaxpr"}  # entered always (pure structure)
-CUSTOM = {"custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr"}  # entered when they hold a site
 THETA, ROW = 1, 2  # what a value depends on (bit flags)
 
 
@@ -272,8 +270,8 @@ def _equation(ctx: _Context, eqn, values, in_flags):
             return [_Blend(values[0], (0, 1), out)], [flag]
     if name == "select_n" and isinstance(values[0], _Event) and len(values) == 3:
         return [_Blend(values[0], tuple(values[1:]), out)], [flag]
-    sub = _call_jaxpr(eqn)
-    if sub is not None and (name in CALLS or lazy or (flag & THETA and _has_sites(sub[0]))):
+    sub = internals.called(eqn)  # structure is entered always, a custom_jvp/vjp function when it holds a site
+    if sub is not None and (name in internals.CALLS or lazy or (flag & THETA and _has_sites(sub[0]))):
         return _evaluate(ctx, sub[0], sub[1], [0] * len(sub[1]), values, in_flags)
     if flag & THETA and any(_has_sites(j) for j in jcore.jaxprs_in_params(eqn.params)):
         raise SpecificationError(
@@ -281,23 +279,11 @@ def _equation(ctx: _Context, eqn, values, in_flags):
             "loop or conditional), which smoothing does not enter: compute the indicator outside the loop, or "
             "write ψ without lax control flow")
     plain = [ctx.plain(v, f"jax's {name}") for v in values]
-    with eqn.ctx.manager:
-        result = eqn.primitive.bind(*plain, **eqn.primitive.get_bind_params(eqn.params))
-    result = list(result) if eqn.primitive.multiple_results else [result]
+    result = internals.bind(eqn, *plain)
     if name in ("broadcast_in_dim", "convert_element_type", "reshape") and isinstance(eqn.invars[0], jcore.Literal):
         ctx.keep.append(result[0])
         ctx.literals[id(result[0])] = ctx.key(eqn.invars[0].val)
     return result, [flag] * len(result)
-
-
-def _call_jaxpr(eqn):
-    """(jaxpr, consts) of a call-like equation (jit, closed_call, checkpoint, custom_jvp/vjp), else None."""
-    from jax.extend import core as jcore
-    param = CALLS.get(eqn.primitive.name) or CUSTOM.get(eqn.primitive.name)
-    if param is None or param not in eqn.params:
-        return None
-    sub = eqn.params[param]
-    return (sub.jaxpr, sub.consts) if isinstance(sub, jcore.ClosedJaxpr) else (sub, [])
 
 
 def _has_sites(jaxpr) -> bool:
