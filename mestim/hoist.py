@@ -48,6 +48,9 @@ HOIST_BUDGET = 1 << 30  # bytes of residuals an in-memory source may keep on the
 # slab of 128 chunks ran 1.04× its host-driven passes over 2 slabs (15 interleaved pairs): a round trip there is under
 # a millisecond a pass, and one slab costs a host copy of every row
 ONE_PROGRAM_CHUNKS = SLAB_CHUNKS[-1]
+# a hoisted pass evaluates this many chunks at once (vmapped): its contractions over 4 × 1024 rows (the meat's
+# above all) ran a closing pass of W2 at 1e5 in 16 ms instead of 26, a Newton pass in 12 instead of 13
+GROUP_CHUNKS = 4
 
 
 class Split(NamedTuple):
@@ -148,13 +151,20 @@ def slab_sums(s: Split, kernel, plan: tuple, acc, theta, residuals, n_chunks):
 
     values, jacobian = rows_at_least(VALUES), rows_at_least(JACOBIAN)
     zero = [jnp.zeros(x.shape, x.dtype) for x in kernel.zeros()]
+    group = min(GROUP_CHUNKS, residuals[0].shape[0])  # both powers of two: groups tile the capacity
+
+    def chunk_sums(chunk_residuals):
+        return internals.evaluate(s.unknown, *chunk_residuals, *zero, theta)
 
     def body(i, acc):
-        psi, jac, meat, sum_w = internals.evaluate(s.unknown, *[r[i] for r in residuals], *zero, theta)
+        moments = jax.vmap(chunk_sums)([lax.dynamic_slice_in_dim(r, i * group, group) for r in residuals])
+        filled = i * group + jnp.arange(group) < n_chunks  # the last group's chunks past n_chunks hold zeros
+        psi, jac, meat, sum_w = (jnp.where(filled.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0.0).sum(0)
+                                 for x in moments)
         return Moments(acc.psi + masked(psi, values), acc.jac + masked(jac, jacobian) if jacobian.any() else acc.jac,
                        acc.meat + meat if plan[n_blocks] else acc.meat, acc.sum_w + sum_w)
 
-    return lax.fori_loop(0, n_chunks, body, acc)
+    return lax.fori_loop(0, (n_chunks + group - 1) // group, body, acc)
 
 
 def capacity(n_chunks: int) -> int:

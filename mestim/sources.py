@@ -165,6 +165,14 @@ class InMemory:
             self._placed = place(self.kernel, self._host)
         return self._placed
 
+    def _unplaced(self):
+        """The slabs as a program that reads them once takes them (the hoisting build, the solve in one program):
+        the host slabs themselves, whose transfer jit makes as it runs (no copy where a slab is aligned), without a
+        mesh; the placed slabs on one."""
+        if self.kernel.mesh is not None:
+            return self._slabs
+        return [(rows, w, n_chunks[0]) for rows, w, n_chunks in self._host]
+
     def _residuals(self, plan: tuple):
         """(the hoisted plan that serves a requested ``plan``, the residuals of its θ-free work per slab), or None.
 
@@ -189,7 +197,7 @@ class InMemory:
         fits = s is not None and hoist.residual_bytes(s, sum(kept)) <= hoist.HOIST_BUDGET
         self._hoisted[key] = [hoist.residuals_program(self.kernel, self._layout, key, capacity, rows, w, n_chunks,
                                                       self.centre)
-                              for capacity, (rows, w, n_chunks) in zip(kept, self._slabs)] if fits else None
+                              for capacity, (rows, w, n_chunks) in zip(kept, self._unplaced())] if fits else None
         return (key, self._hoisted[key]) if fits else None
 
     def solve_in_one_program(self, theta0, newton, final, options: SolverOptions):
@@ -208,11 +216,7 @@ class InMemory:
         if s is None or hoist.residual_bytes(s, capacity) > hoist.HOIST_BUDGET or not hoist.serves(
                 key, final, n_blocks):
             return None
-        if self.kernel.mesh is None:  # the host slab as it is: jit's own transfer costs less than a device_put
-            rows, w, n_chunks = self._host[0]
-            n_chunks = n_chunks[0]
-        else:
-            rows, w, n_chunks = self._slabs[0]
+        rows, w, n_chunks = self._unplaced()[0]
         state, at, closed = jax.device_get(hoist.solve_program(
             self.kernel, self._layout, newton, final, capacity, options, rows, w, n_chunks, self.centre,
             np.asarray(theta0, float), self.sum_w))
@@ -229,7 +233,7 @@ class InMemory:
         else:
             key, residuals = hoisted
             acc = self.kernel.zeros()
-            for res, (_, _, n_chunks) in zip(residuals, self._slabs):
+            for res, (_, _, n_chunks) in zip(residuals, self._unplaced()):
                 acc = hoist.sums_program(self.kernel, self._layout, key, plan, self.centre is not None, acc, theta,
                                          res, n_chunks)
         self.passes += 1

@@ -281,3 +281,27 @@ def test_rows_sharded_over_devices_are_hoisted_per_device():
     # each solved in one program (sharded: residuals and sums per device), then the plain sharded path
     assert res["meshes"] == [["one program", True], ["one program", False]], res["meshes"]
     assert max(res["one"]) < 1e-12 and max(res["plain"]) < 1e-12, res
+
+
+def _log_scale(theta, row):  # log(θ s): the θ-free residual s is 0 in a group's chunks past the filled ones
+    return jnp.atleast_1d(jnp.log(theta[0] * row["s"]) - row["y"])
+
+
+@pytest.mark.parametrize("n_rows", [5 * 8 + 3, 13 * 8])  # 6 and 13 filled chunks of 8: groups of 4 overrun
+def test_a_hoisted_pass_masks_the_chunks_past_the_filled_ones_in_its_last_group(n_rows, monkeypatch):
+    """A hoisted pass evaluates hoist.GROUP_CHUNKS chunks at once; in the last group, chunks past the filled
+    ones hold zero residuals, where this ψ is −∞: they are masked out (summed with them, the fit fails at θ₀).
+    θ̂ = exp(mean(y − log s)) and SE = θ̂ sd(y − log s)/√n (ψ's derivative 1/θ) in closed form."""
+    import mestim
+    from mestim import hoist, sums
+
+    monkeypatch.setattr(sums, "QUICK_WORK", 0)  # hoisted on a CPU
+    rng = np.random.default_rng(3)
+    data = {"s": rng.uniform(0.5, 2.0, n_rows), "y": rng.normal(size=n_rows)}
+    ran = []
+    monkeypatch.setattr(hoist, "solve_program", lambda *a: ran.append(a[4]) or _solve(*a))
+    res = mestim.fit(_log_scale, data, init=[1.0], chunk_size=8)
+    assert ran and ran[0] % hoist.GROUP_CHUNKS == 0 and -(-n_rows // 8) % hoist.GROUP_CHUNKS  # capacity; overrun
+    d = data["y"] - np.log(data["s"])
+    np.testing.assert_allclose(res.theta, [np.exp(d.mean())], rtol=1e-10)
+    np.testing.assert_allclose(res.se, [np.exp(d.mean()) * d.std() / np.sqrt(n_rows)], rtol=1e-8)
