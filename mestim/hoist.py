@@ -51,6 +51,9 @@ ONE_PROGRAM_CHUNKS = SLAB_CHUNKS[-1]
 # a hoisted pass evaluates this many chunks at once (vmapped): its contractions over 4 × 1024 rows (the meat's
 # above all) ran a closing pass of W2 at 1e5 in 16 ms instead of 26, a Newton pass in 12 instead of 13
 GROUP_CHUNKS = 4
+# the hoisting build likewise builds 8 chunks at once: W2's build at 1e5 took 8–11 ms a slab of 64 chunks instead of
+# 10–13 (the chunks past the filled ones are built from the slab's padding rows, and masked out by the passes)
+BUILD_GROUP_CHUNKS = 8
 
 
 class Split(NamedTuple):
@@ -110,16 +113,19 @@ def residual_bytes(s: Split, n_chunks: int) -> int:
 
 def slab_residuals(s: Split, kernel, rows, w, n_chunks, capacity: int, centre=None):
     """The residuals of the first ``n_chunks`` chunks of a slab, stacked along a leading chunk axis of ``capacity``
-    (at least ``n_chunks``; traceable; the entries past ``n_chunks`` are zeros, never read)."""
+    (at least ``n_chunks``; traceable), built :data:`BUILD_GROUP_CHUNKS` chunks at a time. The entries past the
+    last group are zeros; those inside it, of the slab's padding rows: neither is read (:func:`slab_sums`)."""
     c = kernel.chunk
+    g = min(BUILD_GROUP_CHUNKS, capacity)  # both powers of two: groups tile the capacity
     empty = tuple(jnp.zeros((capacity,) + a.shape, a.dtype) for a in s.residuals)
 
     def body(i, stacked):
-        cut = lambda a: lax.dynamic_slice_in_dim(a, i * c, c)  # noqa: E731
-        out = _build(s.known, *jax.tree.leaves(jax.tree.map(cut, rows)), cut(w), *jax.tree.leaves(centre))
-        return tuple(lax.dynamic_update_index_in_dim(r, o, i, 0) for r, o in zip(stacked, out))
+        cut = lambda a: lax.dynamic_slice_in_dim(a, i * g * c, g * c).reshape((g, c) + a.shape[1:])  # noqa: E731
+        one = lambda rows, w: _build(s.known, *jax.tree.leaves(rows), w, *jax.tree.leaves(centre))  # noqa: E731
+        out = jax.vmap(one)(jax.tree.map(cut, rows), cut(w))
+        return tuple(lax.dynamic_update_slice_in_dim(r, o, i * g, 0) for r, o in zip(stacked, out))
 
-    return lax.fori_loop(0, n_chunks, body, empty)
+    return lax.fori_loop(0, (n_chunks + g - 1) // g, body, empty)
 
 
 def _build(known, *args):
