@@ -134,3 +134,29 @@ def test_the_device_shares_the_prepared_columns(monkeypatch):
         assert full[name].unsafe_buffer_pointer() == host.ctypes.data, name
     assert w_full.unsafe_buffer_pointer() == problems[0].w.ctypes.data
     assert all(a.unsafe_buffer_pointer() % 64 == 0 for a in [*padded.values(), w_padded])
+
+
+def _centre_x1(theta, row):
+    return row["x1"][None] - theta
+
+
+def test_strided_columns_are_laid_out_aligned_and_shared(monkeypatch):
+    """A user's columns that are columns of a 2-D array (strided) reach a CPU device as one aligned host copy per
+    full slab, which the device shares (XLA's CPU client copies a strided column 1.6× slower than numpy); contiguous
+    aligned columns stay views. The fit equals the one from contiguous columns bitwise."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("host memory is shared with a CPU device only")
+    made = []
+    monkeypatch.setattr(estimate, "InMemory", lambda *a, **k: made.append(sources.InMemory(*a, **k)) or made[-1])
+    data = pooled_data(20_000)
+    assert not data["x1"].flags.c_contiguous  # columns of the generator's (n, 10) array
+    strided = mestim.fit(_centre_x1, data, init=[0.0], chunk_size=256)
+    (full, w_full, _), _ = made[0]._host  # 79 chunks of 256: a full slab of 64 and a padded one
+    assert full["x1"].flags.c_contiguous and full["x1"].ctypes.data % 64 == 0
+    assert not np.shares_memory(full["x1"], data["x1"]) and w_full.ctypes.data % 64 == 0
+    device = made[0]._slabs[0][0]["x1"]
+    assert device.unsafe_buffer_pointer() == full["x1"].ctypes.data  # shared, not copied
+    contiguous = {k: np.ascontiguousarray(v) for k, v in data.items()}
+    again = mestim.fit(_centre_x1, contiguous, init=[0.0], chunk_size=256)
+    np.testing.assert_array_equal(strided.theta, again.theta)
+    np.testing.assert_array_equal(strided.vcov, again.vcov)
