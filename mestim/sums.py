@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .ahead import run_compiling
 from .blocks import StackSpec
 
 SKIP, VALUES, JACOBIAN = 0, 1, 2  # what a pass computes for a block
@@ -348,8 +349,11 @@ _quick = jax.jit(_slab_sums, static_argnums=0, compiler_options=QUICK_CPU_OPTION
 
 
 def slab_sums(kernel: Kernel, acc, theta, rows, w, n_chunks, plan, centre=None) -> Moments:
-    """:meth:`Kernel.slab_sums`, compiled once per kernel and slab shape: every pass of every fit runs it."""
-    return (_quick if kernel.quick else _optimized)(kernel, acc, theta, rows, w, n_chunks, plan, centre)
+    """:meth:`Kernel.slab_sums`, compiled once per kernel and slab shape: every pass of every fit runs it (while it
+    compiles, the work given to :func:`mestim.ahead.while_compiling` runs)."""
+    program, args = (_quick if kernel.quick else _optimized), (kernel, acc, theta, rows, w, n_chunks, plan, centre)
+    run_compiling(program, args, kernel.spec.offsets())
+    return program(*args)
 
 
 @functools.partial(jax.jit, static_argnums=0)
