@@ -38,6 +38,7 @@ from jax import lax
 
 from .ahead import run_compiling
 from .blocks import StackSpec
+from .internals import evaluate
 
 SKIP, VALUES, JACOBIAN = 0, 1, 2  # what a pass computes for a block
 SLAB_CHUNKS = (1, 8, 64)  # slab capacities, in chunks: a new size of data costs at most one compilation per size
@@ -171,8 +172,15 @@ class Kernel:
         k, n_in, c = block.equations, u.shape[0], w.shape[0]
         zero_jac = jnp.zeros((k, n_in), u.dtype)
 
+        static = isinstance(mode, (int, np.integer))
+
         def values(u):
             return jax.vmap(lambda row: self._call(block, u, row))(rows)
+
+        if not (static or _closed_form(block)):  # ψ on the chunk traced once: the values branch and the
+            # derivative's forward sweep evaluate one program (a cold `mestim transport` traced 0.1 s less)
+            chunk_psi = jax.make_jaxpr(values)(u)
+            values = lambda u: evaluate(chunk_psi, u)[0]  # noqa: E731
 
         def with_jacobian():
             if _closed_form(block):
@@ -194,8 +202,12 @@ class Kernel:
 
         skip = lambda: (jnp.zeros((c, k), u.dtype), zero_jac)  # noqa: E731
         only_values = lambda: (values(u), zero_jac)  # noqa: E731
-        if isinstance(mode, (int, np.integer)):
+        if static:
             return (skip, only_values, with_jacobian)[int(mode)]()
+        if self.quick and _closed_form(block):  # one matrix product on small data: cheaper to run on every pass
+            # than to compile as a branch (a cold `mestim transport`, 10 GLM blocks: 0.06–0.1 s less compiling)
+            v, j = with_jacobian()
+            return jnp.where(mode >= VALUES, v, 0.0), jnp.where(mode == JACOBIAN, j, 0.0)
         return lax.switch(mode, [skip, only_values, with_jacobian])
 
     def add_chunk(self, acc: Moments, theta, rows, w, plan, centre=None) -> Moments:
