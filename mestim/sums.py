@@ -210,21 +210,35 @@ class Kernel:
             return jnp.where(mode >= VALUES, v, 0.0), jnp.where(mode == JACOBIAN, j, 0.0)
         return lax.switch(mode, [skip, only_values, with_jacobian])
 
+    def _spread(self, block, j):
+        """The block's rows of the stack's Jacobian (k_b, P) from its (k_b, n_in) Jacobian: each segment of inputs at
+        its columns of θ, zeros elsewhere. One concatenation (an ``.at[].add`` of the whole K × P matrix per segment
+        was 44 more kernels to compile in a cold `mestim transport`)."""
+        k, dim = j.shape[0], self.spec.dim
+        segments, at = [], 0
+        for a, z in self._segments(block):  # (columns of θ, where they start in u)
+            segments.append((a, z, at))
+            at += z - a
+        pieces, end = [], 0
+        for a, z, start in sorted(segments):  # disjoint column ranges: the block's own and each block it reads
+            pieces += [jnp.zeros((k, a - end), j.dtype)] if a > end else []
+            pieces.append(j[:, start:start + z - a])
+            end = z
+        pieces += [jnp.zeros((k, dim - end), j.dtype)] if end < dim else []
+        return jnp.concatenate(pieces, axis=1)
+
     def add_chunk(self, acc: Moments, theta, rows, w, plan, centre=None) -> Moments:
         """``acc`` plus the sums over one chunk of rows (traceable; ``centre``: see :func:`widen`)."""
         rows = widen(rows, centre, theta.dtype)  # float32 storage, float64 arithmetic
         w = w.astype(theta.dtype)
         n_blocks = len(self.spec.blocks)
-        values, jac = [], acc.jac
-        eq = self.spec.equation_offsets()
         static = isinstance(plan, np.ndarray)  # a program for one plan: no branches on it
+        values, jac_rows = [], []
         for b, block in enumerate(self.spec.blocks):
             v, j = self._block(block, theta, rows, w, plan[b])
             values.append(v)
-            at = 0
-            for a, z in self._segments(block):  # scatter the block's columns into its rows of the Jacobian
-                jac = jac.at[eq[block.name], a:z].add(j[:, at:at + z - a])
-                at += z - a
+            jac_rows.append(self._spread(block, j))
+        jac = acc.jac + jnp.concatenate(jac_rows, axis=0)  # the blocks' equations are consecutive rows
         v = jnp.concatenate(values, axis=1)
         a = w * jnp.where(plan[n_blocks + 1] > 0, w, 1.0)
         with_meat = lambda: acc.meat + (v * a[:, None]).T @ v  # noqa: E731
