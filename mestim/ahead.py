@@ -15,7 +15,13 @@ from __future__ import annotations
 import contextlib
 import threading
 
-_work: list = []  # work to run while the next stack program compiles, given by :func:`while_compiling`
+_local = threading.local()  # .work: this thread's work to run while its next stack program compiles
+
+
+def _work() -> list:
+    if not hasattr(_local, "work"):
+        _local.work = []
+    return _local.work
 
 
 class Ahead:
@@ -39,22 +45,24 @@ class Ahead:
 
 @contextlib.contextmanager
 def while_compiling(work):
-    """Run ``work(blocks)`` (θ's blocks: name → slice of the flat θ) on this thread while the first stack program a
-    fit inside the ``with`` block compiles (not at all if none compiles: the fit took a path with no such pass)."""
-    _work.append(work)
+    """Run ``work(blocks)`` (θ's blocks: name → slice of the flat θ) on this thread while the program of the first
+    pass of a fit inside the ``with`` block compiles (at once if it is compiled already; not at all if the fit runs
+    no such pass: a solve in one hoisted program)."""
+    _work().append(work)
     try:
         yield
     finally:
-        if work in _work:
-            _work.remove(work)
+        if work in _work():
+            _work().remove(work)
 
 
 def run_compiling(jitted, args, blocks) -> None:
     """Compile ``jitted`` for ``args`` in a worker thread while the work given to :func:`while_compiling` runs."""
-    if not _work:
+    pending = _work()
+    if not pending:
         return
-    work = list(_work)
-    _work.clear()
+    work = list(pending)
+    pending.clear()
     ahead = Ahead(jitted, *args)
     try:
         for w in work:
