@@ -12,6 +12,11 @@ first process wrote):
 - ``mestim meta`` and ``mestim transport`` on the bundled data, against ``import jax``;
 - the programs each mestim process compiled (:func:`mestim.compilations`).
 
+Every case runs once before the timed runs (it fills the "filled" cache): Python writes the bytecode of the modules
+it imports then, as a user's first run does (the children run with ``PYTHONDONTWRITEBYTECODE`` unset, so a sandbox
+that sets it does not make every run compile the project's own modules from source, 0.08 s or more of each cold
+``mestim transport``).
+
 **Warm** (one process per n; ``--repeats`` repetitions after a first call, up to 10× more below n = 1e5 where a
 fit takes milliseconds; each repetition runs every tool in turn, so the shared machine's load hits them alike;
 medians of the times and of the per-repetition ratios): W2 written by a user as one ψ of 27 parameters
@@ -126,6 +131,7 @@ def child(kind: str, n: int) -> dict:
 
 def run_child(argv: list[str], cache: str | None) -> tuple[float, dict]:
     env = dict(os.environ, PYTHONPATH=ROOT, MESTIM_CACHE_DIR=cache or "off")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # a user's modules are read from their bytecode after a first run
     start = time.perf_counter()
     out = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - start
@@ -150,9 +156,8 @@ def cold(a) -> list[dict]:
         "mestim transport (bundled), filled cache": ([*me, "transport"], "filled"),
     }
     with tempfile.TemporaryDirectory() as filled:
-        for argv, cache in cases.values():  # fill the cache once for the "filled" cases
-            if cache:
-                run_child(argv, filled)
+        for argv, cache in cases.values():  # each once: bytecode written, the "filled" cases' cache filled
+            run_child(argv, filled if cache else None)
         times = {name: [] for name in cases}
         info = {}
         for _ in range(a.repeats):  # interleaved: the machine's load hits every tool alike

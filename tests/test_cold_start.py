@@ -1,5 +1,6 @@
 """What a cold `mestim meta` loads (issue 19: ≤ 2.5× `python -c "import jax"`): no program compiled, none of the
-heavy libraries it does not use, and not the solver's modules (it checks its closed form in NumPy)."""
+heavy libraries it does not use, and not the solver's modules (it checks its closed form in NumPy); what a cold
+`mestim transport` compiles (≤ 4×): two programs, side by side."""
 
 import json
 import os
@@ -69,3 +70,32 @@ def test_a_logistic_fit_and_its_wald_test_import_no_scipy(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     run = json.loads(out.stdout.strip().splitlines()[-1])
     assert not run["scipy"] and 0 <= run["p"] < 1e-6
+
+
+TRANSPORT = """
+import io, json, time
+from contextlib import redirect_stdout
+import jax.monitoring
+import mestim
+from estimators.cli import main
+ends = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, fun_name="?", **_: ends.append((fun_name, time.perf_counter() - seconds, time.perf_counter()))
+    if event == "/jax/core/compile/backend_compile_duration" else None)
+with mestim.compilations() as count, redirect_stdout(io.StringIO()):
+    code = main(["transport", "--quiet"])
+print(json.dumps({"exit": code, "names": count.names, "compiled": ends}))
+"""
+
+
+def test_mestim_transport_compiles_its_read_out_beside_the_stack_program(tmp_path):
+    """A cold `mestim transport` compiles two programs, the stack's and the read-out of the fit, and the read-out
+    compiles while the stack's program does (mestim.ahead): it starts before the stack's compilation ends."""
+    env = dict(os.environ, PYTHONPATH=ROOT, MESTIM_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", TRANSPORT], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = json.loads(out.stdout.strip().splitlines()[-1])
+    assert run["exit"] == 0 and sorted(run["names"]) == ["jit(_read_fit)", "jit(_slab_sums)"]
+    spans = {name: (start, end) for name, start, end in run["compiled"]}
+    assert spans["jit(_read_fit)"][0] < spans["jit(_slab_sums)"][1], spans

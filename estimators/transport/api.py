@@ -21,11 +21,12 @@ import warnings
 from collections.abc import Sequence
 
 import mestim
+from mestim.ahead import while_compiling
 from mestim.errors import SpecificationError
 
 from .estimands import DISPLAY, ESTIMATORS, PER_TRIAL, POOLED, Estimand
 from .options import DEFAULT_WEIGHTING, WEIGHT_TYPES, WEIGHTING, TransportOptions, check_bias_grid
-from .result import SENSITIVITY_COLUMNS, TransportResult, transport_result
+from .result import SENSITIVITY_COLUMNS, TransportResult, read_ahead, transport_result
 from .stack import CONTROL_LIKE, TransportStack, build_stack, natural_reference
 
 __all__ = ["transport", "transport_stack", "TransportResult", "TransportStack", "TransportOptions", "Estimand",
@@ -125,8 +126,12 @@ def transport(df=None, study: str = "S", treatment: str = "Z", outcome: str = "Y
                                 bias_grid=bias_grid, weights=weights, weight_type=weight_type, cluster=cluster,
                                 level=level, solve=solve)
         step("fitting the stack")
-        if sites is None:
-            fit = stack.fit()
+        if sites is None:  # the read-out's program traced while the stack's compiles, and compiled beside it
+            started = []
+            with while_compiling(read_ahead(stack, diagnostics, started)):
+                fit = stack.fit()
+            for ahead in started:
+                ahead.wait()
         else:
             from .federated import fit_sites
 

@@ -45,7 +45,7 @@ def inverse_odds_weights(stack, fit):
     """(pooled (n, C) or None, per-trial (n, m, C) or None): the weights w_i of every row and arm (0 off the
     group), at the fitted parameters; pooled only if a pooled weighting/DR estimator was fitted, likewise per trial.
     One compiled program (:func:`~estimators.transport.readout.read_fit`)."""
-    reader, rows = weights_reader(stack, fit)
+    reader, rows = weights_reader(stack, fit.blocks)
     if reader is None:
         return None, None
     return weights_of(reader, read_fit(None, reader, np.asarray(fit.theta, float), rows)[2])

@@ -7,7 +7,8 @@ Jacobian are the engine's delta method's (:func:`mestim.results.value_and_jacobi
 they are computed in this program beside the weights rather than by :meth:`mestim.Estimates.delta`'s own (a program
 of its own would add a compilation to every cold start). Without the weights the numbers are ``fit.delta(g)``'s.
 Small data on a CPU compile it for compile speed, as the stack's program is (:func:`mestim.sums.quick_compile`): on
-the bundled data it compiled in 0.13 s of CPU time instead of 0.40 s.
+the bundled data it compiled in 0.13 s of CPU time instead of 0.40 s. :func:`~estimators.transport.api.transport`
+traces it while the stack's program compiles and compiles the two side by side (:func:`read_fit_ahead`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mestim.ahead import Ahead
 from mestim.results import value_and_jacobian
 from mestim.sums import QUICK_CPU_OPTIONS, little_work
 
@@ -72,9 +74,9 @@ class InverseOddsWeights:
         return jax.vmap(one)(rows)
 
 
-def weights_reader(stack, fit) -> tuple[InverseOddsWeights | None, dict]:
+def weights_reader(stack, blocks: dict) -> tuple[InverseOddsWeights | None, dict]:
     """(the weights to compute — None when no weighting/DR estimator was fitted —, the rows they read: the
-    stack's float columns with one entry per row)."""
+    stack's float columns with one entry per row); ``blocks``: the fit's blocks (name → slice of θ)."""
     pooled = any(e in WEIGHTED for e in stack.pooled_estimators)
     per_trial = any(e in WEIGHTED for e in stack.trial_estimators)
     if not (pooled or per_trial):
@@ -83,17 +85,28 @@ def weights_reader(stack, fit) -> tuple[InverseOddsWeights | None, dict]:
     n = cols["tr.R"].shape[0]
     rows = {k: v for k, v in cols.items()
             if isinstance(v, np.ndarray) and v.dtype.kind == "f" and v.ndim >= 1 and v.shape[0] == n}
-    blocks = tuple((name, sl.start, sl.stop) for name, sl in fit.blocks.items())
-    return InverseOddsWeights(stack.participation, stack.arm_weights, blocks, pooled, per_trial), rows
+    where = tuple((name, sl.start, sl.stop) for name, sl in blocks.items())
+    return InverseOddsWeights(stack.participation, stack.arm_weights, where, pooled, per_trial), rows
 
 
 def read_fit(contrasts: ReportedContrasts | None, weights: InverseOddsWeights | None, theta, rows):
     """(g(θ), ∂g/∂θ) of the contrasts (None, None without them) and the weights' arrays (() without them), in one
     program: NumPy columns and the flat θ go in, so no eager ``jax.numpy`` call runs on the host."""
+    return _program(weights, rows)(contrasts, weights, theta, rows)
+
+
+def read_fit_ahead(contrasts: ReportedContrasts | None, weights: InverseOddsWeights | None, dim: int,
+                   rows) -> Ahead:
+    """:func:`read_fit`'s program for a θ of ``dim`` parameters, lowered now and compiled in a worker thread
+    (:class:`mestim.ahead.Ahead`): given to :func:`mestim.ahead.while_compiling`, it compiles beside the stack's
+    program, so a cold run does not wait for it after the fit."""
+    return Ahead(_program(weights, rows), contrasts, weights, np.zeros(dim), rows)
+
+
+def _program(weights, rows):
     n_rows = len(next(iter(rows.values()))) if rows else 0
     per_row = 0 if weights is None else weights.per_row
-    quick = little_work(jax.devices()[0].platform, n_rows, per_row)
-    return (_quick_read if quick else _read)(contrasts, weights, theta, rows)
+    return _quick_read if little_work(jax.devices()[0].platform, n_rows, per_row) else _read
 
 
 def _read_fit(contrasts, weights, theta, rows):

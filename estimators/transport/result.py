@@ -23,7 +23,7 @@ from mestim.results import normal_two_sided_p, z_crit
 
 from .data import TransportData, label
 from .diagnostics import diagnostics_records, positivity_diagnostics, positivity_warnings, weights_of
-from .readout import ReportedContrasts, read_fit, weights_reader
+from .readout import ReportedContrasts, read_fit, read_fit_ahead, weights_reader
 from .stack import TransportStack
 
 SENSITIVITY_COLUMNS = ["estimator", "trial", "contrast", "delta", "bias_mean", "estimate", "se", "ci_low", "ci_high", "n"]
@@ -161,8 +161,7 @@ def transport_result(stack: TransportStack, fit: mestim.Result, diagnostics: boo
     """Contrasts by the delta method, the homogeneity and CATE-equality tests, the sensitivity sweep; with
     ``diagnostics`` the positivity diagnostics, whose weights come from the contrasts' program (``step`` is
     told when they start: a progress bar's)."""
-    reader, rows = weights_reader(stack, fit) if diagnostics else (None, {})
-    contrasts, labels = contrast_function(stack, fit)
+    contrasts, labels, reader, rows = readout(stack, fit.blocks, diagnostics)
     value, jacobian, weights = read_fit(contrasts, reader, np.asarray(fit.theta, float), rows)
     every = fit.delta_from(value, jacobian, labels)  # the delta method: G V Gᵀ
     n = len(stack.estimands)
@@ -183,14 +182,31 @@ def transport_result(stack: TransportStack, fit: mestim.Result, diagnostics: boo
     return res
 
 
-def contrast_function(stack: TransportStack, fit: mestim.Result) -> tuple[ReportedContrasts, list[str]]:
+def readout(stack: TransportStack, blocks: dict, diagnostics: bool):
+    """(contrasts g, their labels, the weights reader or None, the rows it reads): what :func:`transport_result`
+    reads off a fit whose blocks (name → slice of θ) are ``blocks``."""
+    reader, rows = weights_reader(stack, blocks) if diagnostics else (None, {})
+    return *contrast_function(stack, blocks), reader, rows
+
+
+def read_ahead(stack: TransportStack, diagnostics: bool, started: list):
+    """Work for :func:`mestim.ahead.while_compiling`: :func:`transport_result`'s program traced while the stack's
+    program compiles, and compiled beside it (its handle appended to ``started``)."""
+    def work(blocks):
+        contrasts, _, reader, rows = readout(stack, blocks, diagnostics)
+        started.append(read_fit_ahead(contrasts, reader, sum(s.stop - s.start for s in blocks.values()), rows))
+    return work
+
+
+def contrast_function(stack: TransportStack, blocks: dict) -> tuple[ReportedContrasts, list[str]]:
     """(g, labels): every reported contrast on its analysis scale (difference, log risk ratio, log odds ratio; φ
-    as it is), then (with a sensitivity analysis) the bias means, as one function of the flat θ."""
-    ia, ib = stack.positions(fit.blocks)
+    as it is), then (with a sensitivity analysis) the bias means, as one function of the flat θ whose blocks (name
+    → slice) are ``blocks``."""
+    ia, ib = stack.positions(blocks)
     scales = [e.scale for e in stack.estimands]
     if stack.use_bias:  # the bias means ū, one parameter each
         n_bias = stack.transport_data.m + 1
-        ia = np.concatenate([ia, fit.blocks["bias_mean"].start + np.arange(n_bias)])
+        ia = np.concatenate([ia, blocks["bias_mean"].start + np.arange(n_bias)])
         ib = np.concatenate([ib, np.full(n_bias, -1)])
         scales += ["parameter"] * n_bias
     scales = np.array(scales)
