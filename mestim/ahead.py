@@ -57,7 +57,8 @@ def while_compiling(work):
 
 
 def run_compiling(jitted, args, blocks) -> None:
-    """Compile ``jitted`` for ``args`` in a worker thread while the work given to :func:`while_compiling` runs."""
+    """Compile ``jitted`` for ``args`` in a worker thread while the work given to :func:`while_compiling` runs
+    (``blocks()``: θ's blocks, asked for only then: every pass of every fit calls this)."""
     pending = _work()
     if not pending:
         return
@@ -66,6 +67,6 @@ def run_compiling(jitted, args, blocks) -> None:
     ahead = Ahead(jitted, *args)
     try:
         for w in work:
-            w(blocks)
+            w(blocks())
     finally:
         ahead.wait()

@@ -54,10 +54,10 @@ def layout(columns: dict, w: np.ndarray, chunk: int, parts: int = 1, capacity: i
     The rows are split into ``parts`` contiguous parts (one per device), each cut into slabs of ``capacity`` chunks
     (default: the smallest capacity that holds a part). A part's last slab is padded by repeating a real row with
     weight 0 (a repeated row keeps ψ finite where a zero row could give log(0) or 0/0, and 0·NaN is NaN); the other
-    slabs are views of the columns, or with ``aligned`` (for a CPU device, which then shares the slab's memory)
-    aligned copies of the columns that are not contiguous and aligned already: a CPU device copies a strided column
-    (a column of a 2-D array) 1.6× slower than numpy does. ``n_chunks`` has one entry per part: the chunks of that
-    part's slab holding real rows.
+    slabs are views of the columns, or with ``aligned`` and one part (for a CPU device, which then shares the slab's
+    memory; several parts are concatenated, a copy anyway) aligned copies of the columns that are not contiguous and
+    aligned already: a CPU device copies a strided column (a column of a 2-D array) 1.6× slower than numpy does.
+    ``n_chunks`` has one entry per part: the chunks of that part's slab holding real rows.
     """
     n = w.shape[0]
     bounds = np.linspace(0, n, parts + 1).astype(int)
@@ -67,7 +67,7 @@ def layout(columns: dict, w: np.ndarray, chunk: int, parts: int = 1, capacity: i
     n_slabs = max(1, -(-int(sizes.max()) // size))
     out = []
     for i in range(n_slabs):
-        pieces = [_slab_of_part(columns, w, a + i * size, min(a + (i + 1) * size, b), size, a, aligned)
+        pieces = [_slab_of_part(columns, w, a + i * size, min(a + (i + 1) * size, b), size, a, aligned and parts == 1)
                   for a, b in zip(bounds[:-1], bounds[1:])]
         rows = pieces[0][0] if parts == 1 else {k: np.concatenate([p[0][k] for p in pieces]) for k in columns}
         weights = pieces[0][1] if parts == 1 else np.concatenate([p[1] for p in pieces])
@@ -90,11 +90,8 @@ def _slab_of_part(columns, w, start, stop, size, first, aligned=False):
 
 def _shared(values):
     """``values`` as a CPU device can share them: themselves when contiguous and aligned, else an aligned copy."""
-    if values.flags.c_contiguous and values.ctypes.data % ALIGN == 0:
-        return values
-    out = aligned_empty(values.shape, values.dtype)
-    out[...] = values
-    return out
+    aligned = values.flags.c_contiguous and values.ctypes.data % ALIGN == 0
+    return values if aligned else _padded(values, 0, values.shape[0])
 
 
 def _padded(values, fill, size):

@@ -389,7 +389,7 @@ def slab_sums(kernel: Kernel, acc, theta, rows, w, n_chunks, plan, centre=None) 
     """:meth:`Kernel.slab_sums`, compiled once per kernel and slab shape: every pass of every fit runs it (while it
     compiles, the work given to :func:`mestim.ahead.while_compiling` runs)."""
     program, args = (_quick if kernel.quick else _optimized), (kernel, acc, theta, rows, w, n_chunks, plan, centre)
-    run_compiling(program, args, kernel.spec.offsets())
+    run_compiling(program, args, kernel.spec.offsets)
     return program(*args)
 
 
