@@ -112,6 +112,7 @@ def _fit(estimator, data, init, names, weights, cluster, options: FitOptions, me
         notes = notes + gmm_notes
     result = assemble(problem, source, theta, moments, options, iterations=iterations, notes=notes,
                       checks=group is None, weight=weight)
+    source.release()
     if group is not None:
         group.barrier("the end of the fit")
     return result

@@ -27,11 +27,18 @@ solved in one program (:func:`solve_program`): at n = 1e4 a pass takes about a m
 of each pass (dispatch, transfer, the solver's step) cost as much again. More rows run host-driven hoisted passes
 over slabs of 64 chunks (a pass there takes tens of milliseconds or more, the round trip under one). Streams are
 never hoisted: they read their rows anew on every pass.
+
+Residuals are built over spare stacks (:func:`spare_stacks`, donated to the build): a fit gives its stacks back when
+it ends (:func:`give_back`, up to :data:`SPARE_BYTES` kept in the process), and the next fit of the same shapes
+writes over them instead of asking the system for new memory, which it maps and zeroes page by page. Set
+``mestim.hoist.SPARE_BYTES = 0`` to keep none.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
+import threading
 from typing import NamedTuple
 
 import jax
@@ -44,16 +51,21 @@ from .solve import SolverOptions, State, solve_traced
 from .sums import JACOBIAN, SLAB_CHUNKS, VALUES, Moments, pow2_ceil
 
 HOIST_BUDGET = 1 << 30  # bytes of residuals an in-memory source may keep on the device
-# hoisted rows up to this many chunks a device (one slab) are solved in one program; W2 at n = 1e5 laid out as one
-# slab of 128 chunks ran 1.04× its host-driven passes over 2 slabs (15 interleaved pairs): a round trip there is under
-# a millisecond a pass, and one slab costs a host copy of every row
-ONE_PROGRAM_CHUNKS = SLAB_CHUNKS[-1]
+# hoisted rows up to this many chunks a device (one slab) are solved in one program, its residuals built over spare
+# stacks (SPARE_BYTES holds W2's 256 chunks): W2 ÷ the one-jit fit went from 0.40–0.42 to 0.34–0.36 at n = 1e5 (98
+# chunks) and from 0.36–0.37 to 0.32 at 2e5 (interleaved processes). Without spare stacks the program's residuals
+# were new memory on every fit, and one program ran 1.04–1.2× the host-driven passes over slabs of 64 chunks
+ONE_PROGRAM_CHUNKS = 256
 # a hoisted pass evaluates this many chunks at once (vmapped): its contractions over 4 × 1024 rows (the meat's
 # above all) ran a closing pass of W2 at 1e5 in 16 ms instead of 26, a Newton pass in 12 instead of 13
 GROUP_CHUNKS = 4
 # the hoisting build likewise builds 8 chunks at once: W2's build at 1e5 took 8–11 ms a slab of 64 chunks instead of
 # 10–13 (the chunks past the filled ones are built from the slab's padding rows, and masked out by the passes)
 BUILD_GROUP_CHUNKS = 8
+# residual stacks a process keeps from finished fits, for the next build of the same shapes to write over: XLA's CPU
+# client has no caching allocator, so each fit's new stacks were memory the system mapped and zeroed page by page
+# (W2 at 1e5: 11,000 page faults and 15–25 ms of system time a fit)
+SPARE_BYTES = 1 << 28
 
 
 class Split(NamedTuple):
@@ -111,13 +123,14 @@ def residual_bytes(s: Split, n_chunks: int) -> int:
     return n_chunks * sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in s.residuals)
 
 
-def slab_residuals(s: Split, kernel, rows, w, n_chunks, capacity: int, centre=None):
+def slab_residuals(s: Split, kernel, rows, w, n_chunks, capacity: int, centre=None, into=None):
     """The residuals of the first ``n_chunks`` chunks of a slab, stacked along a leading chunk axis of ``capacity``
-    (at least ``n_chunks``; traceable), built :data:`BUILD_GROUP_CHUNKS` chunks at a time. The entries past the
-    last group are zeros; those inside it, of the slab's padding rows: neither is read (:func:`slab_sums`)."""
+    (at least ``n_chunks``; traceable), built :data:`BUILD_GROUP_CHUNKS` chunks at a time, written over ``into``
+    (stacks of those shapes, :func:`spare_stacks`) or zeros. The entries past the last group keep what was there;
+    those inside it are of the slab's padding rows: neither is read (:func:`slab_sums` masks them)."""
     c = kernel.chunk
     g = min(BUILD_GROUP_CHUNKS, capacity)  # both powers of two: groups tile the capacity
-    empty = tuple(jnp.zeros((capacity,) + a.shape, a.dtype) for a in s.residuals)
+    empty = into if into is not None else tuple(jnp.zeros((capacity,) + a.shape, a.dtype) for a in s.residuals)
 
     def body(i, stacked):
         cut = lambda a: lax.dynamic_slice_in_dim(a, i * g * c, g * c).reshape((g, c) + a.shape[1:])  # noqa: E731
@@ -179,6 +192,53 @@ def capacity(n_chunks: int) -> int:
     return pow2_ceil(n_chunks)
 
 
+_spares: collections.OrderedDict = collections.OrderedDict()  # (shapes, devices) → [stacks], oldest first
+_spares_lock = threading.Lock()
+
+
+def _stacks_key(shapes, devices) -> tuple:
+    return tuple((tuple(shape), np.dtype(dtype).str) for shape, dtype in shapes), tuple(d.id for d in devices)
+
+
+def spare_stacks(s: Split, kernel, capacity: int) -> tuple:
+    """Stacks for the residuals of a slab of ``capacity`` chunks a device to be built over (donated to
+    :func:`residuals_program`): those a finished fit gave back (:func:`give_back`), else new ones."""
+    parts = 1 if kernel.mesh is None else kernel.mesh.size
+    shapes = [((parts * capacity,) + tuple(a.shape), a.dtype) for a in s.residuals]
+    devices = [jax.devices()[0]] if kernel.mesh is None else list(kernel.mesh.devices.flat)
+    key = _stacks_key(shapes, devices)
+    with _spares_lock:
+        kept = _spares.get(key)
+        if kept:
+            stacks = kept.pop()
+            if not kept:
+                del _spares[key]
+            return stacks
+    where = None if kernel.mesh is None else jax.sharding.NamedSharding(
+        kernel.mesh, jax.sharding.PartitionSpec(kernel.mesh.axis_names))
+    # a copy of uninitialised host memory (device_put of an unaligned array copies it): the device owns it, so it
+    # can be donated, and nothing in it is read
+    return tuple(jax.device_put(np.empty(shape, dtype), where) for shape, dtype in shapes)
+
+
+def give_back(stacks: list) -> None:
+    """Keeps a finished fit's residual stacks (one tuple a slab) for later builds of the same shapes, up to
+    :data:`SPARE_BYTES` in all (the oldest given up first)."""
+    with _spares_lock:
+        for one in stacks:
+            if any(a.is_deleted() for a in one):
+                continue
+            key = _stacks_key([(a.shape, a.dtype) for a in one], sorted(one[0].sharding.device_set, key=lambda d: d.id))
+            _spares.setdefault(key, []).append(one)
+            _spares.move_to_end(key)
+        total = sum(a.nbytes for kept in _spares.values() for one in kept for a in one)
+        while total > SPARE_BYTES:
+            key, kept = next(iter(_spares.items()))
+            total -= sum(a.nbytes for a in kept.pop(0))
+            if not kept:
+                del _spares[key]
+
+
 def _per_device(kernel, per_device, in_specs, out_specs):
     """``per_device`` run on each device of the kernel's mesh on its own rows (``"rows"``: split along the rows,
     ``"all"``: replicated), as :meth:`mestim.sums.Kernel.slab_sums` does."""
@@ -189,16 +249,17 @@ def _per_device(kernel, per_device, in_specs, out_specs):
                          out_specs=spec[out_specs], check_vma=False)
 
 
-def _residuals(s: Split, kernel, capacity, rows, w, n_chunks, centre):
+def _residuals(s: Split, kernel, capacity, rows, w, n_chunks, centre, into=None):
     """:func:`slab_residuals` of a slab (traceable); on a mesh, each device's residuals of its own rows
     (``capacity`` chunks per device, stacked along the chunk axis)."""
     if kernel.mesh is None:
-        return slab_residuals(s, kernel, rows, w, n_chunks, capacity, centre)
+        return slab_residuals(s, kernel, rows, w, n_chunks, capacity, centre, into)
 
-    def per_device(rows, w, n_chunks, centre):
-        return slab_residuals(s, kernel, rows, w, n_chunks[0], capacity, centre)
+    def per_device(rows, w, n_chunks, centre, into):
+        return slab_residuals(s, kernel, rows, w, n_chunks[0], capacity, centre, into)
 
-    return _per_device(kernel, per_device, ("rows", "rows", "rows", "all"), "rows")(rows, w, n_chunks, centre)
+    return _per_device(kernel, per_device, ("rows", "rows", "rows", "all", "rows"), "rows")(
+        rows, w, n_chunks, centre, into)
 
 
 def _sums(s: Split, kernel, plan, acc, theta, residuals, n_chunks):
@@ -214,10 +275,12 @@ def _sums(s: Split, kernel, plan, acc, theta, residuals, n_chunks):
     return jax.tree.map(jnp.add, acc, total)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def residuals_program(kernel, layout, plan, capacity, rows, w, n_chunks, centre):
-    """:func:`slab_residuals` (per device on a mesh), compiled once per kernel, plan, slab shape and capacity."""
-    return _residuals(split(kernel, layout, plan, centre is not None), kernel, capacity, rows, w, n_chunks, centre)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3), donate_argnums=(8,))
+def residuals_program(kernel, layout, plan, capacity, rows, w, n_chunks, centre, into):
+    """:func:`slab_residuals` (per device on a mesh) written over ``into`` (donated: :func:`spare_stacks`),
+    compiled once per kernel, plan, slab shape and capacity."""
+    return _residuals(split(kernel, layout, plan, centre is not None), kernel, capacity, rows, w, n_chunks, centre,
+                      into)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
@@ -227,9 +290,9 @@ def sums_program(kernel, layout, hoisted, plan, centred, acc, theta, residuals, 
     return _sums(split(kernel, layout, hoisted, centred), kernel, plan, acc, theta, residuals, n_chunks)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5), donate_argnums=(12,))
 def solve_program(kernel, layout, newton: tuple, final: tuple, capacity: int, options: SolverOptions, rows, w,
-                  n_chunks, centre, theta0, scale) -> tuple[State, Moments, object]:
+                  n_chunks, centre, theta0, scale, into) -> tuple[State, Moments, object, tuple]:
     """The solve of a one-slab source in one program: the residuals of the ``newton`` plan's θ-free work
     (``capacity`` chunks, per device on a mesh), :func:`mestim.solve.solve_traced` over every parameter with a
     hoisted pass of ``newton`` per evaluation (the one that likely ends the solve with the meat,
@@ -238,7 +301,7 @@ def solve_program(kernel, layout, newton: tuple, final: tuple, capacity: int, op
     the sums are those of the host-driven passes."""
     closing = hoisted_plan(newton, len(kernel.spec.blocks))  # a Newton pass with every value and the meat
     s = split(kernel, layout, closing, centre is not None)
-    residuals = _residuals(s, kernel, capacity, rows, w, n_chunks, centre)
+    residuals = _residuals(s, kernel, capacity, rows, w, n_chunks, centre, into)
     zero = Moments(*(jnp.zeros(x.shape, x.dtype) for x in kernel.zeros()))
 
     def evaluate(theta, last):  # a pass that likely ends the solve (mestim.solve.closing) takes the meat too
@@ -251,4 +314,4 @@ def solve_program(kernel, layout, newton: tuple, final: tuple, capacity: int, op
     # at 5e4 rows)
     closed = with_meat & jnp.all(point == state.theta)
     return state, lax.cond(closed, lambda: m, lambda: kernel.slab_sums(
-        zero, state.theta, rows, w, n_chunks, np.asarray(final, np.int32), centre)), closed
+        zero, state.theta, rows, w, n_chunks, np.asarray(final, np.int32), centre)), closed, residuals

@@ -364,3 +364,6 @@ class Distributed:
 
     def nonfinite_rows(self, theta):
         return self.local.nonfinite_rows(theta)
+
+    def release(self) -> None:
+        self.local.release()

@@ -207,9 +207,15 @@ class InMemory:
         kept = [hoist.capacity(n) if len(self._filled) == 1 else self._capacity for n in self._filled]
         fits = s is not None and hoist.residual_bytes(s, sum(kept)) <= hoist.HOIST_BUDGET
         self._hoisted[key] = [hoist.residuals_program(self.kernel, self._layout, key, capacity, rows, w, n_chunks,
-                                                      self.centre)
+                                                      self.centre, hoist.spare_stacks(s, self.kernel, capacity))
                               for capacity, (rows, w, n_chunks) in zip(kept, self._unplaced())] if fits else None
         return (key, self._hoisted[key]) if fits else None
+
+    def release(self) -> None:
+        """Gives the residual stacks back for a later fit's build (:func:`hoist.give_back`): the fit is over, and
+        a pass after this builds them anew."""
+        hoisted, self._hoisted = self._hoisted, {}
+        hoist.give_back([one for slabs in hoisted.values() if slabs is not None for one in slabs])
 
     def solve_in_one_program(self, theta0, newton, final, options: SolverOptions):
         """(the solver's last state, the row sums at θ̂: its Jacobian, and the ``final`` plan's values and meat) of
@@ -228,9 +234,11 @@ class InMemory:
                 key, final, n_blocks):
             return None
         rows, w, n_chunks = self._unplaced()[0]
-        state, at, closed = jax.device_get(hoist.solve_program(
+        *solved, residuals = hoist.solve_program(
             self.kernel, self._layout, newton, final, capacity, options, rows, w, n_chunks, self.centre,
-            np.asarray(theta0, float), self.sum_w))
+            np.asarray(theta0, float), self.sum_w, hoist.spare_stacks(s, self.kernel, capacity))
+        self._hoisted[key] = [residuals]  # they serve later passes of the plan, and are given back (release)
+        state, at, closed = jax.device_get(solved)
         self.passes += int(state.evaluations) + (not closed)
         return state, Moments(at.psi, state.jac, at.meat, at.sum_w)
 

@@ -66,7 +66,7 @@ def test_cell(entry, cell, df, references):
 
 # ``fit`` on the engine's hoisted paths (mestim.hoist): data this small are otherwise compiled quick and not hoisted.
 # "one program": the rows in one slab, the whole solve and the sums at θ̂ in one compiled program; "hoisted slabs":
-# chunks of 2 rows, host-driven hoisted passes over two slabs. Each cell checks that its path ran.
+# chunks of 2 rows, host-driven hoisted passes over two slabs of 64 chunks. Each cell checks that its path ran.
 @pytest.mark.parametrize("path", ["one program", "hoisted slabs"])
 @pytest.mark.parametrize("cell", C.CELLS, ids=cell_id)
 def test_cell_hoisted(path, cell, df, references, monkeypatch):
@@ -77,7 +77,9 @@ def test_cell_hoisted(path, cell, df, references, monkeypatch):
     for name in ("solve_program", "residuals_program"):
         program = getattr(hoist, name)
         monkeypatch.setattr(hoist, name, lambda *a, _p=program, _n=name: ran.append(_n) or _p(*a))
-    kw = C.options(*cell) | ({"chunk_size": 2} if path == "hoisted slabs" else {})  # 120 chunks: 2 slabs
+    if path == "hoisted slabs":  # chunks of 2 rows: 120 chunks, over 64 a slab
+        monkeypatch.setattr(hoist, "ONE_PROGRAM_CHUNKS", 64)
+    kw = C.options(*cell) | ({"chunk_size": 2} if path == "hoisted slabs" else {})
     res = mestim.fit(C.psi, df, init=C.INIT, **kw)
     assert set(ran) == {"solve_program" if path == "one program" else "residuals_program"}, ran
     check(res.theta, res.se, references[cell[:3]], cell[3], f"{path} {cell_id(cell)}")

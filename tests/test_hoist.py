@@ -163,6 +163,39 @@ def test_fits_with_hoisting_forced_on_equal_the_plain_path(table, case, monkeypa
     assert on.iterations == off.iterations
 
 
+@pytest.mark.parametrize("case", ["user psi", "user psi, 6 slabs"])
+def test_a_fit_builds_its_residuals_over_the_stacks_an_earlier_fit_gave_back(table, case, monkeypatch):
+    """A fit gives its residual stacks back when it ends, and the next fit of the same shapes builds over them (the
+    same memory, donated). What the earlier fit left past the new fit's rows is never read: a fit of fewer rows over
+    the leftovers of a fit of all of them equals, bitwise, the same fit over new stacks. With SPARE_BYTES = 0 none
+    are kept."""
+    import collections
+
+    import mestim
+    from mestim import hoist, sums
+
+    monkeypatch.setattr(sums, "QUICK_WORK", 0)
+    monkeypatch.setattr(hoist, "_spares", collections.OrderedDict())
+    (psi, data), kw = _case(table, case)
+    fewer = {k: v[:2200] for k, v in data.items()}  # fewer chunks in slabs of the same capacity as all rows'
+
+    def kept():
+        return sorted(a.unsafe_buffer_pointer() for stacks in hoist._spares.values() for one in stacks for a in one)
+
+    mestim.fit(psi, data, **kw)
+    left = kept()
+    assert left and sum(a.nbytes for stacks in hoist._spares.values() for one in stacks for a in one) <= \
+        hoist.SPARE_BYTES
+    over_leftovers = mestim.fit(psi, fewer, **kw)
+    assert set(kept()) <= set(left)  # built over the earlier fit's stacks, and given back again
+    monkeypatch.setattr(hoist, "SPARE_BYTES", 0)
+    monkeypatch.setattr(hoist, "_spares", collections.OrderedDict())
+    over_new = mestim.fit(psi, fewer, **kw)
+    assert not hoist._spares
+    np.testing.assert_array_equal(over_leftovers.theta, over_new.theta)
+    np.testing.assert_array_equal(over_leftovers.vcov, over_new.vcov)
+
+
 def test_closed_form_stacks_over_several_slabs_are_not_hoisted(monkeypatch):
     """Registered blocks whose Jacobian is closed form (X'WX: their θ-free work is reading the design) run plain
     passes over several slabs, where host-driven hoisted passes were slower (1.10×, logistic at n = 1e6); in one slab
@@ -202,7 +235,7 @@ def test_the_solve_in_one_program_equals_host_driven_hoisted_passes_and_repeats_
     ran = []
     monkeypatch.setattr(hoist, "solve_program", lambda *a: ran.append(_solve(*a)) or ran[-1])
     one, again = mestim.fit(*args, **kw), mestim.fit(*args, **kw)
-    assert len(ran) == 2 and all(bool(closed) for _, _, closed in ran)
+    assert len(ran) == 2 and all(bool(closed) for _, _, closed, _ in ran)
     np.testing.assert_array_equal(one.theta, again.theta)
     np.testing.assert_array_equal(one.vcov, again.vcov)
     monkeypatch.setattr(InMemory, "solve_in_one_program", lambda *a: None)
