@@ -205,8 +205,8 @@ def spare_stacks(s: Split, kernel, capacity: int) -> tuple:
     :func:`residuals_program`): those a finished fit gave back (:func:`give_back`), else new ones."""
     parts = 1 if kernel.mesh is None else kernel.mesh.size
     shapes = [((parts * capacity,) + tuple(a.shape), a.dtype) for a in s.residuals]
-    devices = [jax.devices()[0]] if kernel.mesh is None else list(kernel.mesh.devices.flat)
-    key = _stacks_key(shapes, devices)
+    devices = [jax.devices()[0]] if kernel.mesh is None else kernel.mesh.devices.flat
+    key = _stacks_key(shapes, sorted(devices, key=lambda d: d.id))  # as give_back reads them off the stacks
     with _spares_lock:
         kept = _spares.get(key)
         if kept:
