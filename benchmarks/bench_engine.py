@@ -191,7 +191,9 @@ def build_contracted(kernel, problem) -> bool:
     key = hoist.hoisted_plan(tuple(int(m) for m in plan(problem.spec, values=every, jacobian=every)), len(every))
     rows, w, n_chunks = source._slabs[0]
     split = hoist.split(kernel, source._layout, key)
-    program = jax.make_jaxpr(lambda rows, w, n: hoist.slab_residuals(split, kernel, rows, w, n, 1))(rows, w, n_chunks)
+    stacks = tuple(jax.ShapeDtypeStruct((1,) + a.shape, a.dtype) for a in split.residuals)
+    program = jax.make_jaxpr(lambda rows, w, n, into: hoist.slab_residuals(split, kernel, rows, w, n, 1, None, into))(
+        rows, w, n_chunks, stacks)
     colours = kernel.pattern(problem.spec.blocks[0], {k: v[:kernel.chunk] for k, v in problem.used.items()})
     cotangent = colours.basis.shape[0] * kernel.chunk * kernel.shape[0]
 

@@ -123,14 +123,13 @@ def residual_bytes(s: Split, n_chunks: int) -> int:
     return n_chunks * sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in s.residuals)
 
 
-def slab_residuals(s: Split, kernel, rows, w, n_chunks, capacity: int, centre=None, into=None):
+def slab_residuals(s: Split, kernel, rows, w, n_chunks, capacity: int, centre, into):
     """The residuals of the first ``n_chunks`` chunks of a slab, stacked along a leading chunk axis of ``capacity``
     (at least ``n_chunks``; traceable), built :data:`BUILD_GROUP_CHUNKS` chunks at a time, written over ``into``
-    (stacks of those shapes, :func:`spare_stacks`) or zeros. The entries past the last group keep what was there;
-    those inside it are of the slab's padding rows: neither is read (:func:`slab_sums` masks them)."""
+    (stacks of those shapes, :func:`spare_stacks`). The entries past the last group keep what was there; those
+    inside it are of the slab's padding rows: neither is read (:func:`slab_sums` masks them)."""
     c = kernel.chunk
     g = min(BUILD_GROUP_CHUNKS, capacity)  # both powers of two: groups tile the capacity
-    empty = into if into is not None else tuple(jnp.zeros((capacity,) + a.shape, a.dtype) for a in s.residuals)
 
     def body(i, stacked):
         cut = lambda a: lax.dynamic_slice_in_dim(a, i * g * c, g * c).reshape((g, c) + a.shape[1:])  # noqa: E731
@@ -138,7 +137,7 @@ def slab_residuals(s: Split, kernel, rows, w, n_chunks, capacity: int, centre=No
         out = jax.vmap(one)(jax.tree.map(cut, rows), cut(w))
         return tuple(lax.dynamic_update_slice_in_dim(r, o, i * g, 0) for r, o in zip(stacked, out))
 
-    return lax.fori_loop(0, (n_chunks + g - 1) // g, body, empty)
+    return lax.fori_loop(0, (n_chunks + g - 1) // g, body, tuple(into))
 
 
 def _build(known, *args):
@@ -249,7 +248,7 @@ def _per_device(kernel, per_device, in_specs, out_specs):
                          out_specs=spec[out_specs], check_vma=False)
 
 
-def _residuals(s: Split, kernel, capacity, rows, w, n_chunks, centre, into=None):
+def _residuals(s: Split, kernel, capacity, rows, w, n_chunks, centre, into):
     """:func:`slab_residuals` of a slab (traceable); on a mesh, each device's residuals of its own rows
     (``capacity`` chunks per device, stacked along the chunk axis)."""
     if kernel.mesh is None:
