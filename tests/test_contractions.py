@@ -16,6 +16,10 @@ B = rng.normal(size=(5, 7))
 X = rng.normal(size=(64, 7))
 W = rng.random(64)
 V = rng.normal(size=(64, 3))
+# a constant that picks at most one term a row (a colour basis; one row empty, one entry scaled), and one that does not
+PICK = np.zeros((5, 7))
+PICK[[0, 1, 3, 4], [2, 0, 6, 2]] = [1.0, 1.0, -2.5, 1.0]
+MIX = PICK + np.eye(5, 7)
 
 PROGRAMS = {
     # the reverse-mode pattern: an outer product of a basis and weights, split, times data, summed over a short axis
@@ -33,6 +37,10 @@ PROGRAMS = {
     "custom derivatives and control flow": lambda x, w, v: jnp.sum(jax.nn.relu(x) * jax.nn.softplus(w)[:, None], 0)
     + jax.lax.cond(w[0] > 0.5, lambda: jnp.sum(x * w[:, None], 0), lambda: jnp.zeros(7)),
     "gradient of a product": lambda x, w, v: jax.grad(lambda u: jnp.sum(w * jnp.tanh(x @ u)))(x[0]),
+    "a constant that picks one term a row": lambda x, w, v: jnp.einsum("cj,rj->cr", PICK, x * w[:, None]),
+    "picked after a slice, summed over rows": lambda x, w, v: jnp.sum(
+        jnp.split(jnp.einsum("cj,r->cjr", PICK, w), [4], axis=1)[0] * x[:, :4].T[None], axis=(1, 2)),
+    "a constant that sums several terms a row": lambda x, w, v: jnp.einsum("cj,rj->cr", MIX, x * w[:, None]),
     "float32 operands": lambda x, w, v: jnp.sum(x.astype(jnp.float32) * w.astype(jnp.float32)[:, None], axis=0),
 }
 
@@ -76,6 +84,10 @@ def test_the_hoisting_build_holds_no_outer_product_of_the_colour_basis():
 
     assert largest(internals.evaluate) >= cotangent  # the program as written holds it (the test can fail)
     assert largest(contractions.evaluate) < cotangent
+    # the basis picks one equation of each block a colour: its products with the data are selections, no matrix
+    # product multiplies by its zeros (only the outer product of the basis's estimand column and the weights is left)
+    assert [shape for shape in _dot_operands(jax.make_jaxpr(lambda *a: contractions.evaluate(split.known, *a))(
+        *chunk).jaxpr) if len(shape) > 1 and shape[0] == colours] == []
     ours = jax.jit(lambda *a: contractions.evaluate(split.known, *a))(*chunk)
     for a, b in zip(ours, internals.evaluate(split.known, *chunk)):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13 * max(1.0, float(np.abs(b).max())) if b.size else 0)
@@ -86,6 +98,18 @@ def test_the_hoisting_build_holds_no_outer_product_of_the_colour_basis():
     for a, b in zip(source.sums(theta, p), whole.sums(theta, p)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * max(1.0, float(np.abs(b).max())))
     assert source._hoisted[key] is not None
+
+
+def _dot_operands(jaxpr) -> list:
+    out = []
+    for e in jaxpr.eqns:
+        if e.primitive.name == "dot_general":
+            out += [tuple(v.aval.shape) for v in e.invars]
+        for sub in e.params.values():
+            inner = sub if hasattr(sub, "eqns") else getattr(sub, "jaxpr", None)
+            if hasattr(inner, "eqns"):
+                out += _dot_operands(inner)
+    return out
 
 
 def test_a_failing_contraction_falls_back_visibly(monkeypatch, caplog):
