@@ -150,8 +150,10 @@ def sandwich(estimator, data, theta, *, names=None, weights=None, weight_type="f
     every = tuple(b.name for b in problem.spec.blocks)
     moments = source.sums(theta, plan(problem.spec, values=every, jacobian=every, meat=True,
                                       sampling=options.sampling))
-    return assemble(problem, source, theta, moments, options, iterations=0,
-                    status="not solved (sandwich at the given θ)")
+    result = assemble(problem, source, theta, moments, options, iterations=0,
+                      status="not solved (sandwich at the given θ)")
+    source.release()
+    return result
 
 
 def kernel_for(problem: Problem, options: FitOptions, mesh=None, streamed: bool = False,

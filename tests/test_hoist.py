@@ -196,6 +196,25 @@ def test_a_fit_builds_its_residuals_over_the_stacks_an_earlier_fit_gave_back(tab
     np.testing.assert_array_equal(over_leftovers.vcov, over_new.vcov)
 
 
+def test_the_sandwich_at_a_given_theta_gives_its_stacks_back(table, monkeypatch):
+    """``sandwich()`` hoists its one pass like a fit and gives the stacks back when it ends, for the next fit or
+    sandwich of the same shapes to build over."""
+    import collections
+
+    import mestim
+    from mestim import hoist, sums
+
+    monkeypatch.setattr(sums, "QUICK_WORK", 0)
+    monkeypatch.setattr(hoist, "_spares", collections.OrderedDict())
+    (psi, data), kw = _case(table, "user psi")
+    fitted = mestim.fit(psi, data, **kw)
+    left = sorted(a.unsafe_buffer_pointer() for stacks in hoist._spares.values() for one in stacks for a in one)
+    at = mestim.sandwich(psi, data, fitted.theta, weights="w", chunk_size=kw["chunk_size"])
+    kept = sorted(a.unsafe_buffer_pointer() for stacks in hoist._spares.values() for one in stacks for a in one)
+    assert kept and set(kept) <= set(left)
+    np.testing.assert_allclose(at.vcov, fitted.vcov, rtol=1e-9, atol=1e-14 * np.abs(fitted.vcov).max())
+
+
 def test_closed_form_stacks_over_several_slabs_are_not_hoisted(monkeypatch):
     """Registered blocks whose Jacobian is closed form (X'WX: their θ-free work is reading the design) run plain
     passes over several slabs, where host-driven hoisted passes were slower (1.10×, logistic at n = 1e6); in one slab
