@@ -32,7 +32,9 @@ colouring), whether its passes were hoisted (:mod:`mestim.hoist`; a fallback is 
 
 **Chord steps** (one process, ``--chord-n`` rows, default 1e5): the engine's Newton solve against chord steps (a
 prototype here: the Jacobian kept while residual-only steps converge fast) on the W2 user ψ, with plain passes (where
-a pass cannot be hoisted) and hoisted ones: what each pass costs, how many each takes, the θ they reach.
+a pass cannot be hoisted) and hoisted ones: what each pass costs, how many each takes, the θ they reach. In the same
+process, the engine's hoisted Jacobian pass against W2's pass written by hand in X'WX forms over the design hoisted
+in the same layout (:func:`hand_written_pass`): what a pass that knew W2's structure would cost in XLA here.
 
 **Meta-analysis at any k** (a fresh process per case): ``meta_analysis`` of k Cochrane-like 2×2 tables
 (:func:`benchmarks.workloads.cochrane_like`) at k = 100 and 2,728 (a collection of 603 reviews read without
@@ -369,6 +371,23 @@ def chord_child(n: int, repeats: int) -> list[dict]:
                     theta_c, chord_j, chord_r = out
             times["jacobian pass"].append(one_pass(with_jac))
             times["residual-only pass"].append(one_pass(residual_only))
+        if name == "hoisted":  # the same pass written by hand (X'WX forms): what knowing W2's structure would buy
+            from mestim import hoist
+
+            hand, src, theta = hand_written_pass(cols, k.chunk, hoist.GROUP_CHUNKS), source(), np.full(27, 0.01)
+            src.sums(np.zeros(27), with_jac)  # builds the residuals
+            jac_by_hand, engine_jac = np.asarray(hand(theta)[1]), src.sums(theta, with_jac).jac
+            paired = {"engine": [], "by hand": []}
+            for _ in range(5 * repeats):
+                for label, f in (("engine", lambda: src.sums(theta, with_jac)), ("by hand", lambda: hand(theta))):
+                    t = time.perf_counter()
+                    f()
+                    paired[label].append(time.perf_counter() - t)
+            hand_row = {"case": f"hoisted Jacobian pass, n={n:,}", "n": n,
+                        "engine_pass_s": statistics.median(paired["engine"]),
+                        "hand_written_pass_s": statistics.median(paired["by hand"]),
+                        "max_rel_djac": float(np.max(np.abs(jac_by_hand - engine_jac)) / np.max(np.abs(engine_jac))),
+                        "load_average": os.getloadavg()}
         rows.append({"case": f"chord vs Newton, {name} passes, n={n:,}", "n": n, "passes": name,
                      **{f"{key.replace(' ', '_').replace('-', '_')}_s": statistics.median(ts)
                         for key, ts in times.items()},
@@ -376,13 +395,65 @@ def chord_child(n: int, repeats: int) -> list[dict]:
                      "newton_passes": newton_passes, "chord_jacobian_passes": chord_j,
                      "chord_residual_passes": chord_r, "max_dtheta": float(np.max(np.abs(theta_c - theta_n))),
                      "load_average": os.getloadavg()})
-    return rows
+    return rows + [hand_row]
+
+
+def hand_written_pass(cols: dict, chunk: int, group: int):
+    """W2's Newton pass (Σψ and its Jacobian at θ) written by hand in JAX, in X'WX forms, over the design hoisted
+    once in the engine's layout (stacks of chunks, ``group`` chunks a step): what a pass that knew W2's structure
+    would cost in XLA on this machine. ``pass_(theta) -> (Σψ, J)``."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    n = cols["R"].shape[0]
+    n_chunks = -(-n // chunk)
+    capacity = 1 << max(n_chunks - 1, 0).bit_length()
+    x = np.column_stack([np.ones(n)] + [cols[c] for c in W.XCOLS])
+
+    def stack(a):
+        out = np.zeros((capacity * chunk,) + a.shape[1:])
+        out[:n] = a
+        return jnp.asarray(out.reshape((capacity, chunk) + a.shape[1:]))
+
+    data = {"x": stack(x), "xt": stack(np.column_stack([x] + [cols[t] for t in W.TRIALS])), "r": stack(cols["R"]),
+            "a": stack(cols["A"]), "y": stack(cols["Y"]), "w": stack(np.ones(n))}
+
+    def sums(theta, x, xt, r, a, y, w):  # over the rows of `group` chunks
+        bp, bt, tau = theta[:11], theta[11:26], theta[26]
+        p, e = jax.nn.sigmoid(x @ bp), jax.nn.sigmoid(xt @ bt)
+        q = a * y / e - (1.0 - a) * y / (1.0 - e)
+        estimand = r * (1.0 - p) / p * q - (1.0 - r) * tau
+        psi = jnp.concatenate([x.T @ (w * (r - p)), xt.T @ (w * r * (a - e)), jnp.atleast_1d(w @ estimand)])
+        d_p = w * (-r / (p * p) * q) * p * (1 - p)  # ∂estimand/∂η_p and ∂estimand/∂η_e, weighted
+        d_e = w * r * (1.0 - p) / p * (-a * y / (e * e) - (1.0 - a) * y / ((1.0 - e) ** 2)) * e * (1 - e)
+        jac = jnp.zeros((27, 27)).at[:11, :11].set(x.T @ ((-w * p * (1 - p))[:, None] * x))
+        jac = jac.at[11:26, 11:26].set(xt.T @ ((-w * r * e * (1 - e))[:, None] * xt))
+        jac = jac.at[26, :11].set(x.T @ d_p).at[26, 11:26].set(xt.T @ d_e).at[26, 26].set(-(w @ (1.0 - r)))
+        return psi, jac
+
+    @jax.jit
+    def pass_(theta, data):
+        def body(i, acc):
+            part = {k: lax.dynamic_slice_in_dim(v, i * group, group) for k, v in data.items()}
+            filled = (i * group + jnp.arange(group)) < n_chunks
+            flat = {k: v.reshape((group * chunk,) + v.shape[2:]) for k, v in part.items()}
+            flat["w"] = (part["w"] * filled[:, None]).reshape(-1)
+            psi, jac = sums(theta, **flat)
+            return acc[0] + psi, acc[1] + jac
+        return lax.fori_loop(0, (n_chunks + group - 1) // group, body, (jnp.zeros(27), jnp.zeros((27, 27))))
+
+    return lambda theta: jax.block_until_ready(pass_(jnp.asarray(theta), data))
 
 
 def chord(a) -> list[dict]:
     _, rows = run_child(["-m", "benchmarks.bench_engine", "--chord-child", str(a.chord_n), "--repeats",
                          str(a.repeats)], None)
     for r in rows["rows"]:
+        if "hand_written_pass_s" in r:
+            print(f"{r['case']}: the engine's {r['engine_pass_s'] * 1e3:.1f} ms, by hand "
+                  f"{r['hand_written_pass_s'] * 1e3:.1f} ms", flush=True)
+            continue
         print(f"{r['case']}: Newton {r['newton_s']:.3f} s ({r['newton_passes']} passes), chord {r['chord_s']:.3f} s "
               f"({r['chord_jacobian_passes']} Jacobian + {r['chord_residual_passes']} residual-only passes): "
               f"chord ÷ Newton {r['chord_over_newton']:.2f}", flush=True)
@@ -437,10 +508,21 @@ def markdown(cold_rows, warm_rows, meta_rows=(), chord_rows=()) -> str:
                   "| case | Jacobian pass | residual-only pass | Newton | chord | chord ÷ Newton | passes (Newton; "
                   "chord: Jacobian + residual-only) | max abs Δθ |", "|---|---|---|---|---|---|---|---|"]
         for r in chord_rows:
+            if "hand_written_pass_s" in r:
+                continue
             lines.append(f"| {r['case']} | {harness.seconds_text(r['jacobian_pass_s'])} | "
                          f"{harness.seconds_text(r['residual_only_pass_s'])} | {harness.seconds_text(r['newton_s'])} | "
                          f"{harness.seconds_text(r['chord_s'])} | {r['chord_over_newton']:.2f} | {r['newton_passes']}; "
                          f"{r['chord_jacobian_passes']} + {r['chord_residual_passes']} | {r['max_dtheta']:.1e} |")
+    for r in chord_rows:
+        if "hand_written_pass_s" in r:
+            lines += ["", "## The hoisted Jacobian pass against the same pass written by hand (W2 at θ = 0.01: Σψ and its "
+                      "Jacobian in X'WX forms over the design hoisted once, in the engine's chunk layout; medians of "
+                      "interleaved repetitions)", "", "| case | engine | by hand | engine ÷ by hand | max rel ΔJ |",
+                      "|---|---|---|---|---|",
+                      f"| {r['case']} | {harness.seconds_text(r['engine_pass_s'])} | "
+                      f"{harness.seconds_text(r['hand_written_pass_s'])} | "
+                      f"{r['engine_pass_s'] / r['hand_written_pass_s']:.2f} | {r['max_rel_djac']:.1e} |"]
     if meta_rows:
         lines += ["", "## A single meta-analysis of k studies: fresh process per run (median)", "",
                   "| case | time | peak memory | causal SE (log RR) |", "|---|---|---|---|"]

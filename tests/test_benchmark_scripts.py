@@ -60,7 +60,8 @@ def registered_block_did_little_host_work(rows):
 def bench_engine_took_the_fast_paths(rows):
     """A regression to a slow path fails here: the programs each run compiled (empty cache), the coloured and
     hoisted Jacobian passes of the W2 user ψ and its solve in one program (host-driven hoisted passes for more rows:
-    tests/test_hoist.py), the chord comparison, the closed-form meta-analysis at k = 2,728."""
+    tests/test_hoist.py), the chord comparison and the pass written by hand, the closed-form meta-analysis at
+    k = 2,728."""
     cases = {r.get("case", r.get("n")): r for r in rows}
     assert cases["mestim, user logistic ψ, n=300, empty cache"]["programs"] == 1
     assert cases["mestim meta (bundled BCG), empty cache"]["programs"] == 0  # its check of the closed form: NumPy
@@ -77,5 +78,6 @@ def bench_engine_took_the_fast_paths(rows):
     assert warm["max_dtheta_vs_one_jit"] < 1e-10 and warm["max_rel_dse_vs_one_jit"] < 1e-10
     chord = [r for r in rows if r.get("passes") in ("plain", "hoisted")]
     assert [r["passes"] for r in chord] == ["plain", "hoisted"] and all(r["max_dtheta"] < 1e-8 for r in chord)
+    assert cases["hoisted Jacobian pass, n=20,000"]["max_rel_djac"] < 1e-12  # the hand-written pass: the same J
     meta = cases["meta_analysis, k=2,728 (closed form)"]
     assert meta["median_s"] < 10 and meta["peak_rss_mb"] < 1024
