@@ -13,6 +13,10 @@ a product (``reduce_sum``, or a ``dot_general`` that contracts) becomes one ``ei
 opt_einsum chooses. Every other operation receives its operands multiplied out, by the program's own broadcasts
 and products in the program's order, so a value that is not summed is computed exactly as written; a sum differs
 from the program's by the rounding of its reordered terms.
+
+The program's constants stay NumPy arrays through the rules, so that a contraction with a constant matrix whose rows
+each hold at most one non-zero (the colour basis picks one equation of a block per colour) is a selection of the
+other factor's slices, not a matrix product over zeros: Σ_j B[c,j] x_rj = x_r,j(c).
 """
 
 from __future__ import annotations
@@ -157,11 +161,12 @@ def _pair(a, b, out, dtype):
     """The contraction of two terms over the labels ``out`` lacks: as a selection (:func:`_selected`) where one is
     a constant matrix with at most one non-zero in each row along the summed label, else one einsum."""
     for (const, const_labels), (other, other_labels) in ((a, b), (b, a)):
-        if _constant(const) and const.ndim == 2 and not _constant(other):
-            free, summed = const_labels
+        if not (_constant(const) and const.ndim == 2) or _constant(other):
+            continue
+        for matrix, (free, summed) in ((const, const_labels), (const.T, const_labels[::-1])):
             if summed in other_labels and summed not in out and free in out and free not in other_labels \
-                    and np.count_nonzero(const, axis=1).max(initial=0) <= 1:
-                return _selected(const, free, summed, other, other_labels, out, dtype)
+                    and np.count_nonzero(matrix, axis=1).max(initial=0) <= 1:
+                return _selected(matrix, free, summed, other, other_labels, out, dtype)
     return _einsum([a, b], out, dtype)
 
 

@@ -40,6 +40,7 @@ PROGRAMS = {
     "a constant that picks one term a row": lambda x, w, v: jnp.einsum("cj,rj->cr", PICK, x * w[:, None]),
     "picked after a slice, summed over rows": lambda x, w, v: jnp.sum(
         jnp.split(jnp.einsum("cj,r->cjr", PICK, w), [4], axis=1)[0] * x[:, :4].T[None], axis=(1, 2)),
+    "picked by a constant's columns": lambda x, w, v: jnp.einsum("jc,rj->rc", PICK.T, x * w[:, None]),
     "a constant that sums several terms a row": lambda x, w, v: jnp.einsum("cj,rj->cr", MIX, x * w[:, None]),
     "float32 operands": lambda x, w, v: jnp.sum(x.astype(jnp.float32) * w.astype(jnp.float32)[:, None], axis=0),
 }
