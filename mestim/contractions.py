@@ -159,12 +159,13 @@ def _constant(array) -> bool:
 
 def _pair(a, b, out, dtype):
     """The contraction of two terms over the labels ``out`` lacks: as a selection (:func:`_selected`) where one is
-    a constant matrix with at most one non-zero in each row along the summed label, else one einsum."""
+    a constant matrix with at most one non-zero in each row along the one label summed, else one einsum."""
     for (const, const_labels), (other, other_labels) in ((a, b), (b, a)):
         if not (_constant(const) and const.ndim == 2) or _constant(other):
             continue
         for matrix, (free, summed) in ((const, const_labels), (const.T, const_labels[::-1])):
             if summed in other_labels and summed not in out and free in out and free not in other_labels \
+                    and all(label in out for label in other_labels if label != summed) \
                     and np.count_nonzero(matrix, axis=1).max(initial=0) <= 1:
                 return _selected(matrix, free, summed, other, other_labels, out, dtype)
     return _einsum([a, b], out, dtype)
@@ -187,11 +188,7 @@ def _selected(const, free, summed, other, other_labels, out, dtype):
             pieces.append(piece if row[nonzero] == 1 else piece * np.asarray(row[nonzero], dtype))
     labels = list(other_labels)
     labels[axis] = free  # the summed axis, one entry per row of C, is the free label now
-    selected = lax.concatenate(pieces, axis)
-    kept = [label for label in labels if label in out]
-    if len(kept) < len(labels):  # labels summed besides (none in a coloured basis's products)
-        selected = jnp.sum(selected, axis=tuple(i for i, label in enumerate(labels) if label not in out))
-    return jnp.transpose(selected, [kept.index(label) for label in out])
+    return jnp.transpose(lax.concatenate(pieces, axis), [labels.index(label) for label in out])
 
 
 def _einsum(terms, out, dtype):

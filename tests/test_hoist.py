@@ -179,21 +179,25 @@ def test_a_fit_builds_its_residuals_over_the_stacks_an_earlier_fit_gave_back(tab
     (psi, data), kw = _case(table, case)
     fewer = {k: v[:2200] for k, v in data.items()}  # fewer chunks in slabs of the same capacity as all rows'
 
-    def kept():
-        return sorted(a.unsafe_buffer_pointer() for stacks in hoist._spares.values() for one in stacks for a in one)
-
     mestim.fit(psi, data, **kw)
-    left = kept()
+    left = _kept_pointers()
     assert left and sum(a.nbytes for stacks in hoist._spares.values() for one in stacks for a in one) <= \
         hoist.SPARE_BYTES
     over_leftovers = mestim.fit(psi, fewer, **kw)
-    assert set(kept()) <= set(left)  # built over the earlier fit's stacks, and given back again
+    assert set(_kept_pointers()) <= set(left)  # built over the earlier fit's stacks, and given back again
     monkeypatch.setattr(hoist, "SPARE_BYTES", 0)
     monkeypatch.setattr(hoist, "_spares", collections.OrderedDict())
     over_new = mestim.fit(psi, fewer, **kw)
     assert not hoist._spares
     np.testing.assert_array_equal(over_leftovers.theta, over_new.theta)
     np.testing.assert_array_equal(over_leftovers.vcov, over_new.vcov)
+
+
+def _kept_pointers() -> list:
+    """Where the stacks the process keeps for later builds live (mestim.hoist.give_back)."""
+    from mestim import hoist
+
+    return sorted(a.unsafe_buffer_pointer() for stacks in hoist._spares.values() for one in stacks for a in one)
 
 
 def test_the_sandwich_at_a_given_theta_gives_its_stacks_back(table, monkeypatch):
@@ -208,9 +212,9 @@ def test_the_sandwich_at_a_given_theta_gives_its_stacks_back(table, monkeypatch)
     monkeypatch.setattr(hoist, "_spares", collections.OrderedDict())
     (psi, data), kw = _case(table, "user psi")
     fitted = mestim.fit(psi, data, **kw)
-    left = sorted(a.unsafe_buffer_pointer() for stacks in hoist._spares.values() for one in stacks for a in one)
+    left = _kept_pointers()
     at = mestim.sandwich(psi, data, fitted.theta, weights="w", chunk_size=kw["chunk_size"])
-    kept = sorted(a.unsafe_buffer_pointer() for stacks in hoist._spares.values() for one in stacks for a in one)
+    kept = _kept_pointers()
     assert kept and set(kept) <= set(left)
     np.testing.assert_allclose(at.vcov, fitted.vcov, rtol=1e-9, atol=1e-14 * np.abs(fitted.vcov).max())
 
